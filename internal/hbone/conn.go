@@ -1,0 +1,784 @@
+package hbone
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Settings this implementation advertises (see the package doc).
+const (
+	initialStreamWindow = 4 << 20
+	initialConnWindow   = 16 << 20
+	maxFrameSize        = 1 << 20
+	maxHeaderListSize   = 16 << 10
+	maxConcurrentStream = 100
+
+	// defaultPeerWindow and defaultPeerFrame are RFC 9113 defaults, in force
+	// until the peer's SETTINGS arrive.
+	defaultPeerWindow = 65535
+	defaultPeerFrame  = 16384
+
+	// creditThreshold: receive credit is returned once this fraction of a
+	// window has been consumed, so a fast sender never stalls on updates.
+	creditDivisor = 4
+
+	maxWindow = 1<<31 - 1
+)
+
+// Abuse limits per connection; exceeding one ends the connection with
+// ENHANCE_YOUR_CALM.
+const (
+	limitWindow     = time.Second
+	maxPeerResets   = 200 // client resets of open streams (rapid reset)
+	maxPeerPings    = 100
+	maxPeerSettings = 100
+)
+
+var clientPreface = []byte(http2.ClientPreface)
+
+// role says which end of the HTTP/2 connection a conn is.
+type role uint8
+
+const (
+	roleClient role = iota
+	roleServer
+)
+
+// handler receives new streams opened by the peer (server side only).
+type handler interface {
+	// handleStream is called on the read loop; it must not block.
+	handleStream(c *conn, s *stream, fields []hpack.HeaderField, endStream bool)
+}
+
+// connError is a connection-level protocol error: GOAWAY with code, then close.
+type connError struct {
+	code   http2.ErrCode
+	reason string
+}
+
+func (e connError) Error() string { return fmt.Sprintf("hbone: connection error %v: %s", e.code, e.reason) }
+
+// errConnClosed is returned for streams of a connection that closed cleanly.
+var errConnClosed = errors.New("hbone: tunnel connection closed")
+
+// conn is one HTTP/2 connection carrying CONNECT streams. One goroutine
+// (readLoop) reads frames; stream goroutines write frames under wmu.
+type conn struct {
+	nc      net.Conn
+	batch   *batchConn // under nc when nc is TLS; nil otherwise
+	role    role
+	handler handler
+	br      *bufio.Reader
+	fr      *http2.Framer // read side; used only by readLoop
+
+	idleTimeout time.Duration
+	retireAt    time.Time   // client: open no streams after this (certificate half-life)
+	onIdle      func(*conn) // called when idle for idleTimeout; nil closes
+	onClose     func(*conn)
+
+	wmu  sync.Mutex // guards writes to nc and the fields below
+	wfr  *http2.Framer
+	henc *hpack.Encoder
+	hbuf bytes.Buffer
+
+	mu             sync.Mutex // guards the fields below
+	sendCond       sync.Cond  // signalled when send windows grow or state changes
+	streams        map[uint32]*stream
+	sendWindow     int64 // connection-level send window
+	recvWindow     int64 // what the peer may still send on the connection
+	recvUnacked    int64 // consumed, not yet returned with WINDOW_UPDATE
+	peerWindow     int64 // peer's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame   int
+	peerMaxStreams int
+	nextStreamID   uint32 // client: next id to open
+	maxPeerID      uint32 // server: highest stream id the peer opened
+	active         int    // streams counted against the concurrency limit
+	goingAway      bool   // no new streams (GOAWAY sent or received)
+	lastGoodID     uint32 // client: streams above this were refused by GOAWAY
+	err            error  // set once the connection is dead
+	idleTimer      *time.Timer
+	lastIdle       time.Time
+	resets         rateCounter
+	pings          rateCounter
+	settings       rateCounter
+
+	done chan struct{} // closed when readLoop exits
+}
+
+func newConn(nc net.Conn, batch *batchConn, r role, h handler, idle time.Duration) *conn {
+	c := &conn{
+		nc:             nc,
+		batch:          batch,
+		role:           r,
+		handler:        h,
+		br:             bufio.NewReaderSize(nc, 64<<10),
+		idleTimeout:    idle,
+		streams:        make(map[uint32]*stream),
+		sendWindow:     defaultPeerWindow,
+		recvWindow:     initialConnWindow,
+		peerWindow:     defaultPeerWindow,
+		peerMaxFrame:   defaultPeerFrame,
+		peerMaxStreams: maxConcurrentStream,
+		nextStreamID:   1,
+		done:           make(chan struct{}),
+	}
+	c.sendCond.L = &c.mu
+	c.fr = http2.NewFramer(nil, c.br)
+	c.fr.SetMaxReadFrameSize(maxFrameSize)
+	c.fr.MaxHeaderListSize = maxHeaderListSize
+	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.wfr = http2.NewFramer(nc, nil)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// start writes our preface and settings. The server reads the client preface
+// first (within the handshake deadline set by the caller).
+func (c *conn) start() error {
+	if c.role == roleServer {
+		buf := make([]byte, len(clientPreface))
+		if _, err := io.ReadFull(c.br, buf); err != nil {
+			return fmt.Errorf("hbone: read client preface: %w", err)
+		}
+		if !bytes.Equal(buf, clientPreface) {
+			return errors.New("hbone: bad client preface")
+		}
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.role == roleClient {
+		if _, err := c.nc.Write(clientPreface); err != nil {
+			return fmt.Errorf("hbone: write preface: %w", err)
+		}
+	}
+	settings := []http2.Setting{
+		{ID: http2.SettingEnablePush, Val: 0},
+		{ID: http2.SettingInitialWindowSize, Val: initialStreamWindow},
+		{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
+		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize},
+	}
+	if c.role == roleServer {
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: maxConcurrentStream})
+	}
+	if err := c.wfr.WriteSettings(settings...); err != nil {
+		return fmt.Errorf("hbone: write settings: %w", err)
+	}
+	if err := c.wfr.WriteWindowUpdate(0, initialConnWindow-defaultPeerWindow); err != nil {
+		return fmt.Errorf("hbone: write window update: %w", err)
+	}
+	return nil
+}
+
+// readLoop reads frames until the connection fails or closes.
+func (c *conn) readLoop() {
+	defer close(c.done)
+	err := c.readFrames()
+	var ce connError
+	if errors.As(err, &ce) {
+		c.writeGoAway(ce.code, ce.reason)
+	} else if h2e, ok := err.(http2.ConnectionError); ok {
+		c.writeGoAway(http2.ErrCode(h2e), "")
+		err = connError{code: http2.ErrCode(h2e), reason: "protocol error"}
+	}
+	if err == io.EOF {
+		err = errConnClosed
+	}
+	c.fail(err)
+}
+
+func (c *conn) readFrames() error {
+	first := true
+	for {
+		fh, err := c.fr.ReadFrameHeader()
+		if err != nil {
+			if err == http2.ErrFrameTooLarge {
+				return connError{http2.ErrCodeFrameSize, "frame too large"}
+			}
+			return err
+		}
+		if first && fh.Type != http2.FrameSettings {
+			return connError{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
+		}
+		first = false
+		if fh.Type == http2.FrameData {
+			if err := c.readData(fh); err != nil {
+				return err
+			}
+			continue
+		}
+		f, err := c.fr.ReadFrameForHeader(fh)
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				// A malformed header block for one stream: reset it.
+				c.resetStream(se.StreamID, se.Code)
+				continue
+			}
+			return err
+		}
+		if err := c.handleFrame(f); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *conn) handleFrame(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return c.onHeaders(f)
+	case *http2.SettingsFrame:
+		return c.onSettings(f)
+	case *http2.WindowUpdateFrame:
+		return c.onWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		return c.onReset(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		if !c.pings.allow(maxPeerPings) {
+			return connError{http2.ErrCodeEnhanceYourCalm, "ping flood"}
+		}
+		return c.writeControl(func(fr *http2.Framer) error { return fr.WritePing(true, f.Data) })
+	case *http2.GoAwayFrame:
+		c.mu.Lock()
+		c.goingAway = true
+		c.lastGoodID = f.LastStreamID
+		var refused []*stream
+		if c.role == roleClient {
+			for id, s := range c.streams {
+				if id > f.LastStreamID {
+					refused = append(refused, s)
+				}
+			}
+		}
+		c.mu.Unlock()
+		for _, s := range refused {
+			s.abort(errRefused)
+		}
+		return nil
+	case *http2.PushPromiseFrame:
+		return connError{http2.ErrCodeProtocol, "push promise"}
+	default:
+		// PRIORITY, PRIORITY_UPDATE and unknown frame types are ignored.
+		return nil
+	}
+}
+
+// readData reads a DATA frame's payload straight into a pooled buffer and
+// queues it on its stream, enforcing flow control.
+func (c *conn) readData(fh http2.FrameHeader) error {
+	n := int(fh.Length)
+	var bp *[]byte
+	var data []byte
+	if n > 0 {
+		bp = getBuf(n)
+		data = (*bp)[:n]
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			putBuf(bp)
+			return err
+		}
+	}
+	if fh.StreamID == 0 {
+		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
+	}
+	padding := 0
+	if fh.Flags.Has(http2.FlagDataPadded) {
+		if n == 0 || int(data[0]) >= n {
+			putBuf(bp)
+			return connError{http2.ErrCodeProtocol, "bad DATA padding"}
+		}
+		padding = int(data[0]) + 1
+		data = data[1 : n-int(data[0])]
+	}
+
+	c.mu.Lock()
+	c.recvWindow -= int64(n)
+	if c.recvWindow < 0 {
+		c.mu.Unlock()
+		putBuf(bp)
+		return connError{http2.ErrCodeFlowControl, "connection window exceeded"}
+	}
+	s := c.streams[fh.StreamID]
+	idle := s == nil && !c.isKnownIDLocked(fh.StreamID)
+	c.mu.Unlock()
+
+	if s == nil {
+		putBuf(bp)
+		if idle {
+			return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
+		}
+		c.returnCredit(nil, n) // a stream we already closed: just free the window
+		return nil
+	}
+	end := fh.Flags.Has(http2.FlagDataEndStream)
+	if err := s.pushData(bp, data, n, end); err != nil {
+		putBuf(bp)
+		c.returnCredit(nil, n)
+		c.resetStream(s.id, err.(http2.StreamError).Code)
+		return nil
+	}
+	if padding > 0 {
+		c.returnCredit(s, padding)
+	}
+	if end {
+		c.maybeRetire(s)
+	}
+	return nil
+}
+
+// isKnownIDLocked reports whether id belongs to a stream that was opened at
+// some point (and may now be closed). c.mu must be held.
+func (c *conn) isKnownIDLocked(id uint32) bool {
+	if c.role == roleServer {
+		return id%2 == 1 && id <= c.maxPeerID
+	}
+	return id%2 == 1 && id < c.nextStreamID
+}
+
+func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if c.role == roleClient {
+		c.mu.Lock()
+		s := c.streams[id]
+		c.mu.Unlock()
+		if s == nil {
+			return nil // response for a stream we gave up on
+		}
+		s.onResponse(f.Fields, f.StreamEnded())
+		if f.StreamEnded() {
+			c.maybeRetire(s)
+		}
+		return nil
+	}
+	c.mu.Lock()
+	if id%2 == 0 || id <= c.maxPeerID {
+		c.mu.Unlock()
+		if _, ok := c.streamByID(id); ok {
+			return connError{http2.ErrCodeProtocol, "trailers are not supported"}
+		}
+		return connError{http2.ErrCodeProtocol, "HEADERS on a closed or even stream"}
+	}
+	c.maxPeerID = id
+	if c.goingAway || c.active >= maxConcurrentStream {
+		c.mu.Unlock()
+		return c.writeControl(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+	}
+	if f.Truncated {
+		c.mu.Unlock()
+		return c.writeControl(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+	}
+	s := c.newStreamLocked(id)
+	c.active++
+	c.stopIdleLocked()
+	c.mu.Unlock()
+	c.handler.handleStream(c, s, f.Fields, f.StreamEnded())
+	return nil
+}
+
+func (c *conn) streamByID(id uint32) (*stream, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.streams[id]
+	return s, ok
+}
+
+func (c *conn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	if !c.settings.allow(maxPeerSettings) {
+		return connError{http2.ErrCodeEnhanceYourCalm, "settings flood"}
+	}
+	if err := f.ForeachSetting(func(s http2.Setting) error { return s.Valid() }); err != nil {
+		return connError{http2.ErrCodeProtocol, err.Error()}
+	}
+	c.mu.Lock()
+	f.ForeachSetting(func(s http2.Setting) error {
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - c.peerWindow
+			c.peerWindow = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWindow += delta
+			}
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = int(s.Val)
+		case http2.SettingMaxConcurrentStreams:
+			c.peerMaxStreams = int(min(s.Val, maxConcurrentStream))
+		}
+		return nil
+	})
+	c.sendCond.Broadcast()
+	c.mu.Unlock()
+	return c.writeControl(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+}
+
+func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		if c.sendWindow+inc > maxWindow {
+			return connError{http2.ErrCodeFlowControl, "connection window overflow"}
+		}
+		c.sendWindow += inc
+		c.sendCond.Broadcast()
+		return nil
+	}
+	s := c.streams[f.StreamID]
+	if s == nil {
+		return nil
+	}
+	if s.sendWindow+inc > maxWindow {
+		go c.resetStream(s.id, http2.ErrCodeFlowControl)
+		return nil
+	}
+	s.sendWindow += inc
+	c.sendCond.Broadcast()
+	return nil
+}
+
+func (c *conn) onReset(f *http2.RSTStreamFrame) error {
+	s, ok := c.streamByID(f.StreamID)
+	// Rapid reset: a client cancelling streams before they were answered
+	// makes the server do work for nothing.
+	if c.role == roleServer && (!ok || !s.answered.Load()) && !c.resets.allow(maxPeerResets) {
+		return connError{http2.ErrCodeEnhanceYourCalm, "too many stream resets"}
+	}
+	if !ok {
+		return nil
+	}
+	if f.ErrCode == http2.ErrCodeRefusedStream {
+		s.abort(errRefused)
+	} else {
+		s.abort(fmt.Errorf("hbone: stream reset by peer: %v", f.ErrCode))
+	}
+	c.retire(s)
+	return nil
+}
+
+// newStreamLocked registers a stream. c.mu must be held.
+func (c *conn) newStreamLocked(id uint32) *stream {
+	s := &stream{c: c, id: id, sendWindow: c.peerWindow, recvWindow: initialStreamWindow}
+	s.cond.L = &s.mu
+	if c.role == roleClient {
+		s.respReady = make(chan struct{})
+	}
+	c.streams[id] = s
+	return s
+}
+
+// maybeRetire removes s once both directions have ended.
+func (c *conn) maybeRetire(s *stream) {
+	if s.finished() {
+		c.retire(s)
+	}
+}
+
+// retire forgets a stream. On the client it also frees its concurrency slot;
+// the server frees slots when the handler returns (see release).
+func (c *conn) retire(s *stream) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.streams[s.id] != s {
+		return
+	}
+	delete(c.streams, s.id)
+	if c.role == roleClient {
+		c.releaseLocked()
+	}
+}
+
+// release frees one concurrency slot.
+func (c *conn) release() {
+	c.mu.Lock()
+	c.releaseLocked()
+	c.mu.Unlock()
+}
+
+func (c *conn) releaseLocked() {
+	c.active--
+	if c.active == 0 && c.err == nil && c.idleTimeout > 0 {
+		c.lastIdle = time.Now()
+		if c.idleTimer == nil {
+			c.idleTimer = time.AfterFunc(c.idleTimeout, c.checkIdle)
+		} else {
+			c.idleTimer.Reset(c.idleTimeout)
+		}
+	}
+}
+
+// tryReserve takes a stream slot if the connection can open another stream.
+func (c *conn) tryReserve(limit int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil || c.goingAway || c.active >= min(limit, c.peerMaxStreams) {
+		return false
+	}
+	if !c.retireAt.IsZero() && time.Now().After(c.retireAt) {
+		c.goingAway = true
+		if c.active == 0 {
+			go c.Close()
+		}
+		return false
+	}
+	c.active++
+	c.stopIdleLocked()
+	return true
+}
+
+// armIdle starts the idle clock of a connection that has no streams yet.
+func (c *conn) armIdle() {
+	c.mu.Lock()
+	c.active++
+	c.releaseLocked()
+	c.mu.Unlock()
+}
+
+func (c *conn) stopIdleLocked() {
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+}
+
+func (c *conn) checkIdle() {
+	c.mu.Lock()
+	idle := c.active == 0 && c.err == nil && time.Since(c.lastIdle) >= c.idleTimeout
+	if idle {
+		c.goingAway = true
+	}
+	c.mu.Unlock()
+	if !idle {
+		return
+	}
+	if c.onIdle != nil {
+		c.onIdle(c)
+	}
+	c.writeGoAway(http2.ErrCodeNo, "idle")
+	c.fail(errConnClosed)
+}
+
+// reserveSend blocks until s may send at least one byte and returns how many
+// (at most want), debiting both windows.
+func (c *conn) reserveSend(s *stream, want int) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if c.err != nil {
+			return 0, c.err
+		}
+		if err := s.sendErrLocked(); err != nil {
+			return 0, err
+		}
+		n := int64(min(want, c.peerMaxFrame))
+		n = min(n, s.sendWindow, c.sendWindow)
+		if n > 0 {
+			s.sendWindow -= n
+			c.sendWindow -= n
+			return int(n), nil
+		}
+		c.sendCond.Wait()
+	}
+}
+
+// returnCredit gives n consumed bytes back to the peer's windows, sending
+// WINDOW_UPDATE frames once enough has accumulated. s may be nil.
+func (c *conn) returnCredit(s *stream, n int) {
+	var streamInc int64
+	if s != nil {
+		streamInc = s.addCredit(n)
+	}
+	c.mu.Lock()
+	c.recvUnacked += int64(n)
+	var connInc int64
+	if c.recvUnacked >= initialConnWindow/creditDivisor {
+		connInc, c.recvUnacked = c.recvUnacked, 0
+		c.recvWindow += connInc
+	}
+	c.mu.Unlock()
+	if streamInc == 0 && connInc == 0 {
+		return
+	}
+	c.writeControl(func(fr *http2.Framer) error {
+		if streamInc > 0 {
+			if err := fr.WriteWindowUpdate(s.id, uint32(streamInc)); err != nil {
+				return err
+			}
+		}
+		if connInc > 0 {
+			return fr.WriteWindowUpdate(0, uint32(connInc))
+		}
+		return nil
+	})
+}
+
+// writeControl writes small frames under the write lock.
+func (c *conn) writeControl(write func(*http2.Framer) error) error {
+	c.wmu.Lock()
+	err := write(c.wfr)
+	c.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("hbone: write: %w", err))
+	}
+	return err
+}
+
+// writeHeaders encodes and writes one HEADERS frame.
+func (c *conn) writeHeaders(id uint32, fields []hpack.HeaderField, endStream bool) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeHeadersLocked(id, fields, endStream)
+}
+
+// writeHeadersLocked writes a header block; c.wmu must be held.
+func (c *conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, endStream bool) error {
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	if c.hbuf.Len() > defaultPeerFrame {
+		return errors.New("hbone: header block too large")
+	}
+	err := c.wfr.WriteHeaders(http2.HeadersFrameParam{
+		StreamID: id, BlockFragment: c.hbuf.Bytes(), EndStream: endStream, EndHeaders: true,
+	})
+	if err != nil {
+		c.fail(fmt.Errorf("hbone: write: %w", err))
+	}
+	return err
+}
+
+// writeDataFrame writes one DATA frame whose 9-byte header goes in
+// frame[:9] and whose payload is frame[9:].
+func (c *conn) writeDataFrame(id uint32, frame []byte, endStream bool) error {
+	n := len(frame) - frameHeaderLen
+	frame[0], frame[1], frame[2] = byte(n>>16), byte(n>>8), byte(n)
+	frame[3] = byte(http2.FrameData)
+	frame[4] = 0
+	if endStream {
+		frame[4] = byte(http2.FlagDataEndStream)
+	}
+	frame[5], frame[6], frame[7], frame[8] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
+	c.wmu.Lock()
+	var err error
+	if c.batch != nil && len(frame) > 16<<10 {
+		c.batch.begin()
+		_, err = c.nc.Write(frame)
+		if ferr := c.batch.flush(); err == nil {
+			err = ferr
+		}
+	} else {
+		_, err = c.nc.Write(frame)
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("hbone: write: %w", err)
+		c.fail(err)
+	}
+	return err
+}
+
+func (c *conn) resetStream(id uint32, code http2.ErrCode) {
+	if s, ok := c.streamByID(id); ok {
+		s.abort(fmt.Errorf("hbone: stream reset: %v", code))
+		c.retire(s)
+	}
+	c.writeControl(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, code) })
+}
+
+func (c *conn) writeGoAway(code http2.ErrCode, reason string) {
+	c.mu.Lock()
+	c.goingAway = true
+	last := c.maxPeerID
+	c.mu.Unlock()
+	c.wmu.Lock()
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.wfr.WriteGoAway(last, code, []byte(reason))
+	c.nc.SetWriteDeadline(time.Time{})
+	c.wmu.Unlock()
+}
+
+// fail marks the connection dead, closes the socket and wakes every stream.
+func (c *conn) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	streams := make([]*stream, 0, len(c.streams))
+	for _, s := range c.streams {
+		streams = append(streams, s)
+	}
+	c.stopIdleLocked()
+	c.sendCond.Broadcast()
+	c.mu.Unlock()
+	c.nc.Close()
+	for _, s := range streams {
+		s.abort(err)
+	}
+	if c.onClose != nil {
+		c.onClose(c)
+	}
+}
+
+// Close ends the connection at once.
+func (c *conn) Close() error {
+	c.fail(errConnClosed)
+	return nil
+}
+
+// retireWhenIdle stops new streams and closes the connection once its open
+// streams have ended.
+func (c *conn) retireWhenIdle() {
+	c.mu.Lock()
+	c.goingAway = true
+	idle := c.active == 0
+	if !idle {
+		c.idleTimeout = time.Millisecond // checkIdle closes it when the last stream ends
+	}
+	c.mu.Unlock()
+	if idle {
+		c.Close()
+	}
+}
+
+// shutdown stops new streams with GOAWAY; existing streams carry on.
+func (c *conn) shutdown() {
+	c.writeGoAway(http2.ErrCodeNo, "shutting down")
+}
+
+// idleNow reports whether the connection has no streams.
+func (c *conn) idleNow() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.active == 0
+}
+
+// rateCounter counts events in fixed one-second windows.
+type rateCounter struct {
+	start time.Time
+	n     int
+}
+
+// allow counts one event and reports whether the window's budget still holds.
+func (r *rateCounter) allow(budget int) bool {
+	now := time.Now()
+	if now.Sub(r.start) > limitWindow {
+		r.start, r.n = now, 0
+	}
+	r.n++
+	return r.n <= budget
+}

@@ -1,0 +1,130 @@
+package hbone
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http2/hpack"
+)
+
+// Request is a parsed HBONE CONNECT request.
+type Request struct {
+	// Authority is the original destination the tunnel is for.
+	Authority netip.AddrPort
+	// Header holds the regular (non-pseudo) request headers, canonicalized.
+	Header http.Header
+}
+
+// Errors from ParseRequest; each maps to a 400 reply.
+var (
+	ErrNotConnect       = errors.New("method is not CONNECT")
+	ErrBadAuthority     = errors.New(":authority is not ip:port")
+	ErrBadPseudoHeader  = errors.New("unexpected or repeated pseudo-header")
+	ErrForbiddenHeader  = errors.New("connection-specific header")
+	ErrMissingAuthority = errors.New("missing :authority")
+)
+
+// ParseRequest validates the decoded header fields of a CONNECT request
+// (RFC 9113 §8.5: only :method and :authority) and returns the request.
+// The framer has already checked field names, values and pseudo-header order.
+func ParseRequest(fields []hpack.HeaderField) (Request, error) {
+	var (
+		method, authority string
+		seenMethod        bool
+		seenAuthority     bool
+		req               Request
+	)
+	for _, f := range fields {
+		switch f.Name {
+		case ":method":
+			if seenMethod {
+				return Request{}, fmt.Errorf("%w: %s", ErrBadPseudoHeader, f.Name)
+			}
+			seenMethod, method = true, f.Value
+		case ":authority":
+			if seenAuthority {
+				return Request{}, fmt.Errorf("%w: %s", ErrBadPseudoHeader, f.Name)
+			}
+			seenAuthority, authority = true, f.Value
+		default:
+			if strings.HasPrefix(f.Name, ":") {
+				return Request{}, fmt.Errorf("%w: %s", ErrBadPseudoHeader, f.Name)
+			}
+			if isConnectionSpecific(f) {
+				return Request{}, fmt.Errorf("%w: %s", ErrForbiddenHeader, f.Name)
+			}
+			if req.Header == nil {
+				req.Header = make(http.Header, len(fields))
+			}
+			k := http.CanonicalHeaderKey(f.Name)
+			req.Header[k] = append(req.Header[k], f.Value)
+		}
+	}
+	if method != http.MethodConnect {
+		return Request{}, fmt.Errorf("%w: %q", ErrNotConnect, method)
+	}
+	if !seenAuthority {
+		return Request{}, ErrMissingAuthority
+	}
+	ap, err := ParseAuthority(authority)
+	if err != nil {
+		return Request{}, err
+	}
+	req.Authority = ap
+	return req, nil
+}
+
+// ParseAuthority parses an HBONE :authority: a literal IP address and a
+// non-zero port ("10.0.0.1:80", "[fd00::1]:443"). Host names are refused:
+// the tunnel carries connections to addresses, never to names.
+func ParseAuthority(s string) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
+		return netip.AddrPort{}, fmt.Errorf("%w: %q", ErrBadAuthority, s)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// isConnectionSpecific reports header fields HTTP/2 forbids (RFC 9113 §8.2.2).
+func isConnectionSpecific(f hpack.HeaderField) bool {
+	switch f.Name {
+	case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+		return true
+	case "te":
+		return f.Value != "trailers"
+	}
+	return false
+}
+
+// requestFields encodes a CONNECT request's header fields in wire order.
+func requestFields(authority netip.AddrPort, h http.Header) []hpack.HeaderField {
+	fields := make([]hpack.HeaderField, 0, 2+len(h))
+	fields = append(fields,
+		hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
+		hpack.HeaderField{Name: ":authority", Value: authority.String()})
+	for k, vs := range h {
+		name := strings.ToLower(k)
+		for _, v := range vs {
+			fields = append(fields, hpack.HeaderField{Name: name, Value: v})
+		}
+	}
+	return fields
+}
+
+// parseStatus extracts :status from a response header block.
+func parseStatus(fields []hpack.HeaderField) (int, error) {
+	for _, f := range fields {
+		if f.Name == ":status" {
+			code, err := strconv.Atoi(f.Value)
+			if err != nil || code < 100 || code > 999 {
+				return 0, fmt.Errorf("hbone: bad :status %q", f.Value)
+			}
+			return code, nil
+		}
+	}
+	return 0, errors.New("hbone: response without :status")
+}

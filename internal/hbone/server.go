@@ -1,0 +1,326 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// ErrBadDestination, returned (wrapped) by an Authorize or Dial function,
+// answers 400: the :authority is not a destination this server serves.
+var ErrBadDestination = errors.New("hbone: destination not served here")
+
+// ErrEmptyConnect: a CONNECT whose HEADERS already ended the stream.
+var ErrEmptyConnect = errors.New("CONNECT request ended the stream")
+
+// Stream describes one tunnelled connection for authorization, dialing and
+// telemetry.
+type Stream struct {
+	Request
+	// Peer is the verified SPIFFE identity of the tunnel's client.
+	Peer spiffeid.ID
+	// PeerAddr is the tunnel connection's remote address.
+	PeerAddr netip.AddrPort
+	// PeerCertificate is the leaf certificate the peer presented.
+	PeerCertificate *x509.Certificate
+}
+
+// StreamResult reports a finished stream (for flow logs and metrics).
+type StreamResult struct {
+	Stream
+	Status   int           // the reply sent: 200, 400, 401 or 503
+	Err      error         // why it was refused or how it ended, if not cleanly
+	BytesIn  int64         // bytes received from the client through the tunnel
+	BytesOut int64         // bytes sent to the client through the tunnel
+	Start    time.Time     // when the request arrived
+	Duration time.Duration // until both directions closed
+}
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// TLSConfig is the mTLS server configuration (identity.ServerConfig).
+	// Connections whose client presents no verified SPIFFE ID are closed.
+	TLSConfig *tls.Config
+	// Authorize decides whether a stream may proceed; an error refuses it
+	// with 401, or 400 when it wraps ErrBadDestination. Required.
+	Authorize func(ctx context.Context, st *Stream) error
+	// Dial connects to the stream's destination. An error answers 503, or
+	// 400 when it wraps ErrBadDestination. Defaults to TCP to Authority.
+	Dial func(ctx context.Context, st *Stream) (net.Conn, error)
+	// OnStreamEnd, if set, is called once per stream when it ends.
+	OnStreamEnd func(StreamResult)
+	// OnConnRefused, if set, is called when a connection is refused before
+	// any stream: failed TLS handshake (foreign CA, expired or wrong trust
+	// domain certificate), no h2, or a bad preface.
+	OnConnRefused func(remote net.Addr, err error)
+	// Logger receives connection-level events (never per read).
+	Logger *slog.Logger
+
+	HandshakeTimeout time.Duration // TLS + preface; default 10s
+	DialTimeout      time.Duration // upstream connect; default 5s
+	IdleTimeout      time.Duration // close connections with no streams; default 5m
+	DrainTimeout     time.Duration // on shutdown, how long streams may finish; default 30s
+}
+
+// Server terminates HBONE tunnels.
+type Server struct {
+	cfg ServerConfig
+
+	mu    sync.Mutex // guards conns
+	conns map[*conn]struct{}
+	wg    sync.WaitGroup // serving goroutines
+}
+
+// NewServer checks cfg and returns a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.TLSConfig == nil {
+		return nil, errors.New("hbone: server needs a TLS config")
+	}
+	if cfg.Authorize == nil {
+		return nil, errors.New("hbone: server needs an Authorize function")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.HandshakeTimeout = cmpOr(cfg.HandshakeTimeout, 10*time.Second)
+	cfg.DialTimeout = cmpOr(cfg.DialTimeout, 5*time.Second)
+	cfg.IdleTimeout = cmpOr(cfg.IdleTimeout, 5*time.Minute)
+	cfg.DrainTimeout = cmpOr(cfg.DrainTimeout, 30*time.Second)
+	if cfg.Dial == nil {
+		cfg.Dial = func(ctx context.Context, st *Stream) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", st.Authority.String())
+		}
+	}
+	return &Server{cfg: cfg, conns: make(map[*conn]struct{})}, nil
+}
+
+// Serve accepts tunnel connections on ln until ctx ends, then stops
+// accepting, sends GOAWAY, lets open streams drain (up to DrainTimeout) and
+// closes everything. It returns nil after a shutdown by ctx.
+func (srv *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				srv.drain()
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			srv.drain()
+			return fmt.Errorf("hbone: accept: %w", err)
+		}
+		srv.wg.Add(1)
+		go func() {
+			defer srv.wg.Done()
+			srv.serveTLS(ctx, nc)
+		}()
+	}
+}
+
+// serveTLS runs the TLS handshake and then the HTTP/2 connection.
+func (srv *Server) serveTLS(ctx context.Context, nc net.Conn) {
+	batch := &batchConn{Conn: nc}
+	tc := tls.Server(batch, srv.cfg.TLSConfig)
+	hctx, cancel := context.WithTimeout(ctx, srv.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		srv.refused(nc, fmt.Errorf("hbone: TLS handshake: %w", err))
+		return
+	}
+	state := tc.ConnectionState()
+	if state.NegotiatedProtocol != http2.NextProtoTLS || len(state.PeerCertificates) == 0 {
+		srv.refused(tc, errors.New("hbone: client negotiated no h2 or sent no certificate"))
+		return
+	}
+	peer, err := x509svid.IDFromCert(state.PeerCertificates[0])
+	if err != nil {
+		srv.refused(tc, fmt.Errorf("hbone: client certificate has no SPIFFE ID: %w", err))
+		return
+	}
+	srv.serveConn(ctx, tc, batch, peer, state.PeerCertificates[0])
+}
+
+// ServeConn serves HBONE on an already authenticated connection whose peer
+// is the given identity, until the connection ends.
+func (srv *Server) ServeConn(ctx context.Context, nc net.Conn, peer spiffeid.ID) {
+	srv.serveConn(ctx, nc, nil, peer, nil)
+}
+
+func (srv *Server) serveConn(ctx context.Context, nc net.Conn, batch *batchConn, peer spiffeid.ID, cert *x509.Certificate) {
+	h := &serverHandler{srv: srv, ctx: ctx, peer: peer, peerCert: cert}
+	if ap, err := netip.ParseAddrPort(nc.RemoteAddr().String()); err == nil {
+		h.peerAddr = ap
+	}
+	c := newConn(nc, batch, roleServer, h, srv.cfg.IdleTimeout)
+	nc.SetDeadline(time.Now().Add(srv.cfg.HandshakeTimeout))
+	if err := c.start(); err != nil {
+		srv.refused(nc, err)
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	if !srv.track(c) {
+		c.shutdown()
+		c.Close()
+		return
+	}
+	defer srv.untrack(c)
+	c.armIdle()
+	c.readLoop()
+	h.wg.Wait()
+}
+
+func (srv *Server) refused(nc net.Conn, err error) {
+	srv.cfg.Logger.Debug("hbone: connection refused", "remote", nc.RemoteAddr(), "err", err)
+	nc.Close()
+	if srv.cfg.OnConnRefused != nil {
+		srv.cfg.OnConnRefused(nc.RemoteAddr(), err)
+	}
+}
+
+func (srv *Server) track(c *conn) bool {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if srv.conns == nil {
+		return false
+	}
+	srv.conns[c] = struct{}{}
+	return true
+}
+
+func (srv *Server) untrack(c *conn) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	delete(srv.conns, c)
+}
+
+// drain sends GOAWAY on every connection, waits for their streams to end or
+// DrainTimeout, then closes what is left.
+func (srv *Server) drain() {
+	srv.mu.Lock()
+	conns := srv.conns
+	srv.conns = nil
+	srv.mu.Unlock()
+	for c := range conns {
+		c.shutdown()
+	}
+	deadline := time.Now().Add(srv.cfg.DrainTimeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for c := range conns {
+		for !c.idleNow() && time.Now().Before(deadline) {
+			<-tick.C
+		}
+		c.Close()
+	}
+	srv.wg.Wait()
+}
+
+// serverHandler runs the streams of one server connection.
+type serverHandler struct {
+	srv      *Server
+	ctx      context.Context
+	peer     spiffeid.ID
+	peerAddr netip.AddrPort
+	peerCert *x509.Certificate
+	wg       sync.WaitGroup
+}
+
+func (h *serverHandler) handleStream(c *conn, s *stream, fields []hpack.HeaderField, endStream bool) {
+	h.wg.Add(1)
+	go h.serveStream(c, s, fields, endStream)
+}
+
+// serveStream answers one CONNECT and proxies it. Its concurrency slot is
+// held until it returns, whatever the client does meanwhile.
+func (h *serverHandler) serveStream(c *conn, s *stream, fields []hpack.HeaderField, endStream bool) {
+	defer h.wg.Done()
+	defer c.release()
+	res := StreamResult{Start: time.Now()}
+	res.Peer, res.PeerAddr, res.PeerCertificate = h.peer, h.peerAddr, h.peerCert
+	var up net.Conn
+	res.Status, up, res.Err = h.open(c, s, fields, endStream, &res.Stream)
+	if up != nil {
+		res.BytesIn, res.BytesOut, res.Err = splice(s, up)
+	}
+	res.Duration = time.Since(res.Start)
+	if h.srv.cfg.OnStreamEnd != nil {
+		h.srv.cfg.OnStreamEnd(res)
+	}
+}
+
+// open validates, authorizes and dials; it replies and returns the status
+// and, for 200, the upstream connection.
+func (h *serverHandler) open(c *conn, s *stream, fields []hpack.HeaderField, endStream bool, st *Stream) (int, net.Conn, error) {
+	req, err := ParseRequest(fields)
+	if err == nil && endStream {
+		err = ErrEmptyConnect
+	}
+	if err != nil {
+		return h.refuse(c, s, 400, fmt.Errorf("hbone: bad request: %w", err))
+	}
+	st.Request = req
+	if err := h.srv.cfg.Authorize(h.ctx, st); err != nil {
+		if errors.Is(err, ErrBadDestination) {
+			return h.refuse(c, s, 400, err)
+		}
+		return h.refuse(c, s, 401, err)
+	}
+	dctx, cancel := context.WithTimeout(h.ctx, h.srv.cfg.DialTimeout)
+	up, err := h.srv.cfg.Dial(dctx, st)
+	cancel()
+	if err != nil {
+		if errors.Is(err, ErrBadDestination) {
+			return h.refuse(c, s, 400, err)
+		}
+		return h.refuse(c, s, 503, fmt.Errorf("hbone: dial %s: %w", req.Authority, err))
+	}
+	s.answered.Store(true)
+	if err := c.writeHeaders(s.id, statusFields(200), false); err != nil {
+		up.Close()
+		s.Close()
+		return 200, nil, err
+	}
+	return 200, up, nil
+}
+
+// refuse answers a final status and ends the stream.
+func (h *serverHandler) refuse(c *conn, s *stream, status int, err error) (int, net.Conn, error) {
+	s.answered.Store(true)
+	if werr := c.writeHeaders(s.id, statusFields(status), true); werr == nil {
+		s.markSentEnd()
+	}
+	s.Close()
+	return status, nil, err
+}
+
+func statusFields(code int) []hpack.HeaderField {
+	return []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(code)}}
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
