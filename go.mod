@@ -3,6 +3,7 @@ module github.com/ambientmesh/ambient
 go 1.26.8
 
 require (
+	github.com/google/go-cmp v0.7.0 // indirect
 	github.com/spiffe/go-spiffe/v2 v2.9.0 // indirect
 	go.uber.org/goleak v1.3.0 // indirect
 	golang.org/x/net v0.62.0 // indirect

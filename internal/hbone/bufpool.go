@@ -29,8 +29,11 @@ func getBuf(n int) *[]byte {
 	return &b
 }
 
-// putBuf returns a buffer obtained from getBuf.
+// putBuf returns a buffer obtained from getBuf; nil is ignored.
 func putBuf(p *[]byte) {
+	if p == nil {
+		return
+	}
 	c := sizeClass(cap(*p))
 	if 1<<(minBufShift+c) != cap(*p) {
 		return // not one of ours

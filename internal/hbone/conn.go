@@ -65,7 +65,9 @@ type connError struct {
 	reason string
 }
 
-func (e connError) Error() string { return fmt.Sprintf("hbone: connection error %v: %s", e.code, e.reason) }
+func (e connError) Error() string {
+	return fmt.Sprintf("hbone: connection error %v: %s", e.code, e.reason)
+}
 
 // errConnClosed is returned for streams of a connection that closed cleanly.
 var errConnClosed = errors.New("hbone: tunnel connection closed")

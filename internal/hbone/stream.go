@@ -213,9 +213,9 @@ func (s *stream) Write(p []byte) (int, error) {
 // the buffer is taken only once data is ready, so idle tunnels hold none.
 func (s *stream) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
-	rc := rawConnOf(r)
+	pr := newPooledReader(r)
 	for {
-		bp, n, err := readPooled(r, rc)
+		bp, n, err := pr.read()
 		if n > 0 {
 			serr := s.sendFrames((*bp)[:frameHeaderLen+n], false)
 			total += int64(n)
@@ -480,51 +480,69 @@ func (d *deadline) set(t time.Time, fire func(gen uint64)) {
 	d.timer = time.AfterFunc(wait, func() { fire(gen) })
 }
 
-// rawConnOf returns r's raw socket when it has one.
-func rawConnOf(r io.Reader) syscall.RawConn {
-	sc, ok := r.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
+// pooledReader reads a source into pooled buffers behind frame-header room.
+// For a socket it takes the buffer only when the socket is readable, so a
+// reader blocked on an idle connection holds none. One pooledReader serves a
+// whole copy, so a read allocates nothing.
+type pooledReader struct {
+	r      io.Reader
+	rc     syscall.RawConn // nil unless r is a socket
+	readFn func(fd uintptr) bool
+
+	// Results of the last readFn call.
+	bp  *[]byte
+	n   int
+	err error
 }
 
-// readPooled reads up to sendChunk bytes into a pooled buffer after the frame
-// header room. With a raw socket the buffer is taken only when the socket is
-// readable, so a blocked reader holds no buffer.
-func readPooled(r io.Reader, rc syscall.RawConn) (bp *[]byte, n int, err error) {
-	if rc == nil {
-		bp = getBuf(frameHeaderLen + sendChunk)
-		n, err = r.Read((*bp)[frameHeaderLen : frameHeaderLen+sendChunk])
+func newPooledReader(r io.Reader) *pooledReader {
+	pr := &pooledReader{r: r}
+	if sc, ok := r.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			pr.rc = rc
+			pr.readFn = pr.readFD
+		}
+	}
+	return pr
+}
+
+// read returns a pooled buffer whose [frameHeaderLen:frameHeaderLen+n]
+// holds the data read; the caller returns the buffer with putBuf.
+func (pr *pooledReader) read() (*[]byte, int, error) {
+	if pr.rc == nil {
+		bp := getBuf(frameHeaderLen + sendChunk)
+		n, err := pr.r.Read((*bp)[frameHeaderLen : frameHeaderLen+sendChunk])
 		return bp, n, err
 	}
-	cerr := rc.Read(func(fd uintptr) bool {
-		bp = getBuf(frameHeaderLen + sendChunk)
-		for {
-			n, err = syscall.Read(int(fd), (*bp)[frameHeaderLen:frameHeaderLen+sendChunk])
-			if err != syscall.EINTR {
-				break
-			}
+	pr.bp, pr.n, pr.err = nil, 0, nil
+	if err := pr.rc.Read(pr.readFn); err != nil {
+		return pr.bp, 0, err
+	}
+	switch {
+	case pr.err != nil:
+		return pr.bp, 0, os.NewSyscallError("read", pr.err)
+	case pr.n == 0:
+		return pr.bp, 0, io.EOF
+	}
+	return pr.bp, pr.n, nil
+}
+
+// readFD is called by the runtime poller; false means "wait until readable".
+func (pr *pooledReader) readFD(fd uintptr) bool {
+	pr.bp = getBuf(frameHeaderLen + sendChunk)
+	for {
+		pr.n, pr.err = syscall.Read(int(fd), (*pr.bp)[frameHeaderLen:frameHeaderLen+sendChunk])
+		if pr.err != syscall.EINTR {
+			break
 		}
-		if err == syscall.EAGAIN {
-			putBuf(bp)
-			bp = nil
-			return false
-		}
-		return true
-	})
-	if cerr != nil {
-		return bp, 0, cerr
 	}
-	if err != nil {
-		return bp, 0, os.NewSyscallError("read", err)
+	if pr.err == syscall.EAGAIN {
+		putBuf(pr.bp)
+		pr.bp, pr.n, pr.err = nil, 0, nil
+		return false
 	}
-	if n == 0 {
-		return bp, 0, io.EOF
+	if pr.n < 0 {
+		pr.n = 0
 	}
-	return bp, n, nil
+	return true
 }
