@@ -41,6 +41,10 @@ const (
 	maxPeerResets   = 200 // client resets of open streams (rapid reset)
 	maxPeerPings    = 100
 	maxPeerSettings = 100
+
+	// After a protocol error, how long and how much we read before closing.
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
 )
 
 var clientPreface = []byte(http2.ClientPreface)
@@ -184,12 +188,16 @@ func (c *conn) start() error {
 func (c *conn) readLoop() {
 	defer close(c.done)
 	err := c.readFrames()
+	if h2e, ok := err.(http2.ConnectionError); ok {
+		err = connError{code: http2.ErrCode(h2e), reason: "protocol error"}
+	}
 	var ce connError
 	if errors.As(err, &ce) {
 		c.writeGoAway(ce.code, ce.reason)
-	} else if h2e, ok := err.(http2.ConnectionError); ok {
-		c.writeGoAway(http2.ErrCode(h2e), "")
-		err = connError{code: http2.ErrCode(h2e), reason: "protocol error"}
+		// Read on briefly so the peer's pending bytes do not turn our
+		// close into a TCP reset that would destroy the GOAWAY unread.
+		c.nc.SetReadDeadline(time.Now().Add(lingerTime))
+		io.CopyN(io.Discard, c.br, lingerBytes)
 	}
 	if err == io.EOF {
 		err = errConnClosed

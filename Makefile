@@ -1,0 +1,59 @@
+# Ambient mesh: build, test, benchmark and demo entry points.
+# `make demo` runs the main job; `make test` runs every test tier.
+
+GO       ?= go
+BIN      := bin
+FUZZTIME ?= 5s
+# Packages with goroutines and locks, run again under the race detector.
+RACE_PKGS := ./internal/hbone/... ./internal/identity/...
+
+.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel demo lint deps
+
+all: build
+
+deps:
+	hack/install-deps.sh test
+	$(GO) mod download
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+## test: everything CI runs — unit tests, race detector, fuzzing, generated code check.
+test: deps lint test-unit test-race test-fuzz gen-check
+	@echo "make test: all tiers passed"
+
+test-unit:
+	$(GO) test -count=1 ./...
+
+test-race:
+	$(GO) test -count=1 -race -short $(RACE_PKGS)
+
+test-fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./internal/hbone/
+	$(GO) test -run '^$$' -fuzz '^FuzzServerConn$$' -fuzztime $(FUZZTIME) ./internal/hbone/
+
+gen:
+	tools/gen.sh
+
+gen-check:
+	tools/gencheck.sh
+	cd tools && $(GO) test -count=1 ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## bench: Go micro-benchmarks, then the tunnel against C TLS proxies.
+bench: bench-go bench-tunnel
+
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/hbone/
+
+bench-tunnel: build
+	hack/install-deps.sh bench
+	$(BIN)/meshbench tunnel $(BENCH_FLAGS)
+
+## demo: the tunnel end to end on loopback, narrated.
+demo: build
+	$(BIN)/tunnel-demo
