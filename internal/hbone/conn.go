@@ -287,6 +287,9 @@ func (c *conn) handleFrame(f http2.Frame) error {
 // readData reads a DATA frame's payload straight into a pooled buffer and
 // queues it on its stream, enforcing flow control.
 func (c *conn) readData(fh http2.FrameHeader) error {
+	if fh.StreamID == 0 {
+		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
+	}
 	n := int(fh.Length)
 	var bp *[]byte
 	var data []byte
@@ -297,9 +300,6 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 			putBuf(bp)
 			return err
 		}
-	}
-	if fh.StreamID == 0 {
-		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
 	}
 	padding := 0
 	if fh.Flags.Has(http2.FlagDataPadded) {
@@ -331,8 +331,12 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 		return nil
 	}
 	end := fh.Flags.Has(http2.FlagDataEndStream)
-	if err := s.pushData(bp, data, n, end); err != nil {
+	queued, err := s.pushData(bp, data, n, end)
+	if !queued {
 		putBuf(bp)
+		padding = n // nobody will read it: return the whole frame's credit
+	}
+	if err != nil {
 		c.returnCredit(nil, n)
 		c.resetStream(s.id, err.(http2.StreamError).Code)
 		return nil
@@ -385,7 +389,7 @@ func (c *conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	if f.Truncated {
 		c.mu.Unlock()
-		return c.writeControl(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+		return c.writeHeaders(id, statusFields(400), true) // header list over our limit
 	}
 	s := c.newStreamLocked(id)
 	c.active++
@@ -659,7 +663,10 @@ func (c *conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, endStre
 		}
 	}
 	if c.hbuf.Len() > defaultPeerFrame {
-		return errors.New("hbone: header block too large")
+		// The encoder's table already changed: the connection can't go on.
+		err := errors.New("hbone: header block too large")
+		c.fail(err)
+		return err
 	}
 	err := c.wfr.WriteHeaders(http2.HeadersFrameParam{
 		StreamID: id, BlockFragment: c.hbuf.Bytes(), EndStream: endStream, EndHeaders: true,

@@ -8,7 +8,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -297,6 +299,14 @@ func TestServer_StatusCodes(t *testing.T) {
 		})
 	}
 
+	t.Run("client refuses oversized headers", func(t *testing.T) {
+		tgt := target(ts, up.addr())
+		tgt.Header = http.Header{"Baggage": {strings.Repeat("k=v,", 5000)}}
+		if _, err := cl.Dial(ctxT(t), tgt); err == nil || !strings.Contains(err.Error(), "limit") {
+			t.Fatalf("Dial error = %v, want header limit error", err)
+		}
+	})
+
 	raw := dialRaw(t, ts, p.source(clientID), bundles(p))
 	for _, tc := range []struct {
 		name   string
@@ -307,6 +317,7 @@ func TestServer_StatusCodes(t *testing.T) {
 		{"authority is a host name", [][2]string{{":method", "CONNECT"}, {":authority", "example.com:80"}}, 400},
 		{"authority without port", [][2]string{{":method", "CONNECT"}, {":authority", "127.0.0.1"}}, 400},
 		{"missing authority", [][2]string{{":method", "CONNECT"}}, 400},
+		{"header list over 16 KiB", [][2]string{{":method", "CONNECT"}, {":authority", up.addr().String()}, {"x-a", strings.Repeat("a", 6000)}, {"x-b", strings.Repeat("b", 6000)}, {"x-c", strings.Repeat("c", 6000)}}, 400},
 		{"valid", [][2]string{{":method", "CONNECT"}, {":authority", up.addr().String()}}, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

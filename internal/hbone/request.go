@@ -115,6 +115,15 @@ func requestFields(authority netip.AddrPort, h http.Header) []hpack.HeaderField 
 	return fields
 }
 
+// headerListSize is the HTTP/2 size of a header list (RFC 9113 §6.5.2).
+func headerListSize(fields []hpack.HeaderField) int {
+	n := 0
+	for _, f := range fields {
+		n += int(f.Size())
+	}
+	return n
+}
+
 // parseStatus extracts :status from a response header block.
 func parseStatus(fields []hpack.HeaderField) (int, error) {
 	for _, f := range fields {

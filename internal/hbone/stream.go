@@ -64,30 +64,27 @@ type stream struct {
 }
 
 // pushData queues a received payload. It is called by the read loop and
-// reports a stream error for flow-control or state violations.
-func (s *stream) pushData(bp *[]byte, data []byte, frameLen int, end bool) error {
+// reports whether the buffer was queued (else the caller recycles it) and a
+// stream error for flow-control or state violations.
+func (s *stream) pushData(bp *[]byte, data []byte, frameLen int, end bool) (queued bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.recvEOF {
-		return http2.StreamError{StreamID: s.id, Code: http2.ErrCodeStreamClosed}
+		return false, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeStreamClosed}
 	}
 	s.recvWindow -= int64(frameLen)
 	if s.recvWindow < 0 {
-		return http2.StreamError{StreamID: s.id, Code: http2.ErrCodeFlowControl}
+		return false, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeFlowControl}
 	}
 	if len(data) > 0 && s.err == nil && !s.closed {
 		s.recv = append(s.recv, chunk{bp: bp, data: data})
-	} else if bp != nil {
-		putBuf(bp)
-		if len(data) > 0 {
-			go s.c.returnCredit(nil, len(data)) // nobody will read it
-		}
+		queued = true
 	}
 	if end {
 		s.recvEOF = true
 	}
 	s.cond.Broadcast()
-	return nil
+	return queued, nil
 }
 
 // addCredit records n consumed bytes and returns the stream WINDOW_UPDATE
