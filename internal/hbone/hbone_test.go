@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -385,5 +386,38 @@ func TestClient_CertificateRotation(t *testing.T) {
 	svid, _ := src.GetX509SVID()
 	if len(serials) != 2 || serials[0] == serials[1] || serials[1] != svid.Certificates[0].SerialNumber.String() {
 		t.Fatalf("serials seen by server = %v, want old then current %s", serials, svid.Certificates[0].SerialNumber)
+	}
+}
+
+// TestClient_ClosesIdleConnections: a pooled connection with no streams for
+// IdleTimeout is closed and leaves the pool; the next Dial opens a new one.
+func TestClient_ClosesIdleConnections(t *testing.T) {
+	p := newPKI(t, td)
+	up := startUpstream(t, echo)
+	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{})
+	src := p.source(clientID)
+	cl, err := NewClient(ClientConfig{
+		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
+			return identity.ClientConfig(src, bundles(p), dst), nil
+		},
+		IdleTimeout: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := range 2 {
+		c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if conns, _ := cl.PoolStats(); conns != 1 {
+			t.Fatalf("pool has %d connections, want 1", conns)
+		}
+		c.Close()
+		waitFor(t, "idle connection to close", func() bool { conns, _ := cl.PoolStats(); return conns == 0 })
+		if got := ts.accepts.Load(); got != int64(i+1) {
+			t.Fatalf("server accepted %d connections, want %d", got, i+1)
+		}
 	}
 }
