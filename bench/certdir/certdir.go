@@ -59,17 +59,20 @@ func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
 
 // Write mints a client and a server SVID from a (valid for ttl) in trust
 // domain td and writes the layout described in the package comment to dir,
-// which must exist. Key files are written with mode 0600.
+// creating it if needed. Key files are written with mode 0600.
 func Write(dir string, a Authority, td spiffeid.TrustDomain, ttl time.Duration) error {
 	roots := a.RootsPEM()
 	if len(roots) == 0 {
 		return errors.New("certdir: authority returned an empty trust bundle")
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("certdir: %w", err)
+	}
 	if err := os.WriteFile(filepath.Join(dir, CAFile), roots, 0o644); err != nil {
 		return fmt.Errorf("certdir: %w", err)
 	}
 	for _, w := range []struct {
-		id                   spiffeid.ID
+		id                  spiffeid.ID
 		cert, key, combined string
 	}{
 		{ClientID(td), ClientCertFile, ClientKeyFile, ClientCombinedFile},

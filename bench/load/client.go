@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ambientmesh/ambient/bench/stats"
@@ -205,14 +206,8 @@ func latencyConn(ctx context.Context, c net.Conn, sched stats.Schedule, reqs []i
 	var maxLag time.Duration
 	for _, i := range reqs {
 		due := sched.At(i)
-		if d := time.Until(due); d > 0 {
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return maxLag
-			case <-t.C:
-			}
+		if !sleepUntil(ctx, due) {
+			return maxLag
 		}
 		maxLag = max(maxLag, time.Since(due))
 		if err := roundTrip(c, buf, time.Now().Add(cfg.Timeout)); err != nil {
@@ -222,6 +217,35 @@ func latencyConn(ctx context.Context, c net.Conn, sched stats.Schedule, reqs []i
 		ok[i] = true
 	}
 	return maxLag
+}
+
+// coarseSlack is how early sleepUntil leaves the Go timer: the runtime's
+// netpoller sleeps in whole milliseconds, so a Go timer can fire up to ~1ms
+// late, which would be counted as latency by an open-loop generator.
+const coarseSlack = 1500 * time.Microsecond
+
+// sleepUntil waits until t: on a Go timer for all but the last coarseSlack,
+// then in nanosleep(2), which blocks only this goroutine's OS thread and
+// wakes within the kernel's timer slack (50µs). It returns false if ctx is
+// done first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	if d := time.Until(t) - coarseSlack; d > 0 {
+		timer := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return false
+		case <-timer.C:
+		}
+	}
+	for {
+		d := time.Until(t)
+		if d <= 0 {
+			return ctx.Err() == nil
+		}
+		ts := syscall.NsecToTimespec(int64(d))
+		syscall.Nanosleep(&ts, nil) // EINTR: loop and recompute
+	}
 }
 
 func roundTrip(c net.Conn, buf []byte, deadline time.Time) error {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strconv"
 )
 
 // Names of the proxy pairs, in table order.
@@ -112,10 +113,11 @@ func Build(name string, l Layout, t Tuning, tools Tools) (Pair, error) {
 		alpn = []string{"h2"}
 		mk = func(s Side) Proc {
 			if s == ClientSide {
-				return Proc{Argv: []string{tools.Mesh, "hbone-client",
+				return Proc{Argv: []string{tools.Mesh, "hbone-client", "--procs", strconv.Itoa(t.HBONEProcs),
 					"--listen", l.Listen, "--tunnel", l.Tunnel, "--dest", l.Dest, "--certs", l.Certs}}
 			}
-			return Proc{Argv: []string{tools.Mesh, "hbone-server", "--listen", l.Tunnel, "--certs", l.Certs}}
+			return Proc{Argv: []string{tools.Mesh, "hbone-server", "--procs", strconv.Itoa(t.HBONEProcs),
+				"--listen", l.Tunnel, "--certs", l.Certs}}
 		}
 	default:
 		return Pair{}, fmt.Errorf("proxies: unknown pair %q (want one of %v)", name, Names())

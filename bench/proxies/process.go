@@ -42,6 +42,9 @@ func Start(ctx context.Context, p Proc, readyTimeout time.Duration) (*Running, e
 			return nil, fmt.Errorf("proxies: %s: %w", p.Name, err)
 		}
 	}
+	if err := os.MkdirAll(filepath.Dir(p.Log), 0o755); err != nil {
+		return nil, fmt.Errorf("proxies: %s: %w", p.Name, err)
+	}
 	if _, err := exec.LookPath(p.Argv[0]); err != nil {
 		return nil, fmt.Errorf("proxies: %s: %w (install it: see bench/README.md)", p.Name, err)
 	}

@@ -13,17 +13,21 @@
 // name: SVIDs carry only a URI SAN). The client side presents client.pem,
 // the server side server.pem and requires a client certificate.
 //
-// Tuning (2-core machine, 127.0.0.1, 2 GiB single-stream transfers, all
-// measured with `meshbench tunnel`; see bench/README.md for numbers):
+// Tuning. Found with `meshbench tunnel` on the 2-core bench machine (1 GiB
+// single-stream transfers, 3 repeats, median MB/s up/down; noise is about
+// ±10%, so each setting was run two or three times; bench/README.md has the
+// table):
 //
 //   - stunnel: nothing to tune beyond TCP_NODELAY on both sockets; its
 //     transfer buffer is a compile-time constant.
-//   - HAProxy: tune.bufsize 64 KiB instead of 16 KiB lets it move full
-//     16 KiB TLS records several at a time; nbthread 1 (one thread per
-//     process) beat 2 on two cores, where the second thread only competes
-//     with the load generator and the other proxy.
-//   - nginx: proxy_buffer_size 64 KiB instead of 16 KiB; worker_processes 1
-//     (a single stream connection is served by one worker anyway).
+//   - HAProxy: tune.bufsize is what matters: 16 KiB (the default) gave
+//     ~500/510 MB/s, 64 KiB ~650-740, 256 KiB ~750/750. nbthread 2 was
+//     steadier than 1 (nbthread 1 swung between ~590 and ~770), so the
+//     default is nbthread 2, tune.bufsize 256 KiB.
+//   - nginx: proxy_buffer_size 16 KiB (the default) gave ~650/650 MB/s,
+//     64 KiB ~730/775, 256 KiB ~760/790; worker_processes auto (2) was no
+//     better and sometimes worse (~590/600) than 1, since one stream is
+//     served by one worker. Default: 1 worker, 256 KiB.
 package proxies
 
 import (
@@ -57,17 +61,18 @@ type Layout struct {
 	Dest   string // backend address the server side forwards to
 }
 
-// Tuning holds the knobs of the C proxies.
+// Tuning holds the knobs of the proxies.
 type Tuning struct {
 	HAProxyThreads  int    // nbthread of each haproxy process
 	HAProxyBufSize  int    // tune.bufsize in bytes
 	NginxWorkers    string // worker_processes: a count or "auto"
 	NginxBufferSize int    // proxy_buffer_size in bytes
+	HBONEProcs      int    // GOMAXPROCS of each hbone process
 }
 
 // DefaultTuning is the best configuration found on the 2-core bench machine.
 func DefaultTuning() Tuning {
-	return Tuning{HAProxyThreads: 1, HAProxyBufSize: 64 << 10, NginxWorkers: "1", NginxBufferSize: 64 << 10}
+	return Tuning{HAProxyThreads: 2, HAProxyBufSize: 256 << 10, NginxWorkers: "1", NginxBufferSize: 256 << 10, HBONEProcs: 1}
 }
 
 type renderData struct {

@@ -111,6 +111,8 @@ type Ratio struct {
 	Ratio        float64 `json:"ratio"`
 }
 
+const ratioRow = "hbone/best C"
+
 // CPairs are the rows hbone is compared with.
 var CPairs = []string{"stunnel", "haproxy", "nginx"}
 
@@ -185,14 +187,20 @@ func ComputeRatios(paths []Path) []Ratio {
 // and failed TLS checks.
 func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	header := []string{"path"}
+	// Left-align the path column (tabwriter aligns every cell right).
+	width := len(ratioRow)
+	for _, p := range r.Paths {
+		width = max(width, len(p.Name))
+	}
+	left := func(s string) string { return fmt.Sprintf("%-*s", width, s) }
+	header := []string{left("path")}
 	for _, m := range metrics {
 		header = append(header, m.header)
 	}
 	header = append(header, "mTLS 1.3 checks")
 	fmt.Fprintln(tw, strings.Join(header, "\t")+"\t")
 	for _, p := range r.Paths {
-		row := []string{p.Name}
+		row := []string{left(p.Name)}
 		for k, m := range metrics {
 			switch v, ok := m.get(p); {
 			case p.Status != StatusOK && k == 0:
@@ -207,7 +215,7 @@ func WriteTable(w io.Writer, r *Report) error {
 		fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
 	}
 	if len(r.Ratios) > 0 {
-		row := []string{"hbone/best C"}
+		row := []string{left(ratioRow)}
 		for _, m := range metrics {
 			k := slices.IndexFunc(r.Ratios, func(x Ratio) bool { return x.Metric == m.name })
 			if k < 0 {

@@ -25,6 +25,7 @@ type handshake struct {
 	state    tls.ConnectionState
 	uris     []string // client leaf URI SANs
 	err      error
+	data     bool // application data arrived after the handshake
 }
 
 // fakeUpstream is a Go TLS server standing in for a pair's server side.
@@ -33,7 +34,7 @@ type fakeUpstream struct {
 	cfg     *tls.Config
 	results chan handshake
 
-	mu   sync.Mutex // mu guards conns.
+	mu    sync.Mutex // mu guards conns.
 	conns []net.Conn
 }
 
@@ -89,6 +90,11 @@ func (f *fakeUpstream) handshakeFakeUpstream(c net.Conn, roots *x509.CertPool, t
 	c.SetDeadline(time.Now().Add(timeout))
 	h.err = tc.Handshake()
 	h.state = tc.ConnectionState()
+	if h.err == nil {
+		var b [1]byte
+		n, _ := tc.Read(b[:])
+		h.data = n > 0
+	}
 	select {
 	case f.results <- h:
 	default:
@@ -106,11 +112,11 @@ func (f *fakeUpstream) close() {
 
 // trigger opens a plaintext connection to the client side and sends a few
 // bytes so that even a lazily dialling proxy connects upstream, then waits
-// for the fake upstream's view of the resulting handshake.
-func trigger(ctx context.Context, listen string, f *fakeUpstream, timeout time.Duration) (handshake, error) {
-	for len(f.results) > 0 {
-		<-f.results
-	}
+// for a handshake seen by the fake upstream that want accepts (the last one
+// seen is returned on timeout). Earlier connections, such as the readiness
+// probe's, may also be reported, so want must not rely on the handshake
+// being the trigger's own unless it checks h.data.
+func trigger(ctx context.Context, listen string, f *fakeUpstream, timeout time.Duration, want func(handshake) bool) (handshake, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", listen)
 	if err != nil {
@@ -120,13 +126,22 @@ func trigger(ctx context.Context, listen string, f *fakeUpstream, timeout time.D
 	c.Write([]byte("MBN1 handshake probe"))
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	select {
-	case h := <-f.results:
-		return h, nil
-	case <-t.C:
-		return handshake{}, fmt.Errorf("tlscheck: client side never connected upstream within %v", timeout)
-	case <-ctx.Done():
-		return handshake{}, ctx.Err()
+	var last *handshake
+	for {
+		select {
+		case h := <-f.results:
+			if want(h) {
+				return h, nil
+			}
+			last = &h
+		case <-t.C:
+			if last != nil {
+				return *last, nil
+			}
+			return handshake{}, fmt.Errorf("tlscheck: client side never connected upstream within %v", timeout)
+		case <-ctx.Done():
+			return handshake{}, ctx.Err()
+		}
 	}
 }
 
@@ -143,7 +158,7 @@ func names(ids []uint16, name func(uint16) string) string {
 // SVID and one against a fake upstream with a foreign CA's certificate.
 func Client(ctx context.Context, start StartClient, env Env) []Check {
 	env = env.withDefaults()
-	run := func(name, serverCerts string, judge func(handshake) (bool, string)) Check {
+	run := func(name, serverCerts string, want func(handshake) bool, judge func(handshake) (bool, string)) Check {
 		f, err := newFakeUpstream(serverCerts, env)
 		if err != nil {
 			return Check{Name: name, Detail: err.Error()}
@@ -154,7 +169,7 @@ func Client(ctx context.Context, start StartClient, env Env) []Check {
 			return Check{Name: name, Detail: err.Error()}
 		}
 		defer stop()
-		h, err := trigger(ctx, listen, f, env.Timeout)
+		h, err := trigger(ctx, listen, f, env.Timeout, want)
 		if err != nil {
 			return Check{Name: name, Detail: err.Error()}
 		}
@@ -163,6 +178,7 @@ func Client(ctx context.Context, start StartClient, env Env) []Check {
 	}
 	return []Check{
 		run("client presents a valid client SVID, offers only TLS 1.3, negotiates TLS_AES_128_GCM_SHA256", env.Certs,
+			func(h handshake) bool { return h.err == nil && h.data }, // the trigger's own connection
 			func(h handshake) (bool, string) {
 				detail := fmt.Sprintf("offered versions [%s] suites [%s]; ", names(h.versions, tls.VersionName), names(h.suites, tls.CipherSuiteName))
 				if h.err != nil {
@@ -173,7 +189,10 @@ func Client(ctx context.Context, start StartClient, env Env) []Check {
 					h.state.Version == tls.VersionTLS13 && h.state.CipherSuite == CipherSuite && len(h.uris) > 0
 				return ok, detail
 			}),
+		// Every connection of this instance faces the impostor, so any one
+		// of them is evidence; one that completes the handshake fails.
 		run("client refuses a server certificate from a foreign CA", env.Foreign,
+			func(handshake) bool { return true },
 			func(h handshake) (bool, string) {
 				if h.err == nil {
 					return false, "handshake COMPLETED with the impostor"

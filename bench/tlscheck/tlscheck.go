@@ -127,7 +127,10 @@ func dialServer(ctx context.Context, addr string, env Env, o dialOpts) dialResul
 		if err != nil {
 			return dialResult{err: err}
 		}
-		cfg.Certificates = []tls.Certificate{pair}
+		// Always send it, even when the server's certificate_authorities
+		// list does not name its issuer (Go would otherwise send none and
+		// the foreign-CA check would only repeat the no-certificate one).
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil }
 	}
 	ctx, cancel := context.WithTimeout(ctx, env.Timeout)
 	defer cancel()

@@ -175,6 +175,9 @@ func (b *Bench) Run(ctx context.Context) (rep *report.Report, err error) {
 			return rep, err
 		}
 		var p report.Path
+		if name == Direct && cfg.VerifyOnly {
+			continue // nothing to verify without TLS
+		}
 		if name == Direct {
 			p = b.measure(ctx, report.Path{Name: name, Status: report.StatusOK}, backend.Addr(), nil)
 		} else {
@@ -368,6 +371,7 @@ func (b *Bench) meta(ctx context.Context) report.Meta {
 			"haproxy.tune.bufsize":    strconv.Itoa(c.Tuning.HAProxyBufSize),
 			"nginx.worker_processes":  c.Tuning.NginxWorkers,
 			"nginx.proxy_buffer_size": strconv.Itoa(c.Tuning.NginxBufferSize),
+			"hbone.gomaxprocs":        strconv.Itoa(c.Tuning.HBONEProcs),
 		},
 	}
 }

@@ -11,7 +11,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"syscall"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -45,8 +48,12 @@ func runHBONEClient(args []string) error {
 	tunnel := fs.String("tunnel", "127.0.0.1:15008", "HBONE server address")
 	dest := fs.String("dest", "", "destination ip:port sent as :authority")
 	certs := fs.String("certs", "", "certificate directory")
+	procs := fs.Int("procs", 0, "GOMAXPROCS (0: Go's default)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *procs > 0 {
+		runtime.GOMAXPROCS(*procs)
 	}
 	tunnelAddr, err := netip.ParseAddrPort(*tunnel)
 	if err != nil {
@@ -77,6 +84,7 @@ func runHBONEClient(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer profile("client")()
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
@@ -108,15 +116,20 @@ func runHBONEServer(args []string) error {
 	fs := flag.NewFlagSet("hbone-server", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:15008", "HBONE listen address")
 	certs := fs.String("certs", "", "certificate directory")
+	procs := fs.Int("procs", 0, "GOMAXPROCS (0: Go's default)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *procs > 0 {
+		runtime.GOMAXPROCS(*procs)
 	}
 	src, bundle, err := loadSource(*certs, certdir.ServerCertFile, certdir.ServerKeyFile)
 	if err != nil {
 		return err
 	}
 	srv, err := hbone.NewServer(hbone.ServerConfig{
-		TLSConfig: identity.ServerConfig(src, bundle, benchTD),
+		TLSConfig:    identity.ServerConfig(src, bundle, benchTD),
+		DrainTimeout: time.Second,
 		Authorize: func(_ context.Context, st *hbone.Stream) error {
 			if st.Peer != certdir.ClientID(benchTD) {
 				return errors.New("unexpected peer")
@@ -129,9 +142,26 @@ func runHBONEServer(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer profile("server")()
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
 	return srv.Serve(ctx, ln)
+}
+
+// profile writes a CPU profile to $MESHBENCH_CPUPROFILE.<side>.pprof when
+// that variable is set; the returned function stops it.
+func profile(side string) func() {
+	prefix := os.Getenv("MESHBENCH_CPUPROFILE")
+	if prefix == "" {
+		return func() {}
+	}
+	f, err := os.Create(prefix + "." + side + ".pprof")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cpu profile:", err)
+		return func() {}
+	}
+	pprof.StartCPUProfile(f)
+	return func() { pprof.StopCPUProfile(); f.Close() }
 }

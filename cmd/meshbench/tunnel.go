@@ -70,6 +70,7 @@ func parseTunnelFlags(args []string, stderr io.Writer) (tunnelFlags, error) {
 	fs.IntVar(&f.tuning.HAProxyBufSize, "haproxy-bufsize", def.HAProxyBufSize, "haproxy tune.bufsize in bytes")
 	fs.StringVar(&f.tuning.NginxWorkers, "nginx-workers", def.NginxWorkers, "nginx worker_processes (a number or auto)")
 	fs.IntVar(&f.tuning.NginxBufferSize, "nginx-buffer", def.NginxBufferSize, "nginx proxy_buffer_size in bytes")
+	fs.IntVar(&f.tuning.HBONEProcs, "hbone-procs", def.HBONEProcs, "GOMAXPROCS of each hbone process (0: Go's default)")
 	fs.StringVar(&f.tools.Stunnel, "stunnel", "stunnel4", "stunnel executable")
 	fs.StringVar(&f.tools.HAProxy, "haproxy", "haproxy", "haproxy executable")
 	fs.StringVar(&f.tools.Nginx, "nginx", "nginx", "nginx executable")

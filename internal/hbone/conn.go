@@ -331,18 +331,20 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 		return nil
 	}
 	end := fh.Flags.Has(http2.FlagDataEndStream)
-	queued, err := s.pushData(bp, data, n, end)
-	if !queued {
-		putBuf(bp)
-		padding = n // nobody will read it: return the whole frame's credit
-	}
+	queued, delivered, err := s.pushData(bp, data, n, end)
 	if err != nil {
+		putBuf(bp)
 		c.returnCredit(nil, n)
 		c.resetStream(s.id, err.(http2.StreamError).Code)
 		return nil
 	}
-	if padding > 0 {
-		c.returnCredit(s, padding)
+	credit := padding + delivered
+	if !queued {
+		putBuf(bp)
+		credit = n // delivered whole, or dropped because nobody will read it
+	}
+	if credit > 0 {
+		c.returnCredit(s, credit)
 	}
 	if end {
 		c.maybeRetire(s)

@@ -58,33 +58,53 @@ type stream struct {
 	closed      bool
 	err         error
 	rdeadline   deadline
+	sink        *sinkWriter // WriteTo's socket, for direct delivery by the read loop
+	sinkBusy    bool        // a writer (WriteTo or the read loop) is writing to the sink
+	direct      int64       // bytes the read loop delivered to the sink
 
 	bytesIn, bytesOut atomic.Int64
 	answered          atomic.Bool // server: the response headers were sent
 }
 
-// pushData queues a received payload. It is called by the read loop and
-// reports whether the buffer was queued (else the caller recycles it) and a
-// stream error for flow-control or state violations.
-func (s *stream) pushData(bp *[]byte, data []byte, frameLen int, end bool) (queued bool, err error) {
+// pushData delivers a received payload. When WriteTo is draining the stream
+// into a socket and nothing is queued, the read loop writes the payload to
+// that socket itself without blocking (no goroutine hand-off, the bytes still
+// in cache); whatever the socket does not take at once is queued. It reports
+// whether the buffer was queued (else the caller recycles it), how many
+// bytes were delivered directly, and a stream error for flow-control or
+// state violations.
+func (s *stream) pushData(bp *[]byte, data []byte, frameLen int, end bool) (queued bool, delivered int, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.recvEOF {
-		return false, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeStreamClosed}
+		return false, 0, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeStreamClosed}
 	}
 	s.recvWindow -= int64(frameLen)
 	if s.recvWindow < 0 {
-		return false, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeFlowControl}
+		return false, 0, http2.StreamError{StreamID: s.id, Code: http2.ErrCodeFlowControl}
 	}
 	if len(data) > 0 && s.err == nil && !s.closed {
-		s.recv = append(s.recv, chunk{bp: bp, data: data})
-		queued = true
+		if s.sink != nil && !s.sinkBusy && s.head == len(s.recv) {
+			s.sinkBusy = true
+			sink := s.sink
+			s.mu.Unlock()
+			delivered, _ = sink.tryWrite(data) // an error shows again in WriteTo's own write
+			s.mu.Lock()
+			s.sinkBusy = false
+			data = data[delivered:]
+			s.direct += int64(delivered)
+			s.bytesIn.Add(int64(delivered))
+		}
+		if len(data) > 0 {
+			s.recv = append(s.recv, chunk{bp: bp, data: data})
+			queued = true
+		}
 	}
 	if end {
 		s.recvEOF = true
 	}
 	s.cond.Broadcast()
-	return queued, nil
+	return queued, delivered, nil
 }
 
 // addCredit records n consumed bytes and returns the stream WINDOW_UPDATE
@@ -151,35 +171,117 @@ func (s *stream) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// WriteTo implements io.WriterTo: received payloads go straight to w.
+// WriteTo implements io.WriterTo: received payloads go straight to w. When
+// w is a socket the read loop may also write to it directly (see pushData);
+// sinkBusy keeps the two writers in order.
 func (s *stream) WriteTo(w io.Writer) (int64, error) {
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			sw := &sinkWriter{rc: rc}
+			sw.writeFn = sw.writeFD
+			s.mu.Lock()
+			s.sink = sw
+			s.mu.Unlock()
+			defer func() {
+				s.mu.Lock()
+				s.sink = nil
+				s.mu.Unlock()
+			}()
+		}
+	}
 	var total int64
 	for {
 		s.mu.Lock()
-		ch, err := s.nextLocked()
+		c, err := s.takeLocked()
+		s.mu.Unlock()
 		if err != nil {
-			s.mu.Unlock()
 			if err == io.EOF {
 				err = nil
 			}
-			return total, err
+			return total + s.directBytes(), err
 		}
-		c := *ch
-		s.recv[s.head] = chunk{}
-		s.head++
-		if s.head == len(s.recv) {
-			s.recv, s.head = s.recv[:0], 0
-		}
-		s.mu.Unlock()
-
 		n, err := w.Write(c.data)
 		putBuf(c.bp)
+		s.mu.Lock()
+		s.sinkBusy = false
+		s.cond.Broadcast()
+		s.mu.Unlock()
 		total += int64(n)
 		s.bytesIn.Add(int64(n))
 		s.c.returnCredit(s, len(c.data))
 		if err != nil {
-			return total, err
+			return total + s.directBytes(), err
 		}
+	}
+}
+
+// takeLocked waits for the next chunk and takes the sink for writing it.
+func (s *stream) takeLocked() (chunk, error) {
+	for {
+		switch {
+		case s.sinkBusy:
+		case s.head < len(s.recv):
+			c := s.recv[s.head]
+			s.recv[s.head] = chunk{}
+			s.head++
+			if s.head == len(s.recv) {
+				s.recv, s.head = s.recv[:0], 0
+			}
+			s.sinkBusy = true
+			return c, nil
+		case s.err != nil:
+			return chunk{}, s.err
+		case s.recvEOF:
+			return chunk{}, io.EOF
+		case s.rdeadline.expired:
+			return chunk{}, os.ErrDeadlineExceeded
+		}
+		s.cond.Wait()
+	}
+}
+
+// directBytes returns and resets the bytes the read loop delivered straight
+// to the sink.
+func (s *stream) directBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.direct
+	s.direct = 0
+	return n
+}
+
+// sinkWriter makes single non-blocking write attempts on a socket.
+type sinkWriter struct {
+	rc      syscall.RawConn
+	writeFn func(fd uintptr) bool
+
+	// Argument and results of the current attempt.
+	data []byte
+	n    int
+	err  error
+}
+
+// tryWrite writes as much of p as the socket takes without blocking.
+func (w *sinkWriter) tryWrite(p []byte) (int, error) {
+	w.data, w.n, w.err = p, 0, nil
+	if err := w.rc.Write(w.writeFn); err != nil {
+		return 0, err
+	}
+	w.data = nil
+	return w.n, w.err
+}
+
+func (w *sinkWriter) writeFD(fd uintptr) bool {
+	for {
+		n, err := syscall.Write(int(fd), w.data)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == syscall.EAGAIN {
+			n, err = 0, nil
+		}
+		w.n, w.err = max(n, 0), err
+		return true // never wait: the caller queues what is left
 	}
 }
 
@@ -543,3 +645,4 @@ func (pr *pooledReader) readFD(fd uintptr) bool {
 	}
 	return true
 }
+
