@@ -645,4 +645,3 @@ func (pr *pooledReader) readFD(fd uintptr) bool {
 	}
 	return true
 }
-
