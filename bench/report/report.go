@@ -50,6 +50,7 @@ type Meta struct {
 type Params struct {
 	BulkBytes       int64   `json:"bulk_bytes"`
 	Repeats         int     `json:"repeats"`
+	Rounds          int     `json:"rounds"`
 	WriteSize       int     `json:"write_size"`
 	RateRPS         float64 `json:"rate_rps"`
 	LatencySeconds  float64 `json:"latency_seconds"`
@@ -294,4 +295,81 @@ func WriteJSON(w io.Writer, r *Report) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r)
+}
+
+// Merge combines the runs of one path from several rounds: bulk runs are
+// pooled (median of all), CPU time and bytes are summed, latency figures
+// are the median of the rounds' figures. The first failed round makes the
+// merged path failed.
+func Merge(runs []Path) Path {
+	out := Path{Name: runs[0].Name, Status: StatusOK, Checks: runs[0].Checks}
+	var lat []*Latency
+	for _, r := range runs {
+		if r.Status != StatusOK && out.Status == StatusOK {
+			out.Status, out.Error, out.LogTail = r.Status, r.Error, r.LogTail
+		}
+		out.Upload = mergeBulk(out.Upload, r.Upload)
+		out.Download = mergeBulk(out.Download, r.Download)
+		if r.CPU != nil {
+			if out.CPU == nil {
+				out.CPU = &CPU{}
+			}
+			out.CPU.UploadSeconds += r.CPU.UploadSeconds
+			out.CPU.DownloadSeconds += r.CPU.DownloadSeconds
+			out.CPU.Bytes += r.CPU.Bytes
+		}
+		if r.Latency != nil {
+			lat = append(lat, r.Latency)
+		}
+	}
+	if out.CPU != nil && out.CPU.Bytes > 0 {
+		out.CPU.SecondsPerGB = (out.CPU.UploadSeconds + out.CPU.DownloadSeconds) / (float64(out.CPU.Bytes) / 1e9)
+	}
+	if len(lat) > 0 {
+		m := *lat[0]
+		pick := func(f func(*Latency) float64) float64 {
+			v := make([]float64, len(lat))
+			for i, l := range lat {
+				v[i] = f(l)
+			}
+			return median(v)
+		}
+		m.Count, m.Errors = 0, 0
+		for _, l := range lat {
+			m.Count += l.Count
+			m.Errors += l.Errors
+		}
+		m.MeanUs = pick(func(l *Latency) float64 { return l.MeanUs })
+		m.P50Us = pick(func(l *Latency) float64 { return l.P50Us })
+		m.P90Us = pick(func(l *Latency) float64 { return l.P90Us })
+		m.P99Us = pick(func(l *Latency) float64 { return l.P99Us })
+		m.P999Us = pick(func(l *Latency) float64 { return l.P999Us })
+		m.MaxUs = pick(func(l *Latency) float64 { return l.MaxUs })
+		out.Latency = &m
+	}
+	return out
+}
+
+func mergeBulk(acc, b *Bulk) *Bulk {
+	if b == nil {
+		return acc
+	}
+	if acc == nil {
+		acc = &Bulk{Bytes: b.Bytes}
+	}
+	acc.RunsMBps = append(acc.RunsMBps, b.RunsMBps...)
+	acc.MedianMBps = median(acc.RunsMBps)
+	return acc
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }

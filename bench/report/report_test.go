@@ -155,3 +155,26 @@ func TestWriteJSON_RoundTrips(t *testing.T) {
 		t.Errorf("round trip lost data: %+v", back)
 	}
 }
+
+func TestMerge_PoolsRoundsAndKeepsFailure(t *testing.T) {
+	ok := func(up, p99 float64, cpu float64) Path {
+		return Path{Name: "hbone", Status: StatusOK,
+			Upload:  &Bulk{Bytes: 100, RunsMBps: []float64{up}, MedianMBps: up},
+			CPU:     &CPU{UploadSeconds: cpu, Bytes: 1e9},
+			Latency: &Latency{Count: 10, P50Us: p99 / 2, P99Us: p99}}
+	}
+	m := Merge([]Path{ok(700, 500, 1), ok(900, 400, 2), ok(800, 600, 3)})
+	if m.Upload.MedianMBps != 800 || len(m.Upload.RunsMBps) != 3 {
+		t.Errorf("upload = %+v, want median 800 of 3 runs", m.Upload)
+	}
+	if m.CPU.SecondsPerGB != 2 {
+		t.Errorf("cpu = %+v, want 2 s/GB", m.CPU)
+	}
+	if m.Latency.P99Us != 500 || m.Latency.Count != 30 {
+		t.Errorf("latency = %+v, want median p99 500 over 30 requests", m.Latency)
+	}
+	failed := Merge([]Path{ok(700, 500, 1), {Name: "hbone", Status: "failed", Error: "boom"}})
+	if failed.Status != "failed" || failed.Error != "boom" {
+		t.Errorf("merged = %s %q, want the failure kept", failed.Status, failed.Error)
+	}
+}

@@ -52,6 +52,7 @@ type Config struct {
 
 	BulkBytes       int64         // bytes per bulk transfer
 	Repeats         int           // bulk transfers per direction; the median is reported
+	Rounds          int           // passes over all paths, interleaved so every path sees the same machine; medians are reported
 	WriteSize       int           // bulk write/read size
 	Rate            float64       // latency test requests per second
 	LatencyDuration time.Duration // measured latency period
@@ -170,20 +171,32 @@ func (b *Bench) Run(ctx context.Context) (rep *report.Report, err error) {
 		rep.Meta.Dir = dir
 	}
 	env := tlscheck.Env{Certs: certs, Foreign: foreign}
+	rounds := max(cfg.Rounds, 1)
+	byPath := make(map[string][]report.Path)
+	for round := range rounds {
+		for _, name := range cfg.Paths {
+			if err := ctx.Err(); err != nil {
+				return rep, err
+			}
+			if name == Direct && cfg.VerifyOnly {
+				continue // nothing to verify without TLS
+			}
+			if rounds > 1 {
+				fmt.Fprintf(cfg.Progress, "round %d/%d: ", round+1, rounds)
+			}
+			var p report.Path
+			if name == Direct {
+				p = b.measure(ctx, report.Path{Name: name, Status: report.StatusOK}, backend.Addr(), nil)
+			} else {
+				p = b.runPair(ctx, name, filepath.Join(dir, fmt.Sprintf("%s-%d", name, round)), certs, backend.Addr(), env)
+			}
+			byPath[name] = append(byPath[name], p)
+		}
+	}
 	for _, name := range cfg.Paths {
-		if err := ctx.Err(); err != nil {
-			return rep, err
+		if runs := byPath[name]; len(runs) > 0 {
+			rep.Paths = append(rep.Paths, report.Merge(runs))
 		}
-		var p report.Path
-		if name == Direct && cfg.VerifyOnly {
-			continue // nothing to verify without TLS
-		}
-		if name == Direct {
-			p = b.measure(ctx, report.Path{Name: name, Status: report.StatusOK}, backend.Addr(), nil)
-		} else {
-			p = b.runPair(ctx, name, filepath.Join(dir, name), certs, backend.Addr(), env)
-		}
-		rep.Paths = append(rep.Paths, p)
 	}
 	rep.Ratios = report.ComputeRatios(rep.Paths)
 	return rep, ctx.Err()
@@ -360,7 +373,7 @@ func (b *Bench) meta(ctx context.Context) report.Meta {
 		Started: time.Now().UTC(), GoVersion: runtime.Version(),
 		NumCPU: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
 		Params: report.Params{
-			BulkBytes: c.BulkBytes, Repeats: c.Repeats, WriteSize: c.WriteSize, RateRPS: c.Rate,
+			BulkBytes: c.BulkBytes, Repeats: c.Repeats, Rounds: max(c.Rounds, 1), WriteSize: c.WriteSize, RateRPS: c.Rate,
 			LatencySeconds: c.LatencyDuration.Seconds(), Conns: c.Conns, MessageSize: c.MessageSize,
 			WarmupPerConn: c.Warmup, CipherSuite: proxies.CipherSuite,
 			TransferTimeout: c.TransferTimeout.Seconds(),

@@ -30,6 +30,7 @@ type tunnelFlags struct {
 	jsonOut   string
 	bulk      int64
 	repeats   int
+	rounds    int
 	writeSize int
 	rate      float64
 	duration  time.Duration
@@ -59,10 +60,11 @@ func parseTunnelFlags(args []string, stderr io.Writer) (tunnelFlags, error) {
 	fs.BoolVar(&f.keep, "keep", false, "keep the work directory (certs, configs, logs)")
 	fs.StringVar(&f.jsonOut, "json", "", "also write all figures as JSON to this file")
 	fs.Int64Var(&f.bulk, "bulk", 2<<30, "bytes per bulk transfer")
-	fs.IntVar(&f.repeats, "repeats", 3, "bulk transfers per direction (median reported)")
+	fs.IntVar(&f.repeats, "repeats", 1, "bulk transfers per direction per round")
+	fs.IntVar(&f.rounds, "rounds", 3, "interleaved passes over all paths (medians reported)")
 	fs.IntVar(&f.writeSize, "write-size", 256<<10, "bulk write/read size in bytes")
 	fs.Float64Var(&f.rate, "rate", 1000, "latency test requests per second (open loop)")
-	fs.DurationVar(&f.duration, "duration", 10*time.Second, "latency test duration")
+	fs.DurationVar(&f.duration, "duration", 5*time.Second, "latency test duration per round")
 	fs.IntVar(&f.conns, "conns", 8, "latency test connections (round robin)")
 	fs.IntVar(&f.size, "size", 1024, "latency request and response size in bytes")
 	fs.IntVar(&f.warmup, "warmup", 20, "unmeasured round trips per latency connection")
@@ -83,7 +85,7 @@ func parseTunnelFlags(args []string, stderr io.Writer) (tunnelFlags, error) {
 		return f, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	if f.quick {
-		f.bulk, f.repeats, f.duration = 256<<20, 1, 2*time.Second
+		f.bulk, f.repeats, f.rounds, f.duration = 256<<20, 1, 1, 2*time.Second
 	}
 	return f, nil
 }
@@ -98,7 +100,7 @@ func (f tunnelFlags) config(mesh string, progress io.Writer, logger *slog.Logger
 	tools := f.tools
 	tools.Mesh = mesh
 	return tunnelbench.Config{
-		Paths: paths, BulkBytes: f.bulk, Repeats: f.repeats, WriteSize: f.writeSize,
+		Paths: paths, BulkBytes: f.bulk, Repeats: f.repeats, Rounds: f.rounds, WriteSize: f.writeSize,
 		Rate: f.rate, LatencyDuration: f.duration, Conns: f.conns, MessageSize: f.size, Warmup: f.warmup,
 		Tuning: f.tuning, Tools: tools,
 		NewAuthority: func(td spiffeid.TrustDomain) (certdir.Authority, error) {

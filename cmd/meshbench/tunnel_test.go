@@ -41,8 +41,8 @@ func TestParseTunnelFlags_Defaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.bulk != 2<<30 || f.repeats != 3 || f.writeSize != 256<<10 || f.rate != 1000 ||
-		f.duration != 10*time.Second || f.conns != 8 || f.size != 1024 {
+	if f.bulk != 2<<30 || f.repeats != 1 || f.rounds != 3 || f.writeSize != 256<<10 || f.rate != 1000 ||
+		f.duration != 5*time.Second || f.conns != 8 || f.size != 1024 {
 		t.Errorf("defaults = %+v", f)
 	}
 }
