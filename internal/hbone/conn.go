@@ -284,64 +284,89 @@ func (c *conn) handleFrame(f http2.Frame) error {
 	}
 }
 
-// readData reads a DATA frame's payload straight into a pooled buffer and
-// queues it on its stream, enforcing flow control.
+// readData reads a DATA frame's payload straight into pooled buffers and
+// delivers it to its stream, enforcing flow control. Large payloads are read
+// and delivered in pieces, so the first bytes reach the destination while the
+// rest is still being decrypted, and each piece is still in cache when written.
 func (c *conn) readData(fh http2.FrameHeader) error {
 	if fh.StreamID == 0 {
 		return connError{http2.ErrCodeProtocol, "DATA on stream 0"}
 	}
 	n := int(fh.Length)
-	var bp *[]byte
-	var data []byte
-	if n > 0 {
-		bp = getBuf(n)
-		data = (*bp)[:n]
-		if _, err := io.ReadFull(c.br, data); err != nil {
-			putBuf(bp)
-			return err
-		}
-	}
-	padding := 0
-	if fh.Flags.Has(http2.FlagDataPadded) {
-		if n == 0 || int(data[0]) >= n {
-			putBuf(bp)
-			return connError{http2.ErrCodeProtocol, "bad DATA padding"}
-		}
-		padding = int(data[0]) + 1
-		data = data[1 : n-int(data[0])]
-	}
-
 	c.mu.Lock()
 	c.recvWindow -= int64(n)
 	if c.recvWindow < 0 {
 		c.mu.Unlock()
-		putBuf(bp)
 		return connError{http2.ErrCodeFlowControl, "connection window exceeded"}
 	}
 	s := c.streams[fh.StreamID]
 	idle := s == nil && !c.isKnownIDLocked(fh.StreamID)
 	c.mu.Unlock()
-
-	if s == nil {
-		putBuf(bp)
-		if idle {
-			return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
-		}
-		c.returnCredit(nil, n) // a stream we already closed: just free the window
-		return nil
+	if idle {
+		return connError{http2.ErrCodeProtocol, "DATA on idle stream"}
 	}
 	end := fh.Flags.Has(http2.FlagDataEndStream)
-	queued, delivered, err := s.pushData(bp, data, n, end)
-	if err != nil {
-		putBuf(bp)
-		c.returnCredit(nil, n)
-		c.resetStream(s.id, err.(http2.StreamError).Code)
+
+	if fh.Flags.Has(http2.FlagDataPadded) {
+		// Padded frames (never sent by us) are read whole, then unpadded.
+		bp := getBuf(max(n, 1))
+		data := (*bp)[:n]
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			putBuf(bp)
+			return err
+		}
+		if n == 0 || int(data[0]) >= n {
+			putBuf(bp)
+			return connError{http2.ErrCodeProtocol, "bad DATA padding"}
+		}
+		pad := int(data[0]) + 1
+		c.deliver(s, bp, data[1:n-int(data[0])], n, pad, end)
 		return nil
 	}
-	credit := padding + delivered
+	for first := true; first || n > 0; first = false {
+		piece := min(n, pieceSize)
+		var bp *[]byte
+		var data []byte
+		if piece > 0 {
+			bp = getBuf(piece)
+			data = (*bp)[:piece]
+			if _, err := io.ReadFull(c.br, data); err != nil {
+				putBuf(bp)
+				return err
+			}
+		}
+		n -= piece
+		if !c.deliver(s, bp, data, piece, 0, end && n == 0) {
+			s = nil // reset: the rest of the frame is read and dropped
+		}
+	}
+	return nil
+}
+
+// pieceSize is the most of one DATA frame read before delivering it.
+const pieceSize = 64 << 10
+
+// deliver hands a received payload to s (nil: a closed stream) and returns
+// the flow-control credit for what was consumed. windowLen is what the
+// payload counts against the windows, pad of it is padding. It reports
+// whether the stream is still receiving.
+func (c *conn) deliver(s *stream, bp *[]byte, data []byte, windowLen, pad int, end bool) bool {
+	if s == nil {
+		putBuf(bp)
+		c.returnCredit(nil, windowLen)
+		return false
+	}
+	queued, delivered, err := s.pushData(bp, data, windowLen, end)
+	if err != nil {
+		putBuf(bp)
+		c.returnCredit(nil, windowLen)
+		c.resetStream(s.id, err.(http2.StreamError).Code)
+		return false
+	}
+	credit := pad + delivered
 	if !queued {
 		putBuf(bp)
-		credit = n // delivered whole, or dropped because nobody will read it
+		credit = windowLen // delivered whole, or dropped because nobody will read it
 	}
 	if credit > 0 {
 		c.returnCredit(s, credit)
@@ -349,7 +374,7 @@ func (c *conn) readData(fh http2.FrameHeader) error {
 	if end {
 		c.maybeRetire(s)
 	}
-	return nil
+	return true
 }
 
 // isKnownIDLocked reports whether id belongs to a stream that was opened at
