@@ -1,0 +1,110 @@
+package telemetry
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// tcpLabels are the labels Istio's ztunnel puts on its TCP metrics.
+var tcpLabels = []string{
+	"reporter",
+	"source_workload", "source_canonical_service", "source_canonical_revision",
+	"source_workload_namespace", "source_principal", "source_app", "source_version", "source_cluster",
+	"destination_service", "destination_service_namespace", "destination_service_name",
+	"destination_workload", "destination_canonical_service", "destination_canonical_revision",
+	"destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
+	"destination_cluster",
+	"request_protocol", "response_flags", "connection_security_policy",
+}
+
+// Metrics are the TCP metrics of a proxy, registered on an injected registry.
+type Metrics struct {
+	opened, closed, sent, received *prometheus.CounterVec
+	cluster                        string
+}
+
+// NewMetrics registers the metrics on reg. cluster fills the *_cluster labels.
+func NewMetrics(reg prometheus.Registerer, cluster string) (*Metrics, error) {
+	counter := func(name, help string) *prometheus.CounterVec {
+		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, tcpLabels)
+	}
+	m := &Metrics{
+		opened:   counter("istio_tcp_connections_opened_total", "TCP connections opened."),
+		closed:   counter("istio_tcp_connections_closed_total", "TCP connections closed."),
+		sent:     counter("istio_tcp_sent_bytes_total", "Bytes sent during TCP connections (source to destination)."),
+		received: counter("istio_tcp_received_bytes_total", "Bytes received during TCP connections (destination to source)."),
+		cluster:  cluster,
+	}
+	for _, c := range []prometheus.Collector{m.opened, m.closed, m.sent, m.received} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Opened counts a connection when it is accepted (before its outcome is known).
+func (m *Metrics) Opened(f Flow) { m.opened.WithLabelValues(m.labels(f)...).Inc() }
+
+// Closed counts a finished connection and its bytes.
+func (m *Metrics) Closed(f Flow) {
+	l := m.labels(f)
+	m.closed.WithLabelValues(l...).Inc()
+	m.sent.WithLabelValues(l...).Add(float64(f.BytesSent))
+	m.received.WithLabelValues(l...).Add(float64(f.BytesRecv))
+}
+
+// labels renders f in tcpLabels order; unknown values are "unknown" as in Istio.
+func (m *Metrics) labels(f Flow) []string {
+	u := func(s string) string {
+		if s == "" {
+			return "unknown"
+		}
+		return s
+	}
+	svcName, svcNS := splitService(f.Dst.Service)
+	flags := "-"
+	if f.Decision == Deny {
+		flags = "DENIED"
+	} else if f.Error != "" {
+		flags = "CONNECT_FAILED"
+	}
+	security := f.Security
+	if security == "" {
+		security = "unknown"
+	}
+	return []string{
+		u(f.Reporter),
+		u(f.Src.Workload), u(f.Src.App), u(f.Src.Version),
+		u(f.Src.Namespace), u(trimSpiffe(f.Src.Identity)), u(f.Src.App), u(f.Src.Version), u(m.cluster),
+		u(f.Dst.Service), u(svcNS), u(svcName),
+		u(f.Dst.Workload), u(f.Dst.App), u(f.Dst.Version),
+		u(f.Dst.Namespace), u(trimSpiffe(f.Dst.Identity)), u(f.Dst.App), u(f.Dst.Version),
+		u(m.cluster),
+		"tcp", flags, security,
+	}
+}
+
+// trimSpiffe drops "spiffe://": Istio's principal labels are
+// "cluster.local/ns/N/sa/S".
+func trimSpiffe(id string) string {
+	const p = "spiffe://"
+	if len(id) > len(p) && id[:len(p)] == p {
+		return id[len(p):]
+	}
+	return id
+}
+
+// splitService splits "name.namespace.svc.cluster.local" into name and namespace.
+func splitService(host string) (name, ns string) {
+	first := -1
+	for i := 0; i < len(host); i++ {
+		if host[i] == '.' {
+			if first < 0 {
+				first = i
+				continue
+			}
+			return host[:first], host[first+1 : i]
+		}
+	}
+	return host, ""
+}

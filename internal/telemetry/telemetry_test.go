@@ -1,0 +1,92 @@
+package telemetry
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+var sample = Flow{
+	Start:    time.Date(2026, 11, 25, 23, 0, 0, 0, time.UTC),
+	Reporter: "destination",
+	Src: Peer{Workload: "frontend-1", Namespace: "shop", Identity: "spiffe://cluster.local/ns/shop/sa/frontend",
+		App: "frontend", Addr: "10.244.1.5:41234"},
+	Dst: Peer{Workload: "backend-1", Namespace: "shop", Identity: "spiffe://cluster.local/ns/shop/sa/backend",
+		App: "backend", Version: "v1", Addr: "10.244.2.7:8080", Service: "backend.shop.svc.cluster.local"},
+	BytesSent: 512, BytesRecv: 1024, Duration: 12500 * time.Microsecond,
+	Decision: Allow, Policy: "shop/allow-frontend", Security: "mutual_tls", Transport: "hbone",
+}
+
+func TestFlowLog_OneJSONLinePerFlow(t *testing.T) {
+	var buf bytes.Buffer
+	log := NewFlowLog(&buf)
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() { defer wg.Done(); log.Record(sample) }()
+	}
+	wg.Wait()
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(lines) != 50 {
+		t.Fatalf("got %d lines, want 50", len(lines))
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"src.identity": "spiffe://cluster.local/ns/shop/sa/frontend", "dst.service": "backend.shop.svc.cluster.local",
+		"bytes_sent": 512.0, "bytes_received": 1024.0, "duration_ms": 12.5, "decision": "allow",
+		"policy": "shop/allow-frontend", "reporter": "destination", "start": "2026-11-25T23:00:00Z",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+}
+
+func TestMetrics_IstioNamesAndLabels(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, "Kubernetes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Opened(sample)
+	m.Closed(sample)
+	denied := sample
+	denied.Decision, denied.BytesSent, denied.BytesRecv = Deny, 0, 0
+	m.Opened(denied)
+	m.Closed(denied)
+
+	const want = `
+# HELP istio_tcp_sent_bytes_total Bytes sent during TCP connections (source to destination).
+# TYPE istio_tcp_sent_bytes_total counter
+istio_tcp_sent_bytes_total{connection_security_policy="mutual_tls",destination_app="backend",destination_canonical_revision="v1",destination_canonical_service="backend",destination_cluster="Kubernetes",destination_principal="cluster.local/ns/shop/sa/backend",destination_service="backend.shop.svc.cluster.local",destination_service_name="backend",destination_service_namespace="shop",destination_version="v1",destination_workload="backend-1",destination_workload_namespace="shop",reporter="destination",request_protocol="tcp",response_flags="-",source_app="frontend",source_canonical_revision="unknown",source_canonical_service="frontend",source_cluster="Kubernetes",source_principal="cluster.local/ns/shop/sa/frontend",source_version="unknown",source_workload="frontend-1",source_workload_namespace="shop"} 512
+istio_tcp_sent_bytes_total{connection_security_policy="mutual_tls",destination_app="backend",destination_canonical_revision="v1",destination_canonical_service="backend",destination_cluster="Kubernetes",destination_principal="cluster.local/ns/shop/sa/backend",destination_service="backend.shop.svc.cluster.local",destination_service_name="backend",destination_service_namespace="shop",destination_version="v1",destination_workload="backend-1",destination_workload_namespace="shop",reporter="destination",request_protocol="tcp",response_flags="DENIED",source_app="frontend",source_canonical_revision="unknown",source_canonical_service="frontend",source_cluster="Kubernetes",source_principal="cluster.local/ns/shop/sa/frontend",source_version="unknown",source_workload="frontend-1",source_workload_namespace="shop"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "istio_tcp_sent_bytes_total"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(reg, "istio_tcp_connections_opened_total"); n != 2 {
+		t.Fatalf("opened series = %d, want 2", n)
+	}
+}
+
+func TestSplitService(t *testing.T) {
+	for host, want := range map[string][2]string{
+		"backend.shop.svc.cluster.local": {"backend", "shop"},
+		"backend":                        {"backend", ""},
+		"":                               {"", ""},
+	} {
+		if n, ns := splitService(host); n != want[0] || ns != want[1] {
+			t.Errorf("splitService(%q) = %q, %q, want %q", host, n, ns, want)
+		}
+	}
+}
