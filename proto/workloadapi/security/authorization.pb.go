@@ -277,10 +277,10 @@ func (x *Group) GetRules() []*Rules {
 	return nil
 }
 
-// Rules match when every one of their matches matches.
+// Rules match when any one of their matches matches.
 type Rules struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Each entry must match (AND).
+	// Any entry may match (OR).
 	Matches       []*Match `protobuf:"bytes,2,rep,name=matches,proto3" json:"matches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -7,7 +7,7 @@
 // in authorization.proto beside this file; the xDS resource type is
 // type.googleapis.com/istio.security.Authorization, named "namespace/name".
 // A policy matches when any of its groups matches; a group, when all of its
-// rules do; a rule, when all of its matches do.
+// rules do; a rule, when any of its matches does.
 //
 // # Compatibility promise
 //
