@@ -1,0 +1,133 @@
+package outbound
+
+import (
+	"errors"
+	"net/netip"
+	"testing"
+
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/ztunnel/state"
+)
+
+func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
+
+// first always picks the first eligible endpoint.
+type first struct{}
+
+func (first) IntN(int) int { return 0 }
+
+func workload(uid, addr string, enrolled bool, svcPorts map[string]uint32) *workloadapi.Workload {
+	w := &workloadapi.Workload{
+		Uid: uid, Name: uid, Namespace: "shop", ServiceAccount: "sa-" + uid,
+		Addresses: [][]byte{ip(addr)}, Status: workloadapi.WorkloadStatus_HEALTHY,
+	}
+	if enrolled {
+		w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+	}
+	for key, target := range svcPorts {
+		if w.Services == nil {
+			w.Services = map[string]*workloadapi.PortList{}
+		}
+		w.Services[key] = &workloadapi.PortList{Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: target}}}
+	}
+	return w
+}
+
+func view(t *testing.T) *state.View {
+	t.Helper()
+	backend := &workloadapi.Service{
+		Name: "backend", Namespace: "shop", Hostname: "backend.shop.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.10")}},
+		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}},
+	}
+	legacy := &workloadapi.Service{
+		Name: "legacy", Namespace: "shop", Hostname: "legacy.shop.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.20")}},
+		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 9090}},
+	}
+	empty := &workloadapi.Service{
+		Name: "empty", Namespace: "shop", Hostname: "empty.shop.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.30")}},
+		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 80}},
+	}
+	v, err := state.NewView(state.Snapshot{
+		Workloads: []*workloadapi.Workload{
+			workload("backend-1", "10.244.2.7", true, map[string]uint32{"shop/backend.shop.svc.cluster.local": 8080}),
+			workload("legacy-1", "10.244.2.8", false, map[string]uint32{"shop/legacy.shop.svc.cluster.local": 9090}),
+		},
+		Services: []*workloadapi.Service{backend, legacy, empty},
+	}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestPlan(t *testing.T) {
+	v := view(t)
+	for _, tc := range []struct {
+		name       string
+		dst        string
+		kind       Kind
+		target     string
+		tunnel     string
+		identity   string
+		service    string
+		wantErr    bool
+		errIsRoute bool
+	}{
+		{name: "service VIP of an enrolled workload tunnels to its pod", dst: "10.96.0.10:80", kind: Tunnel,
+			target: "10.244.2.7:8080", tunnel: "10.244.2.7:15008",
+			identity: "spiffe://cluster.local/ns/shop/sa/sa-backend-1", service: "backend"},
+		{name: "enrolled pod IP tunnels with the original port", dst: "10.244.2.7:8080", kind: Tunnel,
+			target: "10.244.2.7:8080", tunnel: "10.244.2.7:15008",
+			identity: "spiffe://cluster.local/ns/shop/sa/sa-backend-1"},
+		{name: "service of a workload outside ambient goes direct", dst: "10.96.0.20:80", kind: Direct,
+			target: "10.244.2.8:9090", service: "legacy"},
+		{name: "pod outside ambient goes direct", dst: "10.244.2.8:9090", kind: Direct, target: "10.244.2.8:9090"},
+		{name: "unknown address passes through", dst: "10.244.9.9:443", kind: Passthrough, target: "10.244.9.9:443"},
+		{name: "service port not exposed is refused", dst: "10.96.0.10:81", wantErr: true},
+		{name: "service without endpoints is refused", dst: "10.96.0.30:80", wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, err := Plan(v, "", netip.MustParseAddrPort(tc.dst), first{})
+			if tc.wantErr {
+				if !errors.Is(err, ErrNoRoute) {
+					t.Fatalf("err = %v, want ErrNoRoute", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rt.Kind != tc.kind || rt.Target.String() != tc.target {
+				t.Fatalf("route = %v to %s, want %v to %s", rt.Kind, rt.Target, tc.kind, tc.target)
+			}
+			if tc.tunnel != "" && (rt.TunnelAddr.String() != tc.tunnel || rt.Identity.String() != tc.identity) {
+				t.Fatalf("tunnel = %s as %s, want %s as %s", rt.TunnelAddr, rt.Identity, tc.tunnel, tc.identity)
+			}
+			if rt.Service.GetName() != tc.service {
+				t.Fatalf("service = %q, want %q", rt.Service.GetName(), tc.service)
+			}
+		})
+	}
+}
+
+func TestWorkloadID(t *testing.T) {
+	for _, tc := range []struct {
+		w    *workloadapi.Workload
+		want string
+		err  bool
+	}{
+		{&workloadapi.Workload{Namespace: "shop", ServiceAccount: "web"}, "spiffe://cluster.local/ns/shop/sa/web", false},
+		{&workloadapi.Workload{Namespace: "shop"}, "spiffe://cluster.local/ns/shop/sa/default", false},
+		{&workloadapi.Workload{Namespace: "shop", ServiceAccount: "web", TrustDomain: "corp.example"}, "spiffe://corp.example/ns/shop/sa/web", false},
+		{&workloadapi.Workload{Namespace: "Bad_NS", ServiceAccount: "web"}, "", true},
+		{&workloadapi.Workload{Namespace: "shop", ServiceAccount: "web", TrustDomain: "not a domain"}, "", true},
+	} {
+		id, err := WorkloadID(tc.w)
+		if (err != nil) != tc.err || (err == nil && id.String() != tc.want) {
+			t.Errorf("WorkloadID(%v) = %v, %v; want %s (err %v)", tc.w, id, err, tc.want, tc.err)
+		}
+	}
+}
