@@ -1,0 +1,196 @@
+// Package redirect installs ztunnel's in-pod traffic capture: nftables
+// rules inside an enrolled pod's network namespace, Istio's in-pod
+// redirection model (DESIGN.md §5).
+//
+// # Rules
+//
+// Everything lives in one nftables table of our own, "inet ambient", with
+// two NAT base chains (see Rules for the exact text, and
+// testdata/rules.golden):
+//
+//	AMBIENT_PREROUTING (nat prerouting, priority -100, i.e. dstnat) — inbound:
+//	  loopback                          → untouched
+//	  packet mark & 0xfff == 0x539      → untouched (ztunnel's own sockets)
+//	  non-TCP                           → untouched
+//	  TCP to 15001, 15006 or 15008      → untouched (15008 is HBONE)
+//	  any other TCP                     → REDIRECT to 15006 (inbound plaintext)
+//	AMBIENT_OUTPUT (nat output, priority -100) — outbound:
+//	  out via loopback                  → untouched (127.0.0.0/8 and the pod's own IP)
+//	  packet mark & 0xfff == 0x539      → untouched
+//	  any TCP                           → REDIRECT to 15001 (outbound)
+//
+// NAT rules see only a connection's first packet; conntrack applies the
+// translation to the rest. The mark match uses Istio's mask 0xfff so
+// ztunnel's sockets (SO_MARK 0x539, see netns.WithMark) bypass capture.
+//
+// The "inet" family covers IPv4 and IPv6 at once. Owning a whole table
+// makes the rules easy to reason about: Install replaces the table in one
+// atomic nft transaction (idempotent, never a moment without capture),
+// Remove deletes it (idempotent), and nothing else in the pod's ruleset,
+// iptables-nft or nft, is touched.
+//
+// The nft binary (Debian package nftables) must be installed. It runs on a
+// thread switched into the pod's namespace (internal/netns), so the pod
+// needs no tooling of its own.
+//
+// OriginalDst recovers a redirected connection's real destination with
+// SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST for IPv6).
+package redirect
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+
+	"github.com/ambientmesh/ambient/internal/netns"
+)
+
+// Well-known ztunnel values (Istio's).
+const (
+	OutboundPort  = 15001 // outbound capture
+	InboundPort   = 15006 // inbound plaintext capture
+	TunnelPort    = 15008 // inbound HBONE, never redirected
+	ZtunnelMark   = 0x539 // SO_MARK of ztunnel's own sockets
+	ZtunnelMask   = 0xfff // bits of the mark compared
+	Table         = "ambient"
+	Family        = "inet"
+	ChainInbound  = "AMBIENT_PREROUTING"
+	ChainOutbound = "AMBIENT_OUTPUT"
+)
+
+// Config parametrizes the rules. The zero value means Istio's defaults.
+type Config struct {
+	OutboundPort uint16 // 15001 when zero
+	InboundPort  uint16 // 15006 when zero
+	TunnelPort   uint16 // 15008 when zero
+	Mark         uint32 // 0x539 when zero
+	MarkMask     uint32 // 0xfff when zero
+}
+
+func (c Config) withDefaults() Config {
+	if c.OutboundPort == 0 {
+		c.OutboundPort = OutboundPort
+	}
+	if c.InboundPort == 0 {
+		c.InboundPort = InboundPort
+	}
+	if c.TunnelPort == 0 {
+		c.TunnelPort = TunnelPort
+	}
+	if c.Mark == 0 {
+		c.Mark = ZtunnelMark
+	}
+	if c.MarkMask == 0 {
+		c.MarkMask = ZtunnelMask
+	}
+	return c
+}
+
+// Validate reports a config that would capture ztunnel's own traffic.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if c.OutboundPort == c.InboundPort || c.OutboundPort == c.TunnelPort || c.InboundPort == c.TunnelPort {
+		return fmt.Errorf("redirect: ports must differ: outbound %d, inbound %d, tunnel %d", c.OutboundPort, c.InboundPort, c.TunnelPort)
+	}
+	if c.Mark&c.MarkMask != c.Mark {
+		return fmt.Errorf("redirect: mark %#x has bits outside mask %#x", c.Mark, c.MarkMask)
+	}
+	return nil
+}
+
+// Rules renders the nftables table, one line per element, as nft -f reads
+// it. It is a pure function of cfg.
+func Rules(cfg Config) []string {
+	c := cfg.withDefaults()
+	mark := fmt.Sprintf("meta mark & %#x == %#x return", c.MarkMask, c.Mark)
+	return []string{
+		fmt.Sprintf("table %s %s {", Family, Table),
+		fmt.Sprintf("\tchain %s {", ChainInbound),
+		"\t\ttype nat hook prerouting priority -100; policy accept;",
+		`		iifname "lo" return`,
+		"\t\t" + mark,
+		"\t\tmeta l4proto != tcp return",
+		fmt.Sprintf("\t\ttcp dport { %d, %d, %d } return", c.OutboundPort, c.InboundPort, c.TunnelPort),
+		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.InboundPort),
+		"\t}",
+		fmt.Sprintf("\tchain %s {", ChainOutbound),
+		"\t\ttype nat hook output priority -100; policy accept;",
+		`		oifname "lo" return`,
+		"\t\t" + mark,
+		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.OutboundPort),
+		"\t}",
+		"}",
+	}
+}
+
+// dropTable deletes our table in one transaction whether or not it exists
+// (nft 1.0.6 has no "destroy"; adding an existing table is a no-op).
+var dropTable = []string{
+	fmt.Sprintf("add table %s %s", Family, Table),
+	fmt.Sprintf("delete table %s %s", Family, Table),
+}
+
+// InstallScript is the nft -f script Install runs: drop and recreate the
+// table, atomically.
+func InstallScript(cfg Config) string {
+	return strings.Join(append(append([]string{}, dropTable...), Rules(cfg)...), "\n") + "\n"
+}
+
+// Install captures the traffic of the pod whose network namespace is at
+// nsPath. Installing again replaces the rules atomically.
+func Install(nsPath string, cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if _, err := nft(nsPath, InstallScript(cfg), "-f", "-"); err != nil {
+		return fmt.Errorf("redirect: install in %s: %w", nsPath, err)
+	}
+	return nil
+}
+
+// Remove deletes every rule and chain Install created. Removing from a
+// namespace without them succeeds.
+func Remove(nsPath string) error {
+	if _, err := nft(nsPath, strings.Join(dropTable, "\n")+"\n", "-f", "-"); err != nil {
+		return fmt.Errorf("redirect: remove in %s: %w", nsPath, err)
+	}
+	return nil
+}
+
+// Installed reports whether the capture table exists in the namespace.
+func Installed(nsPath string) (bool, error) {
+	out, err := nft(nsPath, "", "list", "tables", Family)
+	if err != nil {
+		return false, fmt.Errorf("redirect: list tables in %s: %w", nsPath, err)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.TrimSpace(line) == fmt.Sprintf("table %s %s", Family, Table) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// nft runs the nft binary inside the namespace with stdin and args.
+func nft(nsPath, stdin string, args ...string) (string, error) {
+	bin, err := exec.LookPath("nft")
+	if err != nil {
+		return "", errors.New("nft not found: install the nftables package")
+	}
+	var out string
+	err = netns.Do(nsPath, func() error {
+		// The child is forked from this thread and so starts in its namespace.
+		cmd := exec.Command(bin, args...)
+		cmd.Stdin = strings.NewReader(stdin)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("nft %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+		}
+		out = stdout.String()
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,125 @@
+package redirect
+
+import (
+	"encoding/binary"
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs from the golden file (go test -update rewrites it):\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+func TestRules_DefaultsMatchGolden(t *testing.T) {
+	golden(t, "rules", strings.Join(Rules(Config{}), "\n")+"\n")
+	golden(t, "install", InstallScript(Config{}))
+}
+
+func TestRules_ZeroConfigIsIstioDefaults(t *testing.T) {
+	explicit := Config{OutboundPort: 15001, InboundPort: 15006, TunnelPort: 15008, Mark: 0x539, MarkMask: 0xfff}
+	if got, want := strings.Join(Rules(Config{}), "\n"), strings.Join(Rules(explicit), "\n"); got != want {
+		t.Errorf("zero config renders\n%s\nexplicit defaults render\n%s", got, want)
+	}
+}
+
+func TestRules_CustomConfig(t *testing.T) {
+	got := strings.Join(Rules(Config{OutboundPort: 25001, InboundPort: 25006, TunnelPort: 25008, Mark: 0x10, MarkMask: 0xff}), "\n")
+	for _, want := range []string{
+		"tcp dport { 25001, 25006, 25008 } return",
+		"meta l4proto tcp redirect to :25006",
+		"meta l4proto tcp redirect to :25001",
+		"meta mark & 0xff == 0x10 return",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("rules lack %q:\n%s", want, got)
+		}
+	}
+}
+
+func TestConfigValidate_RejectsSelfCapture(t *testing.T) {
+	for _, c := range []Config{
+		{OutboundPort: 15006},
+		{TunnelPort: 15001},
+		{Mark: 0x1539, MarkMask: 0xfff},
+	} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil, want an error", c)
+		}
+	}
+	if err := (Config{}).Validate(); err != nil {
+		t.Errorf("defaults invalid: %v", err)
+	}
+}
+
+func TestParseSockaddr(t *testing.T) {
+	in4 := make([]byte, 16)
+	binary.NativeEndian.PutUint16(in4, unix.AF_INET)
+	binary.BigEndian.PutUint16(in4[2:], 8080)
+	copy(in4[4:], []byte{10, 244, 2, 2})
+
+	in6 := make([]byte, 28)
+	binary.NativeEndian.PutUint16(in6, unix.AF_INET6)
+	binary.BigEndian.PutUint16(in6[2:], 443)
+	v6 := netip.MustParseAddr("fd00:10:244::5").As16()
+	copy(in6[8:], v6[:])
+
+	bad := make([]byte, 16)
+	binary.NativeEndian.PutUint16(bad, unix.AF_UNIX)
+
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"ipv4", in4, "10.244.2.2:8080"},
+		{"ipv6", in6, "[fd00:10:244::5]:443"},
+		{"short ipv4", in4[:6], ""},
+		{"short ipv6", in6[:20], ""},
+		{"other family", bad, ""},
+		{"empty", nil, ""},
+	} {
+		got, err := parseSockaddr(tc.b)
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("%s: parsed %v, want an error", tc.name, got)
+			}
+			continue
+		}
+		if err != nil || got.String() != tc.want {
+			t.Errorf("%s: got %v, %v; want %s", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+func TestRawInet6Bytes_RoundTrips(t *testing.T) {
+	var r unix.RawSockaddrInet6
+	r.Family = unix.AF_INET6
+	r.Port = binary.NativeEndian.Uint16(binary.BigEndian.AppendUint16(nil, 15008)) // as the kernel stores it
+	r.Addr = netip.MustParseAddr("fd00::1").As16()
+	got, err := parseSockaddr(rawInet6Bytes(&r))
+	if err != nil || got.String() != "[fd00::1]:15008" {
+		t.Errorf("got %v, %v", got, err)
+	}
+}

@@ -1,0 +1,326 @@
+// Package testenv builds test topologies of nodes and pods in real Linux
+// network namespaces, the shape of DESIGN.md §9.2.
+//
+// # Topology
+//
+// NewTopology(t, Spec{Nodes: N, PodsPerNode: M}) creates, per run:
+//
+//   - one "fabric" namespace holding a Linux bridge br0: the shared node
+//     link. Each node has a veth pair whose node end is eth0 in the node
+//     namespace (address 172.30.0.<n>/24, n from 1) and whose other end,
+//     n<n>, is a port of br0. Node-to-node traffic therefore crosses a real
+//     link: capture one node's traffic on Node.LinkIf in Node.Path
+//     (`ip netns exec <Node.Name> tcpdump -i eth0`), or every node's on the
+//     bridge (`ip netns exec <Topology.Fabric.Name> tcpdump -i br0`).
+//   - one namespace per node with net.ipv4.ip_forward=1 (only there: pods
+//     and the root namespace are untouched).
+//   - one namespace per pod, pod m of node n at 10.244.<n>.<m+1>/32 on its
+//     eth0, a veth whose node end is p<m> in the node namespace. The node
+//     end carries the pod gateway 10.244.<n>.1/32 (the same /32 on every pod
+//     veth of that node, the point-to-point model Calico uses), so the pod
+//     needs no ARP proxy. Pod routes: 10.244.<n>.1 on-link, default and
+//     10.96.0.0/16 (service VIPs, which ztunnel captures before routing) via
+//     the gateway. Node routes: a /32 per own pod, 10.244.<k>.0/24 via
+//     172.30.0.<k> for every other node k, and nothing else: no default
+//     route, so a packet for an address outside the topology is answered by
+//     the node with ICMP unreachable and the dial fails at once.
+//
+// The root namespace never holds a link of the topology (every veth is
+// created directly inside its namespaces). While any topology of this
+// process lives, the root namespace also has `unreachable` routes for
+// 10.244.0.0/16, 10.96.0.0/16 and 172.30.0.0/16 (protocol 167, metric =
+// this process's pid, so concurrent test binaries each own theirs), so a
+// misrouted packet can never leave by the machine's default route.
+//
+// # Names and crash recovery
+//
+// Every namespace is named amt-<pid>-<seq>-<role>. NewTopology first
+// deletes namespaces and guard routes left behind by a process that no
+// longer exists (a crashed or killed earlier run), and Close (registered
+// with t.Cleanup) deletes everything it created even when a test fails.
+//
+// Tests need root. Without it they skip, unless CI=true, where they fail:
+// CI must run them.
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ambientmesh/ambient/internal/netns"
+)
+
+// Address plan. Every address the topology uses is inside these prefixes.
+var (
+	PodCIDR     = netip.MustParsePrefix("10.244.0.0/16")
+	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
+	NodeCIDR    = netip.MustParsePrefix("172.30.0.0/16")
+)
+
+// Spec sizes a topology.
+type Spec struct {
+	Nodes       int // 1..200
+	PodsPerNode int // 0..200
+}
+
+// NS is one network namespace of a topology.
+type NS struct {
+	Name string // name for `ip netns exec` / `ip -n`
+	Path string // bind mount, /run/netns/<Name>
+}
+
+// Exec runs fn on a thread inside the namespace.
+func (n NS) Exec(fn func() error) error { return netns.Do(n.Path, fn) }
+
+// Command returns a command that runs inside the namespace (through
+// `ip netns exec`), for tools such as tcpdump, nft or iptables-save.
+func (n NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+}
+
+// Listen opens a TCP listener inside the namespace.
+func (n NS) Listen(addr string, opts ...netns.Option) (net.Listener, error) {
+	return netns.ListenTCP(n.Path, addr, opts...)
+}
+
+// Dial opens a TCP connection from inside the namespace.
+func (n NS) Dial(ctx context.Context, addr string, opts ...netns.Option) (*net.TCPConn, error) {
+	return netns.DialTCP(ctx, n.Path, addr, opts...)
+}
+
+// Node is a simulated node.
+type Node struct {
+	NS
+	Index   int          // 1-based
+	IP      netip.Addr   // 172.30.0.<Index>
+	PodCIDR netip.Prefix // 10.244.<Index>.0/24
+	Gateway netip.Addr   // 10.244.<Index>.1, the pods' next hop
+	LinkIf  string       // the node's interface on the shared link, in Path
+	Pods    []*Pod
+}
+
+// Pod is a simulated pod.
+type Pod struct {
+	NS
+	Node   *Node
+	Index  int        // 1-based within its node
+	IP     netip.Addr // 10.244.<node>.<Index+1>
+	Iface  string     // eth0 inside the pod
+	HostIf string     // the node end of the pod's veth, in Node.Path
+}
+
+// Addr is the pod's IP with port.
+func (p *Pod) Addr(port uint16) string { return netip.AddrPortFrom(p.IP, port).String() }
+
+// Topology is a set of nodes and pods; see the package comment.
+type Topology struct {
+	Prefix string // amt-<pid>-<seq>-, shared by every namespace it owns
+	Fabric NS     // holds Bridge, the shared node link
+	Bridge string
+	Nodes  []*Node
+
+	closeOnce sync.Once
+	closeErr  error
+	// created lists the namespaces to delete, in creation order.
+	created []string
+	guarded bool
+}
+
+var topoSeq atomic.Int64
+
+// RequireRoot skips the test when not root, or fails it under CI=true.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	const why = "needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) to create network namespaces"
+	if os.Getenv("CI") == "true" {
+		t.Fatal("testenv: " + why + "; CI=true forbids skipping: run the tests as root")
+	}
+	t.Skip("testenv: " + why + "; run as root (CI does)")
+}
+
+// NewTopology builds a topology and registers its teardown with t.Cleanup.
+func NewTopology(t testing.TB, spec Spec) *Topology {
+	t.Helper()
+	RequireRoot(t)
+	if spec.Nodes < 1 || spec.Nodes > 200 || spec.PodsPerNode < 0 || spec.PodsPerNode > 200 {
+		t.Fatalf("testenv: bad spec %+v: want 1..200 nodes, 0..200 pods per node", spec)
+	}
+	if err := CleanStale(); err != nil {
+		t.Fatalf("testenv: removing leftovers of an earlier run: %v", err)
+	}
+	topo := &Topology{
+		Prefix: fmt.Sprintf("%s%d-%d-", namePrefix, os.Getpid(), topoSeq.Add(1)),
+		Bridge: "br0",
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Errorf("testenv: teardown: %v", err)
+		}
+	})
+	if err := acquireGuard(); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	topo.guarded = true
+	if err := topo.build(spec); err != nil {
+		t.Fatalf("testenv: build %+v: %v", spec, err)
+	}
+	return topo
+}
+
+// Pod returns pod podIdx (1-based) of node nodeIdx (1-based).
+func (tp *Topology) Pod(nodeIdx, podIdx int) *Pod { return tp.Nodes[nodeIdx-1].Pods[podIdx-1] }
+
+// Close deletes every namespace (and so every veth and route in them) and
+// releases the root guard routes. It is idempotent.
+func (tp *Topology) Close() error {
+	tp.closeOnce.Do(func() {
+		var errs []error
+		for i := len(tp.created) - 1; i >= 0; i-- {
+			if err := ipCmd("netns", "del", tp.created[i]); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if tp.guarded {
+			if err := releaseGuard(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		tp.closeErr = errors.Join(errs...)
+	})
+	return tp.closeErr
+}
+
+func (tp *Topology) addNS(role string) (NS, error) {
+	name := tp.Prefix + role
+	if err := ipCmd("netns", "add", name); err != nil {
+		return NS{}, err
+	}
+	tp.created = append(tp.created, name)
+	if err := ipCmd("-n", name, "link", "set", "lo", "up"); err != nil {
+		return NS{}, err
+	}
+	return NS{Name: name, Path: "/run/netns/" + name}, nil
+}
+
+func (tp *Topology) build(spec Spec) error {
+	var err error
+	if tp.Fabric, err = tp.addNS("fab"); err != nil {
+		return err
+	}
+	fab := tp.Fabric.Name
+	if err := ipBatch(fab,
+		"link add "+tp.Bridge+" type bridge",
+		"link set "+tp.Bridge+" up",
+	); err != nil {
+		return err
+	}
+	for n := 1; n <= spec.Nodes; n++ {
+		node := &Node{
+			Index:   n,
+			IP:      netip.AddrFrom4([4]byte{172, 30, 0, byte(n)}),
+			PodCIDR: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(n), 0}), 24),
+			Gateway: netip.AddrFrom4([4]byte{10, 244, byte(n), 1}),
+			LinkIf:  "eth0",
+		}
+		if node.NS, err = tp.addNS(fmt.Sprintf("n%d", n)); err != nil {
+			return err
+		}
+		port := fmt.Sprintf("n%d", n)
+		if err := ipBatch(fab,
+			fmt.Sprintf("link add %s type veth peer name %s netns %s", port, node.LinkIf, node.Name),
+			fmt.Sprintf("link set %s master %s up", port, tp.Bridge),
+		); err != nil {
+			return err
+		}
+		if err := ipBatch(node.Name,
+			fmt.Sprintf("addr add %s/24 dev %s", node.IP, node.LinkIf),
+			fmt.Sprintf("link set %s up", node.LinkIf),
+		); err != nil {
+			return err
+		}
+		if err := node.Exec(func() error {
+			return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
+		}); err != nil {
+			return fmt.Errorf("enable ip_forward in %s: %w", node.Name, err)
+		}
+		for m := 1; m <= spec.PodsPerNode; m++ {
+			pod := &Pod{
+				Node:   node,
+				Index:  m,
+				IP:     netip.AddrFrom4([4]byte{10, 244, byte(n), byte(m + 1)}),
+				Iface:  "eth0",
+				HostIf: fmt.Sprintf("p%d", m),
+			}
+			if pod.NS, err = tp.addNS(fmt.Sprintf("n%dp%d", n, m)); err != nil {
+				return err
+			}
+			if err := ipBatch(node.Name,
+				fmt.Sprintf("link add %s type veth peer name %s netns %s", pod.HostIf, pod.Iface, pod.Name),
+				fmt.Sprintf("addr add %s/32 dev %s", node.Gateway, pod.HostIf),
+				fmt.Sprintf("link set %s up", pod.HostIf),
+				fmt.Sprintf("route add %s/32 dev %s src %s", pod.IP, pod.HostIf, node.Gateway),
+			); err != nil {
+				return err
+			}
+			if err := ipBatch(pod.Name,
+				fmt.Sprintf("addr add %s/32 dev %s", pod.IP, pod.Iface),
+				fmt.Sprintf("link set %s up", pod.Iface),
+				fmt.Sprintf("route add %s/32 dev %s scope link", node.Gateway, pod.Iface),
+				fmt.Sprintf("route add default via %s dev %s src %s", node.Gateway, pod.Iface, pod.IP),
+				fmt.Sprintf("route add %s via %s dev %s src %s", ServiceCIDR, node.Gateway, pod.Iface, pod.IP),
+			); err != nil {
+				return err
+			}
+			node.Pods = append(node.Pods, pod)
+		}
+		tp.Nodes = append(tp.Nodes, node)
+	}
+	// Every node reaches every other node's pods through that node.
+	for _, node := range tp.Nodes {
+		var cmds []string
+		for _, other := range tp.Nodes {
+			if other != node {
+				cmds = append(cmds, fmt.Sprintf("route add %s via %s dev %s", other.PodCIDR, other.IP, node.LinkIf))
+			}
+		}
+		if err := ipBatch(node.Name, cmds...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ipCmd runs `ip args...`.
+func ipCmd(args ...string) error {
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// ipBatch runs `ip -n ns -batch -` over cmds, one command per line.
+func ipBatch(ns string, cmds ...string) error {
+	if len(cmds) == 0 {
+		return nil
+	}
+	c := exec.Command("ip", "-n", ns, "-batch", "-")
+	c.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
+	out, err := c.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip -n %s -batch [%s]: %w: %s", ns, strings.Join(cmds, "; "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
