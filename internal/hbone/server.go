@@ -47,6 +47,9 @@ type StreamResult struct {
 	BytesOut int64         // bytes sent to the client through the tunnel
 	Start    time.Time     // when the request arrived
 	Duration time.Duration // until both directions closed
+	// Upstream is what Dial returned (closed by now), so the caller can
+	// recognize its own wrapper; nil when the stream was refused.
+	Upstream net.Conn
 }
 
 // ServerConfig configures a Server.
@@ -260,6 +263,7 @@ func (h *serverHandler) serveStream(c *conn, s *stream, fields []hpack.HeaderFie
 	var up net.Conn
 	res.Status, up, res.Err = h.open(c, s, fields, endStream, &res.Stream)
 	if up != nil {
+		res.Upstream = up
 		res.BytesIn, res.BytesOut, res.Err = splice(s, up)
 	}
 	res.Duration = time.Since(res.Start)

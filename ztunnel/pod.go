@@ -1,0 +1,450 @@
+package ztunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambientmesh/ambient/internal/authz"
+	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/netns"
+	"github.com/ambientmesh/ambient/internal/redirect"
+	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/ztunnel/outbound"
+	"github.com/ambientmesh/ambient/ztunnel/state"
+)
+
+// podProxy serves one enrolled pod from inside its network namespace.
+type podProxy struct {
+	z      *Ztunnel
+	uid    string
+	nsPath string
+
+	// Set by start, then read-only.
+	ip     netip.Addr
+	id     spiffeid.ID
+	src    *identity.Source
+	client *hbone.Client
+	lns    []net.Listener
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	up     atomic.Bool
+
+	mu    sync.Mutex // guards the fields below
+	w     *workloadapi.Workload
+	conns map[*trackedConn]struct{} // open connections, for policy and shutdown
+}
+
+func newPodProxy(z *Ztunnel, w *workloadapi.Workload, nsPath string) *podProxy {
+	return &podProxy{z: z, uid: w.GetUid(), nsPath: nsPath, w: w, conns: make(map[*trackedConn]struct{})}
+}
+
+func (p *podProxy) workload() *workloadapi.Workload {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.w
+}
+
+func (p *podProxy) update(w *workloadapi.Workload) {
+	p.mu.Lock()
+	p.w = w
+	p.mu.Unlock()
+}
+
+func (p *podProxy) serving() bool { return p.up.Load() }
+
+// start gets the pod's certificate, installs capture and opens listeners.
+func (p *podProxy) start(ctx context.Context) (err error) {
+	w := p.workload()
+	if len(w.GetAddresses()) == 0 {
+		return errors.New("workload has no address")
+	}
+	ip, ok := netip.AddrFromSlice(w.GetAddresses()[0])
+	if !ok {
+		return errors.New("workload address is not an IP")
+	}
+	p.ip = ip.Unmap()
+	if p.id, err = outbound.WorkloadID(w); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	p.src, err = p.z.cfg.Certs.Acquire(cctx, p.id)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			p.cleanup()
+		}
+	}()
+	td := p.z.cfg.TrustDomain
+	if p.client, err = hbone.NewClient(hbone.ClientConfig{
+		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
+			return identity.ClientConfig(p.src, p.src, dst), nil
+		},
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return netns.DialTCP(ctx, p.nsPath, addr, netns.WithMark(redirect.ZtunnelMark))
+		},
+		Logger: p.z.log,
+	}); err != nil {
+		return err
+	}
+	srv, err := hbone.NewServer(hbone.ServerConfig{
+		TLSConfig:    identity.ServerConfig(p.src, p.src, td),
+		Authorize:    p.authorizeTunnel,
+		Dial:         p.dialApp,
+		OnStreamEnd:  p.tunnelEnded,
+		Logger:       p.z.log,
+		DrainTimeout: p.z.cfg.DrainTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	for _, port := range []int{redirect.OutboundPort, redirect.InboundPort, redirect.TunnelPort} {
+		ln, err := netns.ListenTCP(p.nsPath, fmt.Sprintf("0.0.0.0:%d", port))
+		if err != nil {
+			return err
+		}
+		p.lns = append(p.lns, ln)
+	}
+	if err := redirect.Install(p.nsPath, redirect.Config{}); err != nil {
+		return err
+	}
+	pctx, cancelPod := context.WithCancel(context.WithoutCancel(ctx))
+	p.cancel = cancelPod
+	p.wg.Add(3)
+	go func() { defer p.wg.Done(); p.acceptLoop(pctx, p.lns[0], p.handleOutbound) }()
+	go func() { defer p.wg.Done(); p.acceptLoop(pctx, p.lns[1], p.handlePlaintext) }()
+	go func() { defer p.wg.Done(); srv.Serve(pctx, p.lns[2]) }()
+	p.up.Store(true)
+	return nil
+}
+
+// stop removes capture first (new connections go plain again), then stops
+// the listeners, lets open connections drain, and lets go of everything.
+func (p *podProxy) stop() {
+	p.up.Store(false)
+	if err := redirect.Remove(p.nsPath); err != nil {
+		p.z.log.Warn("removing capture rules", "pod", p.uid, "err", err)
+	}
+	if p.cancel != nil {
+		p.cancel()
+	}
+	for _, ln := range p.lns {
+		ln.Close()
+	}
+	done := make(chan struct{})
+	go func() { p.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(p.z.cfg.DrainTimeout):
+		p.closeConns(func(*trackedConn) bool { return true })
+		<-done
+	}
+	p.cleanup()
+	p.z.log.Info("pod unenrolled", "pod", p.uid)
+}
+
+func (p *podProxy) cleanup() {
+	p.closeConns(func(*trackedConn) bool { return true })
+	for _, ln := range p.lns {
+		ln.Close()
+	}
+	if p.client != nil {
+		p.client.Close()
+	}
+	redirect.Remove(p.nsPath)
+	p.z.cfg.Certs.Release(p.id)
+}
+
+func (p *podProxy) acceptLoop(ctx context.Context, ln net.Listener, handle func(context.Context, *net.TCPConn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil {
+				p.z.log.Warn("accept failed", "pod", p.uid, "addr", ln.Addr(), "err", err)
+			}
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			handle(ctx, c.(*net.TCPConn))
+		}()
+	}
+}
+
+// handleOutbound carries one captured outbound connection of the pod.
+func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn) {
+	flow := telemetry.Flow{Start: time.Now(), Reporter: "source", Decision: telemetry.Allow,
+		Src: peerOf(p.workload(), p.id, c.RemoteAddr())}
+	defer func() {
+		flow.Duration = time.Since(flow.Start)
+		p.z.record(flow)
+	}()
+	dst, err := redirect.OriginalDst(c)
+	if err != nil {
+		flow.Error = err.Error()
+		c.Close()
+		return
+	}
+	flow.Dst.Addr = dst.String()
+	rt, err := outbound.Plan(p.z.cfg.Store.Current(), p.z.cfg.Network, dst, p.z.rand)
+	if err != nil {
+		flow.Error = err.Error()
+		abort(c)
+		return
+	}
+	flow.Dst = peerOf(rt.Workload, rt.Identity, net.TCPAddrFromAddrPort(rt.Target))
+	flow.Dst.Service = rt.Service.GetHostname()
+	flow.Transport = rt.Kind.String()
+	dctx, cancel := context.WithTimeout(ctx, p.z.cfg.ConnectTimeout)
+	var up net.Conn
+	if rt.Kind == outbound.Tunnel {
+		flow.Security = "mutual_tls"
+		up, err = p.client.Dial(dctx, hbone.Target{
+			Source: p.id, Destination: rt.Identity, Address: rt.TunnelAddr, Authority: rt.Target,
+			Header: http.Header{"Forwarded": {"for=" + forwardedFor(c.RemoteAddr())}},
+		})
+	} else {
+		flow.Security = "none"
+		up, err = netns.DialTCP(dctx, p.nsPath, rt.Target.String(), netns.WithMark(redirect.ZtunnelMark))
+	}
+	cancel()
+	if err != nil {
+		var se *hbone.StatusError
+		if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
+			flow.Decision = telemetry.Deny
+		}
+		flow.Error = err.Error()
+		abort(c)
+		return
+	}
+	p.z.opened(flow)
+	t := p.track(up, nil)
+	defer p.untrack(t)
+	toApp, fromApp, err := hbone.Splice(up, c)
+	flow.BytesSent, flow.BytesRecv, flow.Error = fromApp, toApp, errString(err)
+}
+
+// authorizeTunnel checks an inbound HBONE stream: it must be for this pod,
+// and the pod's policies must allow it.
+func (p *podProxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
+	if st.Authority.Addr() != p.ip {
+		return fmt.Errorf("%w: %s is not pod %s", hbone.ErrBadDestination, st.Authority, p.ip)
+	}
+	if d := p.evaluate(st.Peer, st.PeerAddr.Addr(), st.Authority.Port()); !d.Allowed {
+		return &deniedError{d}
+	}
+	return nil
+}
+
+// evaluate runs the pod's L4 policies for a connection.
+func (p *podProxy) evaluate(peer spiffeid.ID, srcIP netip.Addr, port uint16) authz.Decision {
+	view := p.z.cfg.Store.Current()
+	w := p.workload()
+	return authz.Evaluate(authz.Connection{
+		SrcIdentity: peer, SrcIP: srcIP.Unmap(), DstIP: p.ip, DstPort: port, DstNamespace: w.GetNamespace(),
+	}, view.PoliciesFor(w))
+}
+
+// deniedError carries a policy decision through hbone's Authorize.
+type deniedError struct{ d authz.Decision }
+
+func (e *deniedError) Error() string {
+	if e.d.Policy != "" {
+		return fmt.Sprintf("denied by %s (%s)", e.d.Policy, e.d.Reason)
+	}
+	return "denied: " + e.d.Reason
+}
+
+// dialApp connects an allowed stream to the app inside the pod.
+func (p *podProxy) dialApp(ctx context.Context, st *hbone.Stream) (net.Conn, error) {
+	c, err := netns.DialTCP(ctx, p.nsPath, st.Authority.String(), netns.WithMark(redirect.ZtunnelMark))
+	if err != nil {
+		return nil, err
+	}
+	return p.track(c, &inboundInfo{peer: st.Peer, srcIP: st.PeerAddr.Addr(), port: st.Authority.Port()}), nil
+}
+
+// tunnelEnded records the flow of a finished inbound HBONE stream.
+func (p *podProxy) tunnelEnded(r hbone.StreamResult) {
+	view := p.z.cfg.Store.Current()
+	src := view.WorkloadByAddr(p.z.cfg.Network, r.PeerAddr.Addr().Unmap())
+	flow := telemetry.Flow{
+		Start: r.Start, Duration: r.Duration, Reporter: "destination",
+		Src:       peerOf(src, r.Peer, net.TCPAddrFromAddrPort(r.PeerAddr)),
+		Dst:       peerOf(p.workload(), p.id, net.TCPAddrFromAddrPort(r.Authority)),
+		BytesSent: r.BytesIn, BytesRecv: r.BytesOut,
+		Decision: telemetry.Allow, Security: "mutual_tls", Transport: "hbone", Error: errString(r.Err),
+	}
+	var de *deniedError
+	if errors.As(r.Err, &de) {
+		flow.Decision, flow.Policy = telemetry.Deny, de.d.Policy
+	}
+	if t, ok := r.Upstream.(*trackedConn); ok {
+		if d := t.closedBy.Load(); d != nil {
+			flow.Decision, flow.Policy = telemetry.Deny, d.Policy
+			flow.Error = "closed: no longer allowed by policy"
+		}
+	}
+	if r.Status == 200 || flow.Decision == telemetry.Deny {
+		p.z.opened(flow)
+	}
+	p.z.record(flow)
+}
+
+// handlePlaintext serves a captured inbound connection without a tunnel:
+// allowed only when the pod's policies admit a connection with no identity
+// (a STRICT PeerAuthentication does not).
+func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn) {
+	flow := telemetry.Flow{Start: time.Now(), Reporter: "destination", Decision: telemetry.Allow,
+		Security: "none", Transport: "plaintext", Src: peerOf(nil, spiffeid.ID{}, c.RemoteAddr())}
+	defer func() {
+		flow.Duration = time.Since(flow.Start)
+		p.z.record(flow)
+	}()
+	dst, err := redirect.OriginalDst(c)
+	if err != nil {
+		flow.Error = err.Error()
+		c.Close()
+		return
+	}
+	flow.Dst = peerOf(p.workload(), p.id, net.TCPAddrFromAddrPort(dst))
+	src := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr()
+	if d := p.evaluate(spiffeid.ID{}, src, dst.Port()); !d.Allowed {
+		flow.Decision, flow.Policy, flow.Error = telemetry.Deny, d.Policy, (&deniedError{d}).Error()
+		abort(c)
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, p.z.cfg.ConnectTimeout)
+	app, err := netns.DialTCP(dctx, p.nsPath, dst.String(), netns.WithMark(redirect.ZtunnelMark))
+	cancel()
+	if err != nil {
+		flow.Error = err.Error()
+		abort(c)
+		return
+	}
+	p.z.opened(flow)
+	t := p.track(app, &inboundInfo{srcIP: src, port: dst.Port()})
+	defer p.untrack(t)
+	toApp, fromApp, err := hbone.Splice(c, t)
+	flow.BytesSent, flow.BytesRecv, flow.Error = toApp, fromApp, errString(err)
+}
+
+// inboundInfo is what policy needs to re-check an open inbound connection.
+type inboundInfo struct {
+	peer  spiffeid.ID
+	srcIP netip.Addr
+	port  uint16
+}
+
+// trackedConn is an open connection of the pod: closed on shutdown, and for
+// inbound ones, when a policy change no longer allows them.
+type trackedConn struct {
+	net.Conn
+	p        *podProxy
+	in       *inboundInfo // nil for outbound
+	closedBy atomic.Pointer[authz.Decision]
+}
+
+func (p *podProxy) track(c net.Conn, in *inboundInfo) *trackedConn {
+	t := &trackedConn{Conn: c, p: p, in: in}
+	p.mu.Lock()
+	p.conns[t] = struct{}{}
+	p.mu.Unlock()
+	return t
+}
+
+func (p *podProxy) untrack(t *trackedConn) {
+	p.mu.Lock()
+	delete(p.conns, t)
+	p.mu.Unlock()
+}
+
+// Close implements net.Conn and forgets the connection.
+func (t *trackedConn) Close() error {
+	t.p.untrack(t)
+	return t.Conn.Close()
+}
+
+// CloseWrite passes a half-close on.
+func (t *trackedConn) CloseWrite() error {
+	if cw, ok := t.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return t.Conn.Close()
+}
+
+// closeConns resets the tracked connections for which pick is true.
+func (p *podProxy) closeConns(pick func(*trackedConn) bool) int {
+	p.mu.Lock()
+	open := make([]*trackedConn, 0, len(p.conns))
+	for t := range p.conns {
+		open = append(open, t)
+	}
+	p.mu.Unlock()
+	var victims []*trackedConn
+	for _, t := range open {
+		if pick(t) {
+			victims = append(victims, t)
+		}
+	}
+	for _, t := range victims {
+		if tc, ok := t.Conn.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		t.Close()
+	}
+	return len(victims)
+}
+
+// enforce closes open inbound connections the current policies deny.
+func (p *podProxy) enforce(view *state.View) {
+	if w := view.Workload(p.uid); w != nil {
+		p.update(w)
+	}
+	n := p.closeConns(func(t *trackedConn) bool {
+		if t.in == nil {
+			return false
+		}
+		d := p.evaluate(t.in.peer, t.in.srcIP, t.in.port)
+		if d.Allowed {
+			return false
+		}
+		t.closedBy.Store(&d)
+		return true
+	})
+	if n > 0 {
+		p.z.log.Info("closed connections no longer allowed", "pod", p.uid, "count", n)
+	}
+}
+
+// abort resets a client connection we will not serve.
+func abort(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+func forwardedFor(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return "unknown"
+	}
+	if ap.Addr().Is6() {
+		return `"[` + ap.Addr().String() + `]"`
+	}
+	return ap.Addr().String()
+}

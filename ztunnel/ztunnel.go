@@ -1,0 +1,294 @@
+// Package ztunnel is the per-node tunnel: one process serving every
+// enrolled pod of its node with the pod's own IP and identity.
+//
+// For each enrolled pod (its Workload is on this node with tunnel protocol
+// HBONE, and the pod's network namespace is known through AddPod), ztunnel
+// installs the in-pod capture rules (internal/redirect) and opens three
+// listeners inside the pod's namespace:
+//
+//	15001  outbound: the pod's captured TCP; routed by ztunnel/outbound and
+//	       carried over HBONE as the pod's identity (or passed through)
+//	15006  inbound plaintext: refused when a STRICT policy applies
+//	15008  inbound HBONE: peer verified, L4 policy (internal/authz)
+//	       evaluated, then connected to the app inside the pod
+//
+// ztunnel's own sockets carry mark 0x539 and so bypass capture. A policy
+// change closes open inbound connections it no longer allows. Every
+// connection ends in one flow record and Istio's TCP metrics.
+package ztunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/ztunnel/certs"
+	"github.com/ambientmesh/ambient/ztunnel/outbound"
+	"github.com/ambientmesh/ambient/ztunnel/state"
+)
+
+// Config configures a ztunnel.
+type Config struct {
+	// Node is this node's name; only workloads with Workload.node == Node
+	// are served.
+	Node string
+	// Network is the network of this node's pods ("" by default).
+	Network string
+	// TrustDomain is the mesh's trust domain (cluster.local by default).
+	TrustDomain spiffeid.TrustDomain
+	// Store is the mesh state, fed by xDS or --local-config. Required.
+	Store *state.Store
+	// Certs provides each pod identity's certificate. Required.
+	Certs *certs.Manager
+	// FlowLog receives one record per connection; nil discards.
+	FlowLog *telemetry.FlowLog
+	// Metrics receives Istio's TCP metrics; nil discards.
+	Metrics *telemetry.Metrics
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// DrainTimeout bounds how long open connections may finish on shutdown.
+	DrainTimeout time.Duration
+	// ConnectTimeout bounds dialing a destination. Default 5 s.
+	ConnectTimeout time.Duration
+}
+
+// Ztunnel serves the enrolled pods of one node.
+type Ztunnel struct {
+	cfg  Config
+	log  *slog.Logger
+	rand *lockedRand
+
+	mu      sync.Mutex          // guards the fields below
+	netns   map[string]string   // pod uid → netns path (from AddPod)
+	pods    map[string]*podProxy // running proxies by pod uid
+	changed chan struct{}       // signalled on AddPod/RemovePod
+	ready   bool                // config received and every enrolled pod serving
+}
+
+// New checks cfg and returns a Ztunnel; Run starts it.
+func New(cfg Config) (*Ztunnel, error) {
+	if cfg.Store == nil || cfg.Certs == nil {
+		return nil, errors.New("ztunnel: Store and Certs are required")
+	}
+	if cfg.Node == "" {
+		return nil, errors.New("ztunnel: Node is required")
+	}
+	if cfg.TrustDomain.IsZero() {
+		cfg.TrustDomain = outbound.DefaultTrustDomain
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.DrainTimeout == 0 {
+		cfg.DrainTimeout = 5 * time.Second
+	}
+	return &Ztunnel{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		rand:    &lockedRand{r: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))},
+		netns:   make(map[string]string),
+		pods:    make(map[string]*podProxy),
+		changed: make(chan struct{}, 1),
+	}, nil
+}
+
+// AddPod tells ztunnel where pod uid's network namespace is (from the CNI
+// plugin, or a scan after restart). The pod is served once its Workload is
+// enrolled.
+func (z *Ztunnel) AddPod(uid, nsPath string) {
+	z.mu.Lock()
+	z.netns[uid] = nsPath
+	z.mu.Unlock()
+	z.kick()
+}
+
+// RemovePod forgets a pod (deleted): its proxy stops and its rules go.
+func (z *Ztunnel) RemovePod(uid string) {
+	z.mu.Lock()
+	delete(z.netns, uid)
+	z.mu.Unlock()
+	z.kick()
+}
+
+func (z *Ztunnel) kick() {
+	select {
+	case z.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run serves until ctx ends, reconciling the pod proxies with every state
+// change, then drains and removes every pod's rules.
+func (z *Ztunnel) Run(ctx context.Context) error {
+	updates := z.cfg.Store.Subscribe(ctx)
+	for {
+		z.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			z.stopAll()
+			return nil
+		case <-updates:
+		case <-z.changed:
+		}
+	}
+}
+
+// reconcile starts, updates and stops pod proxies to match the state.
+func (z *Ztunnel) reconcile(ctx context.Context) {
+	view := z.cfg.Store.Current()
+	z.mu.Lock()
+	want := make(map[string]*workloadapi.Workload)
+	for uid, ns := range z.netns {
+		_ = ns
+		if w := view.Workload(uid); w != nil && w.GetNode() == z.cfg.Node && state.Enrolled(w) {
+			want[uid] = w
+		}
+	}
+	var stop []*podProxy
+	for uid, p := range z.pods {
+		if _, ok := want[uid]; !ok {
+			stop = append(stop, p)
+			delete(z.pods, uid)
+		}
+	}
+	var start []*podProxy
+	for uid, w := range want {
+		if p, ok := z.pods[uid]; ok {
+			p.update(w)
+			continue
+		}
+		p := newPodProxy(z, w, z.netns[uid])
+		z.pods[uid] = p
+		start = append(start, p)
+	}
+	z.ready = view.Version() > 0
+	running := make([]*podProxy, 0, len(z.pods))
+	for _, p := range z.pods {
+		running = append(running, p)
+	}
+	z.mu.Unlock()
+
+	for _, p := range stop {
+		p.stop()
+	}
+	for _, p := range start {
+		if err := p.start(ctx); err != nil {
+			z.log.Error("pod not served", "pod", p.uid, "err", err)
+			z.mu.Lock()
+			if z.pods[p.uid] == p {
+				delete(z.pods, p.uid)
+			}
+			z.mu.Unlock()
+			continue
+		}
+		z.log.Info("pod enrolled", "pod", p.uid, "identity", p.id.String())
+	}
+	for _, p := range running {
+		p.enforce(view)
+	}
+}
+
+// stopAll stops every pod proxy (on shutdown): rules are removed.
+func (z *Ztunnel) stopAll() {
+	z.mu.Lock()
+	pods := z.pods
+	z.pods = make(map[string]*podProxy)
+	z.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range pods {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop() }()
+	}
+	wg.Wait()
+}
+
+// Ready reports whether ztunnel has config and serves every enrolled pod.
+func (z *Ztunnel) Ready() bool {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if !z.ready {
+		return false
+	}
+	for _, p := range z.pods {
+		if !p.serving() {
+			return false
+		}
+	}
+	return true
+}
+
+// Pods lists the uids of the pods being served.
+func (z *Ztunnel) Pods() []string {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	uids := make([]string, 0, len(z.pods))
+	for uid := range z.pods {
+		uids = append(uids, uid)
+	}
+	return uids
+}
+
+// record writes a finished flow to the log and metrics.
+func (z *Ztunnel) record(f telemetry.Flow) {
+	if z.cfg.Metrics != nil {
+		z.cfg.Metrics.Closed(f)
+	}
+	if z.cfg.FlowLog != nil {
+		if err := z.cfg.FlowLog.Record(f); err != nil {
+			z.log.Warn("flow log write failed", "err", err)
+		}
+	}
+}
+
+func (z *Ztunnel) opened(f telemetry.Flow) {
+	if z.cfg.Metrics != nil {
+		z.cfg.Metrics.Opened(f)
+	}
+}
+
+// lockedRand is a goroutine-safe state.Rand.
+type lockedRand struct {
+	mu sync.Mutex
+	r  *rand.Rand
+}
+
+func (l *lockedRand) IntN(n int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.IntN(n)
+}
+
+// peerOf describes a workload for telemetry.
+func peerOf(w *workloadapi.Workload, id spiffeid.ID, addr net.Addr) telemetry.Peer {
+	p := telemetry.Peer{}
+	if w != nil {
+		p.Workload, p.Namespace = w.GetName(), w.GetNamespace()
+		p.App, p.Version = w.GetCanonicalName(), w.GetCanonicalRevision()
+	}
+	if !id.IsZero() {
+		p.Identity = id.String()
+	}
+	if addr != nil {
+		p.Addr = addr.String()
+	}
+	return p
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return fmt.Sprint(err)
+}
