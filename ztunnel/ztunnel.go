@@ -67,11 +67,11 @@ type Ztunnel struct {
 	log  *slog.Logger
 	rand *lockedRand
 
-	mu      sync.Mutex          // guards the fields below
-	netns   map[string]string   // pod uid → netns path (from AddPod)
+	mu      sync.Mutex           // guards the fields below
+	netns   map[string]string    // pod uid → netns path (from AddPod)
 	pods    map[string]*podProxy // running proxies by pod uid
-	changed chan struct{}       // signalled on AddPod/RemovePod
-	ready   bool                // config received and every enrolled pod serving
+	changed chan struct{}        // signalled on AddPod/RemovePod
+	ready   bool                 // config received and every enrolled pod serving
 }
 
 // New checks cfg and returns a Ztunnel; Run starts it.

@@ -239,7 +239,9 @@ func TestZtunnel_L4PolicyAllowsByPrincipal(t *testing.T) {
 	if err := m.store.Apply(state.Update{Policies: []*security.Authorization{allowOnly("alice")}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "policy", func() bool { return len(m.store.Current().PoliciesFor(m.store.Current().Workload(podUID(server)))) == 1 })
+	waitFor(t, "policy", func() bool {
+		return len(m.store.Current().PoliciesFor(m.store.Current().Workload(podUID(server)))) == 1
+	})
 	if err := roundTrip(t, alice, server); err != nil {
 		t.Fatalf("alice refused: %v", err)
 	}
