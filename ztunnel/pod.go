@@ -102,10 +102,15 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 		return err
 	}
 	srv, err := hbone.NewServer(hbone.ServerConfig{
-		TLSConfig:    identity.ServerConfig(p.src, p.src, td),
-		Authorize:    p.authorizeTunnel,
-		Dial:         p.dialApp,
-		OnStreamEnd:  p.tunnelEnded,
+		TLSConfig:   identity.ServerConfig(p.src, p.src, td),
+		Authorize:   p.authorizeTunnel,
+		Dial:        p.dialApp,
+		OnStreamEnd: p.tunnelEnded,
+		OnConnRefused: func(remote net.Addr, err error) {
+			p.z.record(telemetry.Flow{Start: time.Now(), Reporter: "destination", Decision: telemetry.Deny,
+				Src: peerOf(nil, spiffeid.ID{}, remote), Dst: peerOf(p.workload(), p.id, nil),
+				Security: "mutual_tls", Transport: "hbone", Error: err.Error()})
+		},
 		Logger:       p.z.log,
 		DrainTimeout: p.z.cfg.DrainTimeout,
 	})
@@ -254,7 +259,10 @@ func (p *podProxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
 // evaluate runs the pod's L4 policies for a connection.
 func (p *podProxy) evaluate(peer spiffeid.ID, srcIP netip.Addr, port uint16) authz.Decision {
 	view := p.z.cfg.Store.Current()
-	w := p.workload()
+	w := view.Workload(p.uid)
+	if w == nil {
+		w = p.workload()
+	}
 	return authz.Evaluate(authz.Connection{
 		SrcIdentity: peer, SrcIP: srcIP.Unmap(), DstIP: p.ip, DstPort: port, DstNamespace: w.GetNamespace(),
 	}, view.PoliciesFor(w))

@@ -4,19 +4,29 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/ambientmesh/ambient/internal/authz"
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/netns"
+	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
@@ -57,10 +67,12 @@ func (s *syncBuffer) flows(t *testing.T) []map[string]any {
 
 // mesh is a 2-node × 2-pod topology with one ztunnel per node.
 type mesh struct {
+	ca    *ca.Authority
 	topo  *testenv.Topology
 	store *state.Store
 	zt    []*Ztunnel
 	logs  []*syncBuffer
+	stops []func()
 	sa    map[*testenv.Pod]string
 }
 
@@ -77,6 +89,7 @@ func newMesh(t *testing.T) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m.ca = authority
 	var workloads []*workloadapi.Workload
 	for _, n := range m.topo.Nodes {
 		for _, p := range n.Pods {
@@ -93,32 +106,41 @@ func newMesh(t *testing.T) *mesh {
 	if err := m.store.Replace(state.Snapshot{Workloads: workloads}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
 	for _, n := range m.topo.Nodes {
-		cm, err := certs.New(certs.Config{Sign: certs.LocalSigner(authority, time.Hour)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(cm.Close)
-		log := &syncBuffer{}
-		z, err := New(Config{Node: fmt.Sprintf("node-%d", n.Index), Store: m.store, Certs: cm,
-			FlowLog: telemetry.NewFlowLog(log), DrainTimeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range n.Pods {
-			z.AddPod(podUID(p), p.Path)
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); z.Run(ctx) }()
-		m.zt = append(m.zt, z)
-		m.logs = append(m.logs, log)
+		m.logs = append(m.logs, &syncBuffer{})
+		m.zt = append(m.zt, nil)
+		m.stops = append(m.stops, nil)
+		m.startZtunnel(t, n.Index)
 	}
 	waitFor(t, "ztunnels ready", func() bool { return m.zt[0].Ready() && m.zt[1].Ready() && len(m.zt[0].Pods()) == 2 })
 	return m
 }
+
+// startZtunnel runs node n's ztunnel (1-based) until the test ends or
+// stopZtunnel.
+func (m *mesh) startZtunnel(t *testing.T, n int) {
+	cm, err := certs.New(certs.Config{Sign: certs.LocalSigner(m.ca, time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	z, err := New(Config{Node: fmt.Sprintf("node-%d", n), Store: m.store, Certs: cm,
+		FlowLog: telemetry.NewFlowLog(m.logs[n-1]), DrainTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range m.topo.Nodes[n-1].Pods {
+		z.AddPod(podUID(p), p.Path)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); z.Run(ctx) }()
+	stop := func() { cancel(); <-done; cm.Close() }
+	t.Cleanup(stop)
+	m.zt[n-1], m.stops[n-1] = z, stop
+}
+
+// stopZtunnel stops node n's ztunnel and waits until it has cleaned up.
+func (m *mesh) stopZtunnel(n int) { m.stops[n-1]() }
 
 // startEcho runs a plain TCP echo app on port 8080 inside pod p.
 func startEcho(t *testing.T, p *testenv.Pod) {
@@ -285,4 +307,201 @@ func TestZtunnel_NewDenyClosesOpenConnection(t *testing.T) {
 func isReset(err error) bool {
 	var ne *net.OpError
 	return errors.As(err, &ne) || strings.Contains(err.Error(), "reset")
+}
+
+// setWorkload changes pod p's workload in the store.
+func (m *mesh) setWorkload(t *testing.T, p *testenv.Pod, change func(w *workloadapi.Workload)) {
+	t.Helper()
+	w := proto.Clone(m.store.Current().Workload(podUID(p))).(*workloadapi.Workload)
+	change(w)
+	if err := m.store.Apply(state.Update{Workloads: []*workloadapi.Workload{w}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func captured(t *testing.T, p *testenv.Pod) bool {
+	ok, err := redirect.Installed(p.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// TestZtunnel_EnrollAndUnenrollRunningPod: flipping a running pod's tunnel
+// protocol turns its traffic plaintext and back to mTLS, without touching
+// the pod; unenrolling removes every rule.
+func TestZtunnel_EnrollAndUnenrollRunningPod(t *testing.T) {
+	m := newMesh(t)
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	m.setWorkload(t, alice, func(w *workloadapi.Workload) { w.TunnelProtocol = workloadapi.TunnelProtocol_NONE })
+	waitFor(t, "alice's rules removed", func() bool { return !captured(t, alice) })
+	if err := roundTrip(t, alice, server); err != nil {
+		t.Fatal(err)
+	}
+	// The server is still enrolled: it sees a plaintext caller with no identity.
+	findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "transport": "plaintext", "decision": "allow"})
+
+	m.setWorkload(t, alice, func(w *workloadapi.Workload) { w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE })
+	waitFor(t, "alice captured again", func() bool { return captured(t, alice) && m.zt[0].Ready() })
+	if err := roundTrip(t, alice, server); err != nil {
+		t.Fatal(err)
+	}
+	findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "src.identity": id("alice"), "transport": "hbone"})
+}
+
+// TestZtunnel_StrictRefusesPlaintext: with STRICT PeerAuthentication (as
+// the control plane sends it) a caller outside the mesh is refused.
+func TestZtunnel_StrictRefusesPlaintext(t *testing.T) {
+	m := newMesh(t)
+	outsider, server := m.topo.Pod(2, 2), m.topo.Pod(2, 1)
+	m.setWorkload(t, outsider, func(w *workloadapi.Workload) { w.TunnelProtocol = workloadapi.TunnelProtocol_NONE })
+	waitFor(t, "outsider not captured", func() bool { return !captured(t, outsider) })
+	if err := roundTrip(t, outsider, server); err != nil {
+		t.Fatalf("plaintext before STRICT: %v", err)
+	}
+	strict := authz.StrictPolicy("shop")
+	if err := m.store.Apply(state.Update{Policies: []*security.Authorization{strict}}); err != nil {
+		t.Fatal(err)
+	}
+	m.setWorkload(t, server, func(w *workloadapi.Workload) { w.AuthorizationPolicies = []string{authz.Key(strict)} })
+	waitFor(t, "STRICT to apply", func() bool {
+		return len(m.store.Current().PoliciesFor(m.store.Current().Workload(podUID(server)))) == 1
+	})
+	if err := roundTrip(t, outsider, server); err == nil {
+		t.Fatal("plaintext caller let through under STRICT")
+	}
+	findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "transport": "plaintext", "decision": "deny"})
+	if err := roundTrip(t, m.topo.Pod(1, 1), server); err != nil {
+		t.Fatalf("mesh caller refused under STRICT: %v", err)
+	}
+}
+
+// rawClient is a hand-made HBONE client in pod p's namespace presenting svid.
+func rawClient(t *testing.T, p *testenv.Pod, svid *x509svid.SVID, trust *x509bundle.Bundle) *hbone.Client {
+	src := identity.NewStaticSource(svid, trust)
+	cl, err := hbone.NewClient(hbone.ClientConfig{
+		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) { return identity.ClientConfig(src, trust, dst), nil },
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return netns.DialTCP(ctx, p.Path, addr, netns.WithMark(redirect.ZtunnelMark))
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+func TestZtunnel_InboundRefusesBadTunnels(t *testing.T) {
+	m := newMesh(t)
+	alice, server, other := m.topo.Pod(1, 1), m.topo.Pod(2, 1), m.topo.Pod(2, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	target := hbone.Target{Source: spiffeid.RequireFromString(id("alice")), Destination: spiffeid.RequireFromString(id("server")),
+		Address: netip.AddrPortFrom(server.IP, 15008), Authority: netip.AddrPortFrom(other.IP, 8080)}
+
+	t.Run("authority of another pod is 400", func(t *testing.T) {
+		svid, err := m.ca.NewSVID(target.Source, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = rawClient(t, alice, svid, m.ca.Bundle()).Dial(ctx, target)
+		var se *hbone.StatusError
+		if !errors.As(err, &se) || se.Code != 400 {
+			t.Fatalf("Dial = %v, want 400", err)
+		}
+	})
+	t.Run("foreign CA fails the handshake", func(t *testing.T) {
+		foreign, err := ca.NewSelfSigned(td, ca.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid, err := foreign.NewSVID(target.Source, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target := target
+		target.Authority = netip.AddrPortFrom(server.IP, 8080)
+		c, err := rawClient(t, alice, svid, m.ca.Bundle()).Dial(ctx, target)
+		if err == nil {
+			c.Write([]byte("x"))
+			_, err = c.Read(make([]byte, 1))
+			c.Close()
+		}
+		if err == nil {
+			t.Fatal("tunnel opened with a foreign certificate")
+		}
+		f := findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "decision": "deny", "transport": "hbone"})
+		if !strings.Contains(fmt.Sprint(f["error"]), "not signed by a trusted authority") {
+			t.Fatalf("refusal flow: %v", f)
+		}
+	})
+}
+
+// TestZtunnel_RestartRecapturesPods: a ztunnel stopped removes its rules
+// (nothing leaks), a new one captures the pods again, and a client retrying
+// through the restart gets through.
+func TestZtunnel_RestartRecapturesPods(t *testing.T) {
+	m := newMesh(t)
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	m.stopZtunnel(2)
+	if captured(t, server) || captured(t, m.topo.Pod(2, 2)) {
+		t.Fatal("rules left behind by a stopped ztunnel")
+	}
+	m.startZtunnel(t, 2)
+	waitFor(t, "retrying client gets through", func() bool { return roundTrip(t, alice, server) == nil })
+	waitFor(t, "pods captured again", func() bool { return captured(t, server) && m.zt[1].Ready() })
+	if err := roundTrip(t, alice, server); err != nil {
+		t.Fatal(err)
+	}
+	findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "src.identity": id("alice"), "transport": "hbone"})
+}
+
+// TestZtunnel_ThousandConcurrentConnections: 1,000 connections open at once
+// between the pods, each echoing its own bytes.
+func TestZtunnel_ThousandConcurrentConnections(t *testing.T) {
+	m := newMesh(t)
+	pods := []*testenv.Pod{m.topo.Pod(1, 1), m.topo.Pod(1, 2), m.topo.Pod(2, 1), m.topo.Pod(2, 2)}
+	const conns = 1000
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var open, release sync.WaitGroup
+	open.Add(conns)
+	release.Add(1)
+	errs := make(chan error, conns)
+	for i := range conns {
+		from, to := pods[i%4], pods[(i+1+i/4)%4]
+		if from == to {
+			to = pods[(i+2)%4]
+		}
+		go func() {
+			c, err := from.Dial(ctx, to.Addr(8080))
+			if err != nil {
+				open.Done()
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(50 * time.Second))
+			msg := bytes.Repeat([]byte{byte(i)}, 1024+i)
+			_, err = c.Write(msg)
+			got := make([]byte, len(msg))
+			if err == nil {
+				_, err = io.ReadFull(c, got)
+			}
+			if err == nil && !bytes.Equal(got, msg) {
+				err = errors.New("echo mismatch")
+			}
+			open.Done()
+			release.Wait()
+			errs <- err
+		}()
+	}
+	open.Wait()
+	release.Done()
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
 }
