@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -72,6 +73,7 @@ type mesh struct {
 	store *state.Store
 	zt    []*Ztunnel
 	logs  []*syncBuffer
+	regs  []*prometheus.Registry
 	stops []func()
 	sa    map[*testenv.Pod]string
 }
@@ -108,6 +110,7 @@ func newMesh(t *testing.T) *mesh {
 	}
 	for _, n := range m.topo.Nodes {
 		m.logs = append(m.logs, &syncBuffer{})
+		m.regs = append(m.regs, prometheus.NewRegistry())
 		m.zt = append(m.zt, nil)
 		m.stops = append(m.stops, nil)
 		m.startZtunnel(t, n.Index)
@@ -123,7 +126,13 @@ func (m *mesh) startZtunnel(t *testing.T, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	z, err := New(Config{Node: fmt.Sprintf("node-%d", n), Store: m.store, Certs: cm,
+	reg := prometheus.NewRegistry()
+	m.regs[n-1] = reg
+	metrics, err := telemetry.NewMetrics(reg, "Kubernetes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	z, err := New(Config{Node: fmt.Sprintf("node-%d", n), Store: m.store, Certs: cm, Metrics: metrics,
 		FlowLog: telemetry.NewFlowLog(m.logs[n-1]), DrainTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -226,8 +235,25 @@ func TestZtunnel_PodToPodCarriesCallerIdentity(t *testing.T) {
 	m := newMesh(t)
 	alice, bob, server := m.topo.Pod(1, 1), m.topo.Pod(1, 2), m.topo.Pod(2, 1)
 	t.Run("across nodes", func(t *testing.T) {
+		capture := m.topo.Nodes[1].Capture(t)
 		if err := roundTrip(t, alice, server); err != nil {
 			t.Fatal(err)
+		}
+		capture.Stop()
+		// On the wire between the nodes: only TCP to or from 15008, and
+		// never the app's bytes.
+		var tunnelBytes int
+		for _, p := range capture.Packets() {
+			if p.Src.Port() != 15008 && p.Dst.Port() != 15008 {
+				t.Fatalf("packet outside the tunnel on the node link: %v -> %v", p.Src, p.Dst)
+			}
+			if bytes.Contains(p.Payload, []byte("hello from")) {
+				t.Fatalf("app bytes in clear on the node link: %q", p.Payload)
+			}
+			tunnelBytes += len(p.Payload)
+		}
+		if tunnelBytes == 0 {
+			t.Fatal("captured no tunnel traffic")
 		}
 		f := findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "src.identity": id("alice"),
 			"dst.identity": id("server"), "decision": "allow", "transport": "hbone"})
@@ -236,6 +262,12 @@ func TestZtunnel_PodToPodCarriesCallerIdentity(t *testing.T) {
 		}
 		findFlow(t, m.logs[0], map[string]any{"reporter": "source", "src.identity": id("alice"),
 			"dst.identity": id("server"), "transport": "hbone"})
+		waitFor(t, "metrics with alice's principal", func() bool {
+			return counter(t, m.regs[1], "istio_tcp_connections_closed_total", map[string]string{
+				"reporter": "destination", "source_principal": "cluster.local/ns/shop/sa/alice",
+				"destination_principal": "cluster.local/ns/shop/sa/server", "connection_security_policy": "mutual_tls",
+			}) >= 1
+		})
 	})
 	t.Run("same node", func(t *testing.T) {
 		if err := roundTrip(t, bob, alice); err != nil {
@@ -504,4 +536,33 @@ func TestZtunnel_ThousandConcurrentConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// counter sums the metric's series whose labels include want.
+func counter(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }

@@ -142,7 +142,6 @@ func TestTopology_CrossNodeTrafficCrossesTheNodeLink(t *testing.T) {
 	t.Fatalf("no %s -> %s:9090 packet seen on %s in %s", src.IP, dst.IP, node.LinkIf, node.Name)
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func TestTopology_PodCannotReachOutsideTheTopology(t *testing.T) {
 	topo := NewTopology(t, Spec{Nodes: 2, PodsPerNode: 1})

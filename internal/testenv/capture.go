@@ -1,0 +1,128 @@
+package testenv
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Packet is one captured IPv4 TCP or UDP packet.
+type Packet struct {
+	Proto    uint8 // unix.IPPROTO_TCP or unix.IPPROTO_UDP
+	Src, Dst netip.AddrPort
+	Payload  []byte
+}
+
+// Capture records the IPv4 TCP and UDP packets crossing a node's link, as
+// tcpdump on that interface would (both directions), until Stop.
+type Capture struct {
+	fd   int           // owned by loop, which closes it
+	stop chan struct{} // closed by Stop
+	done chan struct{} // closed when loop has closed fd
+	once sync.Once
+
+	mu      sync.Mutex // guards packets
+	packets []Packet
+}
+
+// Capture starts capturing on the node's link interface; the test's
+// cleanup stops it.
+func (n *Node) Capture(t testing.TB) *Capture {
+	t.Helper()
+	c := &Capture{stop: make(chan struct{}), done: make(chan struct{})}
+	err := n.Exec(func() error {
+		ifi, err := net.InterfaceByName(n.LinkIf)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return err
+		}
+		c.fd = fd
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+	})
+	if err != nil {
+		t.Fatalf("testenv: capture on %s: %v", n.Name, err)
+	}
+	tv := unix.NsecToTimeval(int64(50 * time.Millisecond))
+	unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	go c.loop()
+	t.Cleanup(func() { c.Stop() })
+	return c
+}
+
+func (c *Capture) loop() {
+	defer close(c.done)
+	defer unix.Close(c.fd)
+	buf := make([]byte, 65536)
+	for {
+		select {
+		case <-c.stop:
+			return
+		default:
+		}
+		n, _, err := unix.Recvfrom(c.fd, buf, 0) // wakes every 50 ms to check stop
+		if err != nil {
+			continue
+		}
+		if p, ok := parseFrame(buf[:n]); ok {
+			c.mu.Lock()
+			c.packets = append(c.packets, p)
+			c.mu.Unlock()
+		}
+	}
+}
+
+// parseFrame decodes an Ethernet frame carrying IPv4 TCP or UDP.
+func parseFrame(f []byte) (Packet, bool) {
+	if len(f) < 14+20 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
+		return Packet{}, false
+	}
+	ip := f[14:]
+	ihl := int(ip[0]&0x0f) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:4]))
+	if ihl < 20 || total > len(ip) || total < ihl+8 {
+		return Packet{}, false
+	}
+	ip = ip[:total]
+	src, _ := netip.AddrFromSlice(ip[12:16])
+	dst, _ := netip.AddrFromSlice(ip[16:20])
+	l4 := ip[ihl:]
+	sport, dport := binary.BigEndian.Uint16(l4[0:2]), binary.BigEndian.Uint16(l4[2:4])
+	p := Packet{Proto: ip[9], Src: netip.AddrPortFrom(src, sport), Dst: netip.AddrPortFrom(dst, dport)}
+	switch p.Proto {
+	case unix.IPPROTO_TCP:
+		off := int(l4[12]>>4) * 4
+		if off < 20 || off > len(l4) {
+			return Packet{}, false
+		}
+		p.Payload = append([]byte(nil), l4[off:]...)
+	case unix.IPPROTO_UDP:
+		p.Payload = append([]byte(nil), l4[8:]...)
+	default:
+		return Packet{}, false
+	}
+	return p, true
+}
+
+// Packets returns what has been captured so far.
+func (c *Capture) Packets() []Packet {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Packet(nil), c.packets...)
+}
+
+// Stop ends the capture; Packets stays readable.
+func (c *Capture) Stop() {
+	c.once.Do(func() { close(c.stop) })
+	<-c.done
+}
+
+// htons converts to network byte order.
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
