@@ -48,7 +48,7 @@ lint:
 bench: bench-go bench-tunnel
 
 bench-go:
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/hbone/
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/hbone/ ./ztunnel/
 
 bench-tunnel: build
 	hack/install-deps.sh bench

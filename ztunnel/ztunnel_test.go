@@ -51,7 +51,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 
 // flows parses the records written so far.
-func (s *syncBuffer) flows(t *testing.T) []map[string]any {
+func (s *syncBuffer) flows(t testing.TB) []map[string]any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []map[string]any
@@ -83,7 +83,7 @@ var serviceAccounts = map[[2]int]string{{1, 1}: "alice", {1, 2}: "bob", {2, 1}: 
 
 func podUID(p *testenv.Pod) string { return fmt.Sprintf("pod-%d-%d", p.Node.Index, p.Index) }
 
-func newMesh(t *testing.T) *mesh {
+func newMesh(t testing.TB) *mesh {
 	testenv.RequireRoot(t)
 	m := &mesh{topo: testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 2}), store: state.NewStore(),
 		sa: map[*testenv.Pod]string{}}
@@ -121,7 +121,7 @@ func newMesh(t *testing.T) *mesh {
 
 // startZtunnel runs node n's ztunnel (1-based) until the test ends or
 // stopZtunnel.
-func (m *mesh) startZtunnel(t *testing.T, n int) {
+func (m *mesh) startZtunnel(t testing.TB, n int) {
 	cm, err := certs.New(certs.Config{Sign: certs.LocalSigner(m.ca, time.Hour)})
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +152,7 @@ func (m *mesh) startZtunnel(t *testing.T, n int) {
 func (m *mesh) stopZtunnel(n int) { m.stops[n-1]() }
 
 // startEcho runs a plain TCP echo app on port 8080 inside pod p.
-func startEcho(t *testing.T, p *testenv.Pod) {
+func startEcho(t testing.TB, p *testenv.Pod) {
 	ln, err := p.Listen("0.0.0.0:8080")
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func startEcho(t *testing.T, p *testenv.Pod) {
 	}()
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
@@ -209,7 +209,7 @@ func roundTrip(t *testing.T, from, to *testenv.Pod) error {
 func id(sa string) string { return "spiffe://cluster.local/ns/shop/sa/" + sa }
 
 // findFlow waits for a flow record in log matching every key in want.
-func findFlow(t *testing.T, log *syncBuffer, want map[string]any) map[string]any {
+func findFlow(t testing.TB, log *syncBuffer, want map[string]any) map[string]any {
 	t.Helper()
 	var found map[string]any
 	waitFor(t, fmt.Sprintf("flow %v", want), func() bool {
@@ -342,7 +342,7 @@ func isReset(err error) bool {
 }
 
 // setWorkload changes pod p's workload in the store.
-func (m *mesh) setWorkload(t *testing.T, p *testenv.Pod, change func(w *workloadapi.Workload)) {
+func (m *mesh) setWorkload(t testing.TB, p *testenv.Pod, change func(w *workloadapi.Workload)) {
 	t.Helper()
 	w := proto.Clone(m.store.Current().Workload(podUID(p))).(*workloadapi.Workload)
 	change(w)
@@ -351,7 +351,7 @@ func (m *mesh) setWorkload(t *testing.T, p *testenv.Pod, change func(w *workload
 	}
 }
 
-func captured(t *testing.T, p *testenv.Pod) bool {
+func captured(t testing.TB, p *testenv.Pod) bool {
 	ok, err := redirect.Installed(p.Path)
 	if err != nil {
 		t.Fatal(err)
@@ -539,7 +539,7 @@ func TestZtunnel_ThousandConcurrentConnections(t *testing.T) {
 }
 
 // counter sums the metric's series whose labels include want.
-func counter(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
+func counter(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
