@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -386,6 +387,15 @@ func (p *podProxy) untrack(t *trackedConn) {
 func (t *trackedConn) Close() error {
 	t.p.untrack(t)
 	return t.Conn.Close()
+}
+
+// SyscallConn exposes the socket, so the tunnel's copy waits for
+// readability without holding a buffer and writes to it directly.
+func (t *trackedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := t.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
 }
 
 // CloseWrite passes a half-close on.

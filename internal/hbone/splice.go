@@ -54,6 +54,11 @@ func copyConn(dst, src net.Conn) (int64, error) {
 	if s, ok := src.(*stream); ok {
 		return s.WriteTo(dst)
 	}
+	_, rf := dst.(io.ReaderFrom)
+	_, wt := src.(io.WriterTo)
+	if rf || wt {
+		return io.Copy(dst, src) // e.g. TCP to TCP: splice(2), no buffer
+	}
 	bp := getBuf(64 << 10)
 	defer putBuf(bp)
 	return io.CopyBuffer(dst, src, *bp)
