@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambientmesh/ambient/internal/testenv"
 )
 
 // BenchmarkIdleConnections holds b.N idle tunnelled connections (pod on
@@ -48,5 +47,4 @@ func BenchmarkIdleConnections(b *testing.B) {
 	used := float64(after.HeapInuse+after.StackInuse) - float64(before.HeapInuse+before.StackInuse)
 	b.ReportMetric(used/float64(b.N), "bytes/conn")
 	b.ReportMetric(float64(runtime.NumGoroutine())/float64(b.N), "goroutines/conn")
-	_ = testenv.PodCIDR
 }
