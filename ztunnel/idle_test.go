@@ -6,7 +6,6 @@ import (
 	"runtime"
 	"testing"
 	"time"
-
 )
 
 // BenchmarkIdleConnections holds b.N idle tunnelled connections (pod on
