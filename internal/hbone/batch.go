@@ -10,11 +10,31 @@ import (
 // the socket in one system call instead of one per 16 KiB record.
 type batchConn struct {
 	net.Conn
+	raw *rawSocket // nil when Conn is not a socket
 
 	mu       sync.Mutex // guards the fields below
 	batching bool
 	bp       *[]byte
 	n        int
+}
+
+func newBatchConn(c net.Conn) *batchConn {
+	return &batchConn{Conn: c, raw: newRawSocket(c)}
+}
+
+// Read implements net.Conn.
+func (b *batchConn) Read(p []byte) (int, error) {
+	if b.raw != nil {
+		return b.raw.Read(p)
+	}
+	return b.Conn.Read(p)
+}
+
+func (b *batchConn) write(p []byte) (int, error) {
+	if b.raw != nil {
+		return b.raw.Write(p)
+	}
+	return b.Conn.Write(p)
 }
 
 // begin opens a batch. Writes go to the buffer until flush.
@@ -29,7 +49,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.batching {
-		return b.Conn.Write(p)
+		return b.write(p)
 	}
 	if b.bp == nil {
 		b.bp = getBuf(batchSize)
@@ -39,7 +59,7 @@ func (b *batchConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 		if len(p) > len(*b.bp) {
-			return b.Conn.Write(p)
+			return b.write(p)
 		}
 	}
 	b.n += copy((*b.bp)[b.n:], p)
@@ -63,7 +83,7 @@ func (b *batchConn) flushLocked() error {
 	if b.n == 0 {
 		return nil
 	}
-	_, err := b.Conn.Write((*b.bp)[:b.n])
+	_, err := b.write((*b.bp)[:b.n])
 	b.n = 0
 	return err
 }

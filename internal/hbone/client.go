@@ -271,7 +271,7 @@ func (cl *Client) connect(key poolKey) (*conn, error) {
 			return cert, err
 		}
 	}
-	batch := &batchConn{Conn: nc}
+	batch := newBatchConn(nc)
 	tc := tls.Client(batch, tlsCfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()

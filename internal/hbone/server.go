@@ -141,7 +141,7 @@ func (srv *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 // serveTLS runs the TLS handshake and then the HTTP/2 connection.
 func (srv *Server) serveTLS(ctx context.Context, nc net.Conn) {
-	batch := &batchConn{Conn: nc}
+	batch := newBatchConn(nc)
 	tc := tls.Server(batch, srv.cfg.TLSConfig)
 	hctx, cancel := context.WithTimeout(ctx, srv.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)

@@ -189,6 +189,10 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 			}()
 		}
 	}
+	dst := w
+	if rs := newRawSocket(w); rs != nil {
+		dst = rs
+	}
 	var total int64
 	for {
 		s.mu.Lock()
@@ -200,7 +204,7 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 			}
 			return total + s.directBytes(), err
 		}
-		n, err := w.Write(c.data)
+		n, err := dst.Write(c.data)
 		putBuf(c.bp)
 		s.mu.Lock()
 		s.sinkBusy = false
@@ -272,17 +276,12 @@ func (w *sinkWriter) tryWrite(p []byte) (int, error) {
 }
 
 func (w *sinkWriter) writeFD(fd uintptr) bool {
-	for {
-		n, err := syscall.Write(int(fd), w.data)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err == syscall.EAGAIN {
-			n, err = 0, nil
-		}
-		w.n, w.err = max(n, 0), err
-		return true // never wait: the caller queues what is left
+	n, errno := rawWrite(fd, w.data)
+	w.n, w.err = max(n, 0), nil
+	if errno != 0 && errno != syscall.EAGAIN {
+		w.n, w.err = 0, errno
 	}
+	return true // never wait: the caller queues what is left
 }
 
 // Write implements net.Conn.
@@ -629,19 +628,15 @@ func (pr *pooledReader) read() (*[]byte, int, error) {
 // readFD is called by the runtime poller; false means "wait until readable".
 func (pr *pooledReader) readFD(fd uintptr) bool {
 	pr.bp = getBuf(frameHeaderLen + sendChunk)
-	for {
-		pr.n, pr.err = syscall.Read(int(fd), (*pr.bp)[frameHeaderLen:frameHeaderLen+sendChunk])
-		if pr.err != syscall.EINTR {
-			break
-		}
-	}
-	if pr.err == syscall.EAGAIN {
+	n, errno := rawRead(fd, (*pr.bp)[frameHeaderLen:frameHeaderLen+sendChunk])
+	if errno == syscall.EAGAIN {
 		putBuf(pr.bp)
-		pr.bp, pr.n, pr.err = nil, 0, nil
+		pr.bp = nil
 		return false
 	}
-	if pr.n < 0 {
-		pr.n = 0
+	pr.n = max(n, 0)
+	if errno != 0 {
+		pr.err = errno
 	}
 	return true
 }
