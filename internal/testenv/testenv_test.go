@@ -142,7 +142,6 @@ func TestTopology_CrossNodeTrafficCrossesTheNodeLink(t *testing.T) {
 	t.Fatalf("no %s -> %s:9090 packet seen on %s in %s", src.IP, dst.IP, node.LinkIf, node.Name)
 }
 
-
 func TestTopology_PodCannotReachOutsideTheTopology(t *testing.T) {
 	topo := NewTopology(t, Spec{Nodes: 2, PodsPerNode: 1})
 	for _, addr := range []string{"10.244.9.9:80", "10.96.0.10:80"} {
