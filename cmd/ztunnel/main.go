@@ -64,6 +64,8 @@ type options struct {
 	flowLog     string
 	pods        podFlag
 	netnsDir    string
+	cniSocket   string
+	cniStateDir string
 	logLevel    slog.Level
 }
 
@@ -109,6 +111,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.flowLog, "flow-log", "-", "file to append one JSON line per connection to; - for stdout")
 	fs.Var(o.pods, "pod", "register a pod: UID=NETNS_PATH (repeatable)")
 	fs.StringVar(&o.netnsDir, "netns-dir", "", "directory of named network namespaces whose names are pod uids (URL-escaped); rescanned every few seconds")
+	fs.StringVar(&o.cniSocket, "cni-socket", "", "unix socket the ambient-cni plugin hands pods over on (e.g. /var/run/ambient/ztunnel.sock); empty: off")
+	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/ambient/pods", "the plugin's pod state directory, scanned at start to recover pods after a restart (with --cni-socket)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return o, err

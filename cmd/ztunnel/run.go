@@ -26,6 +26,7 @@ import (
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
 	"github.com/ambientmesh/ambient/ztunnel/certs"
+	"github.com/ambientmesh/ambient/ztunnel/cniserver"
 	"github.com/ambientmesh/ambient/ztunnel/localconfig"
 	"github.com/ambientmesh/ambient/ztunnel/state"
 )
@@ -121,7 +122,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	start := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -142,6 +143,13 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	start("admin server", srv.Run)
 	if o.netnsDir != "" {
 		start("netns dir", func(ctx context.Context) error { return watchNetnsDir(ctx, o.netnsDir, z, logger) })
+	}
+	if o.cniSocket != "" {
+		cni, err := cniserver.New(cniserver.Config{SocketPath: o.cniSocket, StateDir: o.cniStateDir, Pods: z, Logger: logger})
+		if err != nil {
+			return fmt.Errorf("--cni-socket: %w", err)
+		}
+		start("CNI server", cni.Run)
 	}
 
 	logger.Info("ztunnel started", "node", o.node, "trust_domain", td.String(),
