@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -110,6 +111,11 @@ func AdminHandler(src Source) http.Handler {
 		writeJSON(w, src.Debug())
 	})
 	mux.Handle("GET /ready", ReadyHandler(src))
+	// Profiles, as Istio's ztunnel offers on its localhost admin port.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -405,3 +405,14 @@ func TestNew_RequiresSourceAndGatherer(t *testing.T) {
 		t.Error("New with a metrics listener and no Gatherer: no error")
 	}
 }
+
+func TestAdminHandler_ServesProfiles(t *testing.T) {
+	h := admin.AdminHandler(&fakeSource{view: emptyView(t)})
+	rec := get(t, h, "/debug/pprof/")
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "goroutine") {
+		t.Fatalf("/debug/pprof/ = %d %q", rec.Code, rec.Body.String())
+	}
+	if rec := get(t, h, "/debug/pprof/goroutine?debug=1"); rec.Code != http.StatusOK {
+		t.Fatalf("goroutine profile = %d", rec.Code)
+	}
+}
