@@ -222,6 +222,26 @@ func (f *fixture) startMesh(b *testing.B) {
 	})
 }
 
+// profile saves a CPU profile of node n's ztunnel from its admin port.
+func (f *fixture) profile(b *testing.B, n *testenv.Node, path string, d time.Duration) {
+	hc := &http.Client{Timeout: d + 10*time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
+	}}
+	resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:15000/debug/pprof/profile?seconds=%d", int(d.Seconds())))
+	if err != nil {
+		b.Logf("profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	out, err := os.Create(path)
+	if err != nil {
+		b.Logf("profile: %v", err)
+		return
+	}
+	defer out.Close()
+	io.Copy(out, resp.Body)
+}
+
 func waitFor(b *testing.B, what string, cond func() bool) {
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
@@ -287,6 +307,10 @@ func BenchmarkZtunnel_1000RPS(b *testing.B) {
 	f.startMesh(b)
 	latency(b, f, rate, 2*time.Second, 8) // warm the pools and certs
 	cpu0 := []float64{f.zt[0].cpuSeconds(b), f.zt[1].cpuSeconds(b)}
+	if dir := os.Getenv("PROCBENCH_PROFILE"); dir != "" {
+		// CPU profile of node 2's ztunnel during the measurement.
+		go f.profile(b, f.topo.Nodes[1], filepath.Join(dir, "ztunnel-node2.pprof"), d-time.Second)
+	}
 	mesh50, mesh99 := latency(b, f, rate, d, 8)
 	for i, z := range f.zt {
 		vcpu := (z.cpuSeconds(b) - cpu0[i]) / d.Seconds() // per 1,000 req/s, as rate is 1,000
