@@ -23,6 +23,28 @@ func splice(a, b net.Conn) (aToB, bToA int64, err error) {
 		err error
 	}
 	done := make(chan result, 1)
+	if s, ok := a.(*stream); ok {
+		// Tunnel → b is pushed by the connection's read loop: no goroutine
+		// waits on an idle tunnel in that direction.
+		s.drainTo(b, func(n int64, err error) {
+			if err == nil {
+				closeWrite(b)
+			} else {
+				abortConn(a, b)
+			}
+			done <- result{n, err}
+		})
+		n, err := copyConn(s, b) // b → tunnel
+		if err == nil {
+			closeWrite(s)
+		} else {
+			abortConn(a, b)
+		}
+		r := <-done
+		a.Close()
+		b.Close()
+		return r.n, n, errors.Join(quiet(err), quiet(r.err))
+	}
 	go func() {
 		n, err := copyConn(a, b) // b → a
 		if err == nil {

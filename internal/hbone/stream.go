@@ -59,8 +59,9 @@ type stream struct {
 	err         error
 	rdeadline   deadline
 	sink        *sinkWriter // WriteTo's socket, for direct delivery by the read loop
-	sinkBusy    bool        // a writer (WriteTo or the read loop) is writing to the sink
+	sinkBusy    bool        // a writer (WriteTo, the drainer or the read loop) is writing to the sink
 	direct      int64       // bytes the read loop delivered to the sink
+	drain       *drainer    // set by drainTo: received data is pushed, not pulled
 
 	bytesIn, bytesOut atomic.Int64
 	answered          atomic.Bool // server: the response headers were sent
@@ -103,6 +104,7 @@ func (s *stream) pushData(bp *[]byte, data []byte, frameLen int, end bool) (queu
 	if end {
 		s.recvEOF = true
 	}
+	s.kickDrainLocked()
 	s.cond.Broadcast()
 	return queued, delivered, nil
 }
@@ -424,6 +426,7 @@ func (s *stream) Close() error {
 	if s.err == nil {
 		s.err = net.ErrClosed
 	}
+	s.kickDrainLocked()
 	s.cond.Broadcast()
 	s.mu.Unlock()
 
@@ -459,6 +462,7 @@ func (s *stream) abort(err error) {
 	if s.err == nil {
 		s.err = err
 	}
+	s.kickDrainLocked()
 	s.cond.Broadcast()
 	s.mu.Unlock()
 	if s.respReady != nil {
@@ -639,4 +643,100 @@ func (pr *pooledReader) readFD(fd uintptr) bool {
 		pr.err = errno
 	}
 	return true
+}
+
+// drainer pushes received data to a socket without a goroutine waiting for
+// it: the read loop writes directly when it can, and a short-lived drainer
+// goroutine runs only when the socket pushed back, the stream ended, or it
+// failed. An idle tunnel so costs no goroutine in this direction.
+type drainer struct {
+	w     io.Writer
+	total int64 // bytes written by drainer goroutines
+	done  func(n int64, err error)
+}
+
+// drainTo delivers everything received on s to w and calls done once, with
+// the bytes delivered, when the stream's receive side ended (err nil) or
+// failed. done may run on the connection's read loop: it must not block.
+func (s *stream) drainTo(w io.Writer, done func(n int64, err error)) {
+	d := &drainer{w: w, done: done}
+	if rs := newRawSocket(w); rs != nil {
+		d.w = rs
+	}
+	var sw *sinkWriter
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			sw = &sinkWriter{rc: rc}
+			sw.writeFn = sw.writeFD
+		}
+	}
+	s.mu.Lock()
+	s.sink, s.drain = sw, d
+	s.kickDrainLocked()
+	s.mu.Unlock()
+}
+
+// kickDrainLocked starts a drainer goroutine when there is something for it
+// to do and no writer holds the sink. s.mu must be held.
+func (s *stream) kickDrainLocked() {
+	if s.drain == nil || s.sinkBusy {
+		return
+	}
+	if s.head == len(s.recv) && !s.recvEOF && s.err == nil {
+		return
+	}
+	s.sinkBusy = true
+	go s.drainLoop()
+}
+
+// drainLoop writes queued chunks until the queue is empty, then either
+// reports the end of the stream or goes away until kicked again.
+func (s *stream) drainLoop() {
+	d := s.drain
+	for {
+		s.mu.Lock()
+		if s.head < len(s.recv) {
+			c := s.recv[s.head]
+			s.recv[s.head] = chunk{}
+			s.head++
+			if s.head == len(s.recv) {
+				s.recv, s.head = s.recv[:0], 0
+			}
+			s.mu.Unlock()
+			n, err := d.w.Write(c.data)
+			putBuf(c.bp)
+			d.total += int64(n)
+			s.bytesIn.Add(int64(n))
+			s.c.returnCredit(s, len(c.data))
+			if err != nil {
+				s.finishDrain(err)
+				return
+			}
+			continue
+		}
+		var err error
+		switch {
+		case s.err != nil:
+			err = s.err
+		case s.recvEOF:
+		default:
+			s.sinkBusy = false // idle: the read loop takes over again
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		s.finishDrain(err)
+		return
+	}
+}
+
+// finishDrain reports the end once; the sink stays busy so nothing more is
+// written.
+func (s *stream) finishDrain(err error) {
+	s.mu.Lock()
+	d := s.drain
+	s.drain, s.sink = nil, nil
+	n := d.total + s.direct
+	s.mu.Unlock()
+	d.done(n, err)
 }
