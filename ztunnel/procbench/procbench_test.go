@@ -327,6 +327,9 @@ func BenchmarkZtunnel_1000RPS(b *testing.B) {
 // pod → pod across the nodes and reports each ztunnel's RSS.
 func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 	f := newFixture(b)
+	if e := os.Getenv("PROCBENCH_ZTUNNEL_ENV"); e != "" {
+		f.env = strings.Fields(e)
+	}
 	f.startMesh(b)
 	rss0 := []float64{f.zt[0].rssMiB(b), f.zt[1].rssMiB(b)}
 	const n = 10000
@@ -353,9 +356,36 @@ func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 			b.Fatalf("after %d connections: %v", len(conns), err)
 		}
 	}
-	time.Sleep(2 * time.Second) // let both sides settle (GC) before reading RSS
 	for i, z := range f.zt {
 		b.ReportMetric(z.rssMiB(b), fmt.Sprintf("RSS-MiB-node%d", i+1))
 		b.ReportMetric(rss0[i], fmt.Sprintf("RSS-MiB-node%d-before", i+1))
 	}
+	// Steady state: a collection shrinks the stacks grown while connections
+	// were set up (Go does this at GC), as the runtime's periodic GC would.
+	for i, n := range f.topo.Nodes {
+		f.gc(b, n)
+		time.Sleep(3 * time.Second)
+		b.ReportMetric(f.zt[i].rssMiB(b), fmt.Sprintf("RSS-MiB-node%d-after-GC", i+1))
+	}
+}
+
+// gc runs a garbage collection in node n's ztunnel (through the admin
+// port's heap profile with gc=1).
+func (f *fixture) gc(b *testing.B, n *testenv.Node) {
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
+	}}
+	resp, err := hc.Get("http://127.0.0.1:15000/debug/pprof/heap?gc=1&debug=1")
+	if err != nil {
+		b.Fatalf("gc: %v", err)
+	}
+	var sink io.Writer = io.Discard
+	if dir := os.Getenv("PROCBENCH_PROFILE"); dir != "" {
+		if out, err := os.Create(filepath.Join(dir, n.Name+"-heap.txt")); err == nil {
+			defer out.Close()
+			sink = out
+		}
+	}
+	io.Copy(sink, resp.Body)
+	resp.Body.Close()
 }
