@@ -14,6 +14,9 @@ all: build
 deps:
 	hack/install-deps.sh test
 	$(GO) mod download
+	@# The Kubernetes control plane for cluster tests, built once per machine
+	@# from the module proxy (about 12 minutes the first time) and cached.
+	hack/build-k8s.sh >/dev/null
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
