@@ -1,0 +1,219 @@
+package hbone
+
+// Delivery of received data to a socket: pulled by WriteTo, or pushed by
+// the read loop (drainTo) with a drainer goroutine only under back-pressure.
+
+import (
+	"io"
+	"os"
+	"syscall"
+)
+
+// WriteTo implements io.WriterTo: received payloads go straight to w. When
+// w is a socket the read loop may also write to it directly (see pushData);
+// sinkBusy keeps the two writers in order.
+func (s *stream) WriteTo(w io.Writer) (int64, error) {
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			sw := &sinkWriter{rc: rc}
+			sw.writeFn = sw.writeFD
+			s.mu.Lock()
+			s.sink = sw
+			s.mu.Unlock()
+			defer func() {
+				s.mu.Lock()
+				s.sink = nil
+				s.mu.Unlock()
+			}()
+		}
+	}
+	dst := w
+	if rs := newRawSocket(w); rs != nil {
+		dst = rs
+	}
+	var total int64
+	for {
+		s.mu.Lock()
+		c, err := s.takeLocked()
+		s.mu.Unlock()
+		if err != nil {
+			if err == io.EOF {
+				err = nil
+			}
+			return total + s.directBytes(), err
+		}
+		n, err := dst.Write(c.data)
+		putBuf(c.bp)
+		s.mu.Lock()
+		s.sinkBusy = false
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		total += int64(n)
+		s.bytesIn.Add(int64(n))
+		s.c.returnCredit(s, len(c.data))
+		if err != nil {
+			return total + s.directBytes(), err
+		}
+	}
+}
+
+// takeLocked waits for the next chunk and takes the sink for writing it.
+func (s *stream) takeLocked() (chunk, error) {
+	for {
+		switch {
+		case s.sinkBusy:
+		case s.head < len(s.recv):
+			c := s.recv[s.head]
+			s.recv[s.head] = chunk{}
+			s.head++
+			if s.head == len(s.recv) {
+				s.recv, s.head = s.recv[:0], 0
+			}
+			s.sinkBusy = true
+			return c, nil
+		case s.err != nil:
+			return chunk{}, s.err
+		case s.recvEOF:
+			return chunk{}, io.EOF
+		case s.rdeadline.expired:
+			return chunk{}, os.ErrDeadlineExceeded
+		}
+		s.cond.Wait()
+	}
+}
+
+// directBytes returns and resets the bytes the read loop delivered straight
+// to the sink.
+func (s *stream) directBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.direct
+	s.direct = 0
+	return n
+}
+
+// sinkWriter makes single non-blocking write attempts on a socket.
+type sinkWriter struct {
+	rc      syscall.RawConn
+	writeFn func(fd uintptr) bool
+
+	// Argument and results of the current attempt.
+	data []byte
+	n    int
+	err  error
+}
+
+// tryWrite writes as much of p as the socket takes without blocking.
+func (w *sinkWriter) tryWrite(p []byte) (int, error) {
+	w.data, w.n, w.err = p, 0, nil
+	if err := w.rc.Write(w.writeFn); err != nil {
+		return 0, err
+	}
+	w.data = nil
+	return w.n, w.err
+}
+
+func (w *sinkWriter) writeFD(fd uintptr) bool {
+	n, errno := rawWrite(fd, w.data)
+	w.n, w.err = max(n, 0), nil
+	if errno != 0 && errno != syscall.EAGAIN {
+		w.n, w.err = 0, errno
+	}
+	return true // never wait: the caller queues what is left
+}
+
+// drainer pushes received data to a socket without a goroutine waiting for
+// it: the read loop writes directly when it can, and a short-lived drainer
+// goroutine runs only when the socket pushed back, the stream ended, or it
+// failed. An idle tunnel so costs no goroutine in this direction.
+type drainer struct {
+	w     io.Writer
+	total int64 // bytes written by drainer goroutines
+	done  func(n int64, err error)
+}
+
+// drainTo delivers everything received on s to w and calls done once, with
+// the bytes delivered, when the stream's receive side ended (err nil) or
+// failed. done may run on the connection's read loop: it must not block.
+func (s *stream) drainTo(w io.Writer, done func(n int64, err error)) {
+	d := &drainer{w: w, done: done}
+	if rs := newRawSocket(w); rs != nil {
+		d.w = rs
+	}
+	var sw *sinkWriter
+	if sc, ok := w.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			sw = &sinkWriter{rc: rc}
+			sw.writeFn = sw.writeFD
+		}
+	}
+	s.mu.Lock()
+	s.sink, s.drain = sw, d
+	s.kickDrainLocked()
+	s.mu.Unlock()
+}
+
+// kickDrainLocked starts a drainer goroutine when there is something for it
+// to do and no writer holds the sink. s.mu must be held.
+func (s *stream) kickDrainLocked() {
+	if s.drain == nil || s.sinkBusy {
+		return
+	}
+	if s.head == len(s.recv) && !s.recvEOF && s.err == nil {
+		return
+	}
+	s.sinkBusy = true
+	go s.drainLoop()
+}
+
+// drainLoop writes queued chunks until the queue is empty, then either
+// reports the end of the stream or goes away until kicked again.
+func (s *stream) drainLoop() {
+	d := s.drain
+	for {
+		s.mu.Lock()
+		if s.head < len(s.recv) {
+			c := s.recv[s.head]
+			s.recv[s.head] = chunk{}
+			s.head++
+			if s.head == len(s.recv) {
+				s.recv, s.head = s.recv[:0], 0
+			}
+			s.mu.Unlock()
+			n, err := d.w.Write(c.data)
+			putBuf(c.bp)
+			d.total += int64(n)
+			s.bytesIn.Add(int64(n))
+			s.c.returnCredit(s, len(c.data))
+			if err != nil {
+				s.finishDrain(err)
+				return
+			}
+			continue
+		}
+		var err error
+		switch {
+		case s.err != nil:
+			err = s.err
+		case s.recvEOF:
+		default:
+			s.sinkBusy = false // idle: the read loop takes over again
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		s.finishDrain(err)
+		return
+	}
+}
+
+// finishDrain reports the end once; the sink stays busy so nothing more is
+// written.
+func (s *stream) finishDrain(err error) {
+	s.mu.Lock()
+	d := s.drain
+	s.drain, s.sink = nil, nil
+	n := d.total + s.direct
+	s.mu.Unlock()
+	d.done(n, err)
+}
