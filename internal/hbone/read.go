@@ -334,4 +334,3 @@ func (c *conn) onReset(f *http2.RSTStreamFrame) error {
 	c.retire(s)
 	return nil
 }
-
