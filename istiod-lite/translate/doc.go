@@ -1,0 +1,29 @@
+// Package translate turns Kubernetes objects into the workload API that
+// istiod-lite serves to ztunnel (DESIGN §6, §7). Every function is pure: it
+// reads typed objects (k8s.io/api Pod, Namespace, Service and this
+// package's AuthorizationPolicy and PeerAuthentication, which decode
+// security.istio.io/v1 manifests unchanged, see [FromUnstructured]) and
+// returns protos of proto/workloadapi, shaped as Istio's control plane
+// shapes them (pilot/pkg/serviceregistry/kube/controller/ambient).
+//
+//   - [Workload]: a pod → istio.workload.Workload, uid
+//     "<cluster>//Pod/<namespace>/<name>", HBONE when the pod is captured
+//     ([CapturedByZtunnel]), Workload.services keyed "namespace/hostname"
+//     with target ports resolved against the pod, waypoint from
+//     istio.io/use-waypoint (pod label over namespace label).
+//   - [Service]: a Service → istio.workload.Service.
+//   - [Authorization]: an AuthorizationPolicy → istio.security.Authorization
+//     plus a ZtunnelAccepted [Condition]. ztunnel enforces L4 only: an ALLOW
+//     rule with L7 fields is omitted (never matches), a DENY rule with L7
+//     fields is enforced on its L4 part; both only ever restrict more.
+//   - [PeerAuthentications], [ConvertPeerAuthentication]: STRICT →
+//     [authz.StrictPolicy] in the root namespace; port-level mTLS → a
+//     converted_peer_authentication_<name> DENY policy.
+//   - [PolicyNames], [PeerAuthenticationNames]: the
+//     Workload.authorization_policies keys of a pod.
+//
+// The wire semantics assumed are those of internal/authz: a group with no
+// rules matches everything, an empty match is skipped. So a clause made
+// unconditional (an empty `to` operation, a DENY `to` with only methods) is
+// left out of its group rather than sent as an empty match.
+package translate

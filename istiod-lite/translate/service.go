@@ -1,0 +1,110 @@
+package translate
+
+import (
+	"net/netip"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+)
+
+// Service translates a Kubernetes Service into the workload API. ns is the
+// service's namespace (nil: no labels), read for istio.io/use-waypoint. It
+// returns nil for an ExternalName service, which has no VIP or endpoints.
+//
+// Addresses are the ClusterIPs (none for a headless service) on the
+// configured network. A port's target_port is the numeric targetPort (the
+// port itself when unset); a named targetPort gives 0, and ztunnel resolves
+// it per workload from Workload.services.
+func Service(svc *corev1.Service, ns *corev1.Namespace, cfg Config) *workloadapi.Service {
+	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	cfg = cfg.withDefaults()
+	nsLabels := namespaceLabels(ns)
+	out := &workloadapi.Service{
+		Name:       svc.Name,
+		Namespace:  svc.Namespace,
+		Hostname:   Hostname(svc.Name, svc.Namespace, cfg.DomainSuffix),
+		IpFamilies: ipFamilies(svc.Spec.IPFamilies),
+		Waypoint:   waypoint(svc.Labels, nsLabels, svc.Namespace, cfg.DomainSuffix),
+	}
+	netw := nsLabels[LabelNetwork]
+	if netw == "" {
+		netw = cfg.Network
+	}
+	ips := svc.Spec.ClusterIPs
+	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
+		ips = []string{svc.Spec.ClusterIP}
+	}
+	for _, ip := range ips {
+		a, err := netip.ParseAddr(ip) // "None" (headless) does not parse
+		if err != nil {
+			continue
+		}
+		out.Addresses = append(out.Addresses, &workloadapi.NetworkAddress{Network: netw, Address: a.Unmap().AsSlice()})
+	}
+	for _, sp := range svc.Spec.Ports {
+		p := &workloadapi.Port{ServicePort: uint32(sp.Port), AppProtocol: appProtocol(sp)}
+		if sp.TargetPort.Type == intstr.Int {
+			p.TargetPort = uint32(sp.TargetPort.IntVal)
+			if p.TargetPort == 0 {
+				p.TargetPort = uint32(sp.Port)
+			}
+		}
+		out.Ports = append(out.Ports, p)
+	}
+	return out
+}
+
+func ipFamilies(fams []corev1.IPFamily) workloadapi.IPFamilies {
+	var v4, v6 bool
+	for _, f := range fams {
+		switch f {
+		case corev1.IPv4Protocol:
+			v4 = true
+		case corev1.IPv6Protocol:
+			v6 = true
+		}
+	}
+	switch {
+	case v4 && v6:
+		return workloadapi.IPFamilies_DUAL
+	case v4:
+		return workloadapi.IPFamilies_IPV4_ONLY
+	case v6:
+		return workloadapi.IPFamilies_IPV6_ONLY
+	}
+	return workloadapi.IPFamilies_AUTOMATIC
+}
+
+// appProtocol infers a port's protocol as Istio does: appProtocol first,
+// then the port name's prefix ("http-web", "grpc").
+func appProtocol(sp corev1.ServicePort) workloadapi.AppProtocol {
+	if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
+		return workloadapi.AppProtocol_UNKNOWN
+	}
+	if sp.AppProtocol != nil {
+		switch strings.ToLower(*sp.AppProtocol) {
+		case "http":
+			return workloadapi.AppProtocol_HTTP11
+		case "http2", "kubernetes.io/h2c":
+			return workloadapi.AppProtocol_HTTP2
+		case "grpc":
+			return workloadapi.AppProtocol_GRPC
+		}
+		return workloadapi.AppProtocol_UNKNOWN
+	}
+	prefix, _, _ := strings.Cut(strings.ToLower(sp.Name), "-")
+	switch prefix {
+	case "http":
+		return workloadapi.AppProtocol_HTTP11
+	case "http2":
+		return workloadapi.AppProtocol_HTTP2
+	case "grpc":
+		return workloadapi.AppProtocol_GRPC
+	}
+	return workloadapi.AppProtocol_UNKNOWN
+}

@@ -1,0 +1,347 @@
+package translate
+
+import (
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+)
+
+// Labels and annotations this package reads.
+const (
+	LabelDataplaneMode        = "istio.io/dataplane-mode"
+	DataplaneModeAmbient      = "ambient"
+	DataplaneModeNone         = "none"
+	LabelUseWaypoint          = "istio.io/use-waypoint"
+	LabelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
+	// WaypointNone as the value of istio.io/use-waypoint opts an object
+	// out of its namespace's waypoint.
+	WaypointNone              = "none"
+	LabelGatewayName          = "gateway.networking.k8s.io/gateway-name"
+	LabelNetwork              = "topology.istio.io/network"
+	LabelCanonicalName        = "service.istio.io/canonical-name"
+	LabelCanonicalRevision    = "service.istio.io/canonical-revision"
+	AnnotationSidecarStatus   = "sidecar.istio.io/status"
+	AnnotationDryRun          = "istio.io/dry-run"
+	labelPodTemplateHash      = "pod-template-hash"
+	defaultCanonicalRevision  = "latest"
+	defaultServiceAccountName = "default"
+)
+
+// HBONEPort is the port a waypoint accepts HBONE on.
+const HBONEPort = 15008
+
+// Config is the mesh-wide input of the translation.
+type Config struct {
+	// ClusterID names this cluster in workload uids; default "Kubernetes",
+	// Istio's default.
+	ClusterID string
+	// TrustDomain of workload identities; default "cluster.local".
+	TrustDomain string
+	// DomainSuffix of service hostnames; default "cluster.local".
+	DomainSuffix string
+	// Network of workloads and service VIPs; a topology.istio.io/network
+	// label on the pod or its namespace overrides it. Default "".
+	Network string
+}
+
+func (c Config) withDefaults() Config {
+	if c.ClusterID == "" {
+		c.ClusterID = "Kubernetes"
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
+	if c.DomainSuffix == "" {
+		c.DomainSuffix = "cluster.local"
+	}
+	return c
+}
+
+// WorkloadUID returns Istio's uid of a pod workload,
+// "<cluster>//Pod/<namespace>/<name>".
+func WorkloadUID(clusterID, namespace, name string) string {
+	return clusterID + "//Pod/" + namespace + "/" + name
+}
+
+// Hostname returns a service's cluster hostname,
+// "<name>.<namespace>.svc.<domainSuffix>".
+func Hostname(name, namespace, domainSuffix string) string {
+	return name + "." + namespace + ".svc." + domainSuffix
+}
+
+// Workload translates a pod into the workload ztunnel sees. ns is the pod's
+// namespace (nil: no labels); services are candidate services, of which those
+// in the pod's namespace whose selector matches the pod's labels fill
+// Workload.services. It returns nil for a pod that is not (or no longer) a
+// workload: no IP yet, or Succeeded/Failed.
+//
+// Workload.authorization_policies is left empty; fill it from
+// [PolicyNames] and [PeerAuthenticationNames].
+func Workload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service, cfg Config) *workloadapi.Workload {
+	if pod == nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	addrs := podAddresses(pod)
+	if len(addrs) == 0 {
+		return nil
+	}
+	cfg = cfg.withDefaults()
+	nsLabels := namespaceLabels(ns)
+	workloadName := podWorkloadName(pod)
+	canonName, canonRev := canonicalService(pod.Labels, workloadName)
+
+	w := &workloadapi.Workload{
+		Uid:               WorkloadUID(cfg.ClusterID, pod.Namespace, pod.Name),
+		Name:              pod.Name,
+		Namespace:         pod.Namespace,
+		Addresses:         addrs,
+		Network:           network(pod.Labels, nsLabels, cfg),
+		TrustDomain:       cfg.TrustDomain,
+		ServiceAccount:    pod.Spec.ServiceAccountName,
+		Node:              pod.Spec.NodeName,
+		CanonicalName:     canonName,
+		CanonicalRevision: canonRev,
+		WorkloadType:      workloadapi.WorkloadType_POD,
+		WorkloadName:      workloadName,
+		ClusterId:         cfg.ClusterID,
+		Status:            workloadapi.WorkloadStatus_UNHEALTHY,
+	}
+	if w.ServiceAccount == "" {
+		w.ServiceAccount = defaultServiceAccountName
+	}
+	if podReady(pod) {
+		w.Status = workloadapi.WorkloadStatus_HEALTHY
+	}
+	if pod.Spec.HostNetwork {
+		w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
+	}
+	if CapturedByZtunnel(pod, ns) {
+		w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+	}
+	if wp := waypoint(pod.Labels, nsLabels, pod.Namespace, cfg.DomainSuffix); wp != nil && !isWaypointItself(pod, wp) {
+		w.Waypoint = wp
+	}
+	w.Services = workloadServices(pod, services, cfg.DomainSuffix)
+	return w
+}
+
+// CapturedByZtunnel reports whether ztunnel captures the pod's traffic, so
+// that it is reached over HBONE: the pod or, failing a pod label, its
+// namespace is labelled istio.io/dataplane-mode=ambient, the pod does not
+// opt out with istio.io/dataplane-mode=none, and it is neither a sidecar pod
+// nor on the host network (Istio's CNI plugin skips both).
+func CapturedByZtunnel(pod *corev1.Pod, ns *corev1.Namespace) bool {
+	if pod == nil || pod.Spec.HostNetwork || pod.Annotations[AnnotationSidecarStatus] != "" {
+		return false
+	}
+	if mode, ok := pod.Labels[LabelDataplaneMode]; ok {
+		return mode == DataplaneModeAmbient
+	}
+	return namespaceLabels(ns)[LabelDataplaneMode] == DataplaneModeAmbient
+}
+
+func namespaceLabels(ns *corev1.Namespace) map[string]string {
+	if ns == nil {
+		return nil
+	}
+	return ns.Labels
+}
+
+func podAddresses(pod *corev1.Pod) [][]byte {
+	ips := make([]string, 0, len(pod.Status.PodIPs)+1)
+	for _, ip := range pod.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	if len(ips) == 0 && pod.Status.PodIP != "" {
+		ips = append(ips, pod.Status.PodIP)
+	}
+	var out [][]byte
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a.Unmap().AsSlice())
+		}
+	}
+	return out
+}
+
+func network(podLabels, nsLabels map[string]string, cfg Config) string {
+	if n := podLabels[LabelNetwork]; n != "" {
+		return n
+	}
+	if n := nsLabels[LabelNetwork]; n != "" {
+		return n
+	}
+	return cfg.Network
+}
+
+// podReady: Running with condition Ready=True.
+func podReady(pod *corev1.Pod) bool {
+	if pod.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// cronJobName matches the name of a Job created by a CronJob.
+var cronJobName = regexp.MustCompile(`^(.+)-\d{8,10}$`)
+
+// podWorkloadName derives the name of the pod's controlling workload as
+// Istio does: a ReplicaSet created by a Deployment gives the Deployment's
+// name, a Job created by a CronJob the CronJob's, another controller its own
+// name, and a pod without a controller (or without a generated name) its
+// own name.
+func podWorkloadName(pod *corev1.Pod) string {
+	if pod.GenerateName == "" {
+		return pod.Name
+	}
+	for _, ref := range pod.OwnerReferences {
+		if ref.Controller == nil || !*ref.Controller {
+			continue
+		}
+		switch hash := pod.Labels[labelPodTemplateHash]; {
+		case ref.Kind == "ReplicaSet" && hash != "" && strings.HasSuffix(ref.Name, hash):
+			return strings.TrimSuffix(strings.TrimSuffix(ref.Name, hash), "-")
+		case ref.Kind == "Job":
+			if m := cronJobName.FindStringSubmatch(ref.Name); m != nil {
+				return m[1]
+			}
+		}
+		return ref.Name
+	}
+	return pod.Name
+}
+
+// canonicalService returns the canonical service name and revision Istio
+// derives from workload labels.
+func canonicalService(labels map[string]string, workloadName string) (name, revision string) {
+	name, revision = workloadName, defaultCanonicalRevision
+	for _, k := range []string{LabelCanonicalName, "app.kubernetes.io/name", "app"} {
+		if v := labels[k]; v != "" {
+			name = v
+			break
+		}
+	}
+	for _, k := range []string{LabelCanonicalRevision, "app.kubernetes.io/version", "version"} {
+		if v := labels[k]; v != "" {
+			revision = v
+			break
+		}
+	}
+	return name, revision
+}
+
+// waypoint returns the waypoint an object binds to with istio.io/use-waypoint
+// (and optionally istio.io/use-waypoint-namespace): the object's own label
+// wins over its namespace's, and "none" on the object opts it out. The
+// waypoint is addressed by its service hostname on the HBONE port, as Istio
+// does for a waypoint Gateway with a hostname address.
+func waypoint(objLabels, nsLabels map[string]string, objNamespace, domainSuffix string) *workloadapi.GatewayAddress {
+	labels := objLabels
+	if _, ok := objLabels[LabelUseWaypoint]; !ok {
+		labels = nsLabels
+	}
+	name := labels[LabelUseWaypoint]
+	if name == "" || name == WaypointNone {
+		return nil
+	}
+	wpNamespace := objNamespace
+	if n := labels[LabelUseWaypointNamespace]; n != "" {
+		wpNamespace = n
+	}
+	return &workloadapi.GatewayAddress{
+		Destination: &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{
+			Namespace: wpNamespace,
+			Hostname:  Hostname(name, wpNamespace, domainSuffix),
+		}},
+		HboneMtlsPort: HBONEPort,
+	}
+}
+
+// isWaypointItself reports whether the pod is a pod of the waypoint wp: a
+// waypoint never sends its own traffic through itself.
+func isWaypointItself(pod *corev1.Pod, wp *workloadapi.GatewayAddress) bool {
+	gw := pod.Labels[LabelGatewayName]
+	h := wp.GetHostname()
+	return gw != "" && h.GetNamespace() == pod.Namespace && strings.HasPrefix(h.GetHostname(), gw+".")
+}
+
+// selects reports whether a non-empty service selector selects labels.
+func selects(selector, labels map[string]string) bool {
+	if len(selector) == 0 {
+		return false
+	}
+	return subset(selector, labels)
+}
+
+func subset(sel, labels map[string]string) bool {
+	for k, v := range sel {
+		if lv, ok := labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// workloadServices returns Workload.services: for each service in the pod's
+// namespace whose selector selects the pod, "namespace/hostname" → its ports
+// with the target port resolved against the pod. A named target port is
+// looked up in the pod's container ports (by name and protocol); a port
+// whose name the pod does not declare is left out, since the pod cannot be
+// reached on it.
+func workloadServices(pod *corev1.Pod, services []*corev1.Service, domainSuffix string) map[string]*workloadapi.PortList {
+	var out map[string]*workloadapi.PortList
+	for _, svc := range services {
+		if svc == nil || svc.Namespace != pod.Namespace || svc.Spec.Type == corev1.ServiceTypeExternalName || !selects(svc.Spec.Selector, pod.Labels) {
+			continue
+		}
+		pl := &workloadapi.PortList{}
+		for _, sp := range svc.Spec.Ports {
+			target, ok := resolveTargetPort(sp, pod)
+			if !ok {
+				continue
+			}
+			pl.Ports = append(pl.Ports, &workloadapi.Port{ServicePort: uint32(sp.Port), TargetPort: target})
+		}
+		if out == nil {
+			out = make(map[string]*workloadapi.PortList)
+		}
+		out[svc.Namespace+"/"+Hostname(svc.Name, svc.Namespace, domainSuffix)] = pl
+	}
+	return out
+}
+
+func resolveTargetPort(sp corev1.ServicePort, pod *corev1.Pod) (uint32, bool) {
+	if sp.TargetPort.Type == intstr.Int {
+		if sp.TargetPort.IntVal == 0 {
+			return uint32(sp.Port), true
+		}
+		return uint32(sp.TargetPort.IntVal), true
+	}
+	proto := sp.Protocol
+	if proto == "" {
+		proto = corev1.ProtocolTCP
+	}
+	for _, c := range slices.Concat(pod.Spec.InitContainers, pod.Spec.Containers) {
+		for _, cp := range c.Ports {
+			cpProto := cp.Protocol
+			if cpProto == "" {
+				cpProto = corev1.ProtocolTCP
+			}
+			if cp.Name == sp.TargetPort.StrVal && cpProto == proto {
+				return uint32(cp.ContainerPort), true
+			}
+		}
+	}
+	return 0, false
+}
