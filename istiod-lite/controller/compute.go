@@ -1,0 +1,100 @@
+package controller
+
+import (
+	"cmp"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambientmesh/ambient/istiod-lite/translate"
+	"github.com/ambientmesh/ambient/istiod-lite/xds"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/proto/workloadapi/security"
+)
+
+// Input is everything one recomputation reads: the cluster's objects as the
+// informers hold them.
+type Input struct {
+	Namespaces            []*corev1.Namespace
+	Pods                  []*corev1.Pod
+	Services              []*corev1.Service
+	AuthorizationPolicies []translate.AuthorizationPolicy
+	PeerAuthentications   []translate.PeerAuthentication
+
+	Translate     translate.Config
+	RootNamespace string
+}
+
+// Output is the full resource set served to ztunnel, keyed by xDS resource
+// name ([xds.AddressName], [xds.AuthorizationName]), plus the status
+// conditions of each AuthorizationPolicy keyed "namespace/name".
+type Output struct {
+	Addresses      map[string]*workloadapi.Address
+	Authorizations map[string]*security.Authorization
+	Conditions     map[string][]translate.Condition
+}
+
+// Compute translates a snapshot of the cluster into the resources
+// istiod-lite serves: one Address per pod that is a workload (with
+// authorization_policies from [translate.PolicyNames] and
+// [translate.PeerAuthenticationNames]) and per service, one Authorization per
+// AuthorizationPolicy ztunnel enforces, and the policies PeerAuthentications
+// convert to. It is a pure function.
+func Compute(in Input) Output {
+	out := Output{
+		Addresses:      make(map[string]*workloadapi.Address),
+		Authorizations: make(map[string]*security.Authorization),
+		Conditions:     make(map[string][]translate.Condition),
+	}
+	nsByName := make(map[string]*corev1.Namespace, len(in.Namespaces))
+	for _, ns := range in.Namespaces {
+		nsByName[ns.Name] = ns
+	}
+	svcsByNS := make(map[string][]*corev1.Service)
+	for _, svc := range in.Services {
+		svcsByNS[svc.Namespace] = append(svcsByNS[svc.Namespace], svc)
+	}
+	// Deterministic order: PeerAuthenticationNames breaks creation-time ties
+	// by position.
+	aps := slices.Clone(in.AuthorizationPolicies)
+	slices.SortFunc(aps, func(a, b translate.AuthorizationPolicy) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	pas := slices.Clone(in.PeerAuthentications)
+	slices.SortFunc(pas, func(a, b translate.PeerAuthentication) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+
+	for _, pod := range in.Pods {
+		w := translate.Workload(pod, nsByName[pod.Namespace], svcsByNS[pod.Namespace], in.Translate)
+		if w == nil {
+			continue
+		}
+		names := append(translate.PolicyNames(pod, aps, in.RootNamespace),
+			translate.PeerAuthenticationNames(pod, pas, in.RootNamespace)...)
+		if len(names) > 0 {
+			w.AuthorizationPolicies = names
+		}
+		a := &workloadapi.Address{Type: &workloadapi.Address_Workload{Workload: w}}
+		out.Addresses[xds.AddressName(a)] = a
+	}
+	for _, svc := range in.Services {
+		s := translate.Service(svc, nsByName[svc.Namespace], in.Translate)
+		if s == nil {
+			continue
+		}
+		a := &workloadapi.Address{Type: &workloadapi.Address_Service{Service: s}}
+		out.Addresses[xds.AddressName(a)] = a
+	}
+	for _, ap := range aps {
+		p, conds := translate.Authorization(ap, in.RootNamespace)
+		out.Conditions[ap.Namespace+"/"+ap.Name] = conds
+		if p != nil {
+			out.Authorizations[xds.AuthorizationName(p)] = p
+		}
+	}
+	for _, p := range translate.PeerAuthentications(pas, in.RootNamespace) {
+		out.Authorizations[xds.AuthorizationName(p)] = p
+	}
+	return out
+}

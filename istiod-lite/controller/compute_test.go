@@ -1,0 +1,76 @@
+package controller
+
+import (
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambientmesh/ambient/internal/authz"
+	"github.com/ambientmesh/ambient/istiod-lite/translate"
+	"github.com/ambientmesh/ambient/istiod-lite/xds"
+)
+
+func TestCompute_BindsSelectedPoliciesAndPeerAuthentication(t *testing.T) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{translate.LabelDataplaneMode: "ambient"}}}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", Labels: map[string]string{"app": "web"}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.5"},
+	}
+	pending := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "noip", Namespace: "shop"}}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
+		Spec:       corev1.ServiceSpec{ClusterIP: "10.96.0.10", Selector: map[string]string{"app": "web"}},
+	}
+	ap := translate.AuthorizationPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "allow", Namespace: "shop"},
+		Spec: translate.AuthorizationPolicySpec{
+			Selector: &translate.WorkloadSelector{MatchLabels: map[string]string{"app": "web"}},
+			Rules:    []translate.Rule{{From: []translate.From{{Source: translate.Source{Principals: []string{"cluster.local/ns/default/sa/sleep"}}}}}},
+		},
+	}
+	pa := translate.PeerAuthentication{
+		ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: "istio-system"},
+		Spec:       translate.PeerAuthenticationSpec{MTLS: &translate.MutualTLS{Mode: translate.ModeStrict}},
+	}
+	out := Compute(Input{
+		Namespaces: []*corev1.Namespace{ns}, Pods: []*corev1.Pod{pod, pending}, Services: []*corev1.Service{svc},
+		AuthorizationPolicies: []translate.AuthorizationPolicy{ap}, PeerAuthentications: []translate.PeerAuthentication{pa},
+		RootNamespace: "istio-system",
+	})
+
+	if diff := cmp.Diff([]string{"Kubernetes//Pod/shop/web", "shop/web.shop.svc.cluster.local"}, slices.Sorted(maps.Keys(out.Addresses))); diff != "" {
+		t.Errorf("addresses (-want +got):\n%s", diff)
+	}
+	w := out.Addresses["Kubernetes//Pod/shop/web"].GetWorkload()
+	strict := xds.AuthorizationName(authz.StrictPolicy("istio-system"))
+	if diff := cmp.Diff([]string{"shop/allow", strict}, w.GetAuthorizationPolicies()); diff != "" {
+		t.Errorf("authorization_policies (-want +got):\n%s", diff)
+	}
+	for _, name := range w.GetAuthorizationPolicies() {
+		if out.Authorizations[name] == nil {
+			t.Errorf("workload names policy %q that is not served; served %v", name, slices.Sorted(maps.Keys(out.Authorizations)))
+		}
+	}
+	if c := out.Conditions["shop/allow"]; len(c) != 1 || c[0].Status != metav1.ConditionTrue {
+		t.Errorf("conditions of shop/allow = %+v, want ZtunnelAccepted=True", c)
+	}
+}
+
+func TestMergeConditions_KeepsTransitionTimeWhenUnchanged(t *testing.T) {
+	want := []translate.Condition{{Type: "ZtunnelAccepted", Status: metav1.ConditionTrue, Reason: "Accepted", Message: "ok"}}
+	first, changed := mergeConditions(nil, want, 1, "t1")
+	if !changed {
+		t.Fatal("first merge reported no change")
+	}
+	if _, changed := mergeConditions(first, want, 1, "t2"); changed {
+		t.Error("identical conditions reported as changed (would loop status writes)")
+	}
+	next, changed := mergeConditions(first, want, 2, "t2")
+	if !changed || next[0].(map[string]any)["lastTransitionTime"] != "t1" {
+		t.Errorf("new generation: changed=%v %v, want changed with lastTransitionTime t1", changed, next)
+	}
+}

@@ -1,0 +1,486 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/ambientmesh/ambient/istiod-lite/translate"
+	"github.com/ambientmesh/ambient/istiod-lite/xds"
+)
+
+// Defaults.
+const (
+	DefaultDebounce      = 50 * time.Millisecond
+	DefaultDebounceMax   = time.Second
+	DefaultRootNamespace = "istio-system"
+)
+
+// GVRs of the policy CRDs the controller watches.
+var (
+	AuthorizationPolicies = schema.GroupVersionResource{Group: translate.Group, Version: "v1", Resource: "authorizationpolicies"}
+	PeerAuthentications   = schema.GroupVersionResource{Group: translate.Group, Version: "v1", Resource: "peerauthentications"}
+)
+
+// Config configures a [Controller].
+type Config struct {
+	// RESTConfig reaches the apiserver. Required.
+	RESTConfig *rest.Config
+	// Cache receives the resources. Required.
+	Cache *xds.Cache
+	// Translate is the mesh-wide translation config (trust domain, ...).
+	Translate translate.Config
+	// RootNamespace holds mesh-wide policies; default "istio-system".
+	RootNamespace string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Debounce is the quiet time after the last event before a
+	// recomputation (default 50 ms); DebounceMax caps the wait after the
+	// first event (default 1 s).
+	Debounce, DebounceMax time.Duration
+	// DisableStatus turns off writing AuthorizationPolicy status.
+	DisableStatus bool
+}
+
+// Controller watches the cluster and keeps Config.Cache current.
+type Controller struct {
+	cfg Config
+	log *slog.Logger
+
+	kube kubernetes.Interface
+	dyn  dynamic.Interface
+
+	// Owned by Run's goroutine: the last resource sets handed to the cache.
+	prevAddrs map[string]proto.Message
+	prevAuthz map[string]proto.Message
+
+	synced chan struct{} // closed after the first recomputation
+}
+
+// New validates cfg and builds the clients; it does not contact the
+// apiserver.
+func New(cfg Config) (*Controller, error) {
+	if cfg.RESTConfig == nil {
+		return nil, errors.New("controller: Config.RESTConfig is required")
+	}
+	if cfg.Cache == nil {
+		return nil, errors.New("controller: Config.Cache is required")
+	}
+	if cfg.RootNamespace == "" {
+		cfg.RootNamespace = DefaultRootNamespace
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = DefaultDebounce
+	}
+	if cfg.DebounceMax < cfg.Debounce {
+		cfg.DebounceMax = max(DefaultDebounceMax, cfg.Debounce)
+	}
+	rc := rest.CopyConfig(cfg.RESTConfig)
+	if rc.UserAgent == "" {
+		rc.UserAgent = "istiod-lite"
+	}
+	kube, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("controller: kubernetes client for %s: %w", rc.Host, err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("controller: dynamic client for %s: %w", rc.Host, err)
+	}
+	return &Controller{
+		cfg: cfg, log: cfg.Logger, kube: kube, dyn: dyn,
+		prevAddrs: map[string]proto.Message{},
+		prevAuthz: map[string]proto.Message{},
+		synced:    make(chan struct{}),
+	}, nil
+}
+
+// Synced is closed once the informers have synced and the cache holds the
+// first full translation.
+func (c *Controller) Synced() <-chan struct{} { return c.synced }
+
+// listers are the informer caches one recomputation reads.
+type listers struct {
+	ns, pods, svcs cache.GenericLister
+	aps, pas       cache.GenericLister // nil without the CRDs
+}
+
+// Run watches until ctx is done, then returns nil. It returns an error only
+// if the informers cannot sync before ctx ends or the cache rejects an update.
+func (c *Controller) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	trigger := make(chan struct{}, 1)
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { poke(trigger) },
+		UpdateFunc: func(any, any) { poke(trigger) },
+		DeleteFunc: func(any) { poke(trigger) },
+	}
+
+	factory := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(stripObject))
+	nsInf := factory.Core().V1().Namespaces()
+	podInf := factory.Core().V1().Pods()
+	svcInf := factory.Core().V1().Services()
+	var l listers
+	for _, gi := range []struct {
+		inf    cache.SharedIndexInformer
+		lister *cache.GenericLister
+		gr     schema.GroupResource
+	}{
+		{nsInf.Informer(), &l.ns, corev1.Resource("namespaces")},
+		{podInf.Informer(), &l.pods, corev1.Resource("pods")},
+		{svcInf.Informer(), &l.svcs, corev1.Resource("services")},
+	} {
+		if _, err := gi.inf.AddEventHandler(handler); err != nil {
+			return fmt.Errorf("controller: watch %s: %w", gi.gr, err)
+		}
+		*gi.lister = cache.NewGenericLister(gi.inf.GetIndexer(), gi.gr)
+	}
+
+	dynFactory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(c.dyn, 0, metav1.NamespaceAll, nil)
+	if ok, err := c.crdsInstalled(); err != nil {
+		return err
+	} else if ok {
+		for _, p := range []struct {
+			gvr    schema.GroupVersionResource
+			lister *cache.GenericLister
+		}{{AuthorizationPolicies, &l.aps}, {PeerAuthentications, &l.pas}} {
+			gi := dynFactory.ForResource(p.gvr)
+			if err := gi.Informer().SetTransform(stripObject); err != nil {
+				return fmt.Errorf("controller: watch %s: %w", p.gvr.GroupResource(), err)
+			}
+			if _, err := gi.Informer().AddEventHandler(handler); err != nil {
+				return fmt.Errorf("controller: watch %s: %w", p.gvr.GroupResource(), err)
+			}
+			*p.lister = gi.Lister()
+		}
+	} else {
+		c.log.Warn("controller: security.istio.io/v1 CRDs not installed; serving no policies (install manifests/crds and restart)")
+	}
+
+	factory.Start(ctx.Done())
+	dynFactory.Start(ctx.Done())
+	defer factory.Shutdown()
+	defer dynFactory.Shutdown()
+	for t, ok := range factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("controller: informer for %v did not sync: %w", t, context.Cause(ctx))
+		}
+	}
+	for gvr, ok := range dynFactory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("controller: informer for %s did not sync: %w", gvr.GroupResource(), context.Cause(ctx))
+		}
+	}
+	c.log.Info("controller: informers synced")
+	return c.loop(ctx, trigger, l)
+}
+
+// loop recomputes after each debounced burst of events.
+func (c *Controller) loop(ctx context.Context, trigger <-chan struct{}, l listers) error {
+	first := true
+	for {
+		if err := c.sync(ctx, l); err != nil {
+			return err
+		}
+		if first {
+			close(c.synced)
+			first = false
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-trigger:
+		}
+		if !debounce(ctx, trigger, c.cfg.Debounce, c.cfg.DebounceMax) {
+			return nil
+		}
+	}
+}
+
+// debounce waits until no event arrived for quiet, or max since it was
+// called. It returns false if ctx ended.
+func debounce(ctx context.Context, trigger <-chan struct{}, quiet, maxWait time.Duration) bool {
+	deadline := time.NewTimer(maxWait)
+	defer deadline.Stop()
+	t := time.NewTimer(quiet)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return true
+		case <-t.C:
+			return true
+		case <-trigger:
+			t.Reset(quiet)
+		}
+	}
+}
+
+func poke(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// sync recomputes everything and updates the cache with the difference.
+func (c *Controller) sync(ctx context.Context, l listers) error {
+	in := Input{Translate: c.cfg.Translate, RootNamespace: c.cfg.RootNamespace}
+	in.Namespaces = listTyped[*corev1.Namespace](l.ns)
+	in.Pods = listTyped[*corev1.Pod](l.pods)
+	in.Services = listTyped[*corev1.Service](l.svcs)
+	invalid := map[string]translate.Condition{}
+	in.AuthorizationPolicies = decodeAll[translate.AuthorizationPolicy](c.log, l.aps, invalid)
+	in.PeerAuthentications = decodeAll[translate.PeerAuthentication](c.log, l.pas, nil)
+	out := Compute(in)
+
+	addrs := make(map[string]proto.Message, len(out.Addresses))
+	for k, v := range out.Addresses {
+		addrs[k] = v
+	}
+	authz := make(map[string]proto.Message, len(out.Authorizations))
+	for k, v := range out.Authorizations {
+		authz[k] = v
+	}
+	// Policies first so that a workload never names a policy ztunnel lacks
+	// for longer than necessary; removals of policies after addresses.
+	if err := c.update(xds.TypeAuthorization, authz, &c.prevAuthz); err != nil {
+		return err
+	}
+	if err := c.update(xds.TypeAddress, addrs, &c.prevAddrs); err != nil {
+		return err
+	}
+	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz))
+
+	if !c.cfg.DisableStatus && l.aps != nil {
+		for k, cond := range invalid {
+			out.Conditions[k] = []translate.Condition{cond}
+		}
+		c.writeStatus(ctx, l.aps, out.Conditions)
+	}
+	return nil
+}
+
+// update hands the cache what changed between *prev and next.
+func (c *Controller) update(typeURL string, next map[string]proto.Message, prev *map[string]proto.Message) error {
+	upserts := make(map[string]proto.Message)
+	for k, v := range next {
+		if old, ok := (*prev)[k]; !ok || !proto.Equal(old, v) {
+			upserts[k] = v
+		}
+	}
+	var removals []string
+	for k := range *prev {
+		if _, ok := next[k]; !ok {
+			removals = append(removals, k)
+		}
+	}
+	if len(upserts) == 0 && len(removals) == 0 {
+		return nil
+	}
+	slices.Sort(removals)
+	if err := c.cfg.Cache.Update(typeURL, upserts, removals); err != nil {
+		return fmt.Errorf("controller: update cache: %w", err)
+	}
+	*prev = next
+	return nil
+}
+
+func listTyped[T any](l cache.GenericLister) []T {
+	objs, err := l.List(labels.Everything())
+	if err != nil { // an indexer List never fails
+		return nil
+	}
+	out := make([]T, 0, len(objs))
+	for _, o := range objs {
+		if t, ok := o.(T); ok {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// decodeAll decodes every object of l; an object that does not decode is
+// logged, left out, and (if invalid is not nil) given an InvalidValue
+// condition.
+func decodeAll[T translate.Policy](log *slog.Logger, l cache.GenericLister, invalid map[string]translate.Condition) []T {
+	if l == nil {
+		return nil
+	}
+	objs, _ := l.List(labels.Everything())
+	out := make([]T, 0, len(objs))
+	for _, o := range objs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		p, err := translate.FromUnstructured[T](u.Object)
+		if err != nil {
+			log.Warn("controller: ignoring invalid policy", "namespace", u.GetNamespace(), "name", u.GetName(), "kind", u.GetKind(), "err", err)
+			if invalid != nil {
+				invalid[u.GetNamespace()+"/"+u.GetName()] = translate.Condition{
+					Type: translate.ConditionZtunnelAccepted, Status: metav1.ConditionFalse,
+					Reason: translate.ReasonInvalidValue, Message: err.Error(),
+				}
+			}
+			continue
+		}
+		out = append(out, *p)
+	}
+	return out
+}
+
+// crdsInstalled reports whether the apiserver serves security.istio.io/v1
+// authorizationpolicies and peerauthentications.
+func (c *Controller) crdsInstalled() (bool, error) {
+	rl, err := c.kube.Discovery().ServerResourcesForGroupVersion(AuthorizationPolicies.GroupVersion().String())
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("controller: discover %s: %w", AuthorizationPolicies.GroupVersion(), err)
+	}
+	have := map[string]bool{}
+	for _, r := range rl.APIResources {
+		have[r.Name] = true
+	}
+	return have[AuthorizationPolicies.Resource] && have[PeerAuthentications.Resource], nil
+}
+
+// writeStatus patches status.conditions of each AuthorizationPolicy whose
+// conditions differ from what it has. Failures are logged: the next event
+// retries.
+func (c *Controller) writeStatus(ctx context.Context, l cache.GenericLister, conds map[string][]translate.Condition) {
+	objs, _ := l.List(labels.Everything())
+	now := metav1.Now().UTC().Format(time.RFC3339)
+	for _, o := range objs {
+		u, ok := o.(*unstructured.Unstructured)
+		if !ok {
+			continue
+		}
+		want, ok := conds[u.GetNamespace()+"/"+u.GetName()]
+		if !ok {
+			continue
+		}
+		have, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		next, changed := mergeConditions(have, want, u.GetGeneration(), now)
+		if !changed {
+			continue
+		}
+		patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": next}})
+		if err != nil {
+			continue
+		}
+		_, err = c.dyn.Resource(AuthorizationPolicies).Namespace(u.GetNamespace()).
+			Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "istiod-lite"}, "status")
+		if err != nil && !apierrors.IsNotFound(err) {
+			c.log.Warn("controller: write policy status", "namespace", u.GetNamespace(), "name", u.GetName(), "err", err)
+		}
+	}
+}
+
+// mergeConditions returns have with the conditions of want set (keeping
+// lastTransitionTime when the status did not change) and whether anything
+// changed.
+func mergeConditions(have []any, want []translate.Condition, generation int64, now string) ([]any, bool) {
+	byType := map[string]map[string]any{}
+	var order []string
+	for _, h := range have {
+		m, ok := h.(map[string]any)
+		if !ok {
+			continue
+		}
+		t, _ := m["type"].(string)
+		byType[t] = maps.Clone(m)
+		order = append(order, t)
+	}
+	changed := false
+	for _, w := range want {
+		old := byType[w.Type]
+		m := map[string]any{
+			"type": w.Type, "status": string(w.Status), "reason": w.Reason, "message": w.Message,
+			"observedGeneration": generation, "lastTransitionTime": now,
+		}
+		if old != nil {
+			if old["status"] == m["status"] {
+				m["lastTransitionTime"] = old["lastTransitionTime"]
+			}
+			if old["status"] == m["status"] && old["reason"] == m["reason"] && old["message"] == m["message"] &&
+				fmt.Sprint(old["observedGeneration"]) == fmt.Sprint(generation) {
+				continue
+			}
+		} else {
+			order = append(order, w.Type)
+		}
+		byType[w.Type] = m
+		changed = true
+	}
+	out := make([]any, 0, len(order))
+	for _, t := range order {
+		out = append(out, byType[t])
+	}
+	return out, changed
+}
+
+// stripObject drops what the controller never reads before an object
+// enters an informer cache: managedFields, the last-applied annotation, and
+// most of a pod's spec and status.
+func stripObject(obj any) (any, error) {
+	if a, err := meta.Accessor(obj); err == nil {
+		a.SetManagedFields(nil)
+		if ann := a.GetAnnotations(); ann[corev1.LastAppliedConfigAnnotation] != "" {
+			ann = maps.Clone(ann)
+			delete(ann, corev1.LastAppliedConfigAnnotation)
+			a.SetAnnotations(ann)
+		}
+	}
+	if pod, ok := obj.(*corev1.Pod); ok {
+		slim := func(cs []corev1.Container) []corev1.Container {
+			out := make([]corev1.Container, len(cs))
+			for i, c := range cs {
+				out[i] = corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy}
+			}
+			return out
+		}
+		pod.Spec = corev1.PodSpec{
+			ServiceAccountName: pod.Spec.ServiceAccountName,
+			NodeName:           pod.Spec.NodeName,
+			HostNetwork:        pod.Spec.HostNetwork,
+			Containers:         slim(pod.Spec.Containers),
+			InitContainers:     slim(pod.Spec.InitContainers),
+		}
+		pod.Status = corev1.PodStatus{
+			Phase: pod.Status.Phase, Conditions: pod.Status.Conditions,
+			PodIP: pod.Status.PodIP, PodIPs: pod.Status.PodIPs, HostIP: pod.Status.HostIP,
+		}
+	}
+	return obj, nil
+}

@@ -1,0 +1,264 @@
+package controller_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"k8s.io/client-go/rest"
+
+	"github.com/ambientmesh/ambient/internal/kubetest"
+	"github.com/ambientmesh/ambient/istiod-lite/controller"
+	"github.com/ambientmesh/ambient/istiod-lite/xds"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/ztunnel/xdsclient"
+)
+
+const waitTimeout = 30 * time.Second
+
+// mesh is a controller and an xDS server fed from a real apiserver, and a
+// ztunnel xDS client feeding a store.
+type mesh struct {
+	kube  *kubetest.Cluster
+	store *state.Store
+}
+
+func startMesh(t *testing.T) *mesh {
+	t.Helper()
+	c := kubetest.Start(t, kubetest.Options{})
+	if err := c.ApplyFile("../../manifests/crds"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Kubectl("wait", "--for=condition=Established", "--timeout=60s",
+		"crd/authorizationpolicies.security.istio.io", "crd/peerauthentications.security.istio.io"); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cache := xds.NewCache()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := xds.New(xds.Config{Cache: cache, Listener: ln, Logger: log, DebounceAfter: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl, err := controller.New(controller.Config{
+		RESTConfig: &rest.Config{Host: c.Server, BearerToken: c.Token, TLSClientConfig: rest.TLSClientConfig{CAData: c.CAData}},
+		Cache:      cache,
+		Logger:     log,
+		Debounce:   20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := state.NewStore()
+	client, err := xdsclient.New(xdsclient.Config{
+		Target:      ln.Addr().String(),
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
+		Store:       store,
+		NodeID:      "node-1",
+		Logger:      log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 3)
+	go func() { errc <- srv.Run(ctx) }()
+	go func() { errc <- ctrl.Run(ctx) }()
+	go func() { errc <- client.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		for range 3 {
+			if err := <-errc; err != nil && !errors.Is(err, context.Canceled) {
+				t.Errorf("component: %v", err)
+			}
+		}
+	})
+	select {
+	case <-ctrl.Synced():
+	case <-time.After(waitTimeout):
+		t.Fatal("controller did not sync")
+	}
+	return &mesh{kube: c, store: store}
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// waitFor polls the store until cond holds, failing t after waitTimeout.
+func (m *mesh) waitFor(t *testing.T, what string, cond func(*state.View) bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond(m.store.Current()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; store has %+v", waitTimeout, what, m.store.Current().Snapshot())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (m *mesh) kubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := m.kube.Kubectl(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+func (m *mesh) apply(t *testing.T, yaml string) {
+	t.Helper()
+	if err := m.kube.ApplyYAML(yaml); err != nil {
+		t.Fatal(err)
+	}
+}
+
+const shopYAML = `
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web
+  namespace: shop
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+  labels:
+    app: web
+spec:
+  serviceAccountName: web
+  nodeName: node-1
+  containers:
+  - name: web
+    image: example.invalid/web:1
+    ports:
+    - name: http
+      containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+`
+
+// From Istio's docs (security/authorization/authz-tcp), retargeted at shop.
+const allowSleepYAML = `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-sleep
+  namespace: shop
+spec:
+  selector:
+    matchLabels:
+      app: web
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/default/sa/sleep"]
+`
+
+const (
+	webUID  = "Kubernetes//Pod/shop/web"
+	webHost = "web.shop.svc.cluster.local"
+)
+
+func TestController_PodServiceLabelPolicyDelete_ReachZtunnel(t *testing.T) {
+	m := startMesh(t)
+
+	m.apply(t, shopYAML)
+	// No kubelet runs: report the pod running and ready ourselves.
+	m.kubectl(t, "patch", "pod", "web", "-n", "shop", "--subresource=status", "--type=merge", "-p",
+		`{"status":{"phase":"Running","podIP":"10.244.1.5","podIPs":[{"ip":"10.244.1.5"}],`+
+			`"conditions":[{"type":"Ready","status":"True"}]}}`)
+
+	m.waitFor(t, "workload (NONE) and service", func(v *state.View) bool {
+		w := v.Workload(webUID)
+		return w != nil && w.GetTunnelProtocol() == workloadapi.TunnelProtocol_NONE &&
+			w.GetStatus() == workloadapi.WorkloadStatus_HEALTHY &&
+			v.Service("shop", webHost) != nil
+	})
+	v := m.store.Current()
+	w := v.Workload(webUID)
+	if got := w.GetServiceAccount(); got != "web" {
+		t.Errorf("workload service account = %q, want web", got)
+	}
+	if ports := w.GetServices()["shop/"+webHost].GetPorts(); len(ports) != 1 ||
+		ports[0].GetServicePort() != 80 || ports[0].GetTargetPort() != 8080 {
+		t.Errorf("workload services = %v, want shop/%s 80→8080", w.GetServices(), webHost)
+	}
+	if eps := v.Endpoints(v.Service("shop", webHost)); len(eps) != 1 || eps[0].GetUid() != webUID {
+		t.Errorf("service endpoints = %v, want [%s]", eps, webUID)
+	}
+
+	m.kubectl(t, "label", "namespace", "shop", "istio.io/dataplane-mode=ambient")
+	m.waitFor(t, "workload HBONE", func(v *state.View) bool {
+		return v.Workload(webUID).GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE
+	})
+
+	m.apply(t, allowSleepYAML)
+	m.waitFor(t, "authorization bound to the workload", func(v *state.View) bool {
+		return v.Policy("shop", "allow-sleep") != nil &&
+			slices.Contains(v.Workload(webUID).GetAuthorizationPolicies(), "shop/allow-sleep")
+	})
+	// The ZtunnelAccepted condition reaches the policy's status.
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		out := m.kubectl(t, "get", "authorizationpolicy", "allow-sleep", "-n", "shop",
+			"-o", `jsonpath={.status.conditions[?(@.type=="ZtunnelAccepted")].status}`)
+		if out == "True" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("policy status ZtunnelAccepted = %q, want True", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	m.kubectl(t, "delete", "authorizationpolicy", "allow-sleep", "-n", "shop")
+	m.waitFor(t, "authorization removed and unbound", func(v *state.View) bool {
+		return v.Policy("shop", "allow-sleep") == nil && v.Workload(webUID) != nil &&
+			len(v.Workload(webUID).GetAuthorizationPolicies()) == 0
+	})
+
+	// The pod is bound to a node, so a graceful delete waits for a kubelet
+	// that does not exist; --force is the kubelet's final delete.
+	m.kubectl(t, "delete", "pod", "web", "-n", "shop", "--grace-period=0", "--force")
+	m.waitFor(t, "workload removed", func(v *state.View) bool {
+		return v.Workload(webUID) == nil && v.Service("shop", webHost) != nil
+	})
+	m.kubectl(t, "delete", "service", "web", "-n", "shop")
+	m.waitFor(t, "service removed", func(v *state.View) bool { return v.Service("shop", webHost) == nil })
+}

@@ -1,0 +1,25 @@
+// Package controller is istiod-lite's Kubernetes watcher: it keeps an
+// [xds.Cache] equal to the translation (package istiod-lite/translate) of
+// the cluster's Namespaces, Pods, Services and security.istio.io
+// AuthorizationPolicies and PeerAuthentications.
+//
+// The controller is a thin shell around pure functions: client-go informers
+// (a SharedInformerFactory for the core types, a dynamic one for the CRDs)
+// only signal that something changed; after a short quiet period
+// ([Config.Debounce]) the controller lists every object from the informer
+// caches, recomputes the full set of Address and Authorization resources
+// with [Compute], and hands the cache the upserts that differ from the
+// previous set and the removals of names that disappeared. A full
+// recomputation keeps the logic obviously correct (no per-event
+// bookkeeping); it is linear in the number of pods and policies.
+//
+// When the security.istio.io/v1 CRDs are not installed the controller logs
+// a warning and serves workloads and services without policies; install
+// manifests/crds and restart to enable them.
+//
+// Policy status: after each recomputation the controller writes the
+// ZtunnelAccepted condition that [translate.Authorization] reports to each
+// AuthorizationPolicy's status.conditions (status subresource), only when it
+// changed. A policy that does not decode gets ZtunnelAccepted=False with
+// reason InvalidValue and is not served.
+package controller
