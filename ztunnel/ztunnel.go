@@ -68,7 +68,7 @@ type Ztunnel struct {
 	rand *lockedRand
 
 	mu      sync.Mutex           // guards the fields below
-	netns   map[string]string    // pod uid → netns path (from AddPod)
+	netns   map[string]string    // pod key (uid or namespace/name) → netns path (from AddPod)
 	pods    map[string]*podProxy // running proxies by pod uid
 	changed chan struct{}        // signalled on AddPod/RemovePod
 	ready   bool                 // config received and every enrolled pod serving
@@ -104,20 +104,22 @@ func New(cfg Config) (*Ztunnel, error) {
 	}, nil
 }
 
-// AddPod tells ztunnel where pod uid's network namespace is (from the CNI
-// plugin, or a scan after restart). The pod is served once its Workload is
+// AddPod tells ztunnel where a pod's network namespace is (from the CNI
+// plugin, or a scan after restart). key is the pod's Workload uid or its
+// "namespace/name". The pod is served once its Workload is on this node and
 // enrolled.
-func (z *Ztunnel) AddPod(uid, nsPath string) {
+func (z *Ztunnel) AddPod(key, nsPath string) {
 	z.mu.Lock()
-	z.netns[uid] = nsPath
+	z.netns[key] = nsPath
 	z.mu.Unlock()
 	z.kick()
 }
 
-// RemovePod forgets a pod (deleted): its proxy stops and its rules go.
-func (z *Ztunnel) RemovePod(uid string) {
+// RemovePod forgets a pod (deleted), by the key AddPod was given: its
+// proxy stops and its rules go.
+func (z *Ztunnel) RemovePod(key string) {
 	z.mu.Lock()
-	delete(z.netns, uid)
+	delete(z.netns, key)
 	z.mu.Unlock()
 	z.kick()
 }
@@ -150,10 +152,17 @@ func (z *Ztunnel) reconcile(ctx context.Context) {
 	view := z.cfg.Store.Current()
 	z.mu.Lock()
 	want := make(map[string]*workloadapi.Workload)
-	for uid, ns := range z.netns {
-		_ = ns
-		if w := view.Workload(uid); w != nil && w.GetNode() == z.cfg.Node && state.Enrolled(w) {
-			want[uid] = w
+	paths := make(map[string]string)
+	for _, w := range view.WorkloadsOnNode(z.cfg.Node) {
+		if !state.Enrolled(w) {
+			continue
+		}
+		ns, ok := z.netns[w.GetUid()]
+		if !ok {
+			ns, ok = z.netns[w.GetNamespace()+"/"+w.GetName()]
+		}
+		if ok {
+			want[w.GetUid()], paths[w.GetUid()] = w, ns
 		}
 	}
 	var stop []*podProxy
@@ -169,7 +178,7 @@ func (z *Ztunnel) reconcile(ctx context.Context) {
 			p.update(w)
 			continue
 		}
-		p := newPodProxy(z, w, z.netns[uid])
+		p := newPodProxy(z, w, paths[uid])
 		z.pods[uid] = p
 		start = append(start, p)
 	}

@@ -61,14 +61,24 @@ func (c *Capture) loop() {
 	defer close(c.done)
 	defer unix.Close(c.fd)
 	buf := make([]byte, 65536)
+	stopping := false
 	for {
-		select {
-		case <-c.stop:
-			return
-		default:
+		if !stopping {
+			select {
+			case <-c.stop:
+				stopping = true // read what is already queued, then end
+			default:
+			}
 		}
-		n, _, err := unix.Recvfrom(c.fd, buf, 0) // wakes every 50 ms to check stop
+		flags := 0
+		if stopping {
+			flags = unix.MSG_DONTWAIT
+		}
+		n, _, err := unix.Recvfrom(c.fd, buf, flags) // wakes every 50 ms to check stop
 		if err != nil {
+			if stopping {
+				return
+			}
 			continue
 		}
 		if p, ok := parseFrame(buf[:n]); ok {

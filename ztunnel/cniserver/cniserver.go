@@ -46,13 +46,17 @@ import (
 	"github.com/ambientmesh/ambient/internal/cniproto"
 )
 
-// PodSink receives pods; *ztunnel.Ztunnel satisfies it. Its methods are
-// called with the server's lock held, so they must not call back into the
-// Server, and must return promptly.
+// PodSink receives pods, keyed "namespace/name" (see PodKey) — the key the
+// workload API's Workload also has; *ztunnel.Ztunnel satisfies it. Its
+// methods are called with the server's lock held, so they must not call
+// back into the Server, and must return promptly.
 type PodSink interface {
-	AddPod(uid, nsPath string)
-	RemovePod(uid string)
+	AddPod(key, nsPath string)
+	RemovePod(key string)
 }
+
+// PodKey is the sink's key of a pod: "namespace/name".
+func PodKey(m cniproto.AddPod) string { return m.Namespace + "/" + m.Name }
 
 // Defaults for zero Config fields.
 const (
@@ -280,7 +284,7 @@ func (s *Server) addPod(m cniproto.AddPod, fd int, wantInode uint64) error {
 		return fmt.Errorf("cniserver: pod %s/%s (%s): already holding %d pods (Config.MaxPods)", m.Namespace, m.Name, m.UID, s.cfg.MaxPods)
 	}
 	s.pods[m.UID] = p
-	s.cfg.Pods.AddPod(m.UID, p.path)
+	s.cfg.Pods.AddPod(PodKey(m), p.path)
 	if old != nil {
 		unix.Close(old.fd) // only now: the sink no longer has its path
 	}
@@ -296,8 +300,8 @@ func (s *Server) removePod(uid string) {
 	defer s.mu.Unlock()
 	p := s.pods[uid]
 	delete(s.pods, uid)
-	s.cfg.Pods.RemovePod(uid)
 	if p != nil {
+		s.cfg.Pods.RemovePod(PodKey(p.info))
 		unix.Close(p.fd)
 		s.log.Info("pod removed", "uid", uid, "pod", p.info.Namespace+"/"+p.info.Name)
 	}
@@ -308,7 +312,7 @@ func (s *Server) removeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for uid, p := range s.pods {
-		s.cfg.Pods.RemovePod(uid)
+		s.cfg.Pods.RemovePod(PodKey(p.info))
 		unix.Close(p.fd)
 		delete(s.pods, uid)
 	}
