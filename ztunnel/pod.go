@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -33,6 +34,7 @@ type podProxy struct {
 	nsPath string
 
 	// Set by start, then read-only.
+	nsFile *os.File // our own handle on the pod's netns: nsPath stays valid while we serve
 	ip     netip.Addr
 	id     spiffeid.ID
 	src    *identity.Source
@@ -79,10 +81,17 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 	if p.id, err = outbound.WorkloadID(w); err != nil {
 		return err
 	}
+	// Hold the namespace ourselves: the path we were given (often the CNI
+	// server's /proc/self/fd/N) may go away before we are done with it.
+	if p.nsFile, err = os.Open(p.nsPath); err != nil {
+		return fmt.Errorf("open pod network namespace: %w", err)
+	}
+	p.nsPath = fmt.Sprintf("/proc/self/fd/%d", p.nsFile.Fd())
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	p.src, err = p.z.cfg.Certs.Acquire(cctx, p.id)
 	cancel()
 	if err != nil {
+		p.nsFile.Close()
 		return err
 	}
 	defer func() {
@@ -172,6 +181,9 @@ func (p *podProxy) cleanup() {
 		p.client.Close()
 	}
 	redirect.Remove(p.nsPath)
+	if p.nsFile != nil {
+		p.nsFile.Close()
+	}
 	p.z.cfg.Certs.Release(p.id)
 }
 
