@@ -38,45 +38,9 @@ func Diff(ref, ours []protoreflect.FileDescriptor) []string {
 	r, o := index(ref, packages), index(ours, packages)
 	d := &differ{}
 
-	for _, name := range sortedKeys(r.messages) {
-		om, ok := o.messages[name]
-		if !ok {
-			d.addf("message %s: missing in ours", name)
-			continue
-		}
-		d.message(r.messages[name], om)
-	}
-	for _, name := range sortedKeys(o.messages) {
-		if _, ok := r.messages[name]; !ok {
-			d.addf("message %s: not in the reference", name)
-		}
-	}
-	for _, name := range sortedKeys(r.enums) {
-		oe, ok := o.enums[name]
-		if !ok {
-			d.addf("enum %s: missing in ours", name)
-			continue
-		}
-		d.enum(r.enums[name], oe)
-	}
-	for _, name := range sortedKeys(o.enums) {
-		if _, ok := r.enums[name]; !ok {
-			d.addf("enum %s: not in the reference", name)
-		}
-	}
-	for _, name := range sortedKeys(r.services) {
-		os, ok := o.services[name]
-		if !ok {
-			d.addf("service %s: missing in ours", name)
-			continue
-		}
-		d.service(r.services[name], os)
-	}
-	for _, name := range sortedKeys(o.services) {
-		if _, ok := r.services[name]; !ok {
-			d.addf("service %s: not in the reference", name)
-		}
-	}
+	compareSets(d, "message", r.messages, o.messages, d.message)
+	compareSets(d, "enum", r.enums, o.enums, d.enum)
+	compareSets(d, "service", r.services, o.services, d.service)
 	sort.Strings(d.diffs)
 	return d.diffs
 }
@@ -351,4 +315,22 @@ func sortedKeys[V any](m map[protoreflect.FullName]V) []protoreflect.FullName {
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
 	return keys
+}
+
+// compareSets reports what is missing on either side and compares the
+// elements both sides have.
+func compareSets[T any](d *differ, kind string, ref, ours map[protoreflect.FullName]T, compare func(ref, ours T)) {
+	for _, name := range sortedKeys(ref) {
+		o, ok := ours[name]
+		if !ok {
+			d.addf("%s %s: missing in ours", kind, name)
+			continue
+		}
+		compare(ref[name], o)
+	}
+	for _, name := range sortedKeys(ours) {
+		if _, ok := ref[name]; !ok {
+			d.addf("%s %s: not in the reference", kind, name)
+		}
+	}
 }
