@@ -13,19 +13,15 @@ import (
 // w is a socket the read loop may also write to it directly (see pushData);
 // sinkBusy keeps the two writers in order.
 func (s *stream) WriteTo(w io.Writer) (int64, error) {
-	if sc, ok := w.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			sw := &sinkWriter{rc: rc}
-			sw.writeFn = sw.writeFD
+	if sw := newSinkWriter(w); sw != nil {
+		s.mu.Lock()
+		s.sink = sw
+		s.mu.Unlock()
+		defer func() {
 			s.mu.Lock()
-			s.sink = sw
+			s.sink = nil
 			s.mu.Unlock()
-			defer func() {
-				s.mu.Lock()
-				s.sink = nil
-				s.mu.Unlock()
-			}()
-		}
+		}()
 	}
 	dst := w
 	if rs := newRawSocket(w); rs != nil {
@@ -42,15 +38,12 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 			}
 			return total + s.directBytes(), err
 		}
-		n, err := dst.Write(c.data)
-		putBuf(c.bp)
+		n, err := s.writeChunk(dst, c)
 		s.mu.Lock()
 		s.sinkBusy = false
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		total += int64(n)
-		s.bytesIn.Add(int64(n))
-		s.c.returnCredit(s, len(c.data))
 		if err != nil {
 			return total + s.directBytes(), err
 		}
@@ -63,14 +56,8 @@ func (s *stream) takeLocked() (chunk, error) {
 		switch {
 		case s.sinkBusy:
 		case s.head < len(s.recv):
-			c := s.recv[s.head]
-			s.recv[s.head] = chunk{}
-			s.head++
-			if s.head == len(s.recv) {
-				s.recv, s.head = s.recv[:0], 0
-			}
 			s.sinkBusy = true
-			return c, nil
+			return s.shiftLocked(), nil
 		case s.err != nil:
 			return chunk{}, s.err
 		case s.recvEOF:
@@ -140,13 +127,7 @@ func (s *stream) drainTo(w io.Writer, done func(n int64, err error)) {
 	if rs := newRawSocket(w); rs != nil {
 		d.w = rs
 	}
-	var sw *sinkWriter
-	if sc, ok := w.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			sw = &sinkWriter{rc: rc}
-			sw.writeFn = sw.writeFD
-		}
-	}
+	sw := newSinkWriter(w)
 	s.mu.Lock()
 	s.sink, s.drain = sw, d
 	s.kickDrainLocked()
@@ -173,18 +154,10 @@ func (s *stream) drainLoop() {
 	for {
 		s.mu.Lock()
 		if s.head < len(s.recv) {
-			c := s.recv[s.head]
-			s.recv[s.head] = chunk{}
-			s.head++
-			if s.head == len(s.recv) {
-				s.recv, s.head = s.recv[:0], 0
-			}
+			c := s.shiftLocked()
 			s.mu.Unlock()
-			n, err := d.w.Write(c.data)
-			putBuf(c.bp)
+			n, err := s.writeChunk(d.w, c)
 			d.total += int64(n)
-			s.bytesIn.Add(int64(n))
-			s.c.returnCredit(s, len(c.data))
 			if err != nil {
 				s.finishDrain(err)
 				return
@@ -216,4 +189,29 @@ func (s *stream) finishDrain(err error) {
 	n := d.total + s.direct
 	s.mu.Unlock()
 	d.done(n, err)
+}
+
+// writeChunk writes a taken chunk to w, recycles its buffer and returns the
+// flow-control credit for it.
+func (s *stream) writeChunk(w io.Writer, c chunk) (int, error) {
+	n, err := w.Write(c.data)
+	putBuf(c.bp)
+	s.bytesIn.Add(int64(n))
+	s.c.returnCredit(s, len(c.data))
+	return n, err
+}
+
+// newSinkWriter returns nil when w is not a socket.
+func newSinkWriter(w io.Writer) *sinkWriter {
+	sc, ok := w.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	sw := &sinkWriter{rc: rc}
+	sw.writeFn = sw.writeFD
+	return sw
 }

@@ -143,15 +143,20 @@ func (s *stream) nextLocked() (*chunk, error) {
 	return &s.recv[s.head], nil
 }
 
-// popLocked drops the first chunk, recycling its buffer.
-func (s *stream) popLocked() {
-	putBuf(s.recv[s.head].bp)
+// shiftLocked removes and returns the first unconsumed chunk. s.mu must be
+// held and a chunk must be queued.
+func (s *stream) shiftLocked() chunk {
+	c := s.recv[s.head]
 	s.recv[s.head] = chunk{}
 	s.head++
 	if s.head == len(s.recv) {
 		s.recv, s.head = s.recv[:0], 0
 	}
+	return c
 }
+
+// popLocked drops the first chunk, recycling its buffer.
+func (s *stream) popLocked() { putBuf(s.shiftLocked().bp) }
 
 // Read implements net.Conn.
 func (s *stream) Read(p []byte) (int, error) {
