@@ -1,14 +1,31 @@
-// Command istiod-lite is the ambient mesh's control plane: it watches the
-// cluster (package istiod-lite/controller) and serves the workload API to
-// every ztunnel over Delta ADS (package istiod-lite/xds).
+// Command istiod-lite is the ambient mesh's control plane (package
+// istiod-lite/server): the mesh CA and the workload API for every ztunnel,
+// both on one TLS 1.3 gRPC port.
 //
-//	istiod-lite [--kubeconfig PATH] [--xds-addr 127.0.0.1:15012]
+//	istiod-lite [--kubeconfig PATH] [--namespace istio-system]
+//	            [--grpc-addr :15012] [--monitoring-addr :15014] [--ready-addr :8080]
+//	            [--tls-san NAME-OR-IP]... [--node-proxy NS/SA]... [--root-cert-out PATH]
 //	            [--root-namespace istio-system] [--trust-domain cluster.local]
+//	            [--cluster-id Kubernetes] [--log-level info]
 //
-// Without --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
-// service-account configuration. The xDS listener is PLAINTEXT for now: bind
-// it to loopback or a trusted network until TLS with the mesh CA lands.
-// Logs are JSON on stderr. SIGINT or SIGTERM stops both components and exits 0.
+// At start it loads the CA from Secret "cacerts" in --namespace (Istio's
+// plug-in CA; refusing to start if it is malformed), else from
+// "istio-ca-secret", which it creates with a new self-signed root when
+// missing, and publishes the root in ConfigMap "istio-ca-root-cert".
+//
+// The gRPC port serves istio.v1.auth.IstioCertificateService and Delta ADS
+// with a certificate for istiod.<namespace>.svc (and
+// .svc.cluster.local, plus every --tls-san) issued by that CA. Both require
+// a ServiceAccount token ("authorization: Bearer ...", audience istio-ca);
+// xDS additionally requires a node-proxy account (default
+// istio-system/ztunnel). Prometheus metrics are on --monitoring-addr
+// /metrics; GET /ready on --ready-addr answers 200 once the CA, the gRPC
+// listener and the first cluster sync are in place.
+//
+// --namespace defaults to $POD_NAMESPACE, else istio-system. Without
+// --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
+// configuration. --xds-addr is a deprecated alias of --grpc-addr.
+// Logs are JSON on stderr. SIGINT or SIGTERM stops everything and exits 0.
 package main
 
 import (
@@ -18,34 +35,64 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
-	"github.com/ambientmesh/ambient/istiod-lite/translate"
-	"github.com/ambientmesh/ambient/istiod-lite/xds"
+	"github.com/ambientmesh/ambient/istiod-lite/server"
 )
 
 type options struct {
-	kubeconfig    string
-	xdsAddr       string
-	rootNamespace string
-	trustDomain   string
-	clusterID     string
-	logLevel      slog.Level
+	kubeconfig     string
+	namespace      string
+	grpcAddr       string
+	monitoringAddr string
+	readyAddr      string
+	tlsSANs        []string
+	nodeProxies    []identity.Workload
+	rootCertOut    string
+	rootNamespace  string
+	trustDomain    string
+	clusterID      string
+	logLevel       slog.Level
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
-	var o options
+	o := options{namespace: os.Getenv("POD_NAMESPACE")}
+	if o.namespace == "" {
+		o.namespace = server.DefaultNamespace
+	}
 	fs := flag.NewFlagSet("istiod-lite", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig `path`; empty: in-cluster config")
-	fs.StringVar(&o.xdsAddr, "xds-addr", "127.0.0.1:15012", "listen `address` of the (plaintext) xDS server")
+	fs.StringVar(&o.namespace, "namespace", o.namespace, "istiod-lite's `namespace`: CA Secrets, root ConfigMap, serving certificate name (default $POD_NAMESPACE or istio-system)")
+	fs.StringVar(&o.grpcAddr, "grpc-addr", server.DefaultGRPCAddr, "listen `address` of the TLS gRPC server (CA and xDS)")
+	fs.Func("xds-addr", "deprecated alias of --grpc-addr", func(s string) error { o.grpcAddr = s; return nil })
+	fs.StringVar(&o.monitoringAddr, "monitoring-addr", server.DefaultMonitoringAddr, "listen `address` of Prometheus /metrics")
+	fs.StringVar(&o.readyAddr, "ready-addr", server.DefaultReadyAddr, "listen `address` of GET /ready")
+	fs.Func("tls-san", "extra DNS `name or IP` in the gRPC serving certificate (repeatable)", func(s string) error {
+		if s == "" {
+			return errors.New("empty name")
+		}
+		o.tlsSANs = append(o.tlsSANs, s)
+		return nil
+	})
+	fs.Func("node-proxy", "`namespace/serviceaccount` of node proxies allowed xDS and impersonation (repeatable; default istio-system/ztunnel)", func(s string) error {
+		ns, sa, ok := strings.Cut(s, "/")
+		if !ok || ns == "" || sa == "" || strings.Contains(sa, "/") {
+			return fmt.Errorf("%q is not namespace/serviceaccount", s)
+		}
+		o.nodeProxies = append(o.nodeProxies, identity.Workload{Namespace: ns, ServiceAccount: sa})
+		return nil
+	})
+	fs.StringVar(&o.rootCertOut, "root-cert-out", "", "if set, write the root certificate(s) as PEM to this `file`")
 	fs.StringVar(&o.rootNamespace, "root-namespace", controller.DefaultRootNamespace, "`namespace` of mesh-wide policies")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "trust `domain` of workload identities")
 	fs.StringVar(&o.clusterID, "cluster-id", "Kubernetes", "cluster `id` in workload uids")
@@ -55,6 +102,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if _, err := spiffeid.TrustDomainFromString(o.trustDomain); err != nil {
+		return o, fmt.Errorf("--trust-domain %q: %w", o.trustDomain, err)
+	}
+	if o.namespace == "" {
+		return o, errors.New("--namespace is empty")
 	}
 	return o, nil
 }
@@ -77,9 +130,9 @@ func main() {
 	}
 }
 
-// run serves until ctx ends. ready, if not nil, receives the xDS listen
-// address once listening.
-func run(ctx context.Context, o options, log *slog.Logger, ready func(net.Addr)) error {
+// run serves until ctx ends. listening, if not nil, receives the bound
+// addresses before the CA is loaded (see server.Config.Listening).
+func run(ctx context.Context, o options, log *slog.Logger, listening func(server.Addrs)) error {
 	var rc *rest.Config
 	var err error
 	if o.kubeconfig != "" {
@@ -90,42 +143,27 @@ func run(ctx context.Context, o options, log *slog.Logger, ready func(net.Addr))
 	if err != nil {
 		return fmt.Errorf("kube config (pass --kubeconfig outside a cluster): %w", err)
 	}
-	cache := xds.NewCache()
-	ctrl, err := controller.New(controller.Config{
-		RESTConfig:    rc,
-		Cache:         cache,
-		Translate:     translate.Config{TrustDomain: o.trustDomain, ClusterID: o.clusterID},
-		RootNamespace: o.rootNamespace,
-		Logger:        log,
+	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain %q: %w", o.trustDomain, err)
+	}
+	srv, err := server.New(server.Config{
+		RESTConfig:     rc,
+		Namespace:      o.namespace,
+		TrustDomain:    td,
+		ClusterID:      o.clusterID,
+		RootNamespace:  o.rootNamespace,
+		NodeProxies:    o.nodeProxies,
+		ExtraSANs:      o.tlsSANs,
+		GRPCAddr:       o.grpcAddr,
+		MonitoringAddr: o.monitoringAddr,
+		ReadyAddr:      o.readyAddr,
+		RootCertOut:    o.rootCertOut,
+		Logger:         log,
+		Listening:      listening,
 	})
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", o.xdsAddr)
-	if err != nil {
-		return fmt.Errorf("xds: listen %s: %w", o.xdsAddr, err)
-	}
-	srv, err := xds.New(xds.Config{Cache: cache, Listener: ln, Logger: log})
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	log.Warn("istiod-lite: xDS served in plaintext", "addr", ln.Addr().String())
-	if ready != nil {
-		ready(ln.Addr())
-	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	errc := make(chan error, 2)
-	go func() { errc <- srv.Run(ctx) }()
-	go func() { errc <- ctrl.Run(ctx) }()
-	var first error
-	for range 2 {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-		cancel() // one component ending stops the other
-	}
-	return first
+	return srv.Run(ctx)
 }

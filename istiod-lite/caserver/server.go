@@ -30,7 +30,8 @@
 // Istio's: the leaf, any intermediates, then the root(s).
 //
 // Every status message says why the request was refused. Token contents are
-// never logged.
+// never logged. [Config.Metrics] counts requests, issuances and refusals by
+// reason ([NewPrometheusMetrics] uses Istio's citadel_server_* names).
 //
 // The Kubernetes clients here speak the REST API directly with net/http and
 // encoding/json (no client-go), with bounded bodies and timeouts.
@@ -88,6 +89,8 @@ type Config struct {
 	// Logger receives one line per refused or issued certificate; nil
 	// discards.
 	Logger *slog.Logger
+	// Metrics defaults to a no-op; see [NewPrometheusMetrics].
+	Metrics Metrics
 }
 
 // Server implements IstioCertificateService.
@@ -128,6 +131,9 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopMetrics{}
+	}
 	return &Server{cfg: cfg, policy: policy, log: log}, nil
 }
 
@@ -163,19 +169,22 @@ func (s *Server) Run(ctx context.Context) error {
 // CreateCertificate authenticates the caller, authorizes the identity it
 // asks for and signs its CSR. See the package doc.
 func (s *Server) CreateCertificate(ctx context.Context, req *capb.IstioCertificateRequest) (*capb.IstioCertificateResponse, error) {
+	s.cfg.Metrics.Request()
 	resp, caller, dec, err := s.createCertificate(ctx, req)
 	if err != nil {
 		st := toStatus(err)
+		s.cfg.Metrics.Refused(reason(st.Code()), isSignError(err))
 		s.log.Info("caserver: certificate refused", "caller", caller.String(), "code", st.Code().String(), "reason", st.Message())
 		return nil, st.Err()
 	}
+	s.cfg.Metrics.Issued()
 	s.log.Info("caserver: certificate issued", "caller", caller.String(), "identity", dec.Identity.String())
 	return resp, nil
 }
 
 func (s *Server) createCertificate(ctx context.Context, req *capb.IstioCertificateRequest) (*capb.IstioCertificateResponse, Caller, Decision, error) {
 	var caller Caller
-	token, err := bearerToken(ctx)
+	token, err := BearerToken(ctx)
 	if err != nil {
 		return nil, caller, Decision{}, err
 	}
@@ -212,7 +221,7 @@ func (s *Server) createCertificate(ctx context.Context, req *capb.IstioCertifica
 	}
 	chainPEM, err := s.cfg.Authority.SignCSR([]byte(req.GetCsr()), dec.Identity, ttl)
 	if err != nil {
-		return nil, caller, dec, err
+		return nil, caller, dec, signError{err}
 	}
 	chain := splitPEM(chainPEM)
 	chain = append(chain, splitPEM(s.cfg.Authority.RootsPEM())...)
@@ -236,9 +245,9 @@ func (s *Server) ttl(seconds int64) (time.Duration, error) {
 	return ttl, nil
 }
 
-// bearerToken returns the token of the "authorization: Bearer <token>"
+// BearerToken returns the token of the "authorization: Bearer <token>"
 // call metadata.
-func bearerToken(ctx context.Context) (string, error) {
+func BearerToken(ctx context.Context) (string, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) == 0 {
