@@ -2,12 +2,25 @@
 // ztunnel): it serves every enrolled pod of its node from inside the pod's
 // network namespace.
 //
-// Until the xDS client exists the mesh comes from --local-config, a YAML file
-// in the workload API's shape that is re-read when it changes (package
-// ztunnel/localconfig), and pods are registered with --pod UID=NETNS_PATH or
-// found in --netns-dir until the CNI plugin hands them over. Certificates are
-// signed in-process by a CA loaded from --ca-cert/--ca-key, or by a
-// self-signed CA generated at start whose root is written next to the config.
+// The mesh comes from exactly one of two sources:
+//
+//   - --xds-address HOST:PORT (istiod-lite, e.g. istiod.istio-system.svc:15012):
+//     the workload API over Delta ADS (package ztunnel/xdsclient), and pod
+//     certificates from istiod-lite's CA (package ztunnel/caclient) at
+//     --ca-address, which defaults to the same address. Both connections use
+//     TLS 1.3, trust the roots of --ca-root-file (re-read when it changes)
+//     and expect the server name --xds-server-name; both authenticate with
+//     the projected ServiceAccount token of --token-file (audience istio-ca),
+//     re-read for every request. /healthz/ready stays 503 until the first
+//     configuration of every type has arrived.
+//   - --local-config FILE: a YAML file in the workload API's shape that is
+//     re-read when it changes (package ztunnel/localconfig). Certificates are
+//     then signed in-process by a CA loaded from --ca-cert/--ca-key, or by a
+//     self-signed CA generated at start whose root is written next to the
+//     config.
+//
+// Pods are registered with --pod UID=NETNS_PATH, found in --netns-dir, or
+// handed over by the ambient-cni plugin on --cni-socket.
 //
 // Endpoints (package ztunnel/admin): --admin-addr (config dump, connections),
 // --metrics-addr (Prometheus), --ready-addr (/healthz/ready). Logs are JSON on
@@ -27,6 +40,8 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/ambientmesh/ambient/ztunnel/caclient"
 )
 
 func main() {
@@ -55,6 +70,13 @@ type options struct {
 	trustDomain string
 	clusterID   string
 	localConfig string
+	// With --xds-address: istiod-lite's addresses and credentials.
+	xdsAddress    string
+	caAddress     string
+	caRootFile    string
+	tokenFile     string
+	xdsServerName string
+	// With --local-config: the in-process CA.
 	caCert      string
 	caKey       string
 	caRoot      string
@@ -100,9 +122,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name: only workloads on it are served (default $NODE_NAME)")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "the mesh's SPIFFE trust domain")
-	fs.StringVar(&o.clusterID, "cluster-id", "Kubernetes", "cluster name for the *_cluster metric labels")
-	fs.StringVar(&o.localConfig, "local-config", "", "YAML file describing the mesh (workloads, services, policies); re-read when it changes. Required until the xDS client exists")
-	fs.StringVar(&o.caCert, "ca-cert", "", "PEM signing certificate (and chain) of the CA that issues pod certificates; with --ca-key")
+	fs.StringVar(&o.clusterID, "cluster-id", "Kubernetes", "cluster name for the *_cluster metric labels; with --xds-address also sent to istiod-lite's CA as clusterid")
+	fs.StringVar(&o.localConfig, "local-config", "", "YAML file describing the mesh (workloads, services, policies); re-read when it changes. Exclusive with --xds-address")
+	fs.StringVar(&o.xdsAddress, "xds-address", "", "istiod-lite's xDS address, e.g. istiod.istio-system.svc:15012: the mesh comes from there. Exclusive with --local-config")
+	fs.StringVar(&o.caAddress, "ca-address", "", "istiod-lite's CA address for pod certificates (default --xds-address)")
+	fs.StringVar(&o.caRootFile, "ca-root-file", caclient.DefaultRootFile, "PEM root certificates that sign istiod-lite's serving certificate (with --xds-address); re-read when it changes")
+	fs.StringVar(&o.tokenFile, "token-file", caclient.DefaultTokenFile, "projected ServiceAccount token (audience istio-ca) sent to istiod-lite (with --xds-address); re-read for every request")
+	fs.StringVar(&o.xdsServerName, "xds-server-name", caclient.DefaultServerName, "DNS name istiod-lite's serving certificate must carry (with --xds-address)")
+	fs.StringVar(&o.caCert, "ca-cert", "", "PEM signing certificate (and chain) of the in-process CA that issues pod certificates with --local-config; with --ca-key")
 	fs.StringVar(&o.caKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&o.caRoot, "ca-root", "", "PEM root certificates, when --ca-cert is an intermediate")
 	fs.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (/config_dump, /debug/connections)")
@@ -123,8 +150,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.node == "" {
 		return o, errors.New("--node is required (or set NODE_NAME): the name of the node this ztunnel serves")
 	}
-	if o.localConfig == "" {
-		return o, errors.New("--local-config is required: the xDS client does not exist yet, so the mesh must come from a YAML file")
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := checkConfigSource(o, set); err != nil {
+		return o, err
+	}
+	if o.xdsAddress != "" && o.caAddress == "" {
+		o.caAddress = o.xdsAddress
 	}
 	if (o.caCert == "") != (o.caKey == "") {
 		return o, errors.New("--ca-cert and --ca-key go together: give both, or neither to generate a self-signed CA")
@@ -133,4 +165,36 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--ca-root needs --ca-cert and --ca-key")
 	}
 	return o, nil
+}
+
+// checkConfigSource checks that exactly one config source is given and that
+// the flags given belong to it; set holds the flags given explicitly.
+func checkConfigSource(o options, set map[string]bool) error {
+	switch {
+	case o.localConfig == "" && o.xdsAddress == "":
+		return errors.New("no config source: give --xds-address HOST:PORT (istiod-lite, e.g. istiod.istio-system.svc:15012) or --local-config FILE (a YAML mesh)")
+	case o.localConfig != "" && o.xdsAddress != "":
+		return errors.New("--local-config and --xds-address are exclusive: the mesh comes either from a YAML file or from istiod-lite; give one")
+	}
+	if o.xdsAddress != "" {
+		for _, name := range []string{"ca-cert", "ca-key", "ca-root"} {
+			if set[name] {
+				return fmt.Errorf("--%s configures the in-process CA of --local-config; with --xds-address certificates come from istiod-lite (--ca-address, --ca-root-file, --token-file): drop --%s", name, name)
+			}
+		}
+		for _, f := range []struct{ name, value string }{
+			{"ca-root-file", o.caRootFile}, {"token-file", o.tokenFile}, {"xds-server-name", o.xdsServerName},
+		} {
+			if f.value == "" {
+				return fmt.Errorf("--%s is empty; it is needed with --xds-address", f.name)
+			}
+		}
+		return nil
+	}
+	for _, name := range []string{"ca-address", "ca-root-file", "token-file", "xds-server-name"} {
+		if set[name] {
+			return fmt.Errorf("--%s is for --xds-address; with --local-config certificates come from the in-process CA (--ca-cert, --ca-key)", name)
+		}
+	}
+	return nil
 }

@@ -122,7 +122,13 @@ func TestZtunnel_UsageErrorsExit2(t *testing.T) {
 		want string
 	}{
 		{"no node", []string{"--local-config", cfg}, "--node is required"},
-		{"no config", []string{"--node", "n"}, "--local-config is required"},
+		{"no config source", []string{"--node", "n"}, "no config source: give --xds-address"},
+		{"both config sources", []string{"--node", "n", "--local-config", cfg, "--xds-address", "istiod:15012"}, "--local-config and --xds-address are exclusive"},
+		{"local CA cert with xds", []string{"--node", "n", "--xds-address", "istiod:15012", "--ca-cert", cfg, "--ca-key", cfg}, "--ca-cert configures the in-process CA of --local-config"},
+		{"local CA root with xds", []string{"--node", "n", "--xds-address", "istiod:15012", "--ca-root", cfg}, "--ca-root configures the in-process CA"},
+		{"xds flag with local config", []string{"--node", "n", "--local-config", cfg, "--token-file", cfg}, "--token-file is for --xds-address"},
+		{"ca address with local config", []string{"--node", "n", "--local-config", cfg, "--ca-address", "ca:15012"}, "--ca-address is for --xds-address"},
+		{"empty root file with xds", []string{"--node", "n", "--xds-address", "istiod:15012", "--ca-root-file", ""}, "--ca-root-file is empty"},
 		{"cert without key", []string{"--node", "n", "--local-config", cfg, "--ca-cert", cfg}, "--ca-cert and --ca-key go together"},
 		{"bad pod flag", []string{"--node", "n", "--local-config", cfg, "--pod", "nopath"}, "want UID=NETNS_PATH"},
 		{"bad log level", []string{"--node", "n", "--local-config", cfg, "--log-level", "loud"}, "log-level"},

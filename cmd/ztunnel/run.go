@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
@@ -40,8 +41,10 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	}
 	// Check the config first: a broken file is the likeliest mistake, and
 	// saying so beats any later error.
-	if _, err := localconfig.Load(o.localConfig); err != nil {
-		return fmt.Errorf("--local-config: %w; fix the file or point --local-config at a valid one", err)
+	if o.localConfig != "" {
+		if _, err := localconfig.Load(o.localConfig); err != nil {
+			return fmt.Errorf("--local-config: %w; fix the file or point --local-config at a valid one", err)
+		}
 	}
 	if err := checkPrivileges(); err != nil {
 		return err
@@ -57,11 +60,33 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		}
 	}
 
-	authority, err := loadCA(o, td, logger)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := telemetry.NewMetrics(reg, o.clusterID)
 	if err != nil {
 		return err
 	}
-	mgr, err := certs.New(certs.Config{Sign: certs.LocalSigner(authority, 0), Logger: logger})
+
+	// The mesh and the certificates come from istiod-lite, or from the
+	// local file and the in-process CA.
+	store := state.NewStore()
+	var sign identity.SignFunc
+	var ist *istiod
+	if o.xdsAddress != "" {
+		ist, err = dialIstiod(o, store, reg, logger)
+		if err != nil {
+			return err
+		}
+		defer ist.Close()
+		sign = ist.ca.Sign
+	} else {
+		authority, err := loadCA(o, td, logger)
+		if err != nil {
+			return err
+		}
+		sign = certs.LocalSigner(authority, 0)
+	}
+	mgr, err := certs.New(certs.Config{Sign: sign, Logger: logger})
 	if err != nil {
 		return err
 	}
@@ -75,13 +100,6 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		}
 		defer f.Close()
 		flowOut = f
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := telemetry.NewMetrics(reg, o.clusterID)
-	if err != nil {
-		return err
 	}
 
 	var lns []net.Listener
@@ -100,7 +118,6 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		lns = append(lns, ln)
 	}
 
-	store := state.NewStore()
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, TrustDomain: td, Store: store, Certs: mgr,
 		FlowLog: telemetry.NewFlowLog(flowOut), Metrics: metrics, Logger: logger,
@@ -108,9 +125,13 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	if err != nil {
 		return err
 	}
+	src := admin.NewSource(z, store, mgr)
+	if ist != nil {
+		src = readyWhenSynced{Source: src, synced: ist.xds.Synced}
+	}
 	srv, err := admin.New(admin.Config{
 		Admin: lns[0], Metrics: lns[1], Readiness: lns[2],
-		Source: admin.NewSource(z, store, mgr), Gatherer: reg, Logger: logger,
+		Source: src, Gatherer: reg, Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -133,13 +154,17 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 			}
 		}()
 	}
-	start("local config", func(ctx context.Context) error {
-		return localconfig.Watch(ctx, o.localConfig, func(snap state.Snapshot) {
-			if err := store.Replace(snap); err != nil {
-				logger.Warn("local config rejected by the state store; keeping the last good one", "err", err)
-			}
-		}, logger)
-	})
+	if ist != nil {
+		start("xDS client", ist.xds.Run)
+	} else {
+		start("local config", func(ctx context.Context) error {
+			return localconfig.Watch(ctx, o.localConfig, func(snap state.Snapshot) {
+				if err := store.Replace(snap); err != nil {
+					logger.Warn("local config rejected by the state store; keeping the last good one", "err", err)
+				}
+			}, logger)
+		})
+	}
 	start("admin server", srv.Run)
 	if o.netnsDir != "" {
 		start("netns dir", func(ctx context.Context) error { return watchNetnsDir(ctx, o.netnsDir, z, logger) })
@@ -152,7 +177,11 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		start("CNI server", cni.Run)
 	}
 
-	logger.Info("ztunnel started", "node", o.node, "trust_domain", td.String(),
+	source := "local-config " + o.localConfig
+	if ist != nil {
+		source = "xds " + o.xdsAddress + ", ca " + o.caAddress
+	}
+	logger.Info("ztunnel started", "node", o.node, "trust_domain", td.String(), "config", source,
 		"admin", lns[0].Addr().String(), "metrics", lns[1].Addr().String(), "ready", lns[2].Addr().String())
 	zerr := z.Run(ctx) // returns once every pod is unenrolled
 	cancel()
