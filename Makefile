@@ -7,7 +7,7 @@ FUZZTIME ?= 5s
 # Packages with goroutines and locks, run again under the race detector.
 RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/...
 
-.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel demo lint deps
+.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel demo lint deps
 
 all: build
 
@@ -47,8 +47,9 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## bench: Go micro-benchmarks, then the tunnel against C TLS proxies.
-bench: bench-go bench-tunnel
+## bench: Go micro-benchmarks, the tunnel against C TLS proxies, then ztunnel
+## as a process in network namespaces (pod to pod vs C pairs, idle conns).
+bench: bench-go bench-tunnel bench-ztunnel
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/hbone/ ./ztunnel/
@@ -56,6 +57,13 @@ bench-go:
 bench-tunnel: build
 	hack/install-deps.sh bench
 	$(BIN)/meshbench tunnel $(BENCH_FLAGS)
+
+# Needs root (network namespaces); about 4 minutes. Knobs: PROCBENCH_ROUNDS,
+# PROCBENCH_BULK_MIB, PROCBENCH_LATENCY_SECONDS, PROCBENCH_PAIRS (see
+# docs/benchmarks.md).
+bench-ztunnel:
+	hack/install-deps.sh bench
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./ztunnel/procbench/
 
 ## demo: the tunnel end to end on loopback, narrated.
 demo: build

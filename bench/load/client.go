@@ -22,12 +22,24 @@ type BulkResult struct {
 // MBps is the transfer rate in 10^6 bytes per second.
 func (r BulkResult) MBps() float64 { return stats.Throughput(r.Bytes, r.Elapsed) }
 
-// dial opens a benchmark connection to addr, sends the header and waits for
-// the backend's acknowledgement, so the path is fully established on return.
-// The connection is closed when ctx is done.
-func dial(ctx context.Context, addr string, h Header) (net.Conn, func(), error) {
+// DialFunc opens the TCP connection of a benchmark run to addr. It lets the
+// load client run elsewhere than the calling thread's network namespace
+// (e.g. internal/netns.DialTCP into a pod). Nil means a net.Dialer here.
+type DialFunc func(ctx context.Context, addr string) (net.Conn, error)
+
+func (f DialFunc) dial(ctx context.Context, addr string) (net.Conn, error) {
+	if f != nil {
+		return f(ctx, addr)
+	}
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// dialBench opens a benchmark connection to addr through df, sends the
+// header and waits for the backend's acknowledgement, so the path is fully
+// established on return. The connection is closed when ctx is done.
+func dialBench(ctx context.Context, df DialFunc, addr string, h Header) (net.Conn, func(), error) {
+	c, err := df.dial(ctx, addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("load: dial %s: %w", addr, err)
 	}
@@ -65,7 +77,12 @@ func ctxErr(ctx context.Context, err error) error {
 // one reused buffer and returns how long it took until the backend confirmed
 // receipt of all of them.
 func Upload(ctx context.Context, addr string, n int64, bufSize int) (BulkResult, error) {
-	c, closeConn, err := dial(ctx, addr, Header{Op: OpUpload, Length: uint64(n)})
+	return UploadVia(ctx, nil, addr, n, bufSize)
+}
+
+// UploadVia is Upload over a connection opened by dial.
+func UploadVia(ctx context.Context, dial DialFunc, addr string, n int64, bufSize int) (BulkResult, error) {
+	c, closeConn, err := dialBench(ctx, dial, addr, Header{Op: OpUpload, Length: uint64(n)})
 	if err != nil {
 		return BulkResult{}, err
 	}
@@ -93,7 +110,12 @@ func Upload(ctx context.Context, addr string, n int64, bufSize int) (BulkResult,
 // Download asks the backend for n bytes through addr, reads them in bufSize
 // chunks and returns how long they took to arrive.
 func Download(ctx context.Context, addr string, n int64, bufSize int) (BulkResult, error) {
-	c, closeConn, err := dial(ctx, addr, Header{Op: OpDownload, Length: uint64(n)})
+	return DownloadVia(ctx, nil, addr, n, bufSize)
+}
+
+// DownloadVia is Download over a connection opened by dial.
+func DownloadVia(ctx context.Context, dial DialFunc, addr string, n int64, bufSize int) (BulkResult, error) {
+	c, closeConn, err := dialBench(ctx, dial, addr, Header{Op: OpDownload, Length: uint64(n)})
 	if err != nil {
 		return BulkResult{}, err
 	}
@@ -124,6 +146,12 @@ type LatencyConfig struct {
 	// Timeout bounds a single round trip; a connection whose request takes
 	// longer is abandoned and its remaining requests counted as errors.
 	Timeout time.Duration
+	// Dial opens the connections (nil: a net.Dialer in this namespace).
+	Dial DialFunc
+	// Started, if set, is called once every connection is open and warm,
+	// just before the measured period: the moment to sample the CPU time of
+	// the processes on the path.
+	Started func()
 }
 
 // LatencyResult is the outcome of an open-loop run.
@@ -151,7 +179,7 @@ func Latency(ctx context.Context, cfg LatencyConfig) (LatencyResult, error) {
 	conns := make([]net.Conn, 0, cfg.Conns)
 	buf := make([]byte, cfg.Size)
 	for range cfg.Conns {
-		c, closeConn, err := dial(ctx, cfg.Addr, Header{Op: OpEcho, Length: uint64(cfg.Size)})
+		c, closeConn, err := dialBench(ctx, cfg.Dial, cfg.Addr, Header{Op: OpEcho, Length: uint64(cfg.Size)})
 		if err != nil {
 			return LatencyResult{}, err
 		}
@@ -164,6 +192,9 @@ func Latency(ctx context.Context, cfg LatencyConfig) (LatencyResult, error) {
 		}
 	}
 
+	if cfg.Started != nil {
+		cfg.Started()
+	}
 	sched := stats.Schedule{Start: time.Now().Add(20 * time.Millisecond), Rate: cfg.Rate, Conns: cfg.Conns}
 	total := sched.Count(cfg.Duration)
 	samples := make([]time.Duration, total)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,5 +150,39 @@ func TestUpload_CancelledContextStopsTransfer(t *testing.T) {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("cancellation took %v", time.Since(start))
+	}
+}
+
+func TestVia_EveryConnectionComesFromTheDialFunc(t *testing.T) {
+	addr := startBackend(t)
+	var dials atomic.Int32
+	dial := func(ctx context.Context, a string) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", a)
+	}
+	ctx := t.Context()
+	if _, err := UploadVia(ctx, dial, addr, 1<<20, 64<<10); err != nil {
+		t.Fatalf("UploadVia: %v", err)
+	}
+	if _, err := DownloadVia(ctx, dial, addr, 1<<20, 64<<10); err != nil {
+		t.Fatalf("DownloadVia: %v", err)
+	}
+	var started atomic.Int32
+	res, err := Latency(ctx, LatencyConfig{
+		Addr: addr, Rate: 200, Duration: 50 * time.Millisecond, Conns: 3, Size: 64, Warmup: 1,
+		Dial: dial,
+		Started: func() {
+			if dials.Load() != 5 { // the bulk pair and all three latency connections
+				t.Errorf("Started before every connection was open: %d dials", dials.Load())
+			}
+			started.Add(1)
+		},
+	})
+	if err != nil || res.Errors != 0 {
+		t.Fatalf("Latency: %+v, %v", res, err)
+	}
+	if dials.Load() != 5 || started.Load() != 1 {
+		t.Errorf("dials %d, Started called %d times; want 5 and 1", dials.Load(), started.Load())
 	}
 }

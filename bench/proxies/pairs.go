@@ -1,7 +1,9 @@
 package proxies
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -43,6 +45,10 @@ type Proc struct {
 	Argv  []string // Argv[0] is the executable
 	Files []File   // written (0600) before starting
 	Ready string   // address that accepts TCP connections once it is up
+	// Dial reaches Ready; nil means a net.Dialer in this process's network
+	// namespace. Set it when the process runs in another namespace (its
+	// Argv then starts with e.g. "ip netns exec NAME").
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Log captures the process's stdout and stderr.
 	Log string
 	// ExtraLogs are other files the process logs to.

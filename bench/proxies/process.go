@@ -82,8 +82,7 @@ func (r *Running) waitReady(ctx context.Context, timeout time.Duration) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		d := net.Dialer{Timeout: 200 * time.Millisecond}
-		c, err := d.DialContext(ctx, "tcp", r.Proc.Ready)
+		c, err := r.dialReady(ctx)
 		if err == nil {
 			c.Close()
 			return nil
@@ -99,6 +98,16 @@ func (r *Running) waitReady(ctx context.Context, timeout time.Duration) error {
 			return fmt.Errorf("proxies: %s not listening on %s after %v: %v", r.Proc.Name, r.Proc.Ready, timeout, err)
 		}
 	}
+}
+
+func (r *Running) dialReady(ctx context.Context) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if r.Proc.Dial != nil {
+		return r.Proc.Dial(ctx, r.Proc.Ready)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", r.Proc.Ready)
 }
 
 // Pid is the process id, which is also its process group id.

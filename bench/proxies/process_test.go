@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -177,5 +178,23 @@ func TestStart_MissingExecutable(t *testing.T) {
 	_, err := Start(t.Context(), p, time.Second)
 	if !errors.Is(err, os.ErrNotExist) && (err == nil || !strings.Contains(err.Error(), "README")) {
 		t.Errorf("err = %v", err)
+	}
+}
+
+func TestStart_ReadinessGoesThroughProcDial(t *testing.T) {
+	p := helperProc(t, "listen")
+	var dials atomic.Int32
+	p.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	r, err := Start(t.Context(), p, 10*time.Second)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer r.Stop()
+	if dials.Load() == 0 {
+		t.Error("Start waited for readiness without Proc.Dial")
 	}
 }

@@ -1,8 +1,16 @@
 // Package procbench measures ztunnel as it runs in production: one process
 // per node, started from the cmd/ztunnel binary inside the node's network
-// namespace, serving pods in their own namespaces. Run as root:
+// namespace, serving pods in their own namespaces. Run as root (or
+// `make bench-ztunnel`):
 //
 //	go test -run '^$' -bench . -benchtime 1x ./ztunnel/procbench/
+//
+// BenchmarkPodToPod_MeshVsCProxies compares, in one run over one topology,
+// pod → pod with no mesh, with ztunnel and through each C TLS proxy pair of
+// bench/proxies (client side in node 1's namespace, server side in node
+// 2's), with bench/load's backend and load client; the method is in
+// docs/benchmarks.md. BenchmarkZtunnel_1000RPS and
+// BenchmarkZtunnel_IdleConnections measure ztunnel alone.
 package procbench
 
 import (
@@ -17,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,6 +41,10 @@ import (
 func TestMain(m *testing.M) {
 	if addr := os.Getenv("PROCBENCH_ECHO"); addr != "" {
 		runEcho(addr)
+		return
+	}
+	if addr := os.Getenv("PROCBENCH_BACKEND"); addr != "" {
+		runBackend(addr)
 		return
 	}
 	os.Exit(m.Run())
@@ -63,8 +76,25 @@ func runEcho(addr string) {
 }
 
 type proc struct {
-	cmd *exec.Cmd
-	pid int
+	cmd      *exec.Cmd
+	pid      int
+	stopOnce sync.Once
+}
+
+// stop ends the process group (SIGTERM, SIGKILL after 10 s) and waits for
+// the process. It is safe to call more than once.
+func (p *proc) stop() {
+	p.stopOnce.Do(func() {
+		syscall.Kill(-p.pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			syscall.Kill(-p.pid, syscall.SIGKILL)
+			<-done
+		}
+	})
 }
 
 // cpuSeconds is the process's user+system time so far.
@@ -99,7 +129,8 @@ func (p *proc) rssMiB(b *testing.B) float64 {
 func start(b *testing.B, ns testenv.NS, env []string, argv ...string) *proc {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name}, argv...)...)
 	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: nothing outlives a killed benchmark to pin the namespaces.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	logf, err := os.Create(filepath.Join(b.TempDir(), "out.log"))
 	if err != nil {
 		b.Fatal(err)
@@ -109,17 +140,7 @@ func start(b *testing.B, ns testenv.NS, env []string, argv ...string) *proc {
 		b.Fatal(err)
 	}
 	p := &proc{cmd: cmd, pid: cmd.Process.Pid}
-	b.Cleanup(func() {
-		syscall.Kill(-p.pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			syscall.Kill(-p.pid, syscall.SIGKILL)
-			<-done
-		}
-	})
+	b.Cleanup(p.stop)
 	return p
 }
 
@@ -160,6 +181,7 @@ type fixture struct {
 	cfg, cert string
 	key       string
 	env       []string // extra environment of the ztunnel processes
+	authority *ca.Authority
 }
 
 func newFixture(b *testing.B) *fixture {
@@ -170,6 +192,7 @@ func newFixture(b *testing.B) *fixture {
 	if err != nil {
 		b.Fatal(err)
 	}
+	f.authority = authority
 	certPEM, keyPEM, err := authority.MarshalPEM()
 	if err != nil {
 		b.Fatal(err)
