@@ -3,9 +3,13 @@ package ztunnel
 import (
 	"context"
 	"io"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/hbone"
 )
 
 // BenchmarkIdleConnections holds b.N idle tunnelled connections (pod on
@@ -13,6 +17,9 @@ import (
 // across everything in the process: both ztunnels (source and destination
 // side), the client sockets and the echo app.
 func BenchmarkIdleConnections(b *testing.B) {
+	if os.Getenv("IDLE_HEAP_PROFILE") != "" {
+		runtime.MemProfileRate = 1
+	}
 	m := newMesh(b)
 	client, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -40,7 +47,20 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 	}
 	b.StopTimer()
+	// Idle sockets are parked after 2 to 4 s of quiet.
+	deadline := time.Now().Add(10 * time.Second)
+	for hbone.ParkedConnections() < 2*b.N && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	runtime.GC()
+	if path := os.Getenv("IDLE_HEAP_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pprof.WriteHeapProfile(f)
+		f.Close()
+	}
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	used := float64(after.HeapInuse+after.StackInuse) - float64(before.HeapInuse+before.StackInuse)

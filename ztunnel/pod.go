@@ -187,7 +187,9 @@ func (p *podProxy) cleanup() {
 	p.z.cfg.Certs.Release(p.id)
 }
 
-func (p *podProxy) acceptLoop(ctx context.Context, ln net.Listener, handle func(context.Context, *net.TCPConn)) {
+// acceptLoop hands each accepted connection to handle, which calls done
+// once the connection has ended (perhaps after it returned).
+func (p *podProxy) acceptLoop(ctx context.Context, ln net.Listener, handle func(ctx context.Context, c *net.TCPConn, done func())) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -197,25 +199,25 @@ func (p *podProxy) acceptLoop(ctx context.Context, ln net.Listener, handle func(
 			return
 		}
 		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			handle(ctx, c.(*net.TCPConn))
-		}()
+		go handle(ctx, c.(*net.TCPConn), p.wg.Done)
 	}
 }
 
-// handleOutbound carries one captured outbound connection of the pod.
-func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn) {
+// handleOutbound carries one captured outbound connection of the pod. Once
+// the connection is spliced it returns; the flow is recorded at the end.
+func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func()) {
 	flow := telemetry.Flow{Start: time.Now(), Reporter: "source", Decision: telemetry.Allow,
 		Src: peerOf(p.workload(), p.id, c.RemoteAddr())}
-	defer func() {
+	ended := func() {
 		flow.Duration = time.Since(flow.Start)
 		p.z.record(flow)
-	}()
+		done()
+	}
 	dst, err := redirect.OriginalDst(c)
 	if err != nil {
 		flow.Error = err.Error()
 		c.Close()
+		ended()
 		return
 	}
 	flow.Dst.Addr = dst.String()
@@ -223,6 +225,7 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn) {
 	if err != nil {
 		flow.Error = err.Error()
 		abort(c)
+		ended()
 		return
 	}
 	flow.Dst = peerOf(rt.Workload, rt.Identity, net.TCPAddrFromAddrPort(rt.Target))
@@ -248,13 +251,16 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn) {
 		}
 		flow.Error = err.Error()
 		abort(c)
+		ended()
 		return
 	}
 	p.z.opened(flow)
 	t := p.track(up, nil)
-	defer p.untrack(t)
-	toApp, fromApp, err := hbone.Splice(up, c)
-	flow.BytesSent, flow.BytesRecv, flow.Error = fromApp, toApp, errString(err)
+	hbone.SpliceAsync(up, c, func(toApp, fromApp int64, err error) {
+		p.untrack(t)
+		flow.BytesSent, flow.BytesRecv, flow.Error = fromApp, toApp, errString(err)
+		ended()
+	})
 }
 
 // authorizeTunnel checks an inbound HBONE stream: it must be for this pod,
@@ -297,7 +303,9 @@ func (p *podProxy) dialApp(ctx context.Context, st *hbone.Stream) (net.Conn, err
 	if err != nil {
 		return nil, err
 	}
-	return p.track(c, &inboundInfo{peer: st.Peer, srcIP: st.PeerAddr.Addr(), port: st.Authority.Port()}), nil
+	t := p.track(c, &inboundInfo{peer: st.Peer, srcIP: st.PeerAddr.Addr(), port: st.Authority.Port()})
+	t.tunnel = st
+	return t, nil
 }
 
 // tunnelEnded records the flow of a finished inbound HBONE stream.
@@ -330,7 +338,8 @@ func (p *podProxy) tunnelEnded(r hbone.StreamResult) {
 // handlePlaintext serves a captured inbound connection without a tunnel:
 // allowed only when the pod's policies admit a connection with no identity
 // (a STRICT PeerAuthentication does not).
-func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn) {
+func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn, done func()) {
+	defer done()
 	flow := telemetry.Flow{Start: time.Now(), Reporter: "destination", Decision: telemetry.Allow,
 		Security: "none", Transport: "plaintext", Src: peerOf(nil, spiffeid.ID{}, c.RemoteAddr())}
 	defer func() {
@@ -377,7 +386,8 @@ type inboundInfo struct {
 type trackedConn struct {
 	net.Conn
 	p        *podProxy
-	in       *inboundInfo // nil for outbound
+	in       *inboundInfo  // nil for outbound
+	tunnel   *hbone.Stream // the inbound HBONE stream spliced to it, if any
 	closedBy atomic.Pointer[authz.Decision]
 }
 
@@ -436,7 +446,11 @@ func (p *podProxy) closeConns(pick func(*trackedConn) bool) int {
 		if tc, ok := t.Conn.(*net.TCPConn); ok {
 			tc.SetLinger(0)
 		}
-		t.Close()
+		if t.tunnel != nil {
+			t.tunnel.Abort() // the splice closes t, even while it is parked
+		} else {
+			t.Close()
+		}
 	}
 	return len(victims)
 }

@@ -323,6 +323,9 @@ func TestZtunnel_NewDenyClosesOpenConnection(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
+	// Let it go idle until both ztunnels have parked its sockets (no
+	// goroutine waits on them): the deny must reach it all the same.
+	waitFor(t, "idle connection parked", func() bool { return hbone.ParkedConnections() >= 2 })
 	deny := allowOnly("alice")
 	deny.Name, deny.Action = "deny-alice", security.Action_DENY
 	if err := m.store.Apply(state.Update{Policies: []*security.Authorization{deny}}); err != nil {

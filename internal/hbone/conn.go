@@ -120,13 +120,18 @@ type conn struct {
 	done chan struct{} // closed when readLoop exits
 }
 
+// readBufSize fits a whole TLS record's plaintext: the TLS connection
+// returns at most one record per read, so a larger buffer would only cost
+// memory on each of the (long-lived, mostly idle) connections.
+const readBufSize = 16<<10 + 1<<10
+
 func newConn(nc net.Conn, batch *batchConn, r role, h handler, idle time.Duration) *conn {
 	c := &conn{
 		nc:             nc,
 		batch:          batch,
 		role:           r,
 		handler:        h,
-		br:             bufio.NewReaderSize(nc, 64<<10),
+		br:             bufio.NewReaderSize(nc, readBufSize),
 		idleTimeout:    idle,
 		streams:        make(map[uint32]*stream),
 		sendWindow:     defaultPeerWindow,

@@ -119,17 +119,14 @@ type drainer struct {
 	done  func(n int64, err error)
 }
 
-// drainTo delivers everything received on s to w and calls done once, with
-// the bytes delivered, when the stream's receive side ended (err nil) or
-// failed. done may run on the connection's read loop: it must not block.
-func (s *stream) drainTo(w io.Writer, done func(n int64, err error)) {
-	d := &drainer{w: w, done: done}
-	if rs := newRawSocket(w); rs != nil {
-		d.w = rs
-	}
-	sw := newSinkWriter(w)
+// drainTo delivers everything received on s to d.w and calls d.done once,
+// with the bytes delivered, when the stream's receive side ended (err nil)
+// or failed; d.done may run on the connection's read loop: it must not
+// block. sink, if not nil, is d.w's socket for the read loop's direct
+// writes.
+func (s *stream) drainTo(d *drainer, sink *sinkWriter) {
 	s.mu.Lock()
-	s.sink, s.drain = sw, d
+	s.sink, s.drain = sink, d
 	s.kickDrainLocked()
 	s.mu.Unlock()
 }
@@ -203,15 +200,16 @@ func (s *stream) writeChunk(w io.Writer, c chunk) (int, error) {
 
 // newSinkWriter returns nil when w is not a socket.
 func newSinkWriter(w io.Writer) *sinkWriter {
-	sc, ok := w.(syscall.Conn)
-	if !ok {
+	rc := syscallConn(w)
+	if rc == nil {
 		return nil
 	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	sw := &sinkWriter{rc: rc}
-	sw.writeFn = sw.writeFD
+	sw := &sinkWriter{}
+	sw.init(rc)
 	return sw
+}
+
+func (w *sinkWriter) init(rc syscall.RawConn) {
+	w.rc = rc
+	w.writeFn = w.writeFD
 }

@@ -25,7 +25,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// The idle poller lives as long as the process.
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/ambientmesh/ambient/internal/hbone.(*idlePoller).run"))
 }
 
 // meshPair is a server for serverID and a client for clientID, one CA.

@@ -58,8 +58,8 @@ type rawSocket struct {
 	werr syscall.Errno
 }
 
-// newRawSocket returns nil when c has no raw socket.
-func newRawSocket(c any) *rawSocket {
+// syscallConn returns c's raw socket, or nil when it has none.
+func syscallConn(c any) syscall.RawConn {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil
@@ -68,9 +68,23 @@ func newRawSocket(c any) *rawSocket {
 	if err != nil {
 		return nil
 	}
-	s := &rawSocket{rc: rc}
-	s.readFn, s.writeFn = s.readFD, s.writeFD
+	return rc
+}
+
+// newRawSocket returns nil when c has no raw socket.
+func newRawSocket(c any) *rawSocket {
+	rc := syscallConn(c)
+	if rc == nil {
+		return nil
+	}
+	s := &rawSocket{}
+	s.init(rc)
 	return s
+}
+
+func (s *rawSocket) init(rc syscall.RawConn) {
+	s.rc = rc
+	s.readFn, s.writeFn = s.readFD, s.writeFD
 }
 
 func (s *rawSocket) readFD(fd uintptr) bool {

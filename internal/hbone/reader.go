@@ -22,14 +22,17 @@ type pooledReader struct {
 }
 
 func newPooledReader(r io.Reader) *pooledReader {
-	pr := &pooledReader{r: r}
-	if sc, ok := r.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			pr.rc = rc
-			pr.readFn = pr.readFD
-		}
-	}
+	pr := &pooledReader{}
+	pr.init(r, syscallConn(r))
 	return pr
+}
+
+// init prepares pr to read r; rc is r's raw socket, or nil.
+func (pr *pooledReader) init(r io.Reader, rc syscall.RawConn) {
+	pr.r, pr.rc = r, rc
+	if rc != nil {
+		pr.readFn = pr.readFD
+	}
 }
 
 // read returns a pooled buffer whose [frameHeaderLen:frameHeaderLen+n]

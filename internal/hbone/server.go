@@ -36,6 +36,17 @@ type Stream struct {
 	PeerAddr netip.AddrPort
 	// PeerCertificate is the leaf certificate the peer presented.
 	PeerCertificate *x509.Certificate
+
+	s *stream
+}
+
+// Abort resets the tunnel stream: its splice ends and closes the upstream
+// connection. Use it, not the upstream's Close, to end an open stream early
+// (e.g. when policy no longer allows it). Safe to call more than once.
+func (st *Stream) Abort() {
+	if st.s != nil {
+		st.s.Close()
+	}
 }
 
 // StreamResult reports a finished stream (for flow logs and metrics).
@@ -254,22 +265,31 @@ func (h *serverHandler) handleStream(c *conn, s *stream, fields []hpack.HeaderFi
 }
 
 // serveStream answers one CONNECT and proxies it. Its concurrency slot is
-// held until it returns, whatever the client does meanwhile.
+// held until the stream has ended, whatever the client does meanwhile; the
+// goroutine itself returns once the splice runs.
 func (h *serverHandler) serveStream(c *conn, s *stream, fields []hpack.HeaderField, endStream bool) {
-	defer h.wg.Done()
-	defer c.release()
 	res := StreamResult{Start: time.Now()}
 	res.Peer, res.PeerAddr, res.PeerCertificate = h.peer, h.peerAddr, h.peerCert
+	res.Stream.s = s
+	ended := func() {
+		res.Duration = time.Since(res.Start)
+		if h.srv.cfg.OnStreamEnd != nil {
+			h.srv.cfg.OnStreamEnd(res)
+		}
+		c.release()
+		h.wg.Done()
+	}
 	var up net.Conn
 	res.Status, up, res.Err = h.open(c, s, fields, endStream, &res.Stream)
-	if up != nil {
-		res.Upstream = up
-		res.BytesIn, res.BytesOut, res.Err = splice(s, up)
+	if up == nil {
+		ended()
+		return
 	}
-	res.Duration = time.Since(res.Start)
-	if h.srv.cfg.OnStreamEnd != nil {
-		h.srv.cfg.OnStreamEnd(res)
-	}
+	res.Upstream = up
+	SpliceAsync(s, up, func(in, out int64, err error) {
+		res.BytesIn, res.BytesOut, res.Err = in, out, err
+		ended()
+	})
 }
 
 // open validates, authorizes and dials; it replies and returns the status

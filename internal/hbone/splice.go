@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
+	"time"
 )
 
 // Splice copies between a tunnel stream and another connection in both
@@ -14,37 +16,206 @@ import (
 // other direction carries on; an error in either direction resets both.
 // It returns the bytes copied from tunnel to conn and from conn to tunnel.
 func Splice(tunnel, conn net.Conn) (toConn, toTunnel int64, err error) {
-	return splice(tunnel, conn)
+	if _, ok := tunnel.(*stream); !ok {
+		return spliceConns(tunnel, conn)
+	}
+	ended := make(chan struct{})
+	SpliceAsync(tunnel, conn, func(tc, tt int64, e error) {
+		toConn, toTunnel, err = tc, tt, e
+		close(ended)
+	})
+	<-ended
+	return toConn, toTunnel, err
 }
 
-func splice(a, b net.Conn) (aToB, bToA int64, err error) {
+// SpliceAsync is Splice without waiting: it returns at once and calls done,
+// on a goroutine of its own, when both directions have ended and both
+// connections are closed.
+//
+// When tunnel is a stream of this package and conn a socket, an idle splice
+// holds no goroutine and no buffer: the tunnel → conn direction is pushed by
+// the tunnel connection's read loop, and the conn → tunnel copy parks the
+// socket in the idle poller after it has been quiet a while. Such a conn
+// must then not be closed by anyone else while the splice runs (a parked
+// socket would only notice at the next sweep): end the splice early by
+// closing the tunnel, or Stream.Abort on the server side.
+func SpliceAsync(tunnel, conn net.Conn, done func(toConn, toTunnel int64, err error)) {
+	s, ok := tunnel.(*stream)
+	if !ok {
+		go func() { done(spliceConns(tunnel, conn)) }()
+		return
+	}
+	// One allocation holds the state of both directions.
+	sp := &splicer{s: s, conn: conn, done: done, running: 2}
+	rc := syscallConn(conn)
+	sp.pr.init(conn, rc)
+	sp.drain = drainer{w: conn, done: sp.pushed}
+	var sink *sinkWriter
+	if rc != nil {
+		sp.raw.init(rc)
+		sp.sink.init(rc)
+		sp.drain.w, sink = &sp.raw, &sp.sink
+	}
+	sp.canPark = rc != nil && idle() != nil
+	s.drainTo(&sp.drain, sink)
+	go sp.pump()
+}
+
+// splicer runs the two directions between a stream and a connection.
+type splicer struct {
+	s       *stream
+	conn    net.Conn
+	pr      pooledReader // conn → tunnel
+	raw     rawSocket    // tunnel → conn: the drainer's writes,
+	sink    sinkWriter   // the read loop's direct writes,
+	drain   drainer      // and their bookkeeping
+	canPark bool
+	done    func(toConn, toTunnel int64, err error)
+
+	toTunnel int64 // written by the pump goroutines, one at a time
+
+	mu       sync.Mutex // guards the fields below
+	running  int        // directions not yet ended
+	toConn   int64
+	pumpErr  error
+	pushErr  error
+	aborted  bool
+	parkedAt *parked
+}
+
+// pump copies conn → tunnel until conn ends or fails, or until conn has
+// been quiet for parkAfter: then the socket is parked and the goroutine
+// exits, and a new one carries on once the socket is readable.
+func (sp *splicer) pump() {
+	armed, active := false, false
+	for {
+		if sp.canPark && !armed {
+			sp.conn.SetReadDeadline(time.Now().Add(time.Duration(parkAfter.Load())))
+			armed, active = true, false
+		}
+		bp, n, err := sp.pr.read()
+		if n > 0 {
+			active = true
+			serr := sp.s.sendFrames((*bp)[:frameHeaderLen+n], false)
+			sp.toTunnel += int64(n)
+			putBuf(bp)
+			if serr != nil {
+				sp.endPump(serr)
+				return
+			}
+			continue
+		}
+		if bp != nil {
+			putBuf(bp)
+		}
+		if sp.canPark && errors.Is(err, os.ErrDeadlineExceeded) {
+			armed = false
+			if active {
+				continue // busy within the last period: look again later
+			}
+			sp.conn.SetReadDeadline(time.Time{})
+			if sp.park() {
+				return
+			}
+			continue
+		}
+		if err == io.EOF {
+			err = nil
+		}
+		sp.endPump(err)
+		return
+	}
+}
+
+// park hands the quiet socket to the idle poller; false means it could
+// not, and the caller keeps waiting itself.
+func (sp *splicer) park() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.aborted {
+		return false // the next read fails on the closed connection
+	}
+	e, err := idle().park(sp.pr.rc, sp.resume)
+	if err != nil {
+		return false
+	}
+	sp.parkedAt = e
+	return true
+}
+
+func (sp *splicer) resume() {
+	sp.mu.Lock()
+	sp.parkedAt = nil
+	sp.mu.Unlock()
+	sp.pump()
+}
+
+// endPump ends the conn → tunnel direction: a clean end half-closes the
+// tunnel, a failure resets both sides.
+func (sp *splicer) endPump(err error) {
+	if err == nil {
+		closeWrite(sp.s)
+	} else {
+		sp.abort()
+	}
+	sp.finish(func() { sp.pumpErr = err }, false)
+}
+
+// pushed is called by the stream when the tunnel → conn direction ended,
+// possibly on the tunnel connection's read loop.
+func (sp *splicer) pushed(n int64, err error) {
+	if err == nil {
+		closeWrite(sp.conn)
+	} else {
+		sp.abort()
+	}
+	sp.finish(func() { sp.toConn, sp.pushErr = n, err }, true)
+}
+
+// abort resets both sides; a parked pump is taken out and ended here.
+func (sp *splicer) abort() {
+	abortConn(sp.s, sp.conn)
+	sp.mu.Lock()
+	sp.aborted = true
+	e := sp.parkedAt
+	sp.parkedAt = nil
+	sp.mu.Unlock()
+	if e != nil && idle().cancel(e) {
+		sp.finish(func() { sp.pumpErr = net.ErrClosed }, true)
+	}
+}
+
+// finish records one direction's end; after the second it closes both
+// connections and reports. Called on the read loop (async), the report
+// runs on a goroutine of its own.
+func (sp *splicer) finish(record func(), async bool) {
+	sp.mu.Lock()
+	record()
+	sp.running--
+	last := sp.running == 0
+	sp.mu.Unlock()
+	if !last {
+		return
+	}
+	sp.s.Close()
+	sp.conn.Close()
+	report := func() {
+		sp.done(sp.toConn, sp.toTunnel, errors.Join(quiet(sp.pumpErr), quiet(sp.pushErr)))
+	}
+	if async {
+		go report()
+	} else {
+		report()
+	}
+}
+
+// spliceConns is Splice for two plain connections: a goroutine each way.
+func spliceConns(a, b net.Conn) (aToB, bToA int64, err error) {
 	type result struct {
 		n   int64
 		err error
 	}
 	done := make(chan result, 1)
-	if s, ok := a.(*stream); ok {
-		// Tunnel → b is pushed by the connection's read loop: no goroutine
-		// waits on an idle tunnel in that direction.
-		s.drainTo(b, func(n int64, err error) {
-			if err == nil {
-				closeWrite(b)
-			} else {
-				abortConn(a, b)
-			}
-			done <- result{n, err}
-		})
-		n, err := copyConn(s, b) // b → tunnel
-		if err == nil {
-			closeWrite(s)
-		} else {
-			abortConn(a, b)
-		}
-		r := <-done
-		a.Close()
-		b.Close()
-		return r.n, n, errors.Join(quiet(err), quiet(r.err))
-	}
 	go func() {
 		n, err := copyConn(a, b) // b → a
 		if err == nil {
