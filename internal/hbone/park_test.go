@@ -8,6 +8,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/net/http2/hpack"
 )
 
 // splicedPair is an app connection spliced into a tunnel to an echo
@@ -160,4 +161,22 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 		t.Fatal(err)
 	}
 	return c1, c2
+}
+
+// ParseRequest keeps the regular fields compactly; Header canonicalizes.
+func TestParseRequest_KeepsRegularFields(t *testing.T) {
+	req, err := ParseRequest([]hpack.HeaderField{
+		{Name: ":method", Value: "CONNECT"}, {Name: ":authority", Value: "10.0.0.1:80"},
+		{Name: "forwarded", Value: "for=10.0.0.2"}, {Name: "baggage", Value: "a=1"}, {Name: "baggage", Value: "b=2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(req.Fields) != 3 {
+		t.Fatalf("Fields = %v, want the 3 regular fields", req.Fields)
+	}
+	h := req.Header()
+	if h.Get("Forwarded") != "for=10.0.0.2" || len(h["Baggage"]) != 2 {
+		t.Fatalf("Header() = %v", h)
+	}
 }

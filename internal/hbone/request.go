@@ -15,8 +15,20 @@ import (
 type Request struct {
 	// Authority is the original destination the tunnel is for.
 	Authority netip.AddrPort
-	// Header holds the regular (non-pseudo) request headers, canonicalized.
-	Header http.Header
+	// Fields are the regular (non-pseudo) header fields as received. They
+	// live as long as the stream, so they are kept compact; Header builds
+	// the map form.
+	Fields []hpack.HeaderField
+}
+
+// Header returns the regular request headers, canonicalized.
+func (r Request) Header() http.Header {
+	h := make(http.Header, len(r.Fields))
+	for _, f := range r.Fields {
+		k := http.CanonicalHeaderKey(f.Name)
+		h[k] = append(h[k], f.Value)
+	}
+	return h
 }
 
 // Errors from ParseRequest; each maps to a 400 reply.
@@ -57,11 +69,7 @@ func ParseRequest(fields []hpack.HeaderField) (Request, error) {
 			if isConnectionSpecific(f) {
 				return Request{}, fmt.Errorf("%w: %s", ErrForbiddenHeader, f.Name)
 			}
-			if req.Header == nil {
-				req.Header = make(http.Header, len(fields))
-			}
-			k := http.CanonicalHeaderKey(f.Name)
-			req.Header[k] = append(req.Header[k], f.Value)
+			req.Fields = append(req.Fields, f)
 		}
 	}
 	if method != http.MethodConnect {

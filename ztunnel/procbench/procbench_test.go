@@ -379,6 +379,9 @@ func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 			b.Fatalf("after %d connections: %v", len(conns), err)
 		}
 	}
+	// Held idle: a quiet socket is parked (no goroutine, no buffer) after
+	// 2 to 4 s.
+	time.Sleep(5 * time.Second)
 	for i, z := range f.zt {
 		b.ReportMetric(z.rssMiB(b), fmt.Sprintf("RSS-MiB-node%d", i+1))
 		b.ReportMetric(rss0[i], fmt.Sprintf("RSS-MiB-node%d-before", i+1))
