@@ -25,12 +25,28 @@
 //     route, so a packet for an address outside the topology is answered by
 //     the node with ICMP unreachable and the dial fails at once.
 //
-// The root namespace never holds a link of the topology (every veth is
-// created directly inside its namespaces). While any topology of this
+// The root namespace holds no link of the topology (every veth is created
+// directly inside its namespaces), unless Spec.HostLink asks for one; see
+// Host links below. While any topology of this
 // process lives, the root namespace also has `unreachable` routes for
 // 10.244.0.0/16, 10.96.0.0/16 and 172.30.0.0/16 (protocol 167, metric =
 // this process's pid, so concurrent test binaries each own theirs), so a
 // misrouted packet can never leave by the machine's default route.
+//
+// # Host link
+//
+// With Spec.HostLink the root namespace joins the node link, for a process
+// that must stay there (a control plane talking to an apiserver on
+// 127.0.0.1) yet be reachable by the nodes: a veth whose root end,
+// Topology.Host.Iface, carries HostIP (172.30.0.254/24) and whose other end
+// is a port of br0. Nodes reach HostIP on-link; the root namespace gains only
+// the connected route 172.30.0.0/24 to its own topology's nodes (more
+// specific than the guard route, which stays), and pods and service VIPs
+// stay unreachable from it. Since every topology uses the same node
+// addresses, one host-linked topology per machine exists at a time: a
+// second one waits (flock on /run/amt-hostlink.lock) for the first to
+// close. Close deletes the root end at once; after a crash, deleting the
+// fabric namespace (CleanStale) destroys the pair.
 //
 // # Names and crash recovery
 //
@@ -55,6 +71,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ambientmesh/ambient/internal/netns"
 )
@@ -70,6 +89,19 @@ var (
 type Spec struct {
 	Nodes       int // 1..200
 	PodsPerNode int // 0..200
+	// HostLink connects the root namespace to the node link at HostIP; see
+	// the package comment.
+	HostLink bool
+}
+
+// HostIP is the root namespace's address on the node link of a topology
+// built with Spec.HostLink, inside NodeCIDR and outside the node addresses.
+var HostIP = netip.MustParseAddr("172.30.0.254")
+
+// Host is the root namespace's end of a host link.
+type Host struct {
+	IP    netip.Addr // HostIP
+	Iface string     // the veth in the root namespace
 }
 
 // NS is one network namespace of a topology.
@@ -127,7 +159,10 @@ type Topology struct {
 	Fabric NS     // holds Bridge, the shared node link
 	Bridge string
 	Nodes  []*Node
+	Host   *Host // nil unless Spec.HostLink
 
+	seq       int64
+	hostLock  *os.File // flock held while the host link exists
 	closeOnce sync.Once
 	closeErr  error
 	// created lists the namespaces to delete, in creation order.
@@ -160,9 +195,11 @@ func NewTopology(t testing.TB, spec Spec) *Topology {
 	if err := CleanStale(); err != nil {
 		t.Fatalf("testenv: removing leftovers of an earlier run: %v", err)
 	}
+	seq := topoSeq.Add(1)
 	topo := &Topology{
-		Prefix: fmt.Sprintf("%s%d-%d-", namePrefix, os.Getpid(), topoSeq.Add(1)),
+		Prefix: fmt.Sprintf("%s%d-%d-", namePrefix, os.Getpid(), seq),
 		Bridge: "br0",
+		seq:    seq,
 	}
 	t.Cleanup(func() {
 		if err := topo.Close(); err != nil {
@@ -187,6 +224,16 @@ func (tp *Topology) Pod(nodeIdx, podIdx int) *Pod { return tp.Nodes[nodeIdx-1].P
 func (tp *Topology) Close() error {
 	tp.closeOnce.Do(func() {
 		var errs []error
+		if tp.Host != nil {
+			// Deleting the fabric namespace would destroy the pair too, but
+			// asynchronously; delete the root end now.
+			if err := ipCmd("link", "del", tp.Host.Iface); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if tp.hostLock != nil {
+			tp.hostLock.Close() // releases the flock
+		}
 		for i := len(tp.created) - 1; i >= 0; i-- {
 			if err := ipCmd("netns", "del", tp.created[i]); err != nil {
 				errs = append(errs, err)
@@ -287,6 +334,11 @@ func (tp *Topology) build(spec Spec) error {
 		}
 		tp.Nodes = append(tp.Nodes, node)
 	}
+	if spec.HostLink {
+		if err := tp.buildHostLink(); err != nil {
+			return err
+		}
+	}
 	// Every node reaches every other node's pods through that node.
 	for _, node := range tp.Nodes {
 		var cmds []string
@@ -300,6 +352,51 @@ func (tp *Topology) build(spec Spec) error {
 		}
 	}
 	return nil
+}
+
+// hostLockPath serializes host-linked topologies across processes.
+const hostLockPath = "/run/amt-hostlink.lock"
+
+// hostLockWait bounds the wait for another process's host-linked topology.
+const hostLockWait = 5 * time.Minute
+
+// buildHostLink adds the veth between the root namespace and br0.
+func (tp *Topology) buildHostLink() error {
+	f, err := os.OpenFile(hostLockPath, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("host link lock: %w", err)
+	}
+	deadline := time.Now().Add(hostLockWait)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			return fmt.Errorf("host link lock %s (held by another host-linked topology?): %w", hostLockPath, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tp.hostLock = f
+	// amt<pid>h<seq>: at most 15 bytes for pids up to 7 digits.
+	host := &Host{IP: HostIP, Iface: fmt.Sprintf("amt%dh%d", os.Getpid(), tp.seq)}
+	if len(host.Iface) > 15 {
+		return fmt.Errorf("host link name %q too long", host.Iface)
+	}
+	if err := ipCmd("link", "add", host.Iface, "type", "veth", "peer", "name", "host", "netns", tp.Fabric.Name); err != nil {
+		return err
+	}
+	tp.Host = host
+	if err := ipBatch(tp.Fabric.Name,
+		"link set host master "+tp.Bridge+" up",
+	); err != nil {
+		return err
+	}
+	if err := ipCmd("addr", "add", host.IP.String()+"/24", "dev", host.Iface); err != nil {
+		return err
+	}
+	return ipCmd("link", "set", host.Iface, "up")
 }
 
 // ipCmd runs `ip args...`.

@@ -201,7 +201,7 @@ func rootState(t *testing.T) string {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(links), "\n") {
-		if f := strings.Fields(l); len(f) > 1 {
+		if f := strings.Fields(l); len(f) > 1 && !otherHostLink(f[1]) {
 			fmt.Fprintln(&b, "link", f[1])
 		}
 	}
@@ -210,6 +210,9 @@ func rootState(t *testing.T) string {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(routes), "\n") {
+		if dev, ok := routeDev(l); ok && otherHostLink(dev) {
+			continue // another test binary's host-linked topology
+		}
 		if strings.Contains(l, "metric "+strconv.Itoa(os.Getpid())) ||
 			(strings.Contains(l, "10.244.") || strings.Contains(l, "172.30.") || strings.Contains(l, "10.96.")) &&
 				!strings.Contains(l, "proto "+guardProto) {
@@ -217,6 +220,33 @@ func rootState(t *testing.T) string {
 		}
 	}
 	return b.String()
+}
+
+// otherHostLink reports whether an `ip link` name (maybe with "@peer:") is
+// the host link of another process's topology, amt<pid>h<seq>.
+func otherHostLink(name string) bool {
+	name, _, _ = strings.Cut(strings.TrimSuffix(name, ":"), "@")
+	rest, ok := strings.CutPrefix(name, "amt")
+	if !ok {
+		return false
+	}
+	pidStr, seq, ok := strings.Cut(rest, "h")
+	pid, err := strconv.Atoi(pidStr)
+	if _, serr := strconv.Atoi(seq); !ok || err != nil || serr != nil {
+		return false
+	}
+	return pid != os.Getpid()
+}
+
+// routeDev returns the device of an `ip route` line.
+func routeDev(line string) (string, bool) {
+	f := strings.Fields(line)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "dev" {
+			return f[i+1], true
+		}
+	}
+	return "", false
 }
 
 func TestTopology_TeardownLeavesNothingBehind(t *testing.T) {
@@ -302,5 +332,51 @@ func TestOwnerPid(t *testing.T) {
 		if pid != tc.pid && tc.ok || ok != tc.ok {
 			t.Errorf("ownerPid(%q) = %d, %v; want %d, %v", tc.name, pid, ok, tc.pid, tc.ok)
 		}
+	}
+}
+
+// TestTopology_HostLinkReachesNodesOnly: with Spec.HostLink a listener of
+// the root namespace on HostIP is reachable from the nodes, the root
+// namespace still has no route to pods, and Close leaves nothing behind.
+func TestTopology_HostLinkReachesNodesOnly(t *testing.T) {
+	RequireRoot(t)
+	before := rootState(t)
+	topo := NewTopology(t, Spec{Nodes: 2, PodsPerNode: 1, HostLink: true})
+	if topo.Host == nil || topo.Host.IP != HostIP {
+		t.Fatalf("Host = %+v, want %s", topo.Host, HostIP)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(HostIP.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, l)
+	for _, n := range topo.Nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, err := n.Dial(ctx, l.Addr().String())
+		cancel()
+		if err != nil {
+			t.Fatalf("%s -> host %s: %v", n.Name, l.Addr(), err)
+		}
+		if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != n.IP.String() {
+			t.Errorf("source address %s, want the node IP %s", got, n.IP)
+		}
+		c.Close()
+	}
+	for _, dst := range []string{topo.Pod(1, 1).IP.String(), "10.96.0.10"} {
+		out, err := exec.Command("ip", "route", "get", dst).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "No route to host") && !strings.Contains(string(out), "unreachable") {
+			t.Errorf("root: ip route get %s = %q, %v; want unreachable", dst, out, err)
+		}
+	}
+	out, err := exec.Command("ip", "route", "get", "172.30.0.1").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "dev "+topo.Host.Iface) {
+		t.Errorf("root: ip route get 172.30.0.1 = %q, %v; want dev %s", out, err, topo.Host.Iface)
+	}
+	l.Close()
+	if err := topo.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after := rootState(t); after != before {
+		t.Errorf("root namespace changed by a host-linked topology's life:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
