@@ -7,7 +7,7 @@ FUZZTIME ?= 5s
 # Packages with goroutines and locks, run again under the race detector.
 RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/...
 
-.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel demo lint deps
+.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel bench-controlplane demo lint deps
 
 all: build
 
@@ -49,7 +49,7 @@ lint:
 
 ## bench: Go micro-benchmarks, the tunnel against C TLS proxies, then ztunnel
 ## as a process in network namespaces (pod to pod vs C pairs, idle conns).
-bench: bench-go bench-tunnel bench-ztunnel
+bench: bench-go bench-tunnel bench-ztunnel bench-controlplane
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/hbone/ ./ztunnel/
@@ -64,6 +64,13 @@ bench-tunnel: build
 bench-ztunnel:
 	hack/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./ztunnel/procbench/
+
+# istiod-lite as a process against a real apiserver: 5,000 pods, 50 services,
+# one ztunnel xDS client per node; about 1.5 minutes, no root. Knob:
+# BENCH_CLIENTS_PER_NODE (see docs/benchmarks.md).
+bench-controlplane: deps
+	$(GO) test -run '^$$' -bench ControlPlane -benchtime 1x -timeout 30m ./bench/controlplane/
+	$(GO) test -run '^$$' -bench Recompute -benchmem ./bench/controlplane/
 
 ## demo: the tunnel end to end on loopback, narrated.
 demo: build

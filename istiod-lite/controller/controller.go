@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -71,9 +70,10 @@ type Controller struct {
 	kube kubernetes.Interface
 	dyn  dynamic.Interface
 
-	// Owned by Run's goroutine: the last resource sets handed to the cache.
-	prevAddrs map[string]proto.Message
-	prevAuthz map[string]proto.Message
+	// Owned by Run's goroutine: the deterministic encodings of the last
+	// resource sets handed to the cache, by name.
+	prevAddrs map[string][]byte
+	prevAuthz map[string][]byte
 
 	synced chan struct{} // closed after the first recomputation
 }
@@ -113,8 +113,8 @@ func New(cfg Config) (*Controller, error) {
 	}
 	return &Controller{
 		cfg: cfg, log: cfg.Logger, kube: kube, dyn: dyn,
-		prevAddrs: map[string]proto.Message{},
-		prevAuthz: map[string]proto.Message{},
+		prevAddrs: map[string][]byte{},
+		prevAuthz: map[string][]byte{},
 		synced:    make(chan struct{}),
 	}, nil
 }
@@ -289,28 +289,21 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	return nil
 }
 
-// update hands the cache what changed between *prev and next.
-func (c *Controller) update(typeURL string, next map[string]proto.Message, prev *map[string]proto.Message) error {
-	upserts := make(map[string]proto.Message)
-	for k, v := range next {
-		if old, ok := (*prev)[k]; !ok || !proto.Equal(old, v) {
-			upserts[k] = v
-		}
-	}
-	var removals []string
-	for k := range *prev {
-		if _, ok := next[k]; !ok {
-			removals = append(removals, k)
-		}
+// update hands the cache what changed between *prev (the encodings of the
+// last set handed over, see [Diff]) and next.
+func (c *Controller) update(typeURL string, next map[string]proto.Message, prev *map[string][]byte) error {
+	upserts, removals, encoded, err := Diff(*prev, next)
+	if err != nil {
+		return err
 	}
 	if len(upserts) == 0 && len(removals) == 0 {
+		*prev = encoded
 		return nil
 	}
-	slices.Sort(removals)
 	if err := c.cfg.Cache.Update(typeURL, upserts, removals); err != nil {
 		return fmt.Errorf("controller: update cache: %w", err)
 	}
-	*prev = next
+	*prev = encoded
 	return nil
 }
 
