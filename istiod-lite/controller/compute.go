@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
@@ -18,6 +20,10 @@ type Input struct {
 	Namespaces            []*corev1.Namespace
 	Pods                  []*corev1.Pod
 	Services              []*corev1.Service
+	Nodes                 []*corev1.Node
+	EndpointSlices        []*discoveryv1.EndpointSlice
+	Gateways              []*gatewayv1.Gateway
+	GatewayClasses        []*gatewayv1.GatewayClass
 	AuthorizationPolicies []translate.AuthorizationPolicy
 	PeerAuthentications   []translate.PeerAuthentication
 
@@ -46,14 +52,11 @@ func Compute(in Input) Output {
 		Authorizations: make(map[string]*security.Authorization),
 		Conditions:     make(map[string][]translate.Condition),
 	}
-	nsByName := make(map[string]*corev1.Namespace, len(in.Namespaces))
-	for _, ns := range in.Namespaces {
-		nsByName[ns.Name] = ns
-	}
-	svcsByNS := make(map[string][]*corev1.Service)
-	for _, svc := range in.Services {
-		svcsByNS[svc.Namespace] = append(svcsByNS[svc.Namespace], svc)
-	}
+	idx := translate.NewIndex(translate.Cluster{
+		Namespaces: in.Namespaces, Services: in.Services, Nodes: in.Nodes,
+		EndpointSlices: in.EndpointSlices, Gateways: in.Gateways, GatewayClasses: in.GatewayClasses,
+		Config: in.Translate,
+	})
 	// Deterministic order: PeerAuthenticationNames breaks creation-time ties
 	// by position.
 	aps := slices.Clone(in.AuthorizationPolicies)
@@ -66,7 +69,7 @@ func Compute(in Input) Output {
 	})
 
 	for _, pod := range in.Pods {
-		w := translate.Workload(pod, nsByName[pod.Namespace], svcsByNS[pod.Namespace], in.Translate)
+		w := translate.Workload(pod, idx)
 		if w == nil {
 			continue
 		}
@@ -79,7 +82,7 @@ func Compute(in Input) Output {
 		out.Addresses[xds.AddressName(a)] = a
 	}
 	for _, svc := range in.Services {
-		s := translate.Service(svc, nsByName[svc.Namespace], in.Translate)
+		s := translate.Service(svc, idx)
 		if s == nil {
 			continue
 		}

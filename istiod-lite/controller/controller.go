@@ -7,12 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
@@ -24,6 +25,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
@@ -40,6 +44,14 @@ const (
 var (
 	AuthorizationPolicies = schema.GroupVersionResource{Group: translate.Group, Version: "v1", Resource: "authorizationpolicies"}
 	PeerAuthentications   = schema.GroupVersionResource{Group: translate.Group, Version: "v1", Resource: "peerauthentications"}
+)
+
+// Resources of the Gateway API (gateway.networking.k8s.io/v1) the
+// controller watches when their CRDs are installed.
+var (
+	Gateways       = gatewayv1.SchemeGroupVersion.WithResource("gateways")
+	GatewayClasses = gatewayv1.SchemeGroupVersion.WithResource("gatewayclasses")
+	HTTPRoutes     = gatewayv1.SchemeGroupVersion.WithResource("httproutes")
 )
 
 // Config configures a [Controller].
@@ -69,6 +81,7 @@ type Controller struct {
 
 	kube kubernetes.Interface
 	dyn  dynamic.Interface
+	gw   gwclient.Interface
 
 	// Owned by Run's goroutine: the deterministic encodings of the last
 	// resource sets handed to the cache, by name.
@@ -111,8 +124,12 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("controller: dynamic client for %s: %w", rc.Host, err)
 	}
+	gw, err := gwclient.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("controller: gateway-api client for %s: %w", rc.Host, err)
+	}
 	return &Controller{
-		cfg: cfg, log: cfg.Logger, kube: kube, dyn: dyn,
+		cfg: cfg, log: cfg.Logger, kube: kube, dyn: dyn, gw: gw,
 		prevAddrs: map[string][]byte{},
 		prevAuthz: map[string][]byte{},
 		synced:    make(chan struct{}),
@@ -125,8 +142,16 @@ func (c *Controller) Synced() <-chan struct{} { return c.synced }
 
 // listers are the informer caches one recomputation reads.
 type listers struct {
-	ns, pods, svcs cache.GenericLister
-	aps, pas       cache.GenericLister // nil without the CRDs
+	ns, pods, svcs, nodes, slices cache.GenericLister
+	// sas: ServiceAccounts, watched for workload identity as Istio does.
+	// Nothing reads them yet: the waypoint issue (the identities a
+	// waypoint serves) is expected to be the first reader.
+	sas      cache.GenericLister
+	aps, pas cache.GenericLister // nil without the security.istio.io CRDs
+	// Nil without the Gateway API CRDs. httpRoutes are not read by
+	// translation yet: the waypoint issue builds the waypoint's L7 config
+	// from them.
+	gateways, gatewayClasses, httpRoutes cache.GenericLister
 }
 
 // Run watches until ctx is done, then returns nil. It returns an error only
@@ -137,33 +162,61 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	trigger := make(chan struct{}, 1)
 	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { poke(trigger) },
-		UpdateFunc: func(any, any) { poke(trigger) },
+		AddFunc: func(any) { poke(trigger) },
+		UpdateFunc: func(old, cur any) {
+			if !sameForTranslation(old, cur) {
+				poke(trigger)
+			}
+		},
 		DeleteFunc: func(any) { poke(trigger) },
 	}
-
-	factory := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(stripObject))
-	nsInf := factory.Core().V1().Namespaces()
-	podInf := factory.Core().V1().Pods()
-	svcInf := factory.Core().V1().Services()
-	var l listers
-	for _, gi := range []struct {
+	type watched struct {
 		inf    cache.SharedIndexInformer
 		lister *cache.GenericLister
 		gr     schema.GroupResource
-	}{
-		{nsInf.Informer(), &l.ns, corev1.Resource("namespaces")},
-		{podInf.Informer(), &l.pods, corev1.Resource("pods")},
-		{svcInf.Informer(), &l.svcs, corev1.Resource("services")},
-	} {
-		if _, err := gi.inf.AddEventHandler(handler); err != nil {
-			return fmt.Errorf("controller: watch %s: %w", gi.gr, err)
+	}
+	watch := func(ws ...watched) error {
+		for _, w := range ws {
+			if _, err := w.inf.AddEventHandler(handler); err != nil {
+				return fmt.Errorf("controller: watch %s: %w", w.gr, err)
+			}
+			*w.lister = cache.NewGenericLister(w.inf.GetIndexer(), w.gr)
 		}
-		*gi.lister = cache.NewGenericLister(gi.inf.GetIndexer(), gi.gr)
+		return nil
+	}
+
+	factory := informers.NewSharedInformerFactoryWithOptions(c.kube, 0, informers.WithTransform(stripObject))
+	core := factory.Core().V1()
+	var l listers
+	if err := watch(
+		watched{core.Namespaces().Informer(), &l.ns, corev1.Resource("namespaces")},
+		watched{core.Pods().Informer(), &l.pods, corev1.Resource("pods")},
+		watched{core.Services().Informer(), &l.svcs, corev1.Resource("services")},
+		watched{core.Nodes().Informer(), &l.nodes, corev1.Resource("nodes")},
+		watched{core.ServiceAccounts().Informer(), &l.sas, corev1.Resource("serviceaccounts")},
+		watched{factory.Discovery().V1().EndpointSlices().Informer(), &l.slices, discoveryv1.Resource("endpointslices")},
+	); err != nil {
+		return err
+	}
+
+	gwFactory := gwinformers.NewSharedInformerFactoryWithOptions(c.gw, 0, gwinformers.WithTransform(stripObject))
+	if ok, err := c.served(Gateways, GatewayClasses, HTTPRoutes); err != nil {
+		return err
+	} else if ok {
+		gwv1 := gwFactory.Gateway().V1()
+		if err := watch(
+			watched{gwv1.Gateways().Informer(), &l.gateways, Gateways.GroupResource()},
+			watched{gwv1.GatewayClasses().Informer(), &l.gatewayClasses, GatewayClasses.GroupResource()},
+			watched{gwv1.HTTPRoutes().Informer(), &l.httpRoutes, HTTPRoutes.GroupResource()},
+		); err != nil {
+			return err
+		}
+	} else {
+		c.log.Warn("controller: gateway.networking.k8s.io/v1 CRDs not installed; no waypoints (install manifests/crds and restart)")
 	}
 
 	dynFactory := dynamicinformer.NewFilteredDynamicSharedInformerFactory(c.dyn, 0, metav1.NamespaceAll, nil)
-	if ok, err := c.crdsInstalled(); err != nil {
+	if ok, err := c.served(AuthorizationPolicies, PeerAuthentications); err != nil {
 		return err
 	} else if ok {
 		for _, p := range []struct {
@@ -184,12 +237,16 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 
 	factory.Start(ctx.Done())
+	gwFactory.Start(ctx.Done())
 	dynFactory.Start(ctx.Done())
 	defer factory.Shutdown()
+	defer gwFactory.Shutdown()
 	defer dynFactory.Shutdown()
-	for t, ok := range factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("controller: informer for %v did not sync: %w", t, context.Cause(ctx))
+	for _, synced := range []map[reflect.Type]bool{factory.WaitForCacheSync(ctx.Done()), gwFactory.WaitForCacheSync(ctx.Done())} {
+		for t, ok := range synced {
+			if !ok {
+				return fmt.Errorf("controller: informer for %v did not sync: %w", t, context.Cause(ctx))
+			}
 		}
 	}
 	for gvr, ok := range dynFactory.WaitForCacheSync(ctx.Done()) {
@@ -257,6 +314,10 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	in.Namespaces = listTyped[*corev1.Namespace](l.ns)
 	in.Pods = listTyped[*corev1.Pod](l.pods)
 	in.Services = listTyped[*corev1.Service](l.svcs)
+	in.Nodes = listTyped[*corev1.Node](l.nodes)
+	in.EndpointSlices = listTyped[*discoveryv1.EndpointSlice](l.slices)
+	in.Gateways = listTyped[*gatewayv1.Gateway](l.gateways)
+	in.GatewayClasses = listTyped[*gatewayv1.GatewayClass](l.gatewayClasses)
 	invalid := map[string]translate.Condition{}
 	in.AuthorizationPolicies = decodeAll[translate.AuthorizationPolicy](c.log, l.aps, invalid)
 	in.PeerAuthentications = decodeAll[translate.PeerAuthentication](c.log, l.pas, nil)
@@ -308,6 +369,9 @@ func (c *Controller) update(typeURL string, next map[string]proto.Message, prev 
 }
 
 func listTyped[T any](l cache.GenericLister) []T {
+	if l == nil {
+		return nil
+	}
 	objs, err := l.List(labels.Everything())
 	if err != nil { // an indexer List never fails
 		return nil
@@ -351,21 +415,27 @@ func decodeAll[T translate.Policy](log *slog.Logger, l cache.GenericLister, inva
 	return out
 }
 
-// crdsInstalled reports whether the apiserver serves security.istio.io/v1
-// authorizationpolicies and peerauthentications.
-func (c *Controller) crdsInstalled() (bool, error) {
-	rl, err := c.kube.Discovery().ServerResourcesForGroupVersion(AuthorizationPolicies.GroupVersion().String())
+// served reports whether the apiserver serves all of gvrs, which must
+// share one group version (a CRD that is not installed is not served).
+func (c *Controller) served(gvrs ...schema.GroupVersionResource) (bool, error) {
+	gv := gvrs[0].GroupVersion()
+	rl, err := c.kube.Discovery().ServerResourcesForGroupVersion(gv.String())
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("controller: discover %s: %w", AuthorizationPolicies.GroupVersion(), err)
+		return false, fmt.Errorf("controller: discover %s: %w", gv, err)
 	}
 	have := map[string]bool{}
 	for _, r := range rl.APIResources {
 		have[r.Name] = true
 	}
-	return have[AuthorizationPolicies.Resource] && have[PeerAuthentications.Resource], nil
+	for _, r := range gvrs {
+		if !have[r.Resource] {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // writeStatus patches status.conditions of each AuthorizationPolicy whose
@@ -441,39 +511,4 @@ func mergeConditions(have []any, want []translate.Condition, generation int64, n
 		out = append(out, byType[t])
 	}
 	return out, changed
-}
-
-// stripObject drops what the controller never reads before an object
-// enters an informer cache: managedFields, the last-applied annotation, and
-// most of a pod's spec and status.
-func stripObject(obj any) (any, error) {
-	if a, err := meta.Accessor(obj); err == nil {
-		a.SetManagedFields(nil)
-		if ann := a.GetAnnotations(); ann[corev1.LastAppliedConfigAnnotation] != "" {
-			ann = maps.Clone(ann)
-			delete(ann, corev1.LastAppliedConfigAnnotation)
-			a.SetAnnotations(ann)
-		}
-	}
-	if pod, ok := obj.(*corev1.Pod); ok {
-		slim := func(cs []corev1.Container) []corev1.Container {
-			out := make([]corev1.Container, len(cs))
-			for i, c := range cs {
-				out[i] = corev1.Container{Name: c.Name, Ports: c.Ports, RestartPolicy: c.RestartPolicy}
-			}
-			return out
-		}
-		pod.Spec = corev1.PodSpec{
-			ServiceAccountName: pod.Spec.ServiceAccountName,
-			NodeName:           pod.Spec.NodeName,
-			HostNetwork:        pod.Spec.HostNetwork,
-			Containers:         slim(pod.Spec.Containers),
-			InitContainers:     slim(pod.Spec.InitContainers),
-		}
-		pod.Status = corev1.PodStatus{
-			Phase: pod.Status.Phase, Conditions: pod.Status.Conditions,
-			PodIP: pod.Status.PodIP, PodIPs: pod.Status.PodIPs, HostIP: pod.Status.HostIP,
-		}
-	}
-	return obj, nil
 }

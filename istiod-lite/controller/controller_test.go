@@ -34,11 +34,15 @@ type mesh struct {
 func startMesh(t *testing.T) *mesh {
 	t.Helper()
 	c := kubetest.Start(t, kubetest.Options{})
-	if err := c.ApplyFile("../../manifests/crds"); err != nil {
+	// Server-side: the HTTPRoute CRD is larger than the annotation a
+	// client-side apply records.
+	if _, err := c.Kubectl("apply", "--server-side", "-f", "../../manifests/crds"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Kubectl("wait", "--for=condition=Established", "--timeout=60s",
-		"crd/authorizationpolicies.security.istio.io", "crd/peerauthentications.security.istio.io"); err != nil {
+		"crd/authorizationpolicies.security.istio.io", "crd/peerauthentications.security.istio.io",
+		"crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io",
+		"crd/httproutes.gateway.networking.k8s.io"); err != nil {
 		t.Fatal(err)
 	}
 

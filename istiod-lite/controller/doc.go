@@ -1,11 +1,17 @@
 // Package controller is istiod-lite's Kubernetes watcher: it keeps an
 // [xds.Cache] equal to the translation (package istiod-lite/translate) of
-// the cluster's Namespaces, Pods, Services and security.istio.io
-// AuthorizationPolicies and PeerAuthentications.
+// the cluster's Namespaces, Pods, Services, Nodes, EndpointSlices, Gateway
+// API Gateways and GatewayClasses, and security.istio.io
+// AuthorizationPolicies and PeerAuthentications. It also watches
+// ServiceAccounts (for workload identity) and HTTPRoutes (for the
+// waypoint's L7 routes), which translation does not read yet.
 //
 // The controller is a thin shell around pure functions: client-go informers
-// (a SharedInformerFactory for the core types, a dynamic one for the CRDs)
-// only signal that something changed; after a short quiet period
+// (a SharedInformerFactory for the core types, the gateway-api module's
+// typed one for the Gateway API, a dynamic one for the Istio CRDs), their
+// objects slimmed by a transform to what translation reads, only signal
+// that something changed (a Node's or EndpointSlice's update that changes
+// nothing translation reads is ignored); after a short quiet period
 // ([Config.Debounce]) the controller lists every object from the informer
 // caches, recomputes the full set of Address and Authorization resources
 // with [Compute], and hands the cache the upserts that differ from the
@@ -14,12 +20,15 @@
 // bookkeeping); it is linear in the number of pods and policies.
 //
 // When the security.istio.io/v1 CRDs are not installed the controller logs
-// a warning and serves workloads and services without policies; install
-// manifests/crds and restart to enable them.
+// a warning and serves workloads and services without policies; when the
+// gateway.networking.k8s.io/v1 CRDs are not, without waypoints. Install
+// manifests/crds (kubectl apply --server-side) and restart to enable them.
 //
 // Policy status: after each recomputation the controller writes the
 // ZtunnelAccepted condition that [translate.Authorization] reports to each
 // AuthorizationPolicy's status.conditions (status subresource), only when it
 // changed. A policy that does not decode gets ZtunnelAccepted=False with
-// reason InvalidValue and is not served.
+// reason InvalidValue and is not served. PeerAuthentications get no status:
+// Istio's ambient control plane writes none for them either (its status
+// queue covers Services, ServiceEntries and AuthorizationPolicies).
 package controller

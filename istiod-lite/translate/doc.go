@@ -1,17 +1,32 @@
 // Package translate turns Kubernetes objects into the workload API that
 // istiod-lite serves to ztunnel (DESIGN §6, §7). Every function is pure: it
-// reads typed objects (k8s.io/api Pod, Namespace, Service and this
-// package's AuthorizationPolicy and PeerAuthentication, which decode
+// reads typed objects (k8s.io/api Pod, Namespace, Service, Node,
+// EndpointSlice, Gateway API Gateway and GatewayClass, and this package's
+// AuthorizationPolicy and PeerAuthentication, which decode
 // security.istio.io/v1 manifests unchanged, see [FromUnstructured]) and
 // returns protos of proto/workloadapi, shaped as Istio's control plane
 // shapes them (pilot/pkg/serviceregistry/kube/controller/ambient).
 //
+//   - [NewIndex]: the cluster-wide lookups a pod's or service's
+//     translation makes ([Cluster] → [Index]): namespaces, services,
+//     EndpointSlices by the pods they target, node localities, waypoints.
 //   - [Workload]: a pod → istio.workload.Workload, uid
 //     "<cluster>//Pod/<namespace>/<name>", HBONE when the pod is captured
 //     ([CapturedByZtunnel]), Workload.services keyed "namespace/hostname"
-//     with target ports resolved against the pod, waypoint from
-//     istio.io/use-waypoint (pod label over namespace label).
-//   - [Service]: a Service → istio.workload.Service.
+//     (services selecting the pod, and services whose EndpointSlices target
+//     it) with target ports resolved against the pod, locality from its
+//     node ([NodeLocality]), waypoint for workload traffic.
+//   - [Service]: a Service → istio.workload.Service, waypoint for service
+//     traffic.
+//   - Waypoints, as Istio binds them: istio.io/use-waypoint (and
+//     istio.io/use-waypoint-namespace) on the object, else on its
+//     namespace, names a Gateway; the Gateway is a waypoint once it has an
+//     address (status Hostname, else IPAddress; for class istio-waypoint
+//     without status, the ClusterIP of its Service); istio.io/waypoint-for
+//     on the Gateway or its GatewayClass (service by default, workload, all,
+//     none) says which of services and workloads bind; the HBONE listener's
+//     allowedRoutes say which namespaces may. A name that resolves to no
+//     waypoint binds to nothing.
 //   - [Authorization]: an AuthorizationPolicy → istio.security.Authorization
 //     plus a ZtunnelAccepted [Condition]. ztunnel enforces L4 only: an ALLOW
 //     rule with L7 fields is omitted (never matches), a DENY rule with L7

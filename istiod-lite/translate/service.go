@@ -10,31 +10,35 @@ import (
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
-// Service translates a Kubernetes Service into the workload API. ns is the
-// service's namespace (nil: no labels), read for istio.io/use-waypoint. It
-// returns nil for an ExternalName service, which has no VIP or endpoints.
+// Service translates a Kubernetes Service into the workload API, reading
+// its namespace and waypoints from idx. It returns nil for an ExternalName
+// service, which has no VIP or endpoints.
 //
 // Addresses are the ClusterIPs (none for a headless service) on the
 // configured network. A port's target_port is the numeric targetPort (the
 // port itself when unset); a named targetPort gives 0, and ztunnel resolves
 // it per workload from Workload.services.
-func Service(svc *corev1.Service, ns *corev1.Namespace, cfg Config) *workloadapi.Service {
+//
+// Service.waypoint is the waypoint the service binds to for service
+// traffic (see [Index]); a waypoint's own Service (labelled
+// gateway.istio.io/managed=istio.io-mesh-controller) has none.
+func Service(svc *corev1.Service, idx *Index) *workloadapi.Service {
 	if svc == nil || svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
-	cfg = cfg.withDefaults()
-	nsLabels := namespaceLabels(ns)
+	cfg := idx.cfg
 	out := &workloadapi.Service{
 		Name:       svc.Name,
 		Namespace:  svc.Namespace,
 		Hostname:   Hostname(svc.Name, svc.Namespace, cfg.DomainSuffix),
 		IpFamilies: ipFamilies(svc.Spec.IPFamilies),
-		Waypoint:   waypoint(svc.Labels, nsLabels, svc.Namespace, cfg.DomainSuffix),
 	}
-	netw := nsLabels[LabelNetwork]
-	if netw == "" {
-		netw = cfg.Network
+	if svc.Labels[LabelGatewayManaged] != ManagedByMeshController {
+		if wp := idx.waypointFor(svc.Labels, svc.Namespace, WaypointForService); wp != nil {
+			out.Waypoint = cloneOrNil(wp.address)
+		}
 	}
+	netw := serviceNetwork(idx.namespace(svc.Namespace), cfg)
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}
@@ -57,6 +61,15 @@ func Service(svc *corev1.Service, ns *corev1.Namespace, cfg Config) *workloadapi
 		out.Ports = append(out.Ports, p)
 	}
 	return out
+}
+
+// serviceNetwork is the network of the VIPs of services in ns: its
+// topology.istio.io/network label, else the configured network.
+func serviceNetwork(ns *corev1.Namespace, cfg Config) string {
+	if n := namespaceLabels(ns)[LabelNetwork]; n != "" {
+		return n
+	}
+	return cfg.Network
 }
 
 func ipFamilies(fams []corev1.IPFamily) workloadapi.IPFamilies {

@@ -75,15 +75,22 @@ func Hostname(name, namespace, domainSuffix string) string {
 	return name + "." + namespace + ".svc." + domainSuffix
 }
 
-// Workload translates a pod into the workload ztunnel sees. ns is the pod's
-// namespace (nil: no labels); services are candidate services, of which those
-// in the pod's namespace whose selector matches the pod's labels fill
-// Workload.services. It returns nil for a pod that is not (or no longer) a
-// workload: no IP yet, or Succeeded/Failed.
+// Workload translates a pod into the workload ztunnel sees, reading the
+// pod's namespace, services, node and waypoints from idx. It returns nil
+// for a pod that is not (or no longer) a workload: no IP yet, or
+// Succeeded/Failed.
+//
+// Workload.services lists the services in the pod's namespace whose
+// selector selects the pod, and the services whose EndpointSlices name the
+// pod in a targetRef (services without a selector, as Istio's
+// matchingServicesWithoutSelectors), with target ports resolved against the
+// pod. Workload.locality is the pod's node's ([NodeLocality]).
+// Workload.waypoint is the waypoint the pod binds to for workload traffic
+// (see [Index]); a waypoint's own pods have none.
 //
 // Workload.authorization_policies is left empty; fill it from
 // [PolicyNames] and [PeerAuthenticationNames].
-func Workload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service, cfg Config) *workloadapi.Workload {
+func Workload(pod *corev1.Pod, idx *Index) *workloadapi.Workload {
 	if pod == nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return nil
 	}
@@ -91,7 +98,8 @@ func Workload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service,
 	if len(addrs) == 0 {
 		return nil
 	}
-	cfg = cfg.withDefaults()
+	cfg := idx.cfg
+	ns := idx.namespace(pod.Namespace)
 	nsLabels := namespaceLabels(ns)
 	workloadName := podWorkloadName(pod)
 	canonName, canonRev := canonicalService(pod.Labels, workloadName)
@@ -111,6 +119,7 @@ func Workload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service,
 		WorkloadName:      workloadName,
 		ClusterId:         cfg.ClusterID,
 		Status:            workloadapi.WorkloadStatus_UNHEALTHY,
+		Locality:          cloneOrNil(idx.localities[pod.Spec.NodeName]),
 	}
 	if w.ServiceAccount == "" {
 		w.ServiceAccount = defaultServiceAccountName
@@ -124,10 +133,12 @@ func Workload(pod *corev1.Pod, ns *corev1.Namespace, services []*corev1.Service,
 	if CapturedByZtunnel(pod, ns) {
 		w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
 	}
-	if wp := waypoint(pod.Labels, nsLabels, pod.Namespace, cfg.DomainSuffix); wp != nil && !isWaypointItself(pod, wp) {
-		w.Waypoint = wp
+	if !idx.instanceOfWaypoint(pod) {
+		if wp := idx.waypointFor(pod.Labels, pod.Namespace, WaypointForWorkload); wp != nil {
+			w.Waypoint = cloneOrNil(wp.address)
+		}
 	}
-	w.Services = workloadServices(pod, services, cfg.DomainSuffix)
+	w.Services = workloadServices(pod, idx)
 	return w
 }
 
@@ -241,41 +252,6 @@ func canonicalService(labels map[string]string, workloadName string) (name, revi
 	return name, revision
 }
 
-// waypoint returns the waypoint an object binds to with istio.io/use-waypoint
-// (and optionally istio.io/use-waypoint-namespace): the object's own label
-// wins over its namespace's, and "none" on the object opts it out. The
-// waypoint is addressed by its service hostname on the HBONE port, as Istio
-// does for a waypoint Gateway with a hostname address.
-func waypoint(objLabels, nsLabels map[string]string, objNamespace, domainSuffix string) *workloadapi.GatewayAddress {
-	labels := objLabels
-	if _, ok := objLabels[LabelUseWaypoint]; !ok {
-		labels = nsLabels
-	}
-	name := labels[LabelUseWaypoint]
-	if name == "" || name == WaypointNone {
-		return nil
-	}
-	wpNamespace := objNamespace
-	if n := labels[LabelUseWaypointNamespace]; n != "" {
-		wpNamespace = n
-	}
-	return &workloadapi.GatewayAddress{
-		Destination: &workloadapi.GatewayAddress_Hostname{Hostname: &workloadapi.NamespacedHostname{
-			Namespace: wpNamespace,
-			Hostname:  Hostname(name, wpNamespace, domainSuffix),
-		}},
-		HboneMtlsPort: HBONEPort,
-	}
-}
-
-// isWaypointItself reports whether the pod is a pod of the waypoint wp: a
-// waypoint never sends its own traffic through itself.
-func isWaypointItself(pod *corev1.Pod, wp *workloadapi.GatewayAddress) bool {
-	gw := pod.Labels[LabelGatewayName]
-	h := wp.GetHostname()
-	return gw != "" && h.GetNamespace() == pod.Namespace && strings.HasPrefix(h.GetHostname(), gw+".")
-}
-
 // selects reports whether a non-empty service selector selects labels.
 func selects(selector, labels map[string]string) bool {
 	if len(selector) == 0 {
@@ -293,17 +269,19 @@ func subset(sel, labels map[string]string) bool {
 	return true
 }
 
-// workloadServices returns Workload.services: for each service in the pod's
-// namespace whose selector selects the pod, "namespace/hostname" → its ports
-// with the target port resolved against the pod. A named target port is
+// workloadServices returns Workload.services: "namespace/hostname" → the
+// service's ports with the target port resolved against the pod, for each
+// service in the pod's namespace whose selector selects the pod and each
+// service whose EndpointSlices target the pod. A named target port is
 // looked up in the pod's container ports (by name and protocol); a port
 // whose name the pod does not declare is left out, since the pod cannot be
 // reached on it.
-func workloadServices(pod *corev1.Pod, services []*corev1.Service, domainSuffix string) map[string]*workloadapi.PortList {
+func workloadServices(pod *corev1.Pod, idx *Index) map[string]*workloadapi.PortList {
 	var out map[string]*workloadapi.PortList
-	for _, svc := range services {
-		if svc == nil || svc.Namespace != pod.Namespace || svc.Spec.Type == corev1.ServiceTypeExternalName || !selects(svc.Spec.Selector, pod.Labels) {
-			continue
+	add := func(svc *corev1.Service) {
+		key := svc.Namespace + "/" + Hostname(svc.Name, svc.Namespace, idx.cfg.DomainSuffix)
+		if _, ok := out[key]; ok {
+			return
 		}
 		pl := &workloadapi.PortList{}
 		for _, sp := range svc.Spec.Ports {
@@ -316,7 +294,17 @@ func workloadServices(pod *corev1.Pod, services []*corev1.Service, domainSuffix 
 		if out == nil {
 			out = make(map[string]*workloadapi.PortList)
 		}
-		out[svc.Namespace+"/"+Hostname(svc.Name, svc.Namespace, domainSuffix)] = pl
+		out[key] = pl
+	}
+	for _, svc := range idx.svcsByNS[pod.Namespace] {
+		if svc.Spec.Type != corev1.ServiceTypeExternalName && selects(svc.Spec.Selector, pod.Labels) {
+			add(svc)
+		}
+	}
+	for _, key := range idx.slicesByPod[targetRef{namespace: pod.Namespace, name: pod.Name, uid: pod.UID}] {
+		if svc := idx.services[key]; svc != nil && svc.Spec.Type != corev1.ServiceTypeExternalName {
+			add(svc)
+		}
 	}
 	return out
 }

@@ -7,8 +7,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
@@ -48,6 +51,66 @@ func wpAddr(ns, name string) *workloadapi.GatewayAddress {
 	}
 }
 
+func wpIP(ip ...byte) *workloadapi.GatewayAddress {
+	return &workloadapi.GatewayAddress{
+		Destination:   &workloadapi.GatewayAddress_Address{Address: &workloadapi.NetworkAddress{Address: ip}},
+		HboneMtlsPort: 15008,
+	}
+}
+
+// gateway is a Gateway of class class; mut edits it.
+func gateway(ns, name, class string, mut func(*gatewayv1.Gateway)) *gatewayv1.Gateway {
+	gw := &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: gatewayv1.GatewaySpec{GatewayClassName: gatewayv1.ObjectName(class), Listeners: []gatewayv1.Listener{
+			{Name: "mesh", Port: 15008, Protocol: "HBONE"},
+		}},
+	}
+	if mut != nil {
+		mut(gw)
+	}
+	return gw
+}
+
+// waypointGW is an istio-waypoint Gateway for traffic type forType ("" for
+// the default) with its hostname as Istio's controller reports it.
+func waypointGW(ns, name, forType string) *gatewayv1.Gateway {
+	return gateway(ns, name, GatewayClassWaypoint, func(gw *gatewayv1.Gateway) {
+		if forType != "" {
+			gw.Labels = map[string]string{LabelWaypointFor: forType}
+		}
+		hostname := gatewayv1.HostnameAddressType
+		gw.Status.Addresses = []gatewayv1.GatewayStatusAddress{{Type: &hostname, Value: name + "." + ns + ".svc.cluster.local"}}
+	})
+}
+
+func fromAll(gw *gatewayv1.Gateway) {
+	all := gatewayv1.NamespacesFromAll
+	gw.Spec.Listeners[0].AllowedRoutes = &gatewayv1.AllowedRoutes{Namespaces: &gatewayv1.RouteNamespaces{From: &all}}
+}
+
+func statusIP(ip string) func(*gatewayv1.Gateway) {
+	return func(gw *gatewayv1.Gateway) {
+		t := gatewayv1.IPAddressType
+		gw.Status.Addresses = append(gw.Status.Addresses, gatewayv1.GatewayStatusAddress{Type: &t, Value: ip})
+	}
+}
+
+func slice(ns, name, service string, targets ...*corev1.ObjectReference) *discoveryv1.EndpointSlice {
+	es := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, AddressType: discoveryv1.AddressTypeIPv4}
+	if service != "" {
+		es.Labels = map[string]string{discoveryv1.LabelServiceName: service}
+	}
+	for _, t := range targets {
+		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{"10.0.0.5"}, TargetRef: t})
+	}
+	return es
+}
+
+func podRef(uid string) *corev1.ObjectReference {
+	return &corev1.ObjectReference{Kind: "Pod", Namespace: "default", Name: "web-7d9f-abcde", UID: types.UID(uid)}
+}
+
 func baseWorkload(mut func(*workloadapi.Workload)) *workloadapi.Workload {
 	w := &workloadapi.Workload{
 		Uid: "Kubernetes//Pod/default/web-7d9f-abcde", Name: "web-7d9f-abcde", Namespace: "default",
@@ -68,6 +131,7 @@ func TestWorkload(t *testing.T) {
 		pod      *corev1.Pod
 		ns       *corev1.Namespace
 		services []*corev1.Service
+		cluster  Cluster // more of the cluster: nodes, slices, gateways
 		want     *workloadapi.Workload
 	}{
 		{name: "namespace not labelled: no HBONE", pod: testPod(nil), ns: namespace(nil), want: baseWorkload(nil)},
@@ -106,23 +170,119 @@ func TestWorkload(t *testing.T) {
 				}}}
 			})},
 		{name: "waypoint from namespace label", pod: testPod(nil),
-			ns:   namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
-			want: baseWorkload(func(w *workloadapi.Workload) { w.Waypoint = wpAddr("default", "ns-wp") })},
-		{name: "pod waypoint label wins over namespace, with waypoint namespace",
+			ns:      namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{waypointGW("default", "ns-wp", WaypointForWorkload)}},
+			want:    baseWorkload(func(w *workloadapi.Workload) { w.Waypoint = wpAddr("default", "ns-wp") })},
+		{name: "pod waypoint label wins over namespace, with waypoint namespace and IP address",
 			pod: testPod(func(p *corev1.Pod) {
 				p.Labels[LabelUseWaypoint] = "pod-wp"
 				p.Labels[LabelUseWaypointNamespace] = "infra"
 			}),
-			ns:   namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
-			want: baseWorkload(func(w *workloadapi.Workload) { w.Waypoint = wpAddr("infra", "pod-wp") })},
+			ns: namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{
+				waypointGW("default", "ns-wp", WaypointForAll),
+				gateway("infra", "pod-wp", GatewayClassWaypoint, func(gw *gatewayv1.Gateway) {
+					gw.Labels = map[string]string{LabelWaypointFor: WaypointForAll}
+					fromAll(gw)
+					statusIP("10.96.7.7")(gw)
+				}),
+			}},
+			want: baseWorkload(func(w *workloadapi.Workload) { w.Waypoint = wpIP(10, 96, 7, 7) })},
 		{name: "pod use-waypoint none opts out of namespace waypoint",
-			pod:  testPod(func(p *corev1.Pod) { p.Labels[LabelUseWaypoint] = "none" }),
+			pod:     testPod(func(p *corev1.Pod) { p.Labels[LabelUseWaypoint] = "none" }),
+			ns:      namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{waypointGW("default", "ns-wp", WaypointForAll)}},
+			want:    baseWorkload(nil)},
+		{name: "Gateway does not exist: no waypoint (Istio: WaypointIsNotReady)", pod: testPod(nil),
 			ns:   namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
 			want: baseWorkload(nil)},
+		{name: "pod names a missing waypoint: no waypoint, the namespace's is not tried",
+			pod:     testPod(func(p *corev1.Pod) { p.Labels[LabelUseWaypoint] = "missing" }),
+			ns:      namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{waypointGW("default", "ns-wp", WaypointForAll)}},
+			want:    baseWorkload(nil)},
+		{name: "waypoint for services only (the default) does not take workload traffic", pod: testPod(nil),
+			ns:      namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{waypointGW("default", "ns-wp", "")}},
+			want:    baseWorkload(nil)},
+		{name: "GatewayClass istio.io/waypoint-for applies, the Gateway's label wins", pod: testPod(nil),
+			ns: namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
+			cluster: Cluster{
+				Gateways: []*gatewayv1.Gateway{waypointGW("default", "ns-wp", ""), gateway("default", "other", "custom", statusIP("10.96.0.99"))},
+				GatewayClasses: []*gatewayv1.GatewayClass{{ObjectMeta: metav1.ObjectMeta{Name: GatewayClassWaypoint,
+					Labels: map[string]string{LabelWaypointFor: WaypointForWorkload}}}},
+			},
+			want: baseWorkload(func(w *workloadapi.Workload) { w.Waypoint = wpAddr("default", "ns-wp") })},
+		{name: "waypoint in another namespace whose HBONE listener admits only its own", pod: testPod(nil),
+			ns: namespace(map[string]string{LabelUseWaypoint: "wp", LabelUseWaypointNamespace: "infra"}),
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{gateway("infra", "wp", GatewayClassWaypoint, func(gw *gatewayv1.Gateway) {
+				gw.Labels = map[string]string{LabelWaypointFor: WaypointForAll}
+				statusIP("10.96.7.7")(gw)
+			})}},
+			want: baseWorkload(nil)},
+		{name: "istio-waypoint Gateway without status: its Service's ClusterIP", pod: testPod(nil),
+			ns: namespace(map[string]string{LabelUseWaypoint: "wp"}),
+			services: []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Name: "wp", Namespace: "default"},
+				Spec: corev1.ServiceSpec{ClusterIP: "10.96.3.3"}}},
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{gateway("default", "wp", GatewayClassWaypoint, func(gw *gatewayv1.Gateway) {
+				gw.Labels = map[string]string{LabelWaypointFor: WaypointForWorkload}
+			})}},
+			want: baseWorkload(func(w *workloadapi.Workload) { w.Waypoint = wpIP(10, 96, 3, 3) })},
+		{name: "Gateway of another class without status addresses is no waypoint", pod: testPod(nil),
+			ns: namespace(map[string]string{LabelUseWaypoint: "wp"}),
+			services: []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Name: "wp", Namespace: "default"},
+				Spec: corev1.ServiceSpec{ClusterIP: "10.96.3.3"}}},
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{gateway("default", "wp", "istio", func(gw *gatewayv1.Gateway) {
+				gw.Labels = map[string]string{LabelWaypointFor: WaypointForAll}
+			})}},
+			want: baseWorkload(nil)},
+		{name: "a waypoint's own pod gets no waypoint",
+			pod:     testPod(func(p *corev1.Pod) { p.Labels[LabelGatewayName] = "ns-wp" }),
+			ns:      namespace(map[string]string{LabelUseWaypoint: "ns-wp"}),
+			cluster: Cluster{Gateways: []*gatewayv1.Gateway{waypointGW("default", "ns-wp", WaypointForAll)}},
+			want:    baseWorkload(nil)},
+		{name: "locality from the node's topology labels", pod: testPod(nil), ns: namespace(nil),
+			cluster: Cluster{Nodes: []*corev1.Node{
+				{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: map[string]string{
+					corev1.LabelTopologyRegion: "eu-west1", corev1.LabelTopologyZone: "eu-west1-b", LabelTopologySubzone: "rack7"}}},
+				{ObjectMeta: metav1.ObjectMeta{Name: "node-2", Labels: map[string]string{corev1.LabelTopologyZone: "elsewhere"}}},
+			}},
+			want: baseWorkload(func(w *workloadapi.Workload) {
+				w.Locality = &workloadapi.Locality{Region: "eu-west1", Zone: "eu-west1-b", Subzone: "rack7"}
+			})},
+		{name: "node without topology labels: no locality", pod: testPod(nil), ns: namespace(nil),
+			cluster: Cluster{Nodes: []*corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: "node-1", Labels: map[string]string{"x": "y"}}}}},
+			want:    baseWorkload(nil)},
+		{name: "services: EndpointSlices targeting the pod add selectorless services",
+			pod: testPod(func(p *corev1.Pod) { p.UID = "uid-1" }), ns: namespace(nil),
+			services: []*corev1.Service{
+				testService("external", nil, nil, corev1.ServicePort{Port: 80, TargetPort: intstr.FromString("http-web")}),
+				testService("web", map[string]string{"app": "web"}, nil, corev1.ServicePort{Port: 81}),
+				testService("stale", nil, nil, corev1.ServicePort{Port: 82}),
+				testService("unlabelled", nil, nil, corev1.ServicePort{Port: 83}),
+			},
+			cluster: Cluster{EndpointSlices: []*discoveryv1.EndpointSlice{
+				slice("default", "external-abc", "external", podRef("uid-1"), &corev1.ObjectReference{Kind: "Node", Name: "web-7d9f-abcde"}),
+				slice("default", "web-abc", "web", podRef("uid-1")),
+				slice("default", "stale-abc", "stale", podRef("uid-0")), // an earlier pod of the same name
+				slice("default", "unlabelled-abc", "", podRef("uid-1")),
+				slice("default", "missing-abc", "missing", podRef("uid-1")),
+			}},
+			want: baseWorkload(func(w *workloadapi.Workload) {
+				w.Services = map[string]*workloadapi.PortList{
+					"default/external.default.svc.cluster.local": {Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}},
+					"default/web.default.svc.cluster.local":      {Ports: []*workloadapi.Port{{ServicePort: 81, TargetPort: 81}}},
+				}
+			})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Workload(tt.pod, tt.ns, tt.services, Config{})
+			c := tt.cluster
+			if tt.ns != nil {
+				c.Namespaces = append(c.Namespaces, tt.ns)
+			}
+			c.Services = append(c.Services, tt.services...)
+			got := Workload(tt.pod, NewIndex(c))
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("Workload mismatch (-want +got):\n%s", diff)
 			}
@@ -158,21 +318,48 @@ func TestService(t *testing.T) {
 	headless.Spec.ClusterIP, headless.Spec.ClusterIPs = "None", []string{"None"}
 	wantHeadless := want(nil)
 	wantHeadless.Addresses = nil
+	managed := svc.DeepCopy()
+	managed.Labels = map[string]string{LabelGatewayManaged: ManagedByMeshController}
+	nsWP := namespace(map[string]string{LabelUseWaypoint: "ns-wp"})
+	gws := func(forType string) []*gatewayv1.Gateway {
+		return []*gatewayv1.Gateway{
+			waypointGW("default", "ns-wp", forType),
+			waypointGW("default", "svc-wp", forType),
+			gateway("default", "ip-wp", GatewayClassWaypoint, statusIP("10.96.9.9")),
+		}
+	}
+	viaIP := svc.DeepCopy()
+	viaIP.Labels = map[string]string{LabelUseWaypoint: "ip-wp"}
 	tests := []struct {
-		name string
-		svc  *corev1.Service
-		ns   *corev1.Namespace
-		want *workloadapi.Service
+		name     string
+		svc      *corev1.Service
+		ns       *corev1.Namespace
+		gateways []*gatewayv1.Gateway
+		want     *workloadapi.Service
 	}{
-		{"plain", svc, namespace(nil), want(nil)},
-		{"namespace waypoint", svc, namespace(map[string]string{LabelUseWaypoint: "ns-wp"}), want(wpAddr("default", "ns-wp"))},
-		{"service waypoint wins", labelled, namespace(map[string]string{LabelUseWaypoint: "ns-wp"}), want(wpAddr("default", "svc-wp"))},
-		{"service opts out", optOut, namespace(map[string]string{LabelUseWaypoint: "ns-wp"}), want(nil)},
-		{"headless", headless, nil, wantHeadless},
+		{"plain", svc, namespace(nil), gws(""), want(nil)},
+		{"namespace waypoint (default traffic type: service)", svc, nsWP, gws(""), want(wpAddr("default", "ns-wp"))},
+		{"service waypoint wins", labelled, nsWP, gws(""), want(wpAddr("default", "svc-wp"))},
+		{"status IPAddress: network address on the service's network", viaIP, nsWP, gws(""),
+			want(&workloadapi.GatewayAddress{
+				Destination:   &workloadapi.GatewayAddress_Address{Address: &workloadapi.NetworkAddress{Network: "net1", Address: []byte{10, 96, 9, 9}}},
+				HboneMtlsPort: 15008,
+			})},
+		{"waypoint for all", svc, nsWP, gws(WaypointForAll), want(wpAddr("default", "ns-wp"))},
+		{"waypoint for workloads only", svc, nsWP, gws(WaypointForWorkload), want(nil)},
+		{"waypoint for none", svc, nsWP, gws(WaypointForNone), want(nil)},
+		{"Gateway does not exist", svc, nsWP, nil, want(nil)},
+		{"service opts out", optOut, nsWP, gws(""), want(nil)},
+		{"a waypoint's own service", managed, nsWP, gws(""), want(nil)},
+		{"headless", headless, nil, nil, wantHeadless},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Service(tt.svc, tt.ns, Config{Network: "net1"})
+			c := Cluster{Gateways: tt.gateways, Config: Config{Network: "net1"}}
+			if tt.ns != nil {
+				c.Namespaces = []*corev1.Namespace{tt.ns}
+			}
+			got := Service(tt.svc, NewIndex(c))
 			if diff := cmp.Diff(tt.want, got, protocmp.Transform()); diff != "" {
 				t.Errorf("Service mismatch (-want +got):\n%s", diff)
 			}
