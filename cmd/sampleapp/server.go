@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+)
+
+// Limits.
+const (
+	DefaultCallTimeout = 5 * time.Second
+	maxUpstreamBody    = 1 << 20 // bytes of an upstream reply kept
+	shutdownGrace      = 5 * time.Second
+	echoIdleTimeout    = 5 * time.Minute // an echo connection with no traffic is closed
+)
+
+// Config configures a Server.
+type Config struct {
+	Listen    string // HTTP listen address
+	TCPEcho   string // raw TCP echo listen address; empty: none
+	Name      string // service name
+	Version   string
+	Pod       string // from the downward API; may be empty
+	Namespace string
+	Node      string
+	// Upstreams are called on every GET /.
+	Upstreams   []string
+	CallTimeout time.Duration
+	// Client makes the outbound calls; nil: a client with CallTimeout.
+	Client *http.Client
+	Logger *slog.Logger // nil: discard
+}
+
+// Server is the sample service.
+type Server struct {
+	cfg    Config
+	client *http.Client
+	log    *slog.Logger
+}
+
+// New checks cfg and returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.CallTimeout == 0 {
+		cfg.CallTimeout = DefaultCallTimeout
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("sampleapp: %w", err)
+	}
+	s := &Server{cfg: cfg, client: cfg.Client, log: cfg.Logger}
+	if s.client == nil {
+		s.client = &http.Client{Timeout: cfg.CallTimeout}
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	return s, nil
+}
+
+// Reply is the JSON body of GET / and GET /call.
+type Reply struct {
+	Service    string     `json:"service"`
+	Version    string     `json:"version"`
+	Pod        string     `json:"pod,omitempty"`
+	Namespace  string     `json:"namespace,omitempty"`
+	Node       string     `json:"node,omitempty"`
+	RemoteAddr string     `json:"remoteAddr"`
+	Host       string     `json:"host,omitempty"`
+	Upstreams  []Upstream `json:"upstreams,omitempty"`
+}
+
+// Upstream is the outcome of one outbound call.
+type Upstream struct {
+	URL    string `json:"url"`
+	Status int    `json:"status,omitempty"`
+	// Body is the reply itself when it is JSON (so a chain nests), else a
+	// JSON string.
+	Body  json.RawMessage `json:"body,omitempty"`
+	Error string          `json:"error,omitempty"`
+}
+
+// Handler returns the HTTP API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		rep := s.reply(r)
+		for _, u := range s.cfg.Upstreams {
+			rep.Upstreams = append(rep.Upstreams, s.call(r.Context(), u))
+		}
+		s.write(w, http.StatusOK, rep)
+	})
+	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
+		target := r.URL.Query().Get("url")
+		if _, err := checkURL(target); err != nil {
+			http.Error(w, "sampleapp: "+err.Error()+"; use /call?url=http://service:port/", http.StatusBadRequest)
+			return
+		}
+		rep := s.reply(r)
+		up := s.call(r.Context(), target)
+		rep.Upstreams = []Upstream{up}
+		code := http.StatusOK
+		if up.Error != "" {
+			code = http.StatusBadGateway
+		}
+		s.write(w, code, rep)
+	})
+	return mux
+}
+
+// reply describes this instance and the caller.
+func (s *Server) reply(r *http.Request) Reply {
+	return Reply{
+		Service: s.cfg.Name, Version: s.cfg.Version,
+		Pod: s.cfg.Pod, Namespace: s.cfg.Namespace, Node: s.cfg.Node,
+		RemoteAddr: r.RemoteAddr, Host: r.Host,
+	}
+}
+
+func (s *Server) write(w http.ResponseWriter, code int, rep Reply) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
+		s.log.Debug("write reply", "err", err)
+	}
+}
+
+// checkURL accepts absolute http and https URLs with a host.
+func checkURL(raw string) (*url.URL, error) {
+	if raw == "" {
+		return nil, errors.New("missing url")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("url %q: %w", raw, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("url %q: want http://host[:port]/path or https://...", raw)
+	}
+	return u, nil
+}
+
+// call GETs target and records the outcome; a non-2xx status is not an
+// error (it is the upstream's answer, shown as such).
+func (s *Server) call(ctx context.Context, target string) Upstream {
+	up := Upstream{URL: target}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		up.Error = err.Error()
+		return up
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		up.Error = err.Error()
+		s.log.Info("upstream call failed", "url", target, "err", err)
+		return up
+	}
+	defer resp.Body.Close()
+	up.Status = resp.StatusCode
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxUpstreamBody))
+	if err != nil {
+		up.Error = fmt.Sprintf("read reply: %v", err)
+	}
+	if json.Valid(body) {
+		up.Body = body
+	} else {
+		up.Body, _ = json.Marshal(string(body))
+	}
+	return up
+}
+
+// Run serves until ctx ends, then shuts down gracefully and returns nil.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("sampleapp: listen %s: %w", s.cfg.Listen, err)
+	}
+	var echo net.Listener
+	if s.cfg.TCPEcho != "" {
+		if echo, err = net.Listen("tcp", s.cfg.TCPEcho); err != nil {
+			ln.Close()
+			return fmt.Errorf("sampleapp: listen %s (tcp echo): %w", s.cfg.TCPEcho, err)
+		}
+	}
+	return s.Serve(ctx, ln, echo)
+}
+
+// Serve is Run on given listeners; echo may be nil. It closes both.
+func (s *Server) Serve(ctx context.Context, ln, echo net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	s.log.Info("serving", "service", s.cfg.Name, "version", s.cfg.Version, "http", ln.Addr().String(), "pod", s.cfg.Pod)
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("sampleapp: serve http: %w", err)
+		}
+	}()
+	var conns sync.WaitGroup
+	if echo != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.echoLoop(ctx, echo, &conns); err != nil {
+				errc <- err
+			}
+		}()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	hs.Shutdown(sctx) //nolint:errcheck // best effort; Close follows
+	hs.Close()
+	if echo != nil {
+		echo.Close()
+	}
+	wg.Wait()
+	conns.Wait()
+	return err
+}
+
+// echoLoop accepts raw TCP connections and echoes them until ctx ends.
+func (s *Server) echoLoop(ctx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("sampleapp: accept tcp echo: %w", err)
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			echoConn(ctx, c)
+		}()
+	}
+}
+
+// echoConn copies c's input back to it until EOF, idleness or ctx ends.
+func echoConn(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	buf := make([]byte, 32<<10)
+	for {
+		c.SetReadDeadline(time.Now().Add(echoIdleTimeout))
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if tc, ok := c.(*net.TCPConn); ok && errors.Is(err, io.EOF) {
+				tc.CloseWrite() // propagate the half-close
+			}
+			return
+		}
+	}
+}
