@@ -461,7 +461,7 @@ func (p *podProxy) enforce(view *state.View) {
 		p.update(w)
 	}
 	n := p.closeConns(func(t *trackedConn) bool {
-		if t.in == nil {
+		if t.in == nil || t.closedBy.Load() != nil { // outbound, or closing already
 			return false
 		}
 		d := p.evaluate(t.in.peer, t.in.srcIP, t.in.port)

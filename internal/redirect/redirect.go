@@ -102,9 +102,17 @@ func (c Config) Validate() error {
 
 // Rules renders the nftables table, one line per element, as nft -f reads
 // it. It is a pure function of cfg.
+//
+// Only a connection's opening SYN is redirected. Installing the first NAT
+// table is what starts connection tracking in the pod's namespace, so a
+// connection opened before capture has no conntrack entry: its next packet
+// is picked up mid-stream as new and, without the SYN check, redirected to
+// a port where nothing knows it — the kernel resets it. With the check such
+// connections carry on untouched, as they would have without the mesh.
 func Rules(cfg Config) []string {
 	c := cfg.withDefaults()
 	mark := fmt.Sprintf("meta mark & %#x == %#x return", c.MarkMask, c.Mark)
+	notSYN := "tcp flags & (fin | syn | rst | ack) != syn return"
 	return []string{
 		fmt.Sprintf("table %s %s {", Family, Table),
 		fmt.Sprintf("\tchain %s {", ChainInbound),
@@ -113,12 +121,14 @@ func Rules(cfg Config) []string {
 		"\t\t" + mark,
 		"\t\tmeta l4proto != tcp return",
 		fmt.Sprintf("\t\ttcp dport { %d, %d, %d } return", c.OutboundPort, c.InboundPort, c.TunnelPort),
+		"\t\t" + notSYN,
 		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.InboundPort),
 		"\t}",
 		fmt.Sprintf("\tchain %s {", ChainOutbound),
 		"\t\ttype nat hook output priority -100; policy accept;",
 		`		oifname "lo" return`,
 		"\t\t" + mark,
+		"\t\t" + notSYN,
 		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.OutboundPort),
 		"\t}",
 		"}",

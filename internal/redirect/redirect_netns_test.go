@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -236,5 +237,72 @@ func TestOriginalDst_FailsWithoutConntrack(t *testing.T) {
 	defer sc.Close()
 	if od, err := OriginalDst(sc.(*net.TCPConn)); err == nil {
 		t.Errorf("OriginalDst of an untranslated connection = %s, want an error", od)
+	}
+}
+
+// Connections open when a pod is enrolled keep working in both directions:
+// capture takes only new connections (their SYN), never one mid-stream.
+func TestInstall_LeavesOpenConnectionsAlone(t *testing.T) {
+	topo := testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 1})
+	a, b := topo.Pod(1, 1), topo.Pod(2, 1) // a gets enrolled
+	echo := func(ns testenv.NS, addr string) {
+		ln, err := ns.Listen(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); io.Copy(c, c) }()
+			}
+		}()
+	}
+	echo(b.NS, "0.0.0.0:9090") // a's outbound connection goes here
+	echo(a.NS, "0.0.0.0:9091") // b's inbound connection to a
+	// Nothing listens on 15001/15006: a packet redirected there is reset.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := a.NS.Dial(ctx, b.Addr(9090))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	in, err := b.NS.Dial(ctx, a.Addr(9091))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	roundTrip := func(c net.Conn, msg string) error {
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return err
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil {
+			return err
+		}
+		if string(got) != msg {
+			return fmt.Errorf("echo %q, want %q", got, msg)
+		}
+		return nil
+	}
+	for _, c := range []net.Conn{out, in} {
+		if err := roundTrip(c, "before"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Install(a.Path, Config{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Remove(a.Path) })
+	if err := roundTrip(out, "after, outbound"); err != nil {
+		t.Errorf("a's connection opened before capture: %v", err)
+	}
+	if err := roundTrip(in, "after, inbound"); err != nil {
+		t.Errorf("b's connection to a opened before capture: %v", err)
 	}
 }
