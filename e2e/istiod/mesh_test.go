@@ -308,6 +308,7 @@ type ztunnel struct {
 	node    *testenv.Node
 	proc    *proc
 	flowLog string
+	args    []string     // the binary's flags, reused by a restart
 	http    *http.Client // dials inside the node's namespace
 }
 
@@ -410,30 +411,42 @@ func (m *mesh) startZtunnels() {
 			m.t.Fatal(err)
 		}
 		z := &ztunnel{node: n, flowLog: filepath.Join(m.dir, node+"-flows.log")}
-		args := []string{"--node", node, "--xds-address", m.xdsAddr, "--ca-root-file", m.rootPEM,
+		z.args = []string{"--node", node, "--xds-address", m.xdsAddr, "--ca-root-file", m.rootPEM,
 			"--token-file", tokenFile, "--flow-log", z.flowLog, "--log-level", "debug",
 			"--admin-addr", "127.0.0.1:15000", "--metrics-addr", "127.0.0.1:15020", "--ready-addr", "127.0.0.1:15021"}
 		for _, p := range []podSpec{alice, bob, server, late} {
 			if p.node == n.Index {
-				args = append(args, "--pod", p.uid()+"="+m.pod(p).Path)
+				z.args = append(z.args, "--pod", p.uid()+"="+m.pod(p).Path)
 			}
 		}
-		z.proc = startProc(m.t, "ztunnel-"+node, &n.NS, m.ztBin, args...)
 		z.http = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 			DisableKeepAlives: true,
 			DialContext:       func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
 		}}
+		m.startZtunnel(z)
 		m.zt = append(m.zt, z)
 	}
 	for _, z := range m.zt {
-		waitFor(m.t, z.proc.name+" /healthz/ready 200", func() (bool, string) {
-			if z.proc.exited() {
-				m.t.Fatalf("%s exited:\n%s", z.proc.name, tail(z.proc.log, 40))
-			}
-			code, body := z.get("127.0.0.1:15021", "/healthz/ready")
-			return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
-		})
+		m.waitReady(m.t, z)
 	}
+}
+
+// startZtunnel starts z's binary with z.args; it does not wait.
+func (m *mesh) startZtunnel(z *ztunnel) {
+	m.t.Helper()
+	z.proc = startProc(m.t, "ztunnel-"+fmt.Sprintf("node-%d", z.node.Index), &z.node.NS, m.ztBin, z.args...)
+}
+
+// waitReady waits until z's binary answers /healthz/ready with 200.
+func (m *mesh) waitReady(t *testing.T, z *ztunnel) {
+	t.Helper()
+	waitFor(t, z.proc.name+" /healthz/ready 200", func() (bool, string) {
+		if z.proc.exited() {
+			t.Fatalf("%s exited:\n%s", z.proc.name, tail(z.proc.log, 40))
+		}
+		code, body := z.get("127.0.0.1:15021", "/healthz/ready")
+		return code == http.StatusOK, fmt.Sprintf("%d %s", code, body)
+	})
 }
 
 func (z *ztunnel) get(addr, path string) (int, string) { return httpGet(z.http, "http://"+addr+path) }
@@ -491,18 +504,18 @@ func (z *ztunnel) flows(t *testing.T) []map[string]any {
 // findFlow waits for a flow record of z matching every key of want.
 func (z *ztunnel) findFlow(t *testing.T, want map[string]any) map[string]any {
 	t.Helper()
+	return z.findFlowSince(t, 0, want)
+}
+
+// findFlowSince waits for a flow record of z, after the first `since`,
+// matching every key of want.
+func (z *ztunnel) findFlowSince(t *testing.T, since int, want map[string]any) map[string]any {
+	t.Helper()
 	var found map[string]any
 	waitFor(t, fmt.Sprintf("%s flow %v", z.proc.name, want), func() (bool, string) {
 		recs := z.flows(t)
-		for _, f := range recs {
-			match := true
-			for k, v := range want {
-				if f[k] != v {
-					match = false
-					break
-				}
-			}
-			if match {
+		for _, f := range recs[min(since, len(recs)):] {
+			if flowMatches(f, want) {
 				found = f
 				return true, ""
 			}
@@ -510,6 +523,16 @@ func (z *ztunnel) findFlow(t *testing.T, want map[string]any) map[string]any {
 		return false, fmt.Sprintf("%d records, last %v", len(recs), recs[max(0, len(recs)-1):])
 	})
 	return found
+}
+
+// flowMatches reports whether f has every key of want with its value.
+func flowMatches(f, want map[string]any) bool {
+	for k, v := range want {
+		if f[k] != v {
+			return false
+		}
+	}
+	return true
 }
 
 // startEcho runs a plain TCP echo app on :8080 inside pod p.
