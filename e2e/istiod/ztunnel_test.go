@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -358,7 +359,7 @@ func TestMesh_ZtunnelBehaviourWithIstiod(t *testing.T) {
 
 	t.Run("RestartedZtunnelRecapturesPodsFromIstiod", func(t *testing.T) {
 		baseline(t)
-		netnsBefore := netnsList(t)
+		netnsBefore := netnsList(t, m.topo.Prefix)
 		stopping := time.Now()
 		n2.proc.stop()
 		t.Logf("%s drained and exited %v after SIGTERM", n2.proc.name, time.Since(stopping).Round(time.Millisecond))
@@ -406,7 +407,7 @@ func TestMesh_ZtunnelBehaviourWithIstiod(t *testing.T) {
 		if tables := nftTables(t, m.pod(server)); strings.Count(tables, "table inet ambient") != 1 {
 			t.Errorf("server's nft tables after the restart: %q, want table inet ambient once", tables)
 		}
-		if got := netnsList(t); got != netnsBefore {
+		if got := netnsList(t, m.topo.Prefix); got != netnsBefore {
 			t.Errorf("network namespaces changed across the restart:\nbefore %s\nafter %s", netnsBefore, got)
 		}
 		// The new process took its config and certificates from istiod-lite.
@@ -473,14 +474,22 @@ func captured(t *testing.T, p *testenv.Pod) bool {
 	return false
 }
 
-// netnsList is `ip netns list`.
-func netnsList(t *testing.T) string {
+// netnsList is `ip netns list`, only the namespaces whose names start with
+// prefix (other tests create their own at the same time).
+func netnsList(t *testing.T, prefix string) string {
 	t.Helper()
 	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
 	if err != nil {
 		t.Fatalf("ip netns list: %v\n%s", err, out)
 	}
-	return strings.TrimSpace(string(out))
+	var ours []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if name, _, _ := strings.Cut(strings.TrimSpace(line), " "); strings.HasPrefix(name, prefix) {
+			ours = append(ours, name)
+		}
+	}
+	slices.Sort(ours)
+	return strings.Join(ours, " ")
 }
 
 // echoOnce opens a connection from `from` to addr and echoes msg.
