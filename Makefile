@@ -5,7 +5,7 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 5s
 # Packages with goroutines and locks, run again under the race detector.
-RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/...
+RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/... ./nodeagent/...
 
 .PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel bench-controlplane demo lint deps
 
@@ -17,6 +17,8 @@ deps:
 	@# The Kubernetes control plane for cluster tests, built once per machine
 	@# from the module proxy (about 12 minutes the first time) and cached.
 	hack/build-k8s.sh >/dev/null
+	@# The CNI plugins (ptp, bridge, host-local, loopback) the node agent runs.
+	hack/build-cni-plugins.sh >/dev/null
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...

@@ -1,0 +1,185 @@
+// Command nodeagent runs one simulated node of the local cluster: it
+// registers the Node and runs the pods bound to it as processes in
+// per-pod network namespaces wired by CNI plugins (see package nodeagent).
+//
+//	nodeagent --kubeconfig FILE --node-name NAME --node-ip IP
+//	          [--node-netns /run/netns/NODE] [--pod-cidr CIDR]
+//	          --state-dir DIR --cni-bin-dir DIR[,DIR] [--cni-conflist TEMPLATE]
+//	          [--image-table FILE | --bin-dir DIR] [--peer-routes]
+//	          [--pod-apiserver URL]
+//	nodeagent cleanup --state-dir DIR
+//
+// `cleanup` kills the processes, runs CNI DEL and deletes the network
+// namespaces recorded under the state directory (what a crashed agent
+// left); the agent also does it when it starts. Runs as root. SIGINT or
+// SIGTERM stops the agent, which stops its pods and removes their
+// networks.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ambientmesh/ambient/nodeagent"
+	"github.com/ambientmesh/ambient/nodeagent/images"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if err := run(ctx, os.Args[1:], os.Stderr, log); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "nodeagent:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the parsed command line.
+type options struct {
+	cleanup     bool
+	kubeconfig  string
+	nodeName    string
+	nodeNetns   string
+	nodeIP      string
+	podCIDR     string
+	stateDir    string
+	cniBinDir   string
+	cniConfList string
+	imageTable  string
+	binDir      string
+	backoff     time.Duration
+	peerRoutes  bool
+	apiServer   string
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	if len(args) > 0 && args[0] == "cleanup" {
+		o.cleanup = true
+		args = args[1:]
+	}
+	fs := flag.NewFlagSet("nodeagent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster")
+	fs.StringVar(&o.nodeName, "node-name", "", "name of this node")
+	fs.StringVar(&o.nodeNetns, "node-netns", "", "the node's network namespace (/run/netns/NAME); empty: the agent's own")
+	fs.StringVar(&o.nodeIP, "node-ip", "", "the node's address")
+	fs.StringVar(&o.podCIDR, "pod-cidr", "", "pod CIDR when the controller-manager allocates none")
+	fs.StringVar(&o.stateDir, "state-dir", "", "directory for pod state, logs and volumes")
+	fs.StringVar(&o.cniBinDir, "cni-bin-dir", "", "CNI plugin directories, comma-separated (hack/build-cni-plugins.sh prints one)")
+	fs.StringVar(&o.cniConfList, "cni-conflist", "", "CNI conflist template file (default: ptp + host-local, see nodeagent.DefaultConfList)")
+	fs.StringVar(&o.imageTable, "image-table", "", "image table YAML (default: the built-in table over --bin-dir)")
+	fs.StringVar(&o.binDir, "bin-dir", "", "directory of the project's binaries for the built-in image table (default: this executable's directory)")
+	fs.StringVar(&o.apiServer, "pod-apiserver", "", "apiserver URL as pods reach it: pods with a ServiceAccount token get $KUBECONFIG for it")
+	fs.BoolVar(&o.peerRoutes, "peer-routes", false, "route other nodes' pod CIDRs via their InternalIPs in the node's namespace")
+	fs.DurationVar(&o.backoff, "restart-backoff", 10*time.Second, "first container restart delay (doubles up to 5m)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.stateDir == "" {
+		return o, errors.New("--state-dir is required")
+	}
+	if o.cleanup {
+		return o, nil
+	}
+	for flagName, v := range map[string]string{"--node-name": o.nodeName, "--node-ip": o.nodeIP, "--cni-bin-dir": o.cniBinDir} {
+		if v == "" {
+			return o, fmt.Errorf("%s is required", flagName)
+		}
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer, log *slog.Logger) error {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if o.cleanup {
+		return nodeagent.Cleanup(ctx, o.stateDir, log)
+	}
+	cfg, err := config(o, log)
+	if err != nil {
+		return err
+	}
+	a, err := nodeagent.New(cfg)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}
+
+// config turns options into the agent's Config.
+func config(o options, log *slog.Logger) (nodeagent.Config, error) {
+	cfg := nodeagent.Config{
+		NodeName:       o.nodeName,
+		NodeNetns:      o.nodeNetns,
+		StateDir:       o.stateDir,
+		CNIBinDirs:     strings.Split(o.cniBinDir, ","),
+		RestartBackoff: o.backoff,
+		PeerRoutes:     o.peerRoutes,
+		APIServer:      o.apiServer,
+		Logger:         log,
+	}
+	var err error
+	if cfg.NodeIP, err = netip.ParseAddr(o.nodeIP); err != nil {
+		return cfg, fmt.Errorf("--node-ip: %w", err)
+	}
+	if o.podCIDR != "" {
+		if cfg.PodCIDR, err = netip.ParsePrefix(o.podCIDR); err != nil {
+			return cfg, fmt.Errorf("--pod-cidr: %w", err)
+		}
+	}
+	if o.cniConfList != "" {
+		b, err := os.ReadFile(o.cniConfList)
+		if err != nil {
+			return cfg, fmt.Errorf("--cni-conflist: %w", err)
+		}
+		cfg.ConfList = string(b)
+	}
+	if o.imageTable != "" {
+		if cfg.Images, err = images.Load(o.imageTable); err != nil {
+			return cfg, err
+		}
+	} else {
+		dir := o.binDir
+		if dir == "" {
+			exe, err := os.Executable()
+			if err != nil {
+				return cfg, fmt.Errorf("--bin-dir not given and the executable's directory unknown: %w", err)
+			}
+			dir = filepath.Dir(exe)
+		}
+		cfg.Images = images.Table{Images: images.Default, BaseDir: dir}
+	}
+	rc, err := clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	if err != nil {
+		return cfg, fmt.Errorf("kubeconfig %q: %w (pass --kubeconfig or set KUBECONFIG)", o.kubeconfig, err)
+	}
+	rc.UserAgent = "nodeagent/" + o.nodeName
+	rc.QPS, rc.Burst = 50, 100 // a kubelet's defaults
+	if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
+		return cfg, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return cfg, nil
+}

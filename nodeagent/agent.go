@@ -1,0 +1,320 @@
+// Package nodeagent is the node agent of the local cluster: the one piece
+// written in place of a kubelet. One agent runs per simulated node (a
+// network namespace on a shared node link, see internal/testenv) and runs
+// the pods bound to that node as local processes.
+//
+// # What it does
+//
+//   - Registers its Node (labels kubernetes.io/hostname, os, arch; the pod
+//     CIDR the controller-manager allocated, else Config.PodCIDR; the
+//     node's address as InternalIP; capacity) and keeps its Ready
+//     condition and its Lease in kube-node-lease fresh.
+//   - Watches the pods with spec.nodeName == its node. For each one it
+//     creates a network namespace and runs the CNI chain on it through
+//     libcni, inside the node's namespace, with the CNI_ARGS a kubelet
+//     passes (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, ...): by default
+//     ptp + host-local over the node's pod CIDR (DefaultConfList; a
+//     conflist template by flag adds chained plugins such as ambient-cni).
+//     hostNetwork pods run in the node's namespace without CNI.
+//   - Runs each container as a process in the pod's namespace: the image
+//     maps to a local binary through the image table (package images),
+//     env comes with downward-API, ConfigMap and Secret references, volumes
+//     are files under the pod's directory that args and env are mapped to
+//     (package podenv; projected ServiceAccount tokens from the
+//     TokenRequest API, bound to the pod and refreshed). Restart policy
+//     with a doubling backoff; readiness and liveness probes (httpGet,
+//     tcpSocket) from the node's namespace to the pod IP (package probe).
+//   - Reports pod IPs, phase, conditions and container statuses (ready,
+//     restartCount, states) through the status subresource (package
+//     podstatus).
+//   - With Config.PeerRoutes, routes every other Node's pod CIDR via its
+//     InternalIP in the node's namespace (host-gw).
+//   - On deletion: SIGTERM, SIGKILL after the grace period, CNI DEL, the
+//     namespace removed, then the pod object deleted with grace 0.
+//
+// # State directory
+//
+//	<state-dir>/pods/<ns>_<name>_<uid>/state.json   netns, CNI config/args/result, container pids
+//	<state-dir>/pods/<ns>_<name>_<uid>/<container>.log   stdout+stderr (also in the pod annotation LogDirAnnotation)
+//	<state-dir>/pods/<ns>_<name>_<uid>/volumes/<volume>/  volume files
+//	<state-dir>/cni/ipam/   host-local's allocations;  <state-dir>/cni/cache/  libcni's cache
+//
+// Every resource is recorded before it is created, so Cleanup (run by
+// `nodeagent cleanup --state-dir DIR` and first thing by Run) removes all
+// of them after a crash. When Run returns (the agent stops), it stops its
+// pods and removes their networks: like a node that goes down, it leaves
+// the pod objects to the control plane.
+//
+// # Limits
+//
+// No mount namespace (hence the path mapping: programs reading fixed
+// paths such as /etc/resolv.conf or client-go's in-cluster files see the
+// host's; see Config.APIServer), no cgroups (resources are reported, not
+// enforced), no init containers (such pods wait with a reason saying so),
+// no exec or grpc probes, no image pulls. ConfigMap and Secret volumes are
+// refreshed with the tokens, not on every change.
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/ambientmesh/ambient/nodeagent/images"
+)
+
+// Config configures an Agent.
+type Config struct {
+	Client   kubernetes.Interface
+	NodeName string
+	// NodeNetns is the path of the node's network namespace
+	// (/run/netns/<name>), where CNI plugins and probes run and hostNetwork
+	// pods live. Empty: the agent's own namespace is the node's.
+	NodeNetns string
+	// NodeIP is the node's address (InternalIP, hostIP).
+	NodeIP netip.Addr
+	// PodCIDR is used when the Node has none (no controller-manager
+	// allocation); one of the two is needed.
+	PodCIDR netip.Prefix
+	// StateDir holds everything the agent creates; see the package comment.
+	StateDir string
+	// CNIBinDirs hold the plugin binaries (hack/build-cni-plugins.sh).
+	CNIBinDirs []string
+	// ConfList is the conflist template; empty: DefaultConfList.
+	ConfList string
+	// Images maps images to binaries.
+	Images images.Table
+	// NetnsPrefix starts the pods' namespace names; default "na-".
+	NetnsPrefix string
+	// APIServer, if set, is the apiserver URL as pods reach it. Each pod
+	// with a ServiceAccount token mounted at ServiceAccountMountPath then
+	// gets <pod-dir>/kubeconfig (that server, the mounted token file and
+	// ca.crt) and $KUBECONFIG pointing at it, plus
+	// $KUBERNETES_SERVICE_HOST/PORT: client-go's in-cluster config reads
+	// fixed paths that do not exist without a mount namespace, while
+	// clients that honour $KUBECONFIG (as istiod-lite does) just work.
+	APIServer string
+	// PeerRoutes keeps a route to every other Node's pod CIDR via its
+	// InternalIP in the node's namespace (see routes.go); for nodes on one
+	// link whose routes nothing else manages.
+	PeerRoutes bool
+	// Labels are added to the Node's.
+	Labels map[string]string
+	// Capacity is the Node's capacity and allocatable; default 4 CPUs,
+	// 8Gi memory, 110 pods.
+	Capacity v1.ResourceList
+
+	RestartBackoff    time.Duration // first restart delay; default 10s
+	MaxRestartBackoff time.Duration // default 5m
+	StatusPeriod      time.Duration // node status and lease renewal; default 10s
+	ShutdownGrace     time.Duration // per pod when the agent stops; default 5s
+
+	Logger *slog.Logger
+}
+
+// Agent runs one node's pods. Create it with New.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	podCIDR netip.Prefix // effective, set by registration
+
+	mu      sync.Mutex // guards the fields below
+	workers map[types.UID]*podWorker
+	// finished are pods whose worker completed their deletion; their
+	// remaining events are ignored until the informer drops them.
+	finished map[types.UID]bool
+	wg       sync.WaitGroup // running workers
+}
+
+// New validates cfg and returns an agent.
+func New(cfg Config) (*Agent, error) {
+	switch {
+	case cfg.Client == nil:
+		return nil, errors.New("nodeagent: Config.Client is required")
+	case cfg.NodeName == "":
+		return nil, errors.New("nodeagent: Config.NodeName is required")
+	case !cfg.NodeIP.IsValid():
+		return nil, errors.New("nodeagent: Config.NodeIP is required")
+	case cfg.StateDir == "":
+		return nil, errors.New("nodeagent: Config.StateDir is required")
+	case len(cfg.CNIBinDirs) == 0:
+		return nil, errors.New("nodeagent: Config.CNIBinDirs is required (run hack/build-cni-plugins.sh)")
+	}
+	abs, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("nodeagent: state dir: %w", err)
+	}
+	cfg.StateDir = abs
+	if cfg.ConfList == "" {
+		cfg.ConfList = DefaultConfList
+	}
+	if cfg.NetnsPrefix == "" {
+		cfg.NetnsPrefix = "na-"
+	}
+	if cfg.Capacity == nil {
+		cfg.Capacity = v1.ResourceList{
+			v1.ResourceCPU:    resource.MustParse("4"),
+			v1.ResourceMemory: resource.MustParse("8Gi"),
+			v1.ResourcePods:   resource.MustParse("110"),
+		}
+	}
+	if cfg.RestartBackoff <= 0 {
+		cfg.RestartBackoff = 10 * time.Second
+	}
+	if cfg.MaxRestartBackoff <= 0 {
+		cfg.MaxRestartBackoff = 5 * time.Minute
+	}
+	if cfg.StatusPeriod <= 0 {
+		cfg.StatusPeriod = 10 * time.Second
+	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if _, err := renderConfList(cfg.ConfList, confListParams{PodCIDR: "10.0.0.0/24", IPAMDir: "/x", NodeName: "n", StateDir: "/x"}); err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", cfg.NodeName),
+		workers:  map[types.UID]*podWorker{},
+		finished: map[types.UID]bool{},
+	}, nil
+}
+
+// confList renders the CNI configuration for this node.
+func (a *Agent) confList() ([]byte, error) {
+	return renderConfList(a.cfg.ConfList, confListParams{
+		PodCIDR:  a.podCIDR.String(),
+		IPAMDir:  filepath.Join(a.cfg.StateDir, "cni", "ipam"),
+		NodeName: a.cfg.NodeName,
+		StateDir: a.cfg.StateDir,
+	})
+}
+
+// Run cleans up what an earlier run left, registers the node, runs its
+// pods until ctx ends, then stops them and removes their networks.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Join(a.cfg.StateDir, podsDir), 0o755); err != nil {
+		return fmt.Errorf("nodeagent: state dir: %w", err)
+	}
+	if err := Cleanup(ctx, a.cfg.StateDir, a.log); err != nil {
+		return fmt.Errorf("nodeagent: cleaning up an earlier run: %w", err)
+	}
+	if err := a.register(ctx); err != nil {
+		return err
+	}
+	a.log.Info("node registered", "podCIDR", a.podCIDR, "ip", a.cfg.NodeIP)
+
+	factory := informers.NewSharedInformerFactoryWithOptions(a.cfg.Client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.cfg.NodeName).String()
+		}))
+	inf := factory.Core().V1().Pods().Informer()
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { a.podChanged(ctx, obj) },
+		UpdateFunc: func(_, obj any) { a.podChanged(ctx, obj) },
+		DeleteFunc: func(obj any) { a.podDeleted(obj) },
+	}); err != nil {
+		return fmt.Errorf("nodeagent: pod informer: %w", err)
+	}
+	factory.Start(ctx.Done())
+
+	var hb sync.WaitGroup
+	hb.Go(func() { a.heartbeat(ctx) })
+	if a.cfg.PeerRoutes {
+		nodeFactory := informers.NewSharedInformerFactory(a.cfg.Client, 0)
+		loop, err := a.startPeerRoutes(nodeFactory)
+		if err != nil {
+			return err
+		}
+		nodeFactory.Start(ctx.Done())
+		defer nodeFactory.Shutdown()
+		hb.Go(func() { loop(ctx) })
+	}
+	<-ctx.Done()
+	factory.Shutdown()
+	hb.Wait()
+	a.wg.Wait() // workers stop their pods on ctx.Done
+	a.log.Info("node agent stopped")
+	return nil
+}
+
+// podChanged starts a worker for a new pod or hands the worker the update.
+func (a *Agent) podChanged(ctx context.Context, obj any) {
+	pod, ok := obj.(*v1.Pod)
+	if !ok || ctx.Err() != nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.finished[pod.UID] {
+		return
+	}
+	if w, ok := a.workers[pod.UID]; ok {
+		w.setLatest(pod.DeepCopy())
+		return
+	}
+	terminal := pod.Status.Phase == v1.PodSucceeded || pod.Status.Phase == v1.PodFailed
+	if terminal && pod.DeletionTimestamp == nil {
+		return // ran to completion before (an earlier agent run)
+	}
+	w := &podWorker{
+		a:      a,
+		uid:    pod.UID,
+		log:    a.log.With("pod", pod.Namespace+"/"+pod.Name),
+		dir:    filepath.Join(a.cfg.StateDir, podsDir, podDirName(pod.Namespace, pod.Name, string(pod.UID))),
+		notify: make(chan struct{}, 1),
+		gone:   make(chan struct{}),
+		done:   make(chan struct{}),
+		latest: pod.DeepCopy(),
+	}
+	a.workers[pod.UID] = w
+	a.wg.Go(func() {
+		w.run(ctx)
+		a.mu.Lock()
+		delete(a.workers, w.uid)
+		select {
+		case <-w.gone: // the informer has forgotten it already
+		default:
+			a.finished[w.uid] = true
+		}
+		a.mu.Unlock()
+	})
+}
+
+// podDeleted ends a pod's worker at once (a forced deletion) and forgets
+// the pod.
+func (a *Agent) podDeleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w, ok := a.workers[pod.UID]; ok {
+		w.markGone()
+	}
+	delete(a.finished, pod.UID)
+}
