@@ -118,9 +118,11 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		lns = append(lns, ln)
 	}
 
+	// The flow log also feeds the admin port's /debug/flows (ambientctl flows).
+	flows := telemetry.NewFeed(telemetry.DefaultFeedHistory)
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, TrustDomain: td, Store: store, Certs: mgr,
-		FlowLog: telemetry.NewFlowLog(flowOut), Metrics: metrics, Logger: logger,
+		FlowLog: telemetry.NewFlowLogFeed(flowOut, flows), Metrics: metrics, Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -131,7 +133,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	}
 	srv, err := admin.New(admin.Config{
 		Admin: lns[0], Metrics: lns[1], Readiness: lns[2],
-		Source: src, Gatherer: reg, Logger: logger,
+		Source: src, Flows: flows, Gatherer: reg, Logger: logger,
 	})
 	if err != nil {
 		return err

@@ -12,6 +12,11 @@
 //	 "bytes_sent":512,"bytes_received":1024,"duration_ms":12.5,
 //	 "decision":"allow","policy":"shop/allow-frontend","security":"mutual_tls","transport":"hbone"}
 //
+// A FlowLog may also publish each line to a Feed: the last lines in a
+// bounded ring plus live subscribers, each with a bounded buffer; a
+// subscriber that falls behind is cut off and counted, never waited for.
+// ztunnel serves it as GET /debug/flows on its admin port.
+//
 // Metrics (labels as Istio's ztunnel sets them):
 //
 //	istio_tcp_connections_opened_total

@@ -76,8 +76,11 @@ func (f Flow) MarshalJSON() ([]byte, error) {
 	})
 }
 
-// FlowLog writes one JSON line per flow to w, never interleaving lines.
+// FlowLog writes one JSON line per flow to w, never interleaving lines, and
+// publishes each line to an optional Feed.
 type FlowLog struct {
+	feed *Feed // nil: no feed
+
 	mu sync.Mutex // guards w
 	w  io.Writer
 }
@@ -85,12 +88,20 @@ type FlowLog struct {
 // NewFlowLog returns a FlowLog writing to w.
 func NewFlowLog(w io.Writer) *FlowLog { return &FlowLog{w: w} }
 
+// NewFlowLogFeed returns a FlowLog writing to w that also publishes every
+// line to feed (without the newline), for live readers such as ztunnel's
+// /debug/flows. Publishing never blocks.
+func NewFlowLogFeed(w io.Writer, feed *Feed) *FlowLog { return &FlowLog{w: w, feed: feed} }
+
 // Record writes f as one line. Write errors are returned, not retried: the
 // data path never blocks on a broken log sink for longer than one write.
 func (l *FlowLog) Record(f Flow) error {
 	b, err := f.MarshalJSON()
 	if err != nil {
 		return err
+	}
+	if l.feed != nil {
+		l.feed.Publish(b[:len(b):len(b)]) // the newline appended below never reaches it
 	}
 	b = append(b, '\n')
 	l.mu.Lock()

@@ -7,6 +7,10 @@
 //	                           `istioctl ztunnel-config` reads it: top-level
 //	                           workloads, services, policies, certificates
 //	  GET /debug/connections   the served pods and their open connections
+//	  GET /debug/flows         flow records as JSON lines (the flow log's
+//	                           format): the last ones kept, then with
+//	                           ?follow=1 live ones; ?history=N keeps the
+//	                           last N (see FlowsHandler)
 //	  GET /ready               as /healthz/ready
 //	metrics (:15020)
 //	  GET /metrics             Prometheus text from the injected Gatherer
@@ -34,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/certs"
 	"github.com/ambientmesh/ambient/ztunnel/state"
@@ -102,8 +107,14 @@ func ManagerCertificates(m *certs.Manager) []Certificate {
 }
 
 // AdminHandler serves /config_dump, /debug/connections and /ready.
-func AdminHandler(src Source) http.Handler {
+func AdminHandler(src Source) http.Handler { return adminMux(src, nil, nil) }
+
+// adminMux is AdminHandler plus /debug/flows when flows is set.
+func adminMux(src Source, flows *telemetry.Feed, stop <-chan struct{}) *http.ServeMux {
 	mux := http.NewServeMux()
+	if flows != nil {
+		mux.Handle("GET /debug/flows", FlowsHandler(flows, stop))
+	}
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, BuildDump(src.View(), src.Certificates()))
 	})
@@ -171,6 +182,9 @@ type Config struct {
 	Readiness net.Listener
 	// Source is what the handlers read. Required.
 	Source Source
+	// Flows, when set, is served as /debug/flows on the admin listener;
+	// the FlowLog of the ztunnel publishes to it.
+	Flows *telemetry.Feed
 	// Gatherer provides /metrics; required when Metrics is set.
 	Gatherer prometheus.Gatherer
 	// Logger defaults to discarding.
@@ -208,8 +222,9 @@ func (s *Server) Run(ctx context.Context) error {
 		h  http.Handler
 	}
 	var all []served
+	stop := make(chan struct{}) // closed at shutdown: ends /debug/flows streams
 	if s.cfg.Admin != nil {
-		all = append(all, served{s.cfg.Admin, AdminHandler(s.cfg.Source)})
+		all = append(all, served{s.cfg.Admin, adminMux(s.cfg.Source, s.cfg.Flows, stop)})
 	}
 	if s.cfg.Metrics != nil {
 		all = append(all, served{s.cfg.Metrics, MetricsHandler(s.cfg.Gatherer)})
@@ -243,6 +258,7 @@ func (s *Server) Run(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-errs:
 	}
+	close(stop)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	for _, srv := range servers {
