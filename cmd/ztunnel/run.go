@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
@@ -61,7 +62,11 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ztunnel_idle_parked_connections",
+			Help: "Idle connections whose socket waits in the idle poller, holding no goroutine or buffer.",
+		}, func() float64 { return float64(hbone.ParkedConnections()) }))
 	metrics, err := telemetry.NewMetrics(reg, o.clusterID)
 	if err != nil {
 		return err

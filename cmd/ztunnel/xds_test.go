@@ -247,6 +247,7 @@ func TestZtunnel_XDSConfigReadyOnlyAfterSync(t *testing.T) {
 		`istio_xds_message_total{url="type.googleapis.com/istio.security.Authorization"}`,
 		"istio_xds_connected 1",
 		`istio_agent_num_outgoing_requests{request_type="csr"} 0`,
+		"ztunnel_idle_parked_connections 0",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
