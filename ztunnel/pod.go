@@ -206,18 +206,14 @@ func (p *podProxy) acceptLoop(ctx context.Context, ln net.Listener, handle func(
 // handleOutbound carries one captured outbound connection of the pod. Once
 // the connection is spliced it returns; the flow is recorded at the end.
 func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func()) {
-	flow := telemetry.Flow{Start: time.Now(), Reporter: "source", Decision: telemetry.Allow,
-		Src: peerOf(p.workload(), p.id, c.RemoteAddr())}
-	ended := func() {
-		flow.Duration = time.Since(flow.Start)
-		p.z.record(flow)
-		done()
-	}
+	src, start := p.workload(), time.Now()
+	flow := telemetry.Flow{Start: start, Reporter: "source", Decision: telemetry.Allow,
+		Src: peerOf(src, p.id, c.RemoteAddr())}
 	dst, err := redirect.OriginalDst(c)
 	if err != nil {
 		flow.Error = err.Error()
 		c.Close()
-		ended()
+		p.endOutbound(flow, done)
 		return
 	}
 	flow.Dst.Addr = dst.String()
@@ -225,22 +221,18 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 	if err != nil {
 		flow.Error = err.Error()
 		abort(c)
-		ended()
+		p.endOutbound(flow, done)
 		return
 	}
-	flow.Dst = peerOf(rt.Workload, rt.Identity, net.TCPAddrFromAddrPort(rt.Target))
-	flow.Dst.Service = rt.Service.GetHostname()
-	flow.Transport = rt.Kind.String()
+	flow = p.outboundFlow(src, c.RemoteAddr(), rt, start)
 	dctx, cancel := context.WithTimeout(ctx, p.z.cfg.ConnectTimeout)
 	var up net.Conn
 	if rt.Kind == outbound.Tunnel {
-		flow.Security = "mutual_tls"
 		up, err = p.client.Dial(dctx, hbone.Target{
 			Source: p.id, Destination: rt.Identity, Address: rt.TunnelAddr, Authority: rt.Target,
 			Header: http.Header{"Forwarded": {"for=" + forwardedFor(c.RemoteAddr())}},
 		})
 	} else {
-		flow.Security = "none"
 		up, err = netns.DialTCP(dctx, p.nsPath, rt.Target.String(), netns.WithMark(redirect.ZtunnelMark))
 	}
 	cancel()
@@ -251,16 +243,38 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 		}
 		flow.Error = err.Error()
 		abort(c)
-		ended()
+		p.endOutbound(flow, done)
 		return
 	}
 	p.z.opened(flow)
-	t := p.track(up, nil)
+	// The record is rebuilt at the end from what it was made of rather than
+	// kept: an idle connection then holds a third of the memory.
+	t, srcAddr := p.track(up, nil), c.RemoteAddr()
 	hbone.SpliceAsync(up, c, func(toApp, fromApp int64, err error) {
 		p.untrack(t)
+		flow := p.outboundFlow(src, srcAddr, rt, start)
 		flow.BytesSent, flow.BytesRecv, flow.Error = fromApp, toApp, errString(err)
-		ended()
+		p.endOutbound(flow, done)
 	})
+}
+
+// outboundFlow is the record of an outbound connection routed by rt.
+func (p *podProxy) outboundFlow(src *workloadapi.Workload, srcAddr net.Addr, rt outbound.Route, start time.Time) telemetry.Flow {
+	f := telemetry.Flow{Start: start, Reporter: "source", Decision: telemetry.Allow,
+		Src: peerOf(src, p.id, srcAddr), Transport: rt.Kind.String(), Security: "none"}
+	f.Dst = peerOf(rt.Workload, rt.Identity, net.TCPAddrFromAddrPort(rt.Target))
+	f.Dst.Service = rt.Service.GetHostname()
+	if rt.Kind == outbound.Tunnel {
+		f.Security = "mutual_tls"
+	}
+	return f
+}
+
+// endOutbound records an outbound connection's flow and reports it done.
+func (p *podProxy) endOutbound(flow telemetry.Flow, done func()) {
+	flow.Duration = time.Since(flow.Start)
+	p.z.record(flow)
+	done()
 }
 
 // authorizeTunnel checks an inbound HBONE stream: it must be for this pod,
