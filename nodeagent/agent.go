@@ -24,6 +24,8 @@
 //     TokenRequest API, bound to the pod and refreshed). Restart policy
 //     with a doubling backoff; readiness and liveness probes (httpGet,
 //     tcpSocket) from the node's namespace to the pod IP (package probe).
+//   - Gives each container a private mount namespace and its pod's DNS
+//     (see "Mount namespaces and DNS" below).
 //   - Reports pod IPs, phase, conditions and container statuses (ready,
 //     restartCount, states) through the status subresource (package
 //     podstatus).
@@ -32,11 +34,38 @@
 //   - On deletion: SIGTERM, SIGKILL after the grace period, CNI DEL, the
 //     namespace removed, then the pod object deleted with grace 0.
 //
+// # Mount namespaces and DNS
+//
+// Each container run gets a mount namespace of its own. Namespaces belong
+// to threads, so startProcess forks the container from a locked OS thread
+// that setns(2)es into the pod's network namespace, unshare(2)s
+// CLONE_NEWNS, makes every mount recursively private (nothing propagates
+// back to the node) and bind-mounts what the container needs; after the
+// fork the thread returns to the agent's namespaces (and working
+// directory) before it is unlocked. It is never destroyed: Pdeathsig
+// fires when the thread that forked a child exits, so ending a runtime
+// thread would SIGKILL whatever else it had started. The mount namespace
+// dies with the container's last process, so mounts need no record and
+// leave nothing behind after a crash.
+//
+// Today the one mount is DNS: package poddns computes the pod's
+// resolv.conf as a kubelet does from dnsPolicy (ClusterFirst, the
+// default: nameserver Config.ClusterDNS, search <ns>.svc.<domain>
+// svc.<domain> <domain> and the node's, options ndots:5; hostNetwork pods
+// with ClusterFirst, and policy Default, see the node's file;
+// ClusterFirstWithHostNet the cluster one; None only spec.dnsConfig) and
+// dnsConfig. It is written to <pod-dir>/resolv.conf and bind-mounted on
+// /etc/resolv.conf; the node's file is never touched. Without
+// Config.ClusterDNS every pod sees the node's file, as with a kubelet
+// without --cluster-dns. The cluster DNS itself is package clusterdns,
+// run as a pod (manifests/cluster/clusterdns.yaml).
+//
 // # State directory
 //
 //	<state-dir>/pods/<ns>_<name>_<uid>/state.json   netns, CNI config/args/result, container pids
 //	<state-dir>/pods/<ns>_<name>_<uid>/<container>.log   stdout+stderr (also in the pod annotation LogDirAnnotation)
 //	<state-dir>/pods/<ns>_<name>_<uid>/volumes/<volume>/  volume files
+//	<state-dir>/pods/<ns>_<name>_<uid>/resolv.conf   the containers' /etc/resolv.conf
 //	<state-dir>/cni/ipam/   host-local's allocations;  <state-dir>/cni/cache/  libcni's cache
 //
 // Every resource is recorded before it is created, so Cleanup (run by
@@ -47,9 +76,11 @@
 //
 // # Limits
 //
-// No mount namespace (hence the path mapping: programs reading fixed
-// paths such as /etc/resolv.conf or client-go's in-cluster files see the
-// host's; see Config.APIServer), no cgroups (resources are reported, not
+// Volumes are not mounted at their mountPaths inside the mount namespace
+// yet (hence the path mapping: programs reading fixed paths such as
+// client-go's in-cluster files see the host's; see Config.APIServer);
+// the rest of the filesystem is the node's. No /etc/hosts management, no
+// cgroups (resources are reported, not
 // enforced), no init containers (such pods wait with a reason saying so),
 // no exec or grpc probes, no image pulls. ConfigMap and Secret volumes are
 // refreshed with the tokens, not on every change.
@@ -113,6 +144,16 @@ type Config struct {
 	// InternalIP in the node's namespace (see routes.go); for nodes on one
 	// link whose routes nothing else manages.
 	PeerRoutes bool
+	// ClusterDNS are the cluster DNS service's IPs (a kubelet's
+	// --cluster-dns, usually 10.96.0.10): pods with dnsPolicy ClusterFirst
+	// get a resolv.conf naming them (see package poddns). Empty: every pod
+	// sees the node's resolv.conf, as with a kubelet without it.
+	ClusterDNS []netip.Addr
+	// ClusterDomain is the cluster's DNS domain; default "cluster.local".
+	ClusterDomain string
+	// ResolvConf is the node's resolv.conf (a kubelet's --resolv-conf),
+	// for dnsPolicy Default and the search domains; default /etc/resolv.conf.
+	ResolvConf string
 	// Labels are added to the Node's.
 	Labels map[string]string
 	// Capacity is the Node's capacity and allocatable; default 4 CPUs,
@@ -163,6 +204,12 @@ func New(cfg Config) (*Agent, error) {
 	cfg.StateDir = abs
 	if cfg.ConfList == "" {
 		cfg.ConfList = DefaultConfList
+	}
+	if cfg.ClusterDomain == "" {
+		cfg.ClusterDomain = "cluster.local"
+	}
+	if cfg.ResolvConf == "" {
+		cfg.ResolvConf = "/etc/resolv.conf"
 	}
 	if cfg.NetnsPrefix == "" {
 		cfg.NetnsPrefix = "na-"

@@ -43,6 +43,9 @@ const waitTimeout = 45 * time.Second
 
 const testNS = "agent-test"
 
+// clusterDNS is the agents' --cluster-dns.
+const clusterDNS = "10.96.0.10"
+
 // cluster is a control plane, a two-node topology and one agent per node.
 type cluster struct {
 	t      *testing.T
@@ -182,6 +185,7 @@ func newCluster(t *testing.T) *cluster {
 			ShutdownGrace:  2 * time.Second,
 			PeerRoutes:     true,
 			APIServer:      "https://172.30.0.254:6443",
+			ClusterDNS:     []netip.Addr{netip.MustParseAddr(clusterDNS)},
 			Logger:         log,
 		}
 		a, err := New(cfg)
@@ -650,6 +654,10 @@ func TestNodeAgent_RunsPodsOnSimulatedNodes(t *testing.T) {
 		c.deleteAndWait(t, ctx, "hostnet")
 	})
 
+	t.Run("PodsGetTheClusterResolvConfInTheirOwnMountNamespace", func(t *testing.T) {
+		c.testPodDNS(t, ctx)
+	})
+
 	t.Run("GracePeriodEndsWithSIGKILL", func(t *testing.T) {
 		grace := int64(1)
 		pod := &v1.Pod{
@@ -747,4 +755,135 @@ func (c *cluster) deleteAndWait(t *testing.T, ctx context.Context, name string) 
 		_, err := c.client.CoreV1().Pods(testNS).Get(ctx, name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), fmt.Sprint(err)
 	})
+}
+
+// mountLines are the lines of a mountinfo file that concern pods: any
+// mount on a resolv.conf or from a pod directory.
+func mountLines(t *testing.T, file string) []string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "resolv.conf") || strings.Contains(l, "/"+podsDir+"/") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// podPID is the pid of a pod's testapp container, from the agent's record.
+func (c *cluster) podPID(t *testing.T, ctx context.Context, name string) int {
+	t.Helper()
+	p, err := c.client.CoreV1().Pods(testNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := loadRecord(filepath.Join(c.agent(t, p.Spec.NodeName).cfg.StateDir, podsDir, podDirName(testNS, name, string(p.UID))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec.Processes["testapp"].PID
+}
+
+// testPodDNS runs pods with each DNS policy and reads /etc/resolv.conf
+// as their containers see it, then checks that the node's file and
+// mounts are untouched and no mount outlives the pods.
+func (c *cluster) testPodDNS(t *testing.T, ctx context.Context) {
+	hostBefore, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	selfBefore, initBefore := mountLines(t, "/proc/self/mountinfo"), mountLines(t, "/proc/1/mountinfo")
+	var hostSearch string
+	for _, l := range strings.Split(string(hostBefore), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && (f[0] == "search" || f[0] == "domain") {
+			hostSearch = " " + strings.Join(f[1:], " ")
+		}
+	}
+	clusterConf := "nameserver " + clusterDNS + "\nsearch " + testNS + ".svc.cluster.local svc.cluster.local cluster.local" + hostSearch + "\noptions ndots:5\n"
+
+	type dnsPod struct {
+		name    string
+		hostNet bool
+		policy  v1.DNSPolicy
+		port    int32
+		want    string
+	}
+	pods := []dnsPod{
+		{name: "dns-pod", port: 8080, want: clusterConf},
+		{name: "dns-hostnet", hostNet: true, policy: v1.DNSClusterFirst, port: 18081, want: string(hostBefore)},
+		{name: "dns-hostnet-cluster", hostNet: true, policy: v1.DNSClusterFirstWithHostNet, port: 18082, want: clusterConf},
+	}
+	for _, dp := range pods {
+		ctr := testContainer(fmt.Sprintf("--listen=:%d", dp.port), "--file=/etc/resolv.conf")
+		ctr.ReadinessProbe = &v1.Probe{
+			ProbeHandler:  v1.ProbeHandler{TCPSocket: &v1.TCPSocketAction{Port: intstr.FromInt32(dp.port)}},
+			PeriodSeconds: 1,
+		}
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: dp.name},
+			Spec:       v1.PodSpec{NodeName: "node-1", HostNetwork: dp.hostNet, DNSPolicy: dp.policy, Containers: []v1.Container{ctr}},
+		}
+		if _, err := c.client.CoreV1().Pods(testNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var pids []int
+	for _, dp := range pods {
+		var ip string
+		waitFor(t, dp.name+" ready", func() (bool, string) {
+			p, err := c.client.CoreV1().Pods(testNS).Get(ctx, dp.name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			ip = p.Status.PodIP
+			return podReady(p), fmt.Sprintf("%+v", p.Status.ContainerStatuses)
+		})
+		// The container's own view, through the app, and through /proc.
+		got := get(t, c.nodeHTTP(1), "http://"+net.JoinHostPort(ip, strconv.Itoa(int(dp.port)))+"/file")
+		if got != dp.want {
+			t.Errorf("%s: /etc/resolv.conf in the container:\n%s\nwant:\n%s", dp.name, got, dp.want)
+		}
+		pid := c.podPID(t, ctx, dp.name)
+		pids = append(pids, pid)
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/etc/resolv.conf", pid)); err != nil || string(b) != dp.want {
+			t.Errorf("%s: /proc/%d/root/etc/resolv.conf: %v %q", dp.name, pid, err, b)
+		}
+		// Its own mount namespace, with the bind mount when there is one.
+		self, _ := os.Readlink("/proc/self/ns/mnt")
+		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", pid))
+		if ns == "" || ns == self {
+			t.Errorf("%s: container mount namespace %q, the agent's %q", dp.name, ns, self)
+		}
+		mounted := slices.ContainsFunc(mountLines(t, fmt.Sprintf("/proc/%d/mountinfo", pid)), func(l string) bool {
+			f := strings.Fields(l)
+			return len(f) > 4 && f[4] == "/etc/resolv.conf" && strings.Contains(f[3], resolvConfFile)
+		})
+		if mounted != (dp.want == clusterConf) {
+			t.Errorf("%s: resolv.conf bind mount in the container: %v, want %v", dp.name, mounted, dp.want == clusterConf)
+		}
+	}
+	if b, _ := os.ReadFile("/etc/resolv.conf"); string(b) != string(hostBefore) {
+		t.Errorf("the node's /etc/resolv.conf changed to %q", b)
+	}
+	if got := mountLines(t, "/proc/self/mountinfo"); !slices.Equal(got, selfBefore) {
+		t.Errorf("the agent's mounts changed while pods run: %q, before %q", got, selfBefore)
+	}
+	for _, dp := range pods {
+		c.deleteAndWait(t, ctx, dp.name)
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("container %d survived its pod (kill 0: %v)", pid, err)
+		}
+	}
+	if got := mountLines(t, "/proc/self/mountinfo"); !slices.Equal(got, selfBefore) {
+		t.Errorf("mounts left in the agent's namespace: %q, before %q", got, selfBefore)
+	}
+	if got := mountLines(t, "/proc/1/mountinfo"); !slices.Equal(got, initBefore) {
+		t.Errorf("mounts left in the host's namespace: %q, before %q", got, initBefore)
+	}
 }

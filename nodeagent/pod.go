@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ambientmesh/ambient/nodeagent/images"
+	"github.com/ambientmesh/ambient/nodeagent/poddns"
 	"github.com/ambientmesh/ambient/nodeagent/podenv"
 	"github.com/ambientmesh/ambient/nodeagent/podstatus"
 	"github.com/ambientmesh/ambient/nodeagent/probe"
@@ -30,8 +31,9 @@ const LogDirAnnotation = "nodeagent.ambientmesh.io/log-dir"
 
 // Files in a pod's directory.
 const (
-	volumesDir     = "volumes"    // the pod's volumes, see podenv
-	kubeconfigFile = "kubeconfig" // see Config.APIServer
+	volumesDir     = "volumes"     // the pod's volumes, see podenv
+	kubeconfigFile = "kubeconfig"  // see Config.APIServer
+	resolvConfFile = "resolv.conf" // mounted on the containers' /etc/resolv.conf
 )
 
 // Timings of a pod worker.
@@ -396,7 +398,12 @@ func (w *podWorker) start(ctx context.Context, c *ctr) error {
 		dir = in.PathsMap.Rewrite(c.spec.WorkingDir)
 	}
 	logPath := filepath.Join(w.dir, c.spec.Name+".log")
-	p, err := startProcess(w.podNetnsPath(), argv, env, dir, logPath)
+	mounts, err := w.mounts()
+	if err != nil {
+		c.waitWhy, c.waitMsg = "CreateContainerConfigError", err.Error()
+		return err
+	}
+	p, err := startProcess(w.podNetnsPath(), mounts, argv, env, dir, logPath)
 	if err != nil {
 		c.waitWhy, c.waitMsg = "RunContainerError", err.Error()
 		return err
@@ -423,6 +430,29 @@ func (w *podWorker) start(ctx context.Context, c *ctr) error {
 		go probe.Run(pctx, w.prober(c, probe.Liveness, c.spec.LivenessProbe))
 	}
 	return nil
+}
+
+// mounts writes the pod's resolv.conf (package poddns) and returns what
+// the containers' mount namespaces mount: that file on /etc/resolv.conf,
+// unless the pod just sees the node's.
+func (w *podWorker) mounts() ([]bindMount, error) {
+	cfg := &w.a.cfg
+	host, err := os.ReadFile(cfg.ResolvConf)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("node resolv.conf: %w", err)
+	}
+	cluster := poddns.Cluster{Domain: cfg.ClusterDomain}
+	for _, ip := range cfg.ClusterDNS {
+		cluster.Nameservers = append(cluster.Nameservers, ip.String())
+	}
+	conf, useHost, err := poddns.ForPod(w.pod, cluster, host)
+	if err != nil || useHost {
+		return nil, err
+	}
+	if err := podenv.WriteFileAtomic(w.dir, resolvConfFile, conf.Render(), 0o644); err != nil {
+		return nil, fmt.Errorf("pod resolv.conf: %w", err)
+	}
+	return []bindMount{{Source: filepath.Join(w.dir, resolvConfFile), Target: "/etc/resolv.conf"}}, nil
 }
 
 func (w *podWorker) prober(c *ctr, kind probe.Kind, p *v1.Probe) probe.Prober {

@@ -12,7 +12,7 @@ COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o /out/istiod-lite ./cmd/istiod-lite
 
 # Distroless static, non-root: it only talks to the apiserver and serves gRPC.
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM debian:trixie-slim
 COPY --from=build /out/istiod-lite /usr/local/bin/istiod-lite
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/istiod-lite"]

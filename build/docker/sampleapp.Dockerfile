@@ -11,7 +11,7 @@ RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o /out/sampleapp ./cmd/sampleapp
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM debian:trixie-slim
 COPY --from=build /out/sampleapp /usr/local/bin/sampleapp
 USER 65532:65532
 EXPOSE 8080 9000

@@ -6,7 +6,8 @@
 //	          [--node-netns /run/netns/NODE] [--pod-cidr CIDR]
 //	          --state-dir DIR --cni-bin-dir DIR[,DIR] [--cni-conflist TEMPLATE]
 //	          [--image-table FILE | --bin-dir DIR] [--peer-routes]
-//	          [--pod-apiserver URL]
+//	          [--pod-apiserver URL] [--cluster-dns IP[,IP]]
+//	          [--cluster-domain cluster.local] [--resolv-conf /etc/resolv.conf]
 //	nodeagent cleanup --state-dir DIR
 //
 // `cleanup` kills the processes, runs CNI DEL and deletes the network
@@ -67,6 +68,9 @@ type options struct {
 	backoff     time.Duration
 	peerRoutes  bool
 	apiServer   string
+	clusterDNS  string
+	domain      string
+	resolvConf  string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -88,6 +92,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.imageTable, "image-table", "", "image table YAML (default: the built-in table over --bin-dir)")
 	fs.StringVar(&o.binDir, "bin-dir", "", "directory of the project's binaries for the built-in image table (default: this executable's directory)")
 	fs.StringVar(&o.apiServer, "pod-apiserver", "", "apiserver URL as pods reach it: pods with a ServiceAccount token get $KUBECONFIG for it")
+	fs.StringVar(&o.clusterDNS, "cluster-dns", "", "cluster DNS service IPs, comma-separated (e.g. 10.96.0.10): pods with dnsPolicy ClusterFirst resolve through it; empty: pods see --resolv-conf")
+	fs.StringVar(&o.domain, "cluster-domain", "cluster.local", "cluster DNS domain for the pods' search path")
+	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "the node's resolv.conf (dnsPolicy Default, and search domains)")
 	fs.BoolVar(&o.peerRoutes, "peer-routes", false, "route other nodes' pod CIDRs via their InternalIPs in the node's namespace")
 	fs.DurationVar(&o.backoff, "restart-backoff", 10*time.Second, "first container restart delay (doubles up to 5m)")
 	if err := fs.Parse(args); err != nil {
@@ -139,9 +146,20 @@ func config(o options, log *slog.Logger) (nodeagent.Config, error) {
 		RestartBackoff: o.backoff,
 		PeerRoutes:     o.peerRoutes,
 		APIServer:      o.apiServer,
+		ClusterDomain:  o.domain,
+		ResolvConf:     o.resolvConf,
 		Logger:         log,
 	}
 	var err error
+	if o.clusterDNS != "" {
+		for _, s := range strings.Split(o.clusterDNS, ",") {
+			ip, err := netip.ParseAddr(strings.TrimSpace(s))
+			if err != nil {
+				return cfg, fmt.Errorf("--cluster-dns: %w", err)
+			}
+			cfg.ClusterDNS = append(cfg.ClusterDNS, ip)
+		}
+	}
 	if cfg.NodeIP, err = netip.ParseAddr(o.nodeIP); err != nil {
 		return cfg, fmt.Errorf("--node-ip: %w", err)
 	}

@@ -57,12 +57,29 @@ func TestConfig_BadValuesAreRefused(t *testing.T) {
 		{func(o *options) { o.podCIDR = "10.0.0.0" }, "--pod-cidr"},
 		{func(o *options) { o.imageTable = "/nonexistent.yaml" }, "image table"},
 		{func(o *options) { o.binDir = "/b" }, "kubeconfig"},
+		{func(o *options) { o.clusterDNS = "10.96.0.10,nope" }, "--cluster-dns"},
 	} {
 		o := base
 		tc.mod(&o)
 		if _, err := config(o, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("config(%+v): %v, want %q", o, err, tc.want)
 		}
+	}
+}
+
+func TestParseFlags_ClusterDNS(t *testing.T) {
+	o, err := parseFlags([]string{"--state-dir=/s", "--node-name=n", "--node-ip=172.30.0.1", "--cni-bin-dir=/c",
+		"--cluster-dns=10.96.0.10", "--kubeconfig=/nonexistent"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.clusterDNS != "10.96.0.10" || o.domain != "cluster.local" || o.resolvConf != "/etc/resolv.conf" {
+		t.Errorf("options %+v", o)
+	}
+	o.binDir = "/b"
+	// config stops at the kubeconfig, after the DNS flags are parsed.
+	if _, err := config(o, nil); err == nil || !strings.Contains(err.Error(), "kubeconfig") {
+		t.Errorf("config: %v", err)
 	}
 }
 

@@ -23,7 +23,7 @@ type Entry struct {
 	// image reference with any digest removed and ":latest" added when it has
 	// no tag, both as written and with its registry host removed. So
 	// "ambient/ztunnel:*" matches "ambient/ztunnel", "ambient/ztunnel:v1"
-	// and "ghcr.io/ambient/ztunnel:v1".
+	// and "registry.example/ambient/ztunnel:v1".
 	Image string `json:"image"`
 	// Binary is the local executable that is the image's entrypoint. A
 	// relative path is resolved against the table's base directory (the
@@ -64,6 +64,7 @@ var Default = []Entry{
 	{Image: "ambient/ztunnel:*", Binary: "ztunnel", Paths: []string{"/usr/local/bin/ztunnel"}},
 	{Image: "ambient/istiod-lite:*", Binary: "istiod-lite", Paths: []string{"/usr/local/bin/istiod-lite"}},
 	{Image: "ambient/ambient-cni:*", Binary: "ambient-cni", Paths: []string{"/usr/local/bin/ambient-cni"}},
+	{Image: "ambient/clusterdns:*", Binary: "clusterdns", Paths: []string{"/usr/local/bin/clusterdns"}},
 }
 
 // Load reads a table file; relative binaries are resolved against

@@ -20,7 +20,7 @@ func TestTable_Resolve(t *testing.T) {
 	}{
 		{image: "ambient/ztunnel:v1", args: []string{"--x"}, want: []string{"/opt/bin/ztunnel", "--x"}},
 		{image: "ambient/ztunnel", want: []string{"/opt/bin/ztunnel"}},
-		{image: "ghcr.io/ambient/ztunnel:v1@sha256:abc", want: []string{"/opt/bin/ztunnel"}},
+		{image: "registry.example/ambient/ztunnel:v1@sha256:abc", want: []string{"/opt/bin/ztunnel"}},
 		{image: "localhost:5000/ambient/istiod-lite:dev", want: []string{"/opt/bin/istiod-lite"}},
 		{image: "ambient/sampleapp:v2", cmd: []string{"/usr/local/bin/sampleapp", "--name", "a"}, args: []string{"--v"},
 			want: []string{"/opt/bin/sampleapp", "--name", "a", "--v"}},

@@ -5,7 +5,9 @@
 // as files under the pod's directory (VolumeWriter), and the mapping of
 // its mount paths to those files (PathMap).
 //
-// There is no mount namespace: a volume mounted at /var/run/secrets/tokens
+// Volumes are not mounted in the container's mount namespace (which
+// holds only its resolv.conf, see package nodeagent): a volume mounted at
+// /var/run/secrets/tokens
 // lives in <pod-dir>/volumes/<volume>, and every argument and environment
 // value naming a path under a mount path (as the whole value, or after a
 // flag's '=') is rewritten to the host path before the process starts. A
