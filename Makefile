@@ -5,7 +5,7 @@ GO       ?= go
 BIN      := bin
 FUZZTIME ?= 5s
 # Packages with goroutines and locks, run again under the race detector.
-RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/... ./nodeagent/... ./ambientctl/...
+RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/... ./nodeagent/... ./ambientctl/... ./localcluster/...
 
 .PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel bench-controlplane demo lint deps
 

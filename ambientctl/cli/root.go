@@ -1,7 +1,8 @@
 // Package cli is ambientctl's command tree (cobra), kubectl-like in feel:
 // global --kubeconfig, --context, -n/--namespace, -A/--all-namespaces and
 // -o table|json|yaml; `ambient enable|disable|status`, `zc
-// workloads|services|policies|certs`, and `flows`. cmd/ambientctl is its
+// workloads|services|policies|certs`, `flows`, and `cluster up|down|status`
+// (the local cluster, package localcluster). cmd/ambientctl is its
 // main; tests run the same tree in process.
 package cli
 
@@ -51,7 +52,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.BoolVarP(&g.allNamespaces, "all-namespaces", "A", false, "all namespaces")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.StringVar(&g.clusterState, "cluster-state", "", "the local cluster's state file (default $AMBIENT_CLUSTER_STATE, else $XDG_STATE_HOME/ambient/cluster.json); when given, ztunnels are reached through the node network namespaces it lists")
-	root.AddCommand(newAmbientCmd(g), newZcCmd(g), newFlowsCmd(g))
+	root.AddCommand(newAmbientCmd(g), newZcCmd(g), newFlowsCmd(g), newClusterCmd(g))
 	return root
 }
 

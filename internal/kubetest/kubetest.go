@@ -29,11 +29,6 @@ package kubetest
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -45,13 +40,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/controlplane"
 )
 
 // Version is the Kubernetes version hack/build-k8s.sh builds.
-const Version = "v1.37.2"
+const Version = controlplane.Version
 
 // ServiceCIDR is the apiserver's --service-cluster-ip-range.
-const ServiceCIDR = "10.96.0.0/16"
+const ServiceCIDR = controlplane.ServiceCIDR
 
 // Timeouts.
 const (
@@ -83,7 +80,7 @@ type Cluster struct {
 	BinDir     string // where kube-apiserver, kubectl, ... live
 
 	t     testing.TB
-	procs []*proc // in start order
+	procs []*controlplane.Proc // in start order
 	once  sync.Once
 }
 
@@ -115,119 +112,72 @@ func Start(t testing.TB, opts Options) *Cluster {
 }
 
 func (c *Cluster) start(etcdBin string, opts Options) error {
-	p, err := writePKI(c.Dir)
+	p, err := controlplane.WritePKI(c.Dir, 24*time.Hour)
 	if err != nil {
 		return err
 	}
-	c.CAData = p.caPEM
-	ports, err := freePorts(6)
+	c.CAData = p.CAPEM
+	ports, err := controlplane.FreePorts(6)
 	if err != nil {
 		return err
 	}
 	etcdClient, etcdPeer, apiPort, cmPort, schedPort := ports[0], ports[1], ports[2], ports[3], ports[4]
 	c.Server = "https://127.0.0.1:" + strconv.Itoa(apiPort)
 
-	tok := make([]byte, 16)
-	if _, err := rand.Read(tok); err != nil {
-		return fmt.Errorf("kubetest: token: %w", err)
+	if c.Token, err = controlplane.NewToken(); err != nil {
+		return err
 	}
-	c.Token = hex.EncodeToString(tok)
 	tokenFile := filepath.Join(c.Dir, "tokens.csv")
-	if err := os.WriteFile(tokenFile, []byte(c.Token+`,kubetest-admin,kubetest-admin,"system:masters"`+"\n"), 0o600); err != nil {
-		return fmt.Errorf("kubetest: %w", err)
+	if err := controlplane.WriteTokenFile(tokenFile, c.Token, "kubetest-admin"); err != nil {
+		return err
 	}
 	c.Kubeconfig = filepath.Join(c.Dir, "kubeconfig")
-	if err := os.WriteFile(c.Kubeconfig, c.kubeconfigYAML(), 0o600); err != nil {
+	if err := os.WriteFile(c.Kubeconfig, controlplane.KubeconfigYAML("kubetest", c.Server, c.CAData, c.Token), 0o600); err != nil {
 		return fmt.Errorf("kubetest: %w", err)
 	}
 
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(etcdClient)
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(etcdPeer)
-	if err := c.run("etcd", etcdBin,
-		"--name=kubetest",
-		"--data-dir="+filepath.Join(c.Dir, "etcd"),
-		"--listen-client-urls="+etcdURL,
-		"--advertise-client-urls="+etcdURL,
-		"--listen-peer-urls="+peerURL,
-		"--initial-advertise-peer-urls="+peerURL,
-		"--initial-cluster=kubetest="+peerURL,
-		"--logger=zap",
-		"--log-level=warn",
-	); err != nil {
+	if err := c.run("etcd", etcdBin, controlplane.EtcdArgs(controlplane.Etcd{
+		Name:      "kubetest",
+		DataDir:   filepath.Join(c.Dir, "etcd"),
+		ClientURL: etcdURL,
+		PeerURL:   "http://127.0.0.1:" + strconv.Itoa(etcdPeer),
+	})...); err != nil {
 		return err
 	}
-
-	if err := c.run("kube-apiserver", filepath.Join(c.BinDir, "kube-apiserver"), append([]string{
-		"--etcd-servers=" + etcdURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
-		// The endpoint reconciler refuses a loopback advertise address; with
-		// none, the default/kubernetes Service simply has no endpoints.
-		"--endpoint-reconciler-type=none",
-		"--secure-port=" + strconv.Itoa(apiPort),
-		"--cert-dir=" + filepath.Join(c.Dir, "apiserver-certs"),
-		"--tls-cert-file=" + p.servingCert,
-		"--tls-private-key-file=" + p.servKey,
-		"--client-ca-file=" + p.caCert,
-		"--token-auth-file=" + tokenFile,
-		"--authorization-mode=RBAC",
-		"--service-account-key-file=" + p.saPub,
-		"--service-account-signing-key-file=" + p.saKey,
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-cluster-ip-range=" + ServiceCIDR,
-		"--allow-privileged=true",
-		// Published in kube-system/extension-apiserver-authentication;
-		// without it the other components log an error every few seconds.
-		"--requestheader-client-ca-file=" + p.caCert,
-		"--requestheader-allowed-names=kubetest-front-proxy",
-		"--requestheader-username-headers=X-Remote-User",
-		"--requestheader-group-headers=X-Remote-Group",
-		"--requestheader-extra-headers-prefix=X-Remote-Extra-",
-		"--profiling=false",
-	}, opts.APIServerArgs...)...); err != nil {
+	if err := c.run("kube-apiserver", filepath.Join(c.BinDir, "kube-apiserver"), controlplane.APIServerArgs(controlplane.APIServer{
+		EtcdURL:     etcdURL,
+		BindAddress: "127.0.0.1",
+		Port:        apiPort,
+		CertDir:     filepath.Join(c.Dir, "apiserver-certs"),
+		PKI:         p,
+		TokenFile:   tokenFile,
+		ExtraArgs:   opts.APIServerArgs,
+	})...); err != nil {
 		return err
 	}
 	if err := c.waitReady(); err != nil {
 		return err
 	}
-
 	if opts.ControllerManager {
-		args := []string{
-			"--kubeconfig=" + c.Kubeconfig,
-			"--authentication-kubeconfig=" + c.Kubeconfig,
-			"--authorization-kubeconfig=" + c.Kubeconfig,
-			"--bind-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(cmPort),
-			"--cert-dir=" + filepath.Join(c.Dir, "controller-manager-certs"),
-			"--controllers=*",
-			"--leader-elect=false",
-			"--use-service-account-credentials=true",
-			"--service-account-private-key-file=" + p.saKey,
-			"--root-ca-file=" + p.caCert,
-			"--cluster-signing-cert-file=" + p.caCert,
-			"--cluster-signing-key-file=" + p.caKey,
-			"--service-cluster-ip-range=" + ServiceCIDR,
-			"--profiling=false",
-		}
-		if opts.ClusterCIDR != "" {
-			args = append(args, "--allocate-node-cidrs=true", "--cluster-cidr="+opts.ClusterCIDR)
-		}
-		args = append(args, opts.ControllerManagerArgs...)
-		if err := c.run("kube-controller-manager", filepath.Join(c.BinDir, "kube-controller-manager"), args...); err != nil {
+		if err := c.run("kube-controller-manager", filepath.Join(c.BinDir, "kube-controller-manager"), controlplane.ControllerManagerArgs(controlplane.ControllerManager{
+			Kubeconfig:  c.Kubeconfig,
+			Port:        cmPort,
+			CertDir:     filepath.Join(c.Dir, "controller-manager-certs"),
+			PKI:         p,
+			ClusterCIDR: opts.ClusterCIDR,
+			ExtraArgs:   opts.ControllerManagerArgs,
+		})...); err != nil {
 			return err
 		}
 	}
 	if opts.Scheduler {
-		if err := c.run("kube-scheduler", filepath.Join(c.BinDir, "kube-scheduler"), append([]string{
-			"--kubeconfig=" + c.Kubeconfig,
-			"--authentication-kubeconfig=" + c.Kubeconfig,
-			"--authorization-kubeconfig=" + c.Kubeconfig,
-			"--bind-address=127.0.0.1",
-			"--secure-port=" + strconv.Itoa(schedPort),
-			"--cert-dir=" + filepath.Join(c.Dir, "scheduler-certs"),
-			"--leader-elect=false",
-			"--profiling=false",
-		}, opts.SchedulerArgs...)...); err != nil {
+		if err := c.run("kube-scheduler", filepath.Join(c.BinDir, "kube-scheduler"), controlplane.SchedulerArgs(controlplane.Scheduler{
+			Kubeconfig: c.Kubeconfig,
+			Port:       schedPort,
+			CertDir:    filepath.Join(c.Dir, "scheduler-certs"),
+			ExtraArgs:  opts.SchedulerArgs,
+		})...); err != nil {
 			return err
 		}
 	}
@@ -236,7 +186,7 @@ func (c *Cluster) start(etcdBin string, opts Options) error {
 
 // run starts one component and records it for Stop.
 func (c *Cluster) run(name, bin string, args ...string) error {
-	p, err := startProc(c.Dir, name, bin, args...)
+	p, err := controlplane.StartProc(c.Dir, name, controlplane.ProcOptions{}, bin, args...)
 	if err != nil {
 		return err
 	}
@@ -256,77 +206,23 @@ func (c *Cluster) Pids() []int {
 
 // HTTPClient returns a client that trusts the cluster's CA and sends the
 // admin token.
-func (c *Cluster) HTTPClient() *http.Client {
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(c.CAData)
-	return &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &bearer{token: c.Token, next: &http.Transport{
-			TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
-		}},
-	}
-}
-
-// bearer adds an Authorization header to each request.
-type bearer struct {
-	token string
-	next  http.RoundTripper
-}
-
-func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.next.RoundTrip(r)
-}
+func (c *Cluster) HTTPClient() *http.Client { return controlplane.HTTPClient(c.CAData, c.Token) }
 
 // waitReady polls /readyz until it answers 200, the apiserver or etcd exits,
 // or readyTimeout passes.
 func (c *Cluster) waitReady() error {
 	hc := c.HTTPClient()
 	hc.Timeout = 2 * time.Second
-	deadline := time.Now().Add(readyTimeout)
-	var last string
-	for time.Now().Before(deadline) {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	return controlplane.WaitReady(ctx, hc, c.Server, func() error {
 		for _, p := range c.procs {
-			if p.exited() {
-				return fmt.Errorf("kubetest: %s exited before the apiserver was ready: %v", p.name, p.err)
+			if p.Exited() {
+				return fmt.Errorf("kubetest: %s exited before the apiserver was ready: %v", p.Name, p.Err())
 			}
 		}
-		resp, err := hc.Get(c.Server + "/readyz")
-		if err == nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = fmt.Sprintf("%s: %s", resp.Status, body)
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return fmt.Errorf("kubetest: apiserver %s not ready after %v: %s", c.Server, readyTimeout, last)
-}
-
-func (c *Cluster) kubeconfigYAML() []byte {
-	return []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: kubetest
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: kubetest-admin
-  user:
-    token: %s
-contexts:
-- name: kubetest
-  context:
-    cluster: kubetest
-    user: kubetest-admin
-current-context: kubetest
-`, c.Server, base64.StdEncoding.EncodeToString(c.CAData), c.Token))
+		return nil
+	})
 }
 
 // Kubectl runs the built kubectl against the cluster and returns its
@@ -371,7 +267,7 @@ func (c *Cluster) Stop() {
 			c.dumpLogs()
 		}
 		for i := len(c.procs) - 1; i >= 0; i-- {
-			c.procs[i].stop(stopGrace)
+			c.procs[i].Stop(stopGrace)
 		}
 		if err := os.RemoveAll(c.Dir); err != nil {
 			c.t.Errorf("kubetest: remove %s: %v", c.Dir, err)
@@ -382,7 +278,7 @@ func (c *Cluster) Stop() {
 // dumpLogs writes the tail of each component's log to the test log.
 func (c *Cluster) dumpLogs() {
 	for _, p := range c.procs {
-		c.t.Logf("kubetest: ---- %s log (tail) ----\n%s", p.name, p.tail(8<<10))
+		c.t.Logf("kubetest: ---- %s log (tail) ----\n%s", p.Name, p.Tail(8<<10))
 	}
 }
 
@@ -391,57 +287,19 @@ func (c *Cluster) dumpLogs() {
 // unless CI=true.
 func findBinaries(t testing.TB) string {
 	t.Helper()
-	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	root, err := controlplane.RepoRoot()
 	if err != nil {
-		t.Fatalf("kubetest: find the repository root with go list -m: %v", err)
-	}
-	root := strings.TrimSpace(string(out))
-	script := filepath.Join(root, "hack", "build-k8s.sh")
-	if _, err := os.Stat(script); err != nil {
-		t.Fatalf("kubetest: %v (is %s the ambient repository?)", err, root)
+		t.Fatalf("kubetest: %v", err)
 	}
 	if os.Getenv("CI") != "true" {
-		if missing := missingBinaries(); len(missing) > 0 {
+		if missing := controlplane.MissingBinaries(); len(missing) > 0 {
 			t.Skipf("kubetest: Kubernetes %s binaries not built (%s); run: %s (about 12 minutes the first time)",
-				Version, strings.Join(missing, ", "), script)
+				Version, strings.Join(missing, ", "), filepath.Join(root, "hack", "build-k8s.sh"))
 		}
 	}
-	cmd := exec.Command(script)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err = cmd.Output()
+	dir, err := controlplane.FindBinaries(root, nil)
 	if err != nil {
-		t.Fatalf("kubetest: %s failed: %v\n%s", script, err, stderr.String())
-	}
-	dir := strings.TrimSpace(string(out))
-	if i := strings.LastIndexByte(dir, '\n'); i >= 0 {
-		dir = dir[i+1:]
-	}
-	for _, b := range binaries {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			t.Fatalf("kubetest: %s printed %q but: %v", script, dir, err)
-		}
+		t.Fatalf("kubetest: %v", err)
 	}
 	return dir
-}
-
-var binaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"}
-
-// missingBinaries lists the binaries not yet in hack/build-k8s.sh's cache.
-func missingBinaries() []string {
-	cache := os.Getenv("XDG_CACHE_HOME")
-	if cache == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return binaries
-		}
-		cache = filepath.Join(home, ".cache")
-	}
-	var missing []string
-	for _, b := range binaries {
-		if _, err := os.Stat(filepath.Join(cache, "ambient", "k8s", Version, b)); err != nil {
-			missing = append(missing, b)
-		}
-	}
-	return missing
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/controlplane"
 )
 
 // objectList is the part of a kubectl -o json list these tests read.
@@ -35,7 +37,7 @@ func checkStopped(t *testing.T, c *Cluster) {
 	}
 	c.Stop()
 	for _, pid := range pids {
-		if !groupGone(pid) {
+		if !controlplane.GroupGone(pid) {
 			t.Errorf("process group %d still has processes after Stop", pid)
 		}
 	}
@@ -79,8 +81,8 @@ func TestStart_APIServerServesNamespaces(t *testing.T) {
 	}
 
 	// Without the token the request is anonymous and RBAC refuses it.
-	hc := c.HTTPClient()
-	hc.Transport = hc.Transport.(*bearer).next
+	hc := controlplane.HTTPClient(c.CAData, "")
+	hc.Transport = hc.Transport.(interface{ Unwrap() http.RoundTripper }).Unwrap()
 	resp, err = hc.Get(c.Server + "/api/v1/namespaces/shop")
 	if err != nil {
 		t.Fatal(err)
