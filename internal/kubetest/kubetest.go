@@ -258,6 +258,24 @@ func (c *Cluster) ApplyFile(path string) error {
 	return err
 }
 
+// WaitEstablished waits up to a minute until the named CRDs (e.g.
+// "crd/gateways.gateway.networking.k8s.io") are Established. kubectl wait
+// fails outright on a CRD whose status has no conditions yet, so it is
+// retried until the deadline.
+func (c *Cluster) WaitEstablished(crds ...string) error {
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := c.kubectl(nil, append([]string{"wait", "--for=condition=Established", "--timeout=10s"}, crds...)...)
+		if err == nil || time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("kubetest: CRDs not established: %w: %s", err, out)
+			}
+			return nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // Stop stops the components in reverse start order and removes Dir. If the
 // test has failed, it logs the tail of each log first. It is safe to call
 // more than once; Start registers it with t.Cleanup.

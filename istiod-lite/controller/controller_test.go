@@ -39,7 +39,7 @@ func startMesh(t *testing.T) *mesh {
 	if _, err := c.Kubectl("apply", "--server-side", "-f", "../../manifests/crds"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.Kubectl("wait", "--for=condition=Established", "--timeout=60s",
+	if err := c.WaitEstablished(
 		"crd/authorizationpolicies.security.istio.io", "crd/peerauthentications.security.istio.io",
 		"crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io",
 		"crd/httproutes.gateway.networking.k8s.io"); err != nil {
