@@ -33,9 +33,13 @@ type Config struct {
 	// CNIBinDir holds ptp and host-local (default: hack/build-cni-plugins.sh).
 	CNIBinDir string
 	// BinDir holds the project's binaries: nodeagent, ambient-cni and the
-	// images' binaries (default <RepoRoot>/bin; built when nodeagent is
-	// missing).
+	// images' binaries (clusterdns, sampleapp, ...; default <RepoRoot>/bin;
+	// built when one of them is missing).
 	BinDir string
+	// ClusterManifests is the kustomization of the cluster's add-ons (the
+	// cluster DNS), applied at the end of Up (default
+	// <RepoRoot>/manifests/cluster).
+	ClusterManifests string
 	// Etcd is the etcd binary (default: etcd from $PATH).
 	Etcd string
 

@@ -23,6 +23,20 @@
 // service and node CIDRs, so nothing the cluster sends can leave by the
 // machine's default route; the host link's connected /24 is the only way in.
 //
+// # Cluster DNS and host paths
+//
+// The node agents get --cluster-dns at the service CIDR's address + 10
+// (Plan.ClusterDNS, 10.96.0.10), and Up ends by applying manifests/cluster/
+// (clusterdns as Service kube-system/kube-dns at that address; image
+// ambient/clusterdns → <BinDir>/clusterdns) with the cached kubectl
+// (apply -k, server-side) and waiting for a ready kube-dns endpoint, so
+// pods resolve <svc>.<ns>.svc.cluster.local. Each node agent gets
+// --host-path-root <state-dir>/nodes/<node>/root: the nodes share the
+// machine's file system, so each node's hostPath volumes live under its
+// own root (the netns paths excepted); ambient-cni's socket and state
+// directory in the node's conflist are where the ztunnel DaemonSet's
+// hostPath /var/run/ambient lands there (ZtunnelSocket, CNIStateDir).
+//
 // # State directory
 //
 //	<state-dir>/resources.json    every process (pid + start time), namespace, root link, route and file, recorded before it is created
@@ -31,6 +45,7 @@
 //	<state-dir>/logs/<component>.log
 //	<state-dir>/etcd/             etcd's data
 //	<state-dir>/nodes/<node>/     the node agent's state dir (pods, logs), kube-proxy's config, the CNI conflist template
+//	<state-dir>/nodes/<node>/root/  the node's hostPath volumes (root/var/run/ambient: ztunnel's CNI socket and state)
 //
 // Down reads resources.json, so it removes everything even after a crash of
 // the processes or of ambientctl: the node agents get SIGTERM (they stop

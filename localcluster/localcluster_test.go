@@ -65,7 +65,7 @@ func testConfig(t *testing.T) localcluster.Config {
 		t.Fatalf("hack/build-cni-plugins.sh: %v", err)
 	}
 	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/nodeagent", "./cmd/ambient-cni", "./cmd/sampleapp")
+	build := exec.Command("go", "build", "-o", bin+"/", "./cmd/nodeagent", "./cmd/ambient-cni", "./cmd/clusterdns", "./cmd/sampleapp")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
@@ -100,7 +100,7 @@ func (w tWriter) Write(b []byte) (int, error) {
 // and Up after a crash (every process SIGKILLed) recovers by cleaning up.
 func TestUpDown_PodsReachServiceAndPeerAcrossNodes_DownLeavesNothing(t *testing.T) {
 	cfg := testConfig(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -154,6 +154,30 @@ func TestUpDown_PodsReachServiceAndPeerAcrossNodes_DownLeavesNothing(t *testing.
 		t.Errorf("GET pod %s (%s) from %s: %q", b.Name, b.Status.PodIP, a.Name, got)
 	}
 
+	// Cluster DNS: pod A resolves the Service's name through its own
+	// resolv.conf (nameserver the plan's ClusterDNS, the kube-dns Service
+	// through kube-proxy, answered by clusterdns) and calls it.
+	dnsName := "web.default.svc.cluster.local"
+	got := httpGetPath(ctx, t, aNetns, net.JoinHostPort(a.Status.PodIP, "8080"), "/call?url=http://"+dnsName+":80/")
+	var rep struct {
+		Upstreams []struct {
+			Status int             `json:"status"`
+			Body   json.RawMessage `json:"body"`
+			Error  string          `json:"error"`
+		} `json:"upstreams"`
+	}
+	var upstream struct {
+		Service string `json:"service"`
+		Host    string `json:"host"`
+	}
+	err = json.Unmarshal([]byte(got), &rep)
+	if err == nil && len(rep.Upstreams) == 1 {
+		err = json.Unmarshal(rep.Upstreams[0].Body, &upstream)
+	}
+	if err != nil || len(rep.Upstreams) != 1 || rep.Upstreams[0].Status != http.StatusOK || upstream.Service != "web" {
+		t.Errorf("pod %s calling http://%s/: %q (%v)", a.Name, dnsName, got, err)
+	}
+
 	// Pods reach the apiserver on the host link, directly and through the
 	// kubernetes Service (kube-proxy to the advertised address).
 	for _, addr := range []string{net.JoinHostPort(c.Plan.HostIP.String(), "6443"), "10.96.0.1:443"} {
@@ -181,8 +205,8 @@ func TestUpDown_PodsReachServiceAndPeerAcrossNodes_DownLeavesNothing(t *testing.
 
 	// Crash: every process SIGKILLed, the state directory left behind.
 	before := snapshot(t, cfg)
-	if len(before.podNetns) != 2 {
-		t.Errorf("pod namespaces while the app runs: %v, want 2", before.podNetns)
+	if len(before.podNetns) != 3 {
+		t.Errorf("pod namespaces while the app runs: %v, want 3 (2 web, clusterdns)", before.podNetns)
 	}
 	for _, p := range before.procs {
 		_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
@@ -306,6 +330,13 @@ func podNetns(t *testing.T, p v1.Pod) string {
 // httpGet GETs http://addr/ from inside nsPath, retrying for 30 s.
 func httpGet(ctx context.Context, t *testing.T, nsPath, addr string) string {
 	t.Helper()
+	return httpGetPath(ctx, t, nsPath, addr, "/")
+}
+
+// httpGetPath GETs http://addr<path> from inside nsPath until it answers
+// 200, for 30 s.
+func httpGetPath(ctx context.Context, t *testing.T, nsPath, addr, path string) string {
+	t.Helper()
 	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, a string) (net.Conn, error) {
@@ -314,7 +345,7 @@ func httpGet(ctx context.Context, t *testing.T, nsPath, addr string) string {
 	}}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
 		resp, err := hc.Do(req)
 		if err == nil {
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 8192))
@@ -325,7 +356,7 @@ func httpGet(ctx context.Context, t *testing.T, nsPath, addr string) string {
 			err = fmt.Errorf("%s: %s", resp.Status, body)
 		}
 		if time.Now().After(deadline) {
-			t.Errorf("GET http://%s/ from %s: %v", addr, nsPath, err)
+			t.Errorf("GET http://%s%s from %s: %v", addr, path, nsPath, err)
 			return ""
 		}
 		time.Sleep(300 * time.Millisecond)

@@ -24,6 +24,17 @@ const GuardProto = "168"
 // APIServerPort is the apiserver's port on the host link.
 const APIServerPort = 6443
 
+// ClusterDNSOffset places the cluster DNS Service in the service CIDR:
+// its ClusterIP is the CIDR's address + 10 (10.96.0.10 by default).
+const ClusterDNSOffset = 10
+
+// nthAddr is p's address + n (IPv4).
+func nthAddr(p netip.Prefix, n uint32) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) + n
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
 // MaxNodes bounds Config.Nodes (node addresses .1 to .MaxNodes of the link).
 const MaxNodes = 50
 
@@ -42,6 +53,10 @@ type Plan struct {
 	HostPort  string     // bridge end of the host link veth (in LinkNetns)
 	HostIP    netip.Addr // root namespace's address on the node link
 	Server    string     // https://HostIP:6443
+	// ClusterDNS is the kube-dns Service's ClusterIP, the tenth address
+	// of the service CIDR (10.96.0.10, as in manifests/cluster/), passed
+	// to the node agents as --cluster-dns.
+	ClusterDNS netip.Addr
 
 	// Guards are the root namespace's unreachable routes, with protocol
 	// GuardProto and metric GuardMetric: 1000 + the link's third octet, so
@@ -96,6 +111,9 @@ func NewPlan(cfg Config) (*Plan, error) {
 	if cfg.PodCIDR.Overlaps(cfg.ServiceCIDR) {
 		errs = append(errs, fmt.Errorf("pod CIDR %s overlaps service CIDR %s", cfg.PodCIDR, cfg.ServiceCIDR))
 	}
+	if !cfg.ServiceCIDR.Addr().Is4() || cfg.ServiceCIDR.Bits() > 28 {
+		errs = append(errs, fmt.Errorf("service CIDR %s must be an IPv4 prefix of /28 or larger (the cluster DNS is its .%d)", cfg.ServiceCIDR, ClusterDNSOffset))
+	}
 	if cfg.PodCIDR.Bits() > 20 {
 		errs = append(errs, fmt.Errorf("pod CIDR %s is too small for /24 node CIDRs", cfg.PodCIDR))
 	}
@@ -118,6 +136,7 @@ func NewPlan(cfg Config) (*Plan, error) {
 		HostIP:      netip.AddrFrom4(host),
 	}
 	p.Server = "https://" + netip.AddrPortFrom(p.HostIP, APIServerPort).String()
+	p.ClusterDNS = nthAddr(p.ServiceCIDR, ClusterDNSOffset)
 	p.Guards = []netip.Prefix{p.PodCIDR, p.ServiceCIDR, p.NodeCIDR}
 	p.GuardMetric = 1000 + int(base[2])
 	for i := 1; i <= cfg.Nodes; i++ {
@@ -164,15 +183,29 @@ const confListTemplate = `{
 }
 `
 
-// ZtunnelSocket is where the node's ztunnel listens for ambient-cni, per
-// node (nodes share the root file system).
-func ZtunnelSocket(stateDir, node string) string {
-	return stateDir + "/nodes/" + node + "/ztunnel/ztunnel.sock"
+// HostPathRoot is a node's root for hostPath volumes (the node agent's
+// --host-path-root): nodes share the machine's file system, so each node's
+// pods see hostPath P at HostPathRoot/P (the netns paths excepted).
+func HostPathRoot(stateDir, node string) string {
+	return stateDir + "/nodes/" + node + "/root"
 }
 
-// CNIStateDir is ambient-cni's per-node state directory.
+// ZtunnelRunDir is the ztunnel DaemonSet's hostPath /var/run/ambient
+// (manifests/ztunnel.yaml) on a node: its --cni-socket and --cni-state-dir
+// are under it.
+const ZtunnelRunDir = "/var/run/ambient"
+
+// ZtunnelSocket is where the node's ztunnel listens for ambient-cni: its
+// --cni-socket=/var/run/ambient/ztunnel.sock under the node's host-path
+// root.
+func ZtunnelSocket(stateDir, node string) string {
+	return HostPathRoot(stateDir, node) + ZtunnelRunDir + "/ztunnel.sock"
+}
+
+// CNIStateDir is ambient-cni's per-node state directory: ztunnel's
+// --cni-state-dir=/var/run/ambient/pods under the node's host-path root.
 func CNIStateDir(stateDir, node string) string {
-	return stateDir + "/nodes/" + node + "/ztunnel/pods"
+	return HostPathRoot(stateDir, node) + ZtunnelRunDir + "/pods"
 }
 
 // RenderConfList is the nodeagent conflist template of a node.

@@ -20,6 +20,12 @@ func TestNewPlan_DefaultsLayOutNodesOnTheLink(t *testing.T) {
 	if p.Server != "https://172.30.0.254:6443" || p.HostIP != netip.MustParseAddr("172.30.0.254") {
 		t.Errorf("server %s host %s", p.Server, p.HostIP)
 	}
+	if p.ClusterDNS != netip.MustParseAddr("10.96.0.10") {
+		t.Errorf("cluster DNS %s, want 10.96.0.10", p.ClusterDNS)
+	}
+	if q, err := NewPlan(Config{ServiceCIDR: netip.MustParsePrefix("10.100.1.0/24")}); err != nil || q.ClusterDNS != netip.MustParseAddr("10.100.1.10") {
+		t.Errorf("service CIDR 10.100.1.0/24: cluster DNS %v (%v), want 10.100.1.10", q, err)
+	}
 	if p.LinkNetns != "ambient-link" || p.HostIface != "ambient-host" {
 		t.Errorf("link netns %q host iface %q", p.LinkNetns, p.HostIface)
 	}
@@ -112,9 +118,29 @@ func TestRenderConfList_ChainsAmbientCNIAfterPtp(t *testing.T) {
 	if len(cl.Plugins) != 2 || cl.Plugins[0].Type != "ptp" || cl.Plugins[1].Type != "ambient-cni" {
 		t.Fatalf("plugins = %+v, want ptp then ambient-cni", cl.Plugins)
 	}
-	if cl.Plugins[1].ZtunnelSocket != "/var/state dir/nodes/ambient-node-1/ztunnel/ztunnel.sock" ||
-		cl.Plugins[1].StateDir != "/var/state dir/nodes/ambient-node-1/ztunnel/pods" {
+	if cl.Plugins[1].ZtunnelSocket != "/var/state dir/nodes/ambient-node-1/root/var/run/ambient/ztunnel.sock" ||
+		cl.Plugins[1].StateDir != "/var/state dir/nodes/ambient-node-1/root/var/run/ambient/pods" {
 		t.Errorf("ambient-cni config = %+v", cl.Plugins[1])
+	}
+}
+
+// TestZtunnelPaths_MatchTheDaemonSet keeps ambient-cni's socket and state
+// dir where the ztunnel DaemonSet's hostPath puts them under the node's
+// host-path root.
+func TestZtunnelPaths_MatchTheDaemonSet(t *testing.T) {
+	b, err := os.ReadFile("../manifests/ztunnel.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, want := range []string{
+		"path: " + ZtunnelRunDir + "\n",
+		"--cni-socket=" + strings.TrimPrefix(ZtunnelSocket("", "n"), HostPathRoot("", "n")) + "\n",
+		"--cni-state-dir=" + strings.TrimPrefix(CNIStateDir("", "n"), HostPathRoot("", "n")) + "\n",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("manifests/ztunnel.yaml lacks %q", strings.TrimSpace(want))
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -99,7 +100,7 @@ func resolveBinaries(ctx context.Context, cfg *Config) error {
 		}
 		cfg.Etcd = p
 	}
-	if cfg.RepoRoot == "" && (cfg.K8sBinDir == "" || cfg.CNIBinDir == "" || cfg.BinDir == "") {
+	if cfg.RepoRoot == "" && (cfg.K8sBinDir == "" || cfg.CNIBinDir == "" || cfg.BinDir == "" || cfg.ClusterManifests == "") {
 		root, err := controlplane.RepoRoot()
 		if err != nil {
 			return fmt.Errorf("localcluster: %w (run from the repository, or pass the binary directories)", err)
@@ -125,8 +126,11 @@ func resolveBinaries(ctx context.Context, cfg *Config) error {
 	if cfg.BinDir == "" {
 		cfg.BinDir = filepath.Join(cfg.RepoRoot, "bin")
 	}
+	if cfg.ClusterManifests == "" {
+		cfg.ClusterManifests = filepath.Join(cfg.RepoRoot, "manifests", "cluster")
+	}
 	var missing []string
-	for _, b := range []string{"nodeagent", "ambient-cni", "sampleapp"} {
+	for _, b := range []string{"nodeagent", "ambient-cni", "clusterdns", "sampleapp"} {
 		if _, err := os.Stat(filepath.Join(cfg.BinDir, b)); err != nil {
 			missing = append(missing, b)
 		}
@@ -252,6 +256,10 @@ func (c *Cluster) up(ctx context.Context, cfg Config) error {
 	if err := c.writeClusterState(cfg); err != nil {
 		return err
 	}
+	progress(cfg, "cluster DNS: kubectl apply -k %s (Service kube-dns at %s)", cfg.ClusterManifests, p.ClusterDNS)
+	if err := c.installDNS(ctx, cfg); err != nil {
+		return err
+	}
 	progress(cfg, "up in %v", time.Since(start).Round(100*time.Millisecond))
 	return nil
 }
@@ -294,7 +302,9 @@ func (c *Cluster) checkAlive() error {
 
 func (c *Cluster) startNode(cfg Config, n NodePlan) error {
 	dir := filepath.Join(c.StateDir, "nodes", n.Name)
-	if err := os.MkdirAll(filepath.Join(dir, "ztunnel", "pods"), 0o755); err != nil {
+	// ztunnel's hostPath /var/run/ambient on this node, ambient-cni's
+	// socket and state directory (see ZtunnelSocket).
+	if err := os.MkdirAll(CNIStateDir(c.StateDir, n.Name), 0o755); err != nil {
 		return fmt.Errorf("localcluster: %w", err)
 	}
 	conflist := filepath.Join(dir, "cni-conflist.tmpl")
@@ -316,6 +326,8 @@ func (c *Cluster) startNode(cfg Config, n NodePlan) error {
 		"--bin-dir="+cfg.BinDir,
 		"--peer-routes",
 		"--pod-apiserver="+c.Server,
+		"--cluster-dns="+c.Plan.ClusterDNS.String(),
+		"--host-path-root="+HostPathRoot(c.StateDir, n.Name),
 	); err != nil {
 		return err
 	}
@@ -328,6 +340,61 @@ func (c *Cluster) startNode(cfg Config, n NodePlan) error {
 		return fmt.Errorf("localcluster: %w", err)
 	}
 	return c.start(cfg, "kube-proxy-"+n.Name, n.Name, filepath.Join(cfg.K8sBinDir, "kube-proxy"), "--config="+kpConf)
+}
+
+// installDNS applies the cluster add-ons (manifests/cluster: clusterdns)
+// with the cached kubectl, server-side, and waits until the kube-dns
+// Service, at the plan's ClusterDNS, has a ready endpoint.
+func (c *Cluster) installDNS(ctx context.Context, cfg Config) error {
+	dctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(dctx, filepath.Join(cfg.K8sBinDir, "kubectl"), "--kubeconfig="+c.Kubeconfig,
+		"apply", "--server-side", "--force-conflicts", "-k", cfg.ClusterManifests)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("localcluster: kubectl apply -k %s: %w\n%s", cfg.ClusterManifests, err, out)
+	}
+	cs, err := c.Client()
+	if err != nil {
+		return err
+	}
+	var last string
+	for {
+		if err := c.checkAlive(); err != nil {
+			return err
+		}
+		last = c.dnsReady(dctx, cs)
+		if last == "" {
+			return nil
+		}
+		select {
+		case <-dctx.Done():
+			return fmt.Errorf("localcluster: cluster DNS not ready: %s (%w); see the node agents' pod logs under %s", last, dctx.Err(), filepath.Join(c.StateDir, "nodes"))
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// dnsReady says what the kube-dns Service still lacks ("" when ready).
+func (c *Cluster) dnsReady(ctx context.Context, cs kubernetes.Interface) string {
+	svc, err := cs.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	if svc.Spec.ClusterIP != c.Plan.ClusterDNS.String() {
+		return fmt.Sprintf("Service kube-system/kube-dns has ClusterIP %s, not the plan's %s", svc.Spec.ClusterIP, c.Plan.ClusterDNS)
+	}
+	slices, err := cs.DiscoveryV1().EndpointSlices("kube-system").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kube-dns"})
+	if err != nil {
+		return err.Error()
+	}
+	for _, s := range slices.Items {
+		for _, e := range s.Endpoints {
+			if e.Conditions.Ready != nil && *e.Conditions.Ready {
+				return ""
+			}
+		}
+	}
+	return "no ready endpoint for Service kube-system/kube-dns"
 }
 
 // Client returns a client-go clientset for the cluster.

@@ -74,6 +74,15 @@
 // pods and removes their networks: like a node that goes down, it leaves
 // the pod objects to the control plane.
 //
+// # hostPath volumes
+//
+// Every node on the machine shares its root file system, so with
+// Config.HostPathRoot a node's hostPath volumes live under a root of its
+// own (<root>/<path>, created as the volume's type asks), except the
+// passthrough prefixes (Config.HostPathPassthrough: the netns
+// directories, /proc, /sys, /dev, /lib/modules), which stay real.
+// Without it hostPaths are the real paths.
+//
 // # Limits
 //
 // Volumes are not mounted at their mountPaths inside the mount namespace
@@ -107,6 +116,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ambientmesh/ambient/nodeagent/images"
+	"github.com/ambientmesh/ambient/nodeagent/podenv"
 )
 
 // Config configures an Agent.
@@ -154,6 +164,15 @@ type Config struct {
 	// ResolvConf is the node's resolv.conf (a kubelet's --resolv-conf),
 	// for dnsPolicy Default and the search domains; default /etc/resolv.conf.
 	ResolvConf string
+	// HostPathRoot, if set, is this node's root for hostPath volumes:
+	// nodes on one machine share its file system, so a hostPath P of a
+	// pod on this node is HostPathRoot/P (created as the volume's type
+	// asks), except under HostPathPassthrough. Empty: the real paths.
+	HostPathRoot string
+	// HostPathPassthrough are the path prefixes HostPathRoot leaves real;
+	// nil: podenv.DefaultHostPathPassthrough (the netns directories,
+	// /proc, /sys, /dev, /lib/modules).
+	HostPathPassthrough []string
 	// Labels are added to the Node's.
 	Labels map[string]string
 	// Capacity is the Node's capacity and allocatable; default 4 CPUs,
@@ -205,6 +224,14 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.ConfList == "" {
 		cfg.ConfList = DefaultConfList
 	}
+	if cfg.HostPathRoot != "" {
+		if cfg.HostPathRoot, err = filepath.Abs(cfg.HostPathRoot); err != nil {
+			return nil, fmt.Errorf("nodeagent: host path root: %w", err)
+		}
+	}
+	if cfg.HostPathPassthrough == nil {
+		cfg.HostPathPassthrough = podenv.DefaultHostPathPassthrough
+	}
 	if cfg.ClusterDomain == "" {
 		cfg.ClusterDomain = "cluster.local"
 	}
@@ -245,6 +272,11 @@ func New(cfg Config) (*Agent, error) {
 		workers:  map[types.UID]*podWorker{},
 		finished: map[types.UID]bool{},
 	}, nil
+}
+
+// hostPaths places this node's hostPath volumes.
+func (a *Agent) hostPaths() podenv.HostPathMap {
+	return podenv.HostPathMap{Root: a.cfg.HostPathRoot, Passthrough: a.cfg.HostPathPassthrough}
 }
 
 // confList renders the CNI configuration for this node.

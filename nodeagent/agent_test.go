@@ -186,6 +186,7 @@ func newCluster(t *testing.T) *cluster {
 			PeerRoutes:     true,
 			APIServer:      "https://172.30.0.254:6443",
 			ClusterDNS:     []netip.Addr{netip.MustParseAddr(clusterDNS)},
+			HostPathRoot:   t.TempDir(),
 			Logger:         log,
 		}
 		a, err := New(cfg)
@@ -654,6 +655,10 @@ func TestNodeAgent_RunsPodsOnSimulatedNodes(t *testing.T) {
 		c.deleteAndWait(t, ctx, "hostnet")
 	})
 
+	t.Run("HostPathIsPerNode", func(t *testing.T) {
+		c.testHostPathPerNode(t, ctx)
+	})
+
 	t.Run("PodsGetTheClusterResolvConfInTheirOwnMountNamespace", func(t *testing.T) {
 		c.testPodDNS(t, ctx)
 	})
@@ -744,6 +749,42 @@ func TestNodeAgent_RunsPodsOnSimulatedNodes(t *testing.T) {
 		c.assertNoLeftovers(t)
 	})
 	t.Logf("total %v", time.Since(start).Round(time.Millisecond))
+}
+
+// testHostPathPerNode runs a pod on each node writing its node's name to
+// the same hostPath: each file lands under its node's HostPathRoot, and
+// the real path is untouched.
+func (c *cluster) testHostPathPerNode(t *testing.T, ctx context.Context) {
+	hostDir := fmt.Sprintf("/var/lib/nodeagent-test-%d", os.Getpid())
+	dirType := v1.HostPathDirectoryOrCreate
+	for _, node := range []string{"node-1", "node-2"} {
+		ctr := testContainer("--listen=:8082", "--write-node=/data/node")
+		ctr.VolumeMounts = []v1.VolumeMount{{Name: "data", MountPath: "/data"}}
+		pod := &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "hostpath-" + node},
+			Spec: v1.PodSpec{NodeName: node, Containers: []v1.Container{ctr}, Volumes: []v1.Volume{{
+				Name:         "data",
+				VolumeSource: v1.VolumeSource{HostPath: &v1.HostPathVolumeSource{Path: hostDir, Type: &dirType}},
+			}}},
+		}
+		if _, err := c.client.CoreV1().Pods(testNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, node := range []string{"node-1", "node-2"} {
+		file := filepath.Join(c.agent(t, node).cfg.HostPathRoot, hostDir, "node")
+		waitFor(t, "hostPath file of "+node, func() (bool, string) {
+			b, err := os.ReadFile(file)
+			return err == nil && string(b) == node, fmt.Sprintf("%q %v", b, err)
+		})
+	}
+	if _, err := os.Stat(hostDir); !os.IsNotExist(err) {
+		t.Errorf("the real %s exists (stat: %v)", hostDir, err)
+		_ = os.RemoveAll(hostDir)
+	}
+	for _, node := range []string{"node-1", "node-2"} {
+		c.deleteAndWait(t, ctx, "hostpath-"+node)
+	}
 }
 
 // deleteAndWait deletes a pod and waits until the agent finished it.

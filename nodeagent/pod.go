@@ -329,7 +329,7 @@ func (w *podWorker) podNetnsPath() string {
 }
 
 func (w *podWorker) containerInput(c *v1.Container) (podenv.Input, error) {
-	pm, err := podenv.MountPaths(w.pod, c, filepath.Join(w.dir, volumesDir))
+	pm, err := podenv.MountPaths(w.pod, c, filepath.Join(w.dir, volumesDir), w.a.hostPaths())
 	if err != nil {
 		return podenv.Input{}, err
 	}
@@ -355,13 +355,13 @@ func (w *podWorker) writeVolumes(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	vw := podenv.VolumeWriter{Client: w.a.cfg.Client, Pod: w.pod, Dir: filepath.Join(w.dir, volumesDir), Now: time.Now}
+	vw := podenv.VolumeWriter{Client: w.a.cfg.Client, Pod: w.pod, Dir: filepath.Join(w.dir, volumesDir), Now: time.Now, HostPaths: w.a.hostPaths()}
 	refresh, err := vw.Write(ctx, in)
 	if err != nil || w.a.cfg.APIServer == "" {
 		return refresh, err
 	}
 	for i := range w.pod.Spec.Containers {
-		pm, err := podenv.MountPaths(w.pod, &w.pod.Spec.Containers[i], filepath.Join(w.dir, volumesDir))
+		pm, err := podenv.MountPaths(w.pod, &w.pod.Spec.Containers[i], filepath.Join(w.dir, volumesDir), w.a.hostPaths())
 		if err != nil {
 			return refresh, err
 		}

@@ -8,6 +8,7 @@
 //	          [--image-table FILE | --bin-dir DIR] [--peer-routes]
 //	          [--pod-apiserver URL] [--cluster-dns IP[,IP]]
 //	          [--cluster-domain cluster.local] [--resolv-conf /etc/resolv.conf]
+//	          [--host-path-root DIR] [--host-path-passthrough /run/netns,...]
 //	nodeagent cleanup --state-dir DIR
 //
 // `cleanup` kills the processes, runs CNI DEL and deletes the network
@@ -37,6 +38,7 @@ import (
 
 	"github.com/ambientmesh/ambient/nodeagent"
 	"github.com/ambientmesh/ambient/nodeagent/images"
+	"github.com/ambientmesh/ambient/nodeagent/podenv"
 )
 
 func main() {
@@ -71,6 +73,8 @@ type options struct {
 	clusterDNS  string
 	domain      string
 	resolvConf  string
+	hostRoot    string
+	hostPass    string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -95,6 +99,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.clusterDNS, "cluster-dns", "", "cluster DNS service IPs, comma-separated (e.g. 10.96.0.10): pods with dnsPolicy ClusterFirst resolve through it; empty: pods see --resolv-conf")
 	fs.StringVar(&o.domain, "cluster-domain", "cluster.local", "cluster DNS domain for the pods' search path")
 	fs.StringVar(&o.resolvConf, "resolv-conf", "/etc/resolv.conf", "the node's resolv.conf (dnsPolicy Default, and search domains)")
+	fs.StringVar(&o.hostRoot, "host-path-root", "", "this node's root for hostPath volumes: hostPath P becomes DIR/P (nodes on one machine share its file system); empty: the real paths")
+	fs.StringVar(&o.hostPass, "host-path-passthrough", strings.Join(podenv.DefaultHostPathPassthrough, ","), "comma-separated path prefixes --host-path-root leaves real")
 	fs.BoolVar(&o.peerRoutes, "peer-routes", false, "route other nodes' pod CIDRs via their InternalIPs in the node's namespace")
 	fs.DurationVar(&o.backoff, "restart-backoff", 10*time.Second, "first container restart delay (doubles up to 5m)")
 	if err := fs.Parse(args); err != nil {
@@ -148,9 +154,16 @@ func config(o options, log *slog.Logger) (nodeagent.Config, error) {
 		APIServer:      o.apiServer,
 		ClusterDomain:  o.domain,
 		ResolvConf:     o.resolvConf,
+		HostPathRoot:   o.hostRoot,
 		Logger:         log,
 	}
 	var err error
+	if cfg.HostPathPassthrough, err = podenv.ParsePassthrough(o.hostPass); err != nil {
+		return cfg, fmt.Errorf("--host-path-passthrough: %w", err)
+	}
+	if cfg.HostPathPassthrough == nil {
+		cfg.HostPathPassthrough = []string{} // explicitly none
+	}
 	if o.clusterDNS != "" {
 		for _, s := range strings.Split(o.clusterDNS, ",") {
 			ip, err := netip.ParseAddr(strings.TrimSpace(s))

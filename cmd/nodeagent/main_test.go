@@ -58,6 +58,7 @@ func TestConfig_BadValuesAreRefused(t *testing.T) {
 		{func(o *options) { o.imageTable = "/nonexistent.yaml" }, "image table"},
 		{func(o *options) { o.binDir = "/b" }, "kubeconfig"},
 		{func(o *options) { o.clusterDNS = "10.96.0.10,nope" }, "--cluster-dns"},
+		{func(o *options) { o.hostPass = "/proc,run/netns" }, "--host-path-passthrough"},
 	} {
 		o := base
 		tc.mod(&o)
@@ -80,6 +81,27 @@ func TestParseFlags_ClusterDNS(t *testing.T) {
 	// config stops at the kubeconfig, after the DNS flags are parsed.
 	if _, err := config(o, nil); err == nil || !strings.Contains(err.Error(), "kubeconfig") {
 		t.Errorf("config: %v", err)
+	}
+}
+
+func TestParseFlags_HostPathRoot(t *testing.T) {
+	base := []string{"--state-dir=/s", "--node-name=n", "--node-ip=172.30.0.1", "--cni-bin-dir=/c", "--kubeconfig=/nonexistent", "--bin-dir=/b"}
+	o, err := parseFlags(base, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// config stops at the kubeconfig, after the host path flags.
+	cfg, _ := config(o, nil)
+	if cfg.HostPathRoot != "" || strings.Join(cfg.HostPathPassthrough, ",") != "/run/netns,/var/run/netns,/proc,/sys,/dev,/lib/modules" {
+		t.Errorf("defaults: root %q passthrough %q", cfg.HostPathRoot, cfg.HostPathPassthrough)
+	}
+	o, err = parseFlags(append(base, "--host-path-root=/r", "--host-path-passthrough="), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ = config(o, nil)
+	if cfg.HostPathRoot != "/r" || cfg.HostPathPassthrough == nil || len(cfg.HostPathPassthrough) != 0 {
+		t.Errorf("set: root %q passthrough %q", cfg.HostPathRoot, cfg.HostPathPassthrough)
 	}
 }
 

@@ -21,7 +21,8 @@ import (
 // given --token=/var/run/secrets/tokens/istio-token reads
 // <volumes-dir>/<volume>/istio-token. Supported: emptyDir, configMap,
 // secret, downwardAPI, projected (serviceAccountToken, configMap, secret,
-// downwardAPI) and hostPath (mapped to the host path itself).
+// downwardAPI) and hostPath (the host path itself, or its place under the
+// node's host-path root: see HostPathMap).
 // ServiceAccount tokens come from the TokenRequest API, bound to the pod;
 // Write reports when the earliest should be refreshed (at 80% of its
 // lifetime), and rewriting then also refreshes ConfigMaps and Secrets.
@@ -35,6 +36,8 @@ type VolumeWriter struct {
 	Pod    *v1.Pod
 	Dir    string // the pod's volumes directory
 	Now    func() time.Time
+	// HostPaths places hostPath volumes (zero: the real paths).
+	HostPaths HostPathMap
 }
 
 // Write (re)writes every volume and returns when the earliest token needs
@@ -50,10 +53,8 @@ func (w *VolumeWriter) Write(ctx context.Context, in Input) (time.Time, error) {
 		var err error
 		switch {
 		case vol.HostPath != nil:
-			if t := vol.HostPath.Type; t != nil && *t == v1.HostPathDirectoryOrCreate {
-				if err := os.MkdirAll(vol.HostPath.Path, 0o755); err != nil {
-					return time.Time{}, fmt.Errorf("volume %s: %w", vol.Name, err)
-				}
+			if err := w.HostPaths.prepare(vol.HostPath); err != nil {
+				return time.Time{}, fmt.Errorf("volume %s: %w", vol.Name, err)
 			}
 			continue
 		case vol.EmptyDir != nil:
@@ -251,8 +252,9 @@ func WriteFileAtomic(dir, rel string, data []byte, perm os.FileMode) error {
 	return os.Rename(tmp, p)
 }
 
-// MountPaths builds a container's path map from its volumeMounts.
-func MountPaths(pod *v1.Pod, c *v1.Container, volDir string) (PathMap, error) {
+// MountPaths builds a container's path map from its volumeMounts, with
+// hostPath volumes placed by hp.
+func MountPaths(pod *v1.Pod, c *v1.Container, volDir string, hp HostPathMap) (PathMap, error) {
 	vols := map[string]*v1.Volume{}
 	for i := range pod.Spec.Volumes {
 		vols[pod.Spec.Volumes[i].Name] = &pod.Spec.Volumes[i]
@@ -265,7 +267,7 @@ func MountPaths(pod *v1.Pod, c *v1.Container, volDir string) (PathMap, error) {
 		}
 		host := filepath.Join(volDir, vm.Name)
 		if vol.HostPath != nil {
-			host = vol.HostPath.Path
+			host = hp.Map(vol.HostPath.Path)
 		}
 		if vm.SubPath != "" {
 			if strings.Contains(vm.SubPath, "..") {

@@ -2,7 +2,9 @@
 // that reports who it is, so tests can see env, volumes, restarts and pod
 // networking from the inside.
 //
-//	testapp [--listen :8080] [--file PATH] [--ignore-sigterm]
+//	testapp [--listen :8080] [--file PATH] [--write-node PATH] [--ignore-sigterm]
+//
+// --write-node writes $NODE_NAME to PATH at start.
 //
 //	GET /         JSON: pod, namespace, node, podIP (from env), remote address
 //	GET /pid      the process id
@@ -31,7 +33,14 @@ func main() {
 	listen := flag.String("listen", ":8080", "listen address")
 	file := flag.String("file", "", "file served at /file")
 	ignoreTerm := flag.Bool("ignore-sigterm", false, "log and ignore SIGTERM")
+	writeNode := flag.String("write-node", "", "file to write $NODE_NAME to at start")
 	flag.Parse()
+	if *writeNode != "" {
+		if err := os.WriteFile(*writeNode, []byte(os.Getenv("NODE_NAME")), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "testapp:", err)
+			os.Exit(1)
+		}
+	}
 	if *ignoreTerm {
 		ch := make(chan os.Signal, 1)
 		signal.Notify(ch, syscall.SIGTERM)
