@@ -23,74 +23,12 @@ import (
 	"google.golang.org/grpc/codes"
 )
 
-const clusterManifests = `
-apiVersion: v1
-kind: Namespace
-metadata: {name: istio-system}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: ztunnel, namespace: istio-system}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: cart, namespace: shop}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: web, namespace: shop}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-b}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: ztunnel-a, namespace: istio-system}
-spec:
-  nodeName: node-a
-  serviceAccountName: ztunnel
-  containers: [{name: ztunnel, image: ztunnel}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: ztunnel-b, namespace: istio-system}
-spec:
-  nodeName: node-b
-  serviceAccountName: ztunnel
-  containers: [{name: ztunnel, image: ztunnel}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: cart-1, namespace: shop}
-spec:
-  nodeName: node-b
-  serviceAccountName: cart
-  containers: [{name: cart, image: cart}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: shop}
-spec:
-  nodeName: node-a
-  serviceAccountName: web
-  containers: [{name: web, image: web}]
-`
-
 // TestKube_CreateCertificateAgainstRealAPIServer runs the production
 // TokenReviewer and KubePods against a real kube-apiserver, behind a real
 // gRPC server on loopback.
 func TestKube_CreateCertificateAgainstRealAPIServer(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{})
-	if err := c.ApplyYAML(clusterManifests); err != nil {
+	if err := c.ApplyYAML(kubetest.TwoNodes); err != nil {
 		t.Fatal(err)
 	}
 	kube, err := caserver.NewKube(c.Server, c.CAData, c.Token)

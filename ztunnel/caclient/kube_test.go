@@ -18,67 +18,6 @@ import (
 
 // cluster: a ztunnel pod on each of two nodes, web's pod on node-a and
 // cart's on node-b.
-const clusterManifests = `
-apiVersion: v1
-kind: Namespace
-metadata: {name: istio-system}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: ztunnel, namespace: istio-system}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: cart, namespace: shop}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: web, namespace: shop}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-a}
----
-apiVersion: v1
-kind: Node
-metadata: {name: node-b}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: ztunnel-a, namespace: istio-system}
-spec:
-  nodeName: node-a
-  serviceAccountName: ztunnel
-  containers: [{name: ztunnel, image: ztunnel}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: ztunnel-b, namespace: istio-system}
-spec:
-  nodeName: node-b
-  serviceAccountName: ztunnel
-  containers: [{name: ztunnel, image: ztunnel}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: shop}
-spec:
-  nodeName: node-a
-  serviceAccountName: web
-  containers: [{name: web, image: web}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: cart-1, namespace: shop}
-spec:
-  nodeName: node-b
-  serviceAccountName: cart
-  containers: [{name: cart, image: cart}]
-`
 
 // TestSign_AgainstCAServerWithRealAPIServer runs the client against the
 // production caserver (TokenReview and pod listing against a real
@@ -86,7 +25,7 @@ spec:
 // tokens in a token file.
 func TestSign_AgainstCAServerWithRealAPIServer(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{})
-	if err := c.ApplyYAML(clusterManifests); err != nil {
+	if err := c.ApplyYAML(kubetest.TwoNodes); err != nil {
 		t.Fatal(err)
 	}
 	kube, err := caserver.NewKube(c.Server, c.CAData, c.Token)
