@@ -16,8 +16,6 @@ import (
 	"github.com/ambientmesh/ambient/ztunnel/caclient"
 )
 
-// cluster: a ztunnel pod on each of two nodes, web's pod on node-a and
-// cart's on node-b.
 
 // TestSign_AgainstCAServerWithRealAPIServer runs the client against the
 // production caserver (TokenReview and pod listing against a real
