@@ -16,7 +16,6 @@ import (
 	"github.com/ambientmesh/ambient/ztunnel/caclient"
 )
 
-
 // TestSign_AgainstCAServerWithRealAPIServer runs the client against the
 // production caserver (TokenReview and pod listing against a real
 // kube-apiserver) over TLS on loopback, with real bound ServiceAccount
