@@ -97,12 +97,17 @@ func (p *Publisher) Run(ctx context.Context) error {
 	retry := time.NewTimer(0)
 	retry.Stop()
 	defer retry.Stop()
+	// The watch is the fast path; this re-check also covers an event the
+	// watch never delivered (e.g. a deletion before it started).
+	recheck := time.NewTicker(p.cfg.Resync)
+	defer recheck.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-trigger:
 		case <-retry.C:
+		case <-recheck.C:
 		}
 		if err := p.reconcile(ctx); err != nil {
 			if ctx.Err() != nil {

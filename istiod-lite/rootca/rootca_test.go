@@ -117,7 +117,12 @@ func TestPublisher_CreatesAndRestoresConfigMap(t *testing.T) {
 		ObjectMeta: metav1.ObjectMeta{Name: rootca.RootConfigMap, Namespace: "istio-system"},
 		Data:       map[string]string{rootca.RootConfigMapKey: "stale"},
 	})
-	p, err := rootca.NewPublisher(rootca.PublisherConfig{Client: client, Namespace: "istio-system", RootsPEM: []byte("ROOT")})
+	// A short re-check period: the fake clientset's watch starts after its
+	// list, so a deletion in between is never delivered (a real apiserver's
+	// watch resumes from the list's version); the periodic re-check
+	// repairs it, as it would any missed event in production.
+	p, err := rootca.NewPublisher(rootca.PublisherConfig{Client: client, Namespace: "istio-system", RootsPEM: []byte("ROOT"),
+		Resync: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
