@@ -23,13 +23,9 @@ func TestMain(m *testing.M) {
 	switch os.Getenv("PROXIES_HELPER") {
 	case "":
 		goleak.VerifyTestMain(m)
-	case "listen": // listen on $ADDR, spawn a grandchild, burn a little CPU
-		ln, err := net.Listen("tcp", os.Getenv("ADDR"))
-		if err != nil {
-			fmt.Println("helper:", err)
-			os.Exit(3)
-		}
-		defer ln.Close()
+	case "listen": // spawn a grandchild, burn a little CPU, listen on $ADDR
+		// Everything the test checks happens before listening: Start
+		// returns as soon as the address accepts.
 		if os.Getenv("GRANDCHILD") != "" {
 			child := exec.Command("sleep", "300")
 			child.Start() // same process group
@@ -37,6 +33,12 @@ func TestMain(m *testing.M) {
 		}
 		for deadline := time.Now().Add(100 * time.Millisecond); time.Now().Before(deadline); {
 		}
+		ln, err := net.Listen("tcp", os.Getenv("ADDR"))
+		if err != nil {
+			fmt.Println("helper:", err)
+			os.Exit(3)
+		}
+		defer ln.Close()
 		fmt.Println("helper: listening")
 		select {}
 	case "exit":
