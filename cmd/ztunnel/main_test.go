@@ -51,6 +51,30 @@ func requireRoot(t *testing.T) {
 	t.Skip("needs root")
 }
 
+// startZtunnel starts cmd, the ztunnel binary; Wait's result arrives on
+// exited. At the end of the test a process still running is killed, and if
+// the test failed its stderr is logged.
+func startZtunnel(t *testing.T, cmd *exec.Cmd) (exited <-chan error, stderr *bytes.Buffer) {
+	t.Helper()
+	stderr = new(bytes.Buffer)
+	cmd.Stderr, cmd.Stdout = stderr, io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("ztunnel stderr:\n%s", stderr.String())
+		}
+	})
+	return done, stderr
+}
+
 // exitCode runs the binary to completion and returns its exit code and stderr.
 func exitCode(t *testing.T, args ...string) (int, string) {
 	t.Helper()
@@ -192,23 +216,7 @@ func TestZtunnel_ZeroPodsBecomesReadyAndDrainsOnSIGTERM(t *testing.T) {
 	readyAddr, adminAddr := freePort(t), freePort(t)
 	cmd := exec.Command(binary, "--node", "node-1", "--local-config", cfg, "--log-level", "debug",
 		"--admin-addr", adminAddr, "--metrics-addr", freePort(t), "--ready-addr", readyAddr)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("ztunnel stderr:\n%s", stderr.String())
-		}
-	}()
+	exited, stderr := startZtunnel(t, cmd)
 
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(10 * time.Second)

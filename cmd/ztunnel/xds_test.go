@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -188,23 +187,7 @@ func TestZtunnel_XDSConfigReadyOnlyAfterSync(t *testing.T) {
 	cmd := exec.Command(binary, "--node", "node-1", "--xds-address", ist.addr,
 		"--ca-root-file", ist.rootFile, "--token-file", tokenFile, "--log-level", "debug",
 		"--admin-addr", adminAddr, "--metrics-addr", metricsAddr, "--ready-addr", readyAddr)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("ztunnel stderr:\n%s", stderr.String())
-		}
-	}()
+	exited, _ := startZtunnel(t, cmd)
 
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	get := func(addr, path string) (int, string) {
@@ -342,23 +325,7 @@ func TestZtunnel_XDSPodCertificateComesFromIstiod(t *testing.T) {
 		"--ca-root-file", ist.rootFile, "--token-file", tokenFile, "--log-level", "debug",
 		"--pod", "shop/web-1="+pod.Path, "--flow-log", filepath.Join(t.TempDir(), "flows.log"),
 		"--admin-addr", "127.0.0.1:15000", "--metrics-addr", "127.0.0.1:15020", "--ready-addr", "127.0.0.1:15021")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-		if t.Failed() {
-			t.Logf("ztunnel stderr:\n%s", stderr.String())
-		}
-	}()
+	exited, stderr := startZtunnel(t, cmd)
 
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		DisableKeepAlives: true,
