@@ -265,6 +265,29 @@ func (f *fixture) profile(b *testing.B, n *testenv.Node, path string, d time.Dur
 	io.Copy(out, resp.Body)
 }
 
+// parkedConnections reads node n's ztunnel_idle_parked_connections gauge
+// (-1 when it cannot be read).
+func parkedConnections(n *testenv.Node) int {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
+	}}
+	resp, err := hc.Get("http://127.0.0.1:15020/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, "ztunnel_idle_parked_connections "); ok {
+			parked, err := strconv.ParseFloat(v, 64)
+			if err == nil {
+				return int(parked)
+			}
+		}
+	}
+	return -1
+}
+
 func waitFor(b *testing.B, what string, cond func() bool) {
 	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
@@ -380,8 +403,12 @@ func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 		}
 	}
 	// Held idle: a quiet socket is parked (no goroutine, no buffer) after
-	// 2 to 4 s.
-	time.Sleep(5 * time.Second)
+	// 2 to 4 s; wait until every connection is, on both sides.
+	for i, node := range f.topo.Nodes {
+		waitFor(b, fmt.Sprintf("node %d's connections parked", i+1), func() bool {
+			return parkedConnections(node) >= n
+		})
+	}
 	for i, z := range f.zt {
 		b.ReportMetric(z.rssMiB(b), fmt.Sprintf("RSS-MiB-node%d", i+1))
 		b.ReportMetric(rss0[i], fmt.Sprintf("RSS-MiB-node%d-before", i+1))
