@@ -122,6 +122,9 @@ func APIServerArgs(a APIServer) []string {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range="+svc,
 		"--allow-privileged=true",
+		// Nodes are reached (logs, exec, port-forward) at their InternalIP:
+		// resolving a node's name would send a DNS query off the machine.
+		"--kubelet-preferred-address-types=InternalIP",
 		// Published in kube-system/extension-apiserver-authentication;
 		// without it the other components log an error every few seconds.
 		"--requestheader-client-ca-file="+a.PKI.CACert,
