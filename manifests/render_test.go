@@ -141,11 +141,12 @@ func TestImages_HaveDockerfiles(t *testing.T) {
 			t.Errorf("image %s: %v", image, err)
 			continue
 		}
-		if !bytes.Contains(b, []byte("./cmd/"+name)) || !bytes.Contains(b, []byte("-t "+image)) {
-			t.Errorf("%s does not build ./cmd/%s as %s", df, name, image)
+		if !bytes.Contains(b, []byte("-t "+image)) {
+			t.Errorf("%s does not say how to build %s", df, image)
 		}
-		if _, err := os.Stat(filepath.Join("..", "cmd", name)); err != nil {
-			t.Errorf("image %s: %v", image, err)
+		// An image of ours (not a tool image such as curl) builds its command.
+		if _, err := os.Stat(filepath.Join("..", "cmd", name)); err == nil && !bytes.Contains(b, []byte("./cmd/"+name)) {
+			t.Errorf("%s does not build ./cmd/%s", df, name)
 		}
 	}
 }

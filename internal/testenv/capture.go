@@ -34,9 +34,16 @@ type Capture struct {
 // cleanup stops it.
 func (n *Node) Capture(t testing.TB) *Capture {
 	t.Helper()
+	return CaptureOn(t, n.NS, n.LinkIf)
+}
+
+// CaptureOn starts capturing on interface ifname of namespace ns (such as
+// a pod's eth0); the test's cleanup stops it.
+func CaptureOn(t testing.TB, ns NS, ifname string) *Capture {
+	t.Helper()
 	c := &Capture{stop: make(chan struct{}), done: make(chan struct{})}
-	err := n.Exec(func() error {
-		ifi, err := net.InterfaceByName(n.LinkIf)
+	err := ns.Exec(func() error {
+		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return err
 		}
@@ -48,7 +55,7 @@ func (n *Node) Capture(t testing.TB) *Capture {
 		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
 	})
 	if err != nil {
-		t.Fatalf("testenv: capture on %s: %v", n.Name, err)
+		t.Fatalf("testenv: capture on %s in %s: %v", ifname, ns.Path, err)
 	}
 	tv := unix.NsecToTimeval(int64(50 * time.Millisecond))
 	unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
