@@ -147,12 +147,17 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 	return nil
 }
 
-// stop removes capture first (new connections go plain again), then stops
-// the listeners, lets open connections drain, and lets go of everything.
-func (p *podProxy) stop() {
+// stop stops the listeners, lets open connections drain and lets go of
+// everything. With removeCapture (the pod leaves the mesh) the rules go
+// first, so new connections go plain at once; without (ztunnel exits) they
+// stay, and the pod's new connections are refused until the next ztunnel
+// serves it.
+func (p *podProxy) stop(removeCapture bool) {
 	p.up.Store(false)
-	if err := redirect.Remove(p.nsPath); err != nil {
-		p.z.log.Warn("removing capture rules", "pod", p.uid, "err", err)
+	if removeCapture {
+		if err := redirect.Remove(p.nsPath); err != nil {
+			p.z.log.Warn("removing capture rules", "pod", p.uid, "err", err)
+		}
 	}
 	if p.cancel != nil {
 		p.cancel()
@@ -169,9 +174,15 @@ func (p *podProxy) stop() {
 		<-done
 	}
 	p.cleanup()
-	p.z.log.Info("pod unenrolled", "pod", p.uid)
+	if removeCapture {
+		p.z.log.Info("pod unenrolled", "pod", p.uid)
+	} else {
+		p.z.log.Info("pod released; its capture rules stay for the next ztunnel", "pod", p.uid)
+	}
 }
 
+// cleanup lets go of what start acquired. The capture rules are left
+// alone: a pod that cannot be served refuses connections (fail closed).
 func (p *podProxy) cleanup() {
 	p.closeConns(func(*trackedConn) bool { return true })
 	for _, ln := range p.lns {
@@ -180,7 +191,6 @@ func (p *podProxy) cleanup() {
 	if p.client != nil {
 		p.client.Close()
 	}
-	redirect.Remove(p.nsPath)
 	if p.nsFile != nil {
 		p.nsFile.Close()
 	}

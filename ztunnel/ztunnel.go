@@ -29,6 +29,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/ztunnel/certs"
@@ -57,6 +58,14 @@ type Config struct {
 	Logger *slog.Logger
 	// DrainTimeout bounds how long open connections may finish on shutdown.
 	DrainTimeout time.Duration
+	// RemoveCaptureOnExit removes every pod's capture rules when Run ends.
+	// By default they stay: while no ztunnel runs, a captured pod's
+	// connections are refused (its rules lead to listeners that are gone)
+	// rather than carried in plaintext past its policies, and the next
+	// ztunnel takes over the pods (fail closed, as in Istio, where a ztunnel
+	// restart leaves the in-pod rules in place). A pod leaving the mesh
+	// always has its rules removed, also when it left while no ztunnel ran.
+	RemoveCaptureOnExit bool
 	// ConnectTimeout bounds dialing a destination. Default 5 s.
 	ConnectTimeout time.Duration
 }
@@ -67,11 +76,12 @@ type Ztunnel struct {
 	log  *slog.Logger
 	rand *lockedRand
 
-	mu      sync.Mutex           // guards the fields below
-	netns   map[string]string    // pod key (uid or namespace/name) → netns path (from AddPod)
-	pods    map[string]*podProxy // running proxies by pod uid
-	changed chan struct{}        // signalled on AddPod/RemovePod
-	ready   bool                 // config received and every enrolled pod serving
+	mu       sync.Mutex           // guards the fields below
+	netns    map[string]string    // pod key (uid or namespace/name) → netns path (from AddPod)
+	pods     map[string]*podProxy // running proxies by pod uid
+	changed  chan struct{}        // signalled on AddPod/RemovePod
+	released map[string]bool      // pod keys not enrolled whose rules were removed
+	ready    bool                 // config received and every enrolled pod serving
 }
 
 // New checks cfg and returns a Ztunnel; Run starts it.
@@ -95,12 +105,13 @@ func New(cfg Config) (*Ztunnel, error) {
 		cfg.DrainTimeout = 5 * time.Second
 	}
 	return &Ztunnel{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		rand:    &lockedRand{r: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))},
-		netns:   make(map[string]string),
-		pods:    make(map[string]*podProxy),
-		changed: make(chan struct{}, 1),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		rand:     &lockedRand{r: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))},
+		netns:    make(map[string]string),
+		pods:     make(map[string]*podProxy),
+		changed:  make(chan struct{}, 1),
+		released: make(map[string]bool),
 	}, nil
 }
 
@@ -120,6 +131,7 @@ func (z *Ztunnel) AddPod(key, nsPath string) {
 func (z *Ztunnel) RemovePod(key string) {
 	z.mu.Lock()
 	delete(z.netns, key)
+	delete(z.released, key)
 	z.mu.Unlock()
 	z.kick()
 }
@@ -132,14 +144,15 @@ func (z *Ztunnel) kick() {
 }
 
 // Run serves until ctx ends, reconciling the pod proxies with every state
-// change, then drains and removes every pod's rules.
+// change, then drains (and removes every pod's rules with
+// RemoveCaptureOnExit).
 func (z *Ztunnel) Run(ctx context.Context) error {
 	updates := z.cfg.Store.Subscribe(ctx)
 	for {
 		z.reconcile(ctx)
 		select {
 		case <-ctx.Done():
-			z.stopAll()
+			z.stopAll(z.cfg.RemoveCaptureOnExit)
 			return nil
 		case <-updates:
 		case <-z.changed:
@@ -153,8 +166,17 @@ func (z *Ztunnel) reconcile(ctx context.Context) {
 	z.mu.Lock()
 	want := make(map[string]*workloadapi.Workload)
 	paths := make(map[string]string)
+	var release []string // netns of known pods out of the mesh, rules to remove
 	for _, w := range view.WorkloadsOnNode(z.cfg.Node) {
 		if !state.Enrolled(w) {
+			// It may have left the mesh while no ztunnel ran, keeping the
+			// rules an earlier ztunnel installed: remove them, once.
+			for _, key := range []string{w.GetUid(), w.GetNamespace() + "/" + w.GetName()} {
+				if ns, ok := z.netns[key]; ok && !z.released[key] {
+					z.released[key] = true
+					release = append(release, ns)
+				}
+			}
 			continue
 		}
 		ns, ok := z.netns[w.GetUid()]
@@ -163,6 +185,8 @@ func (z *Ztunnel) reconcile(ctx context.Context) {
 		}
 		if ok {
 			want[w.GetUid()], paths[w.GetUid()] = w, ns
+			delete(z.released, w.GetUid())
+			delete(z.released, w.GetNamespace()+"/"+w.GetName())
 		}
 	}
 	var stop []*podProxy
@@ -189,8 +213,13 @@ func (z *Ztunnel) reconcile(ctx context.Context) {
 	}
 	z.mu.Unlock()
 
+	for _, ns := range release {
+		if err := redirect.Remove(ns); err != nil {
+			z.log.Warn("removing capture rules of a pod out of the mesh", "netns", ns, "err", err)
+		}
+	}
 	for _, p := range stop {
-		p.stop()
+		p.stop(true)
 	}
 	for _, p := range start {
 		if err := p.start(ctx); err != nil {
@@ -209,8 +238,9 @@ func (z *Ztunnel) reconcile(ctx context.Context) {
 	}
 }
 
-// stopAll stops every pod proxy (on shutdown): rules are removed.
-func (z *Ztunnel) stopAll() {
+// stopAll stops every pod proxy (on shutdown), removing their rules or
+// leaving them for the next ztunnel.
+func (z *Ztunnel) stopAll(removeCapture bool) {
 	z.mu.Lock()
 	pods := z.pods
 	z.pods = make(map[string]*podProxy)
@@ -218,7 +248,7 @@ func (z *Ztunnel) stopAll() {
 	var wg sync.WaitGroup
 	for _, p := range pods {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.stop() }()
+		go func() { defer wg.Done(); p.stop(removeCapture) }()
 	}
 	wg.Wait()
 }

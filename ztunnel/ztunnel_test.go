@@ -121,7 +121,7 @@ func newMesh(t testing.TB) *mesh {
 
 // startZtunnel runs node n's ztunnel (1-based) until the test ends or
 // stopZtunnel.
-func (m *mesh) startZtunnel(t testing.TB, n int) {
+func (m *mesh) startZtunnel(t testing.TB, n int, opts ...func(*Config)) {
 	cm, err := certs.New(certs.Config{Sign: certs.LocalSigner(m.ca, time.Hour)})
 	if err != nil {
 		t.Fatal(err)
@@ -132,8 +132,12 @@ func (m *mesh) startZtunnel(t testing.TB, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	z, err := New(Config{Node: fmt.Sprintf("node-%d", n), Store: m.store, Certs: cm, Metrics: metrics,
-		FlowLog: telemetry.NewFlowLog(m.logs[n-1]), DrainTimeout: time.Second})
+	cfg := Config{Node: fmt.Sprintf("node-%d", n), Store: m.store, Certs: cm, Metrics: metrics,
+		FlowLog: telemetry.NewFlowLog(m.logs[n-1]), DrainTimeout: time.Second}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	z, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -475,23 +479,53 @@ func TestZtunnel_InboundRefusesBadTunnels(t *testing.T) {
 	})
 }
 
-// TestZtunnel_RestartRecapturesPods: a ztunnel stopped removes its rules
-// (nothing leaks), a new one captures the pods again, and a client retrying
-// through the restart gets through.
+// TestZtunnel_RestartRecapturesPods: a stopped ztunnel leaves its pods'
+// rules in place, so while no ztunnel runs a client outside the mesh is
+// refused instead of reaching a pod in plaintext past its policies (fail
+// closed); a new ztunnel takes the pods over and a client retrying through
+// the restart gets through. With RemoveCaptureOnExit the rules go.
 func TestZtunnel_RestartRecapturesPods(t *testing.T) {
 	m := newMesh(t)
 	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
 	m.stopZtunnel(2)
-	if captured(t, server) || captured(t, m.topo.Pod(2, 2)) {
-		t.Fatal("rules left behind by a stopped ztunnel")
+	if !captured(t, server) || !captured(t, m.topo.Pod(2, 2)) {
+		t.Fatal("a stopped ztunnel removed its pods' rules")
 	}
-	m.startZtunnel(t, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := m.topo.Nodes[1].Dial(ctx, server.Addr(8080)); err == nil {
+		c.Close()
+		t.Fatal("with no ztunnel, a plaintext client outside the mesh reached the server")
+	}
+	m.startZtunnel(t, 2, func(c *Config) { c.RemoveCaptureOnExit = true })
 	waitFor(t, "retrying client gets through", func() bool { return roundTrip(t, alice, server) == nil })
-	waitFor(t, "pods captured again", func() bool { return captured(t, server) && m.zt[1].Ready() })
+	waitFor(t, "pods served again", func() bool { return captured(t, server) && m.zt[1].Ready() })
 	if err := roundTrip(t, alice, server); err != nil {
 		t.Fatal(err)
 	}
 	findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "src.identity": id("alice"), "transport": "hbone"})
+
+	m.stopZtunnel(2)
+	if captured(t, server) || captured(t, m.topo.Pod(2, 2)) {
+		t.Fatal("rules left behind by a ztunnel stopped with RemoveCaptureOnExit")
+	}
+}
+
+// TestZtunnel_PodLeftTheMeshWhileDownIsReleased: a pod whose namespace left
+// the mesh while no ztunnel ran keeps the rules of the last one until the
+// next ztunnel learns it is out, and then loses them; enrolled pods keep
+// theirs.
+func TestZtunnel_PodLeftTheMeshWhileDownIsReleased(t *testing.T) {
+	m := newMesh(t)
+	server, other := m.topo.Pod(2, 1), m.topo.Pod(2, 2)
+	m.stopZtunnel(2)
+	m.setWorkload(t, server, func(w *workloadapi.Workload) { w.TunnelProtocol = workloadapi.TunnelProtocol_NONE })
+	m.startZtunnel(t, 2)
+	waitFor(t, "rules of the pod out of the mesh removed", func() bool { return !captured(t, server) })
+	waitFor(t, "the other pod served", func() bool { return captured(t, other) && m.zt[1].Ready() })
+	if err := roundTrip(t, m.topo.Pod(1, 1), server); err != nil {
+		t.Fatalf("client -> pod out of the mesh: %v", err)
+	}
 }
 
 // TestZtunnel_ThousandConcurrentConnections: 1,000 connections open at once

@@ -25,8 +25,10 @@
 // Endpoints (package ztunnel/admin): --admin-addr (config dump, connections),
 // --metrics-addr (Prometheus), --ready-addr (/healthz/ready). Logs are JSON on
 // stderr; flow records are JSON lines on --flow-log (stdout by default).
-// SIGINT or SIGTERM drains: every pod's capture rules are removed before the
-// process exits 0.
+// SIGINT or SIGTERM drains open connections and exits 0. The pods' capture
+// rules stay (fail closed: a captured pod's connections are refused until
+// the next ztunnel serves it, never carried in plaintext past its policies);
+// --remove-capture-on-exit removes them instead.
 package main
 
 import (
@@ -100,6 +102,8 @@ type options struct {
 	cniSocket   string
 	cniStateDir string
 	logLevel    slog.Level
+	// removeCapture removes the pods' capture rules on exit.
+	removeCapture bool
 }
 
 // podFlag collects repeated --pod UID=NETNS_PATH.
@@ -150,6 +154,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Var(o.pods, "pod", "register a pod: UID=NETNS_PATH (repeatable)")
 	fs.StringVar(&o.netnsDir, "netns-dir", "", "directory of named network namespaces whose names are pod uids (URL-escaped); rescanned every few seconds")
 	fs.StringVar(&o.cniSocket, "cni-socket", "", "unix socket the ambient-cni plugin hands pods over on (e.g. /var/run/ambient/ztunnel.sock); empty: off")
+	fs.BoolVar(&o.removeCapture, "remove-capture-on-exit", false, "remove every pod's capture rules on exit, so pods talk in plaintext while no ztunnel runs; by default they stay and the pods' connections are refused until the next ztunnel takes over (fail closed)")
 	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/ambient/pods", "the plugin's pod state directory, scanned at start to recover pods after a restart (with --cni-socket)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {

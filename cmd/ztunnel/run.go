@@ -34,7 +34,8 @@ import (
 )
 
 // run wires the components from opts and serves until ctx ends; it returns
-// after every pod's capture rules are removed.
+// once open connections drained (and, with --remove-capture-on-exit, every
+// pod's capture rules are removed).
 func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) error {
 	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
 	if err != nil {
@@ -128,6 +129,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, TrustDomain: td, Store: store, Certs: mgr,
 		FlowLog: telemetry.NewFlowLogFeed(flowOut, flows), Metrics: metrics, Logger: logger,
+		RemoveCaptureOnExit: o.removeCapture,
 	})
 	if err != nil {
 		return err
@@ -201,7 +203,11 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	if zerr != nil {
 		return zerr
 	}
-	logger.Info("ztunnel drained: every pod's capture rules are removed; exiting")
+	if o.removeCapture {
+		logger.Info("ztunnel drained: every pod's capture rules are removed; exiting")
+	} else {
+		logger.Info("ztunnel drained: the pods' capture rules stay for the next ztunnel; exiting")
+	}
 	return nil
 }
 

@@ -21,8 +21,9 @@
 // refusing a client outside the mesh (the node itself) while meshed pods
 // connect; a DENY closing an idle, parked connection and beating an ALLOW;
 // bad tunnels (a CONNECT to another pod's IP is 400, a foreign CA fails the
-// handshake); and a ztunnel restarted with SIGTERM, leaking no rules, with
-// a retrying client getting through and config and certificates from
+// handshake); and a ztunnel restarted with SIGTERM, its pods keeping their
+// capture meanwhile (a client outside the mesh is refused: fail closed),
+// with a retrying client getting through and config and certificates from
 // istiod-lite again.
 //
 // The tests need root and the Kubernetes binaries of `make deps`; without
