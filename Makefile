@@ -7,7 +7,7 @@ FUZZTIME ?= 5s
 # Packages with goroutines and locks, run again under the race detector.
 RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/... ./nodeagent/... ./ambientctl/... ./localcluster/...
 
-.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel bench-controlplane demo lint deps
+.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel bench-controlplane demo demo-down demo-tunnel lint deps
 
 all: build
 
@@ -74,6 +74,16 @@ bench-controlplane: deps
 	$(GO) test -run '^$$' -bench ControlPlane -benchtime 1x -timeout 30m ./bench/controlplane/
 	$(GO) test -run '^$$' -bench Recompute -benchmem ./bench/controlplane/
 
-## demo: the tunnel end to end on loopback, narrated.
-demo: build
+## demo: a two-node local cluster with the mesh, the sample app, ambient
+## mode, a policy and identity-tagged flows (hack/demo.sh; root). Leaves the
+## cluster up; `make demo-down` removes it. DEMO_NONINTERACTIVE=1: no pauses,
+## non-zero exit on any failure.
+demo:
+	hack/demo.sh
+
+demo-down: build
+	$(BIN)/ambientctl cluster down $(if $(DEMO_STATE_DIR),--state-dir $(DEMO_STATE_DIR) --cluster-state $(DEMO_STATE_DIR).json)
+
+## demo-tunnel: the HBONE tunnel alone, end to end on loopback, narrated.
+demo-tunnel: build
 	$(BIN)/tunnel-demo

@@ -33,9 +33,14 @@
 // pods resolve <svc>.<ns>.svc.cluster.local. Each node agent gets
 // --host-path-root <state-dir>/nodes/<node>/root: the nodes share the
 // machine's file system, so each node's hostPath volumes live under its
-// own root (the netns paths excepted); ambient-cni's socket and state
-// directory in the node's conflist are where the ztunnel DaemonSet's
-// hostPath /var/run/ambient lands there (ZtunnelSocket, CNIStateDir).
+// own root (the netns paths excepted). The node's CNI configuration and
+// plugin directories are root/etc/cni/net.d and root/opt/cni/bin
+// (CNIConfDir, CNIPluginDir): the node agent writes the primary network
+// (ptp + host-local) there and uses that file for each new pod, and the
+// mesh's ambient-cni-node DaemonSet, once installed, copies ambient-cni
+// into root/opt/cni/bin and chains it into that file, pointing it at
+// ztunnel's socket and state directory under root/var/run/ambient
+// (ZtunnelSocket, CNIStateDir) — the same steps as on a real node.
 //
 // # State directory
 //
@@ -44,8 +49,8 @@
 //	<state-dir>/pki/, tokens.csv  CA, serving certificate, service-account keys, admin token
 //	<state-dir>/logs/<component>.log
 //	<state-dir>/etcd/             etcd's data
-//	<state-dir>/nodes/<node>/     the node agent's state dir (pods, logs), kube-proxy's config, the CNI conflist template
-//	<state-dir>/nodes/<node>/root/  the node's hostPath volumes (root/var/run/ambient: ztunnel's CNI socket and state)
+//	<state-dir>/nodes/<node>/     the node agent's state dir (pods, logs), kube-proxy's config
+//	<state-dir>/nodes/<node>/root/  the node's hostPath volumes: etc/cni/net.d, opt/cni/bin, var/run/ambient (ztunnel's CNI socket and state)
 //
 // Down reads resources.json, so it removes everything even after a crash of
 // the processes or of ambientctl: the node agents get SIGTERM (they stop

@@ -154,35 +154,6 @@ func NewPlan(cfg Config) (*Plan, error) {
 	return p, nil
 }
 
-// confListTemplate is the nodes' CNI chain, a nodeagent conflist template
-// (the agent fills in {{.PodCIDR}} and {{.IPAMDir}}): ptp with host-local
-// over the node's pod CIDR, then ambient-cni, which hands each pod to the
-// node's ztunnel, or records it for a ztunnel started later. The two %s
-// are ambient-cni's ztunnelSocket and stateDir, quoted.
-const confListTemplate = `{
-  "cniVersion": "1.0.0",
-  "name": "ambient-pods",
-  "plugins": [
-    {
-      "type": "ptp",
-      "mtu": 1500,
-      "ipMasq": false,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{"subnet": "{{.PodCIDR}}"}]],
-        "routes": [{"dst": "0.0.0.0/0"}],
-        "dataDir": "{{.IPAMDir}}"
-      }
-    },
-    {
-      "type": "ambient-cni",
-      "ztunnelSocket": %s,
-      "stateDir": %s
-    }
-  ]
-}
-`
-
 // HostPathRoot is a node's root for hostPath volumes (the node agent's
 // --host-path-root): nodes share the machine's file system, so each node's
 // pods see hostPath P at HostPathRoot/P (the netns paths excepted).
@@ -208,10 +179,20 @@ func CNIStateDir(stateDir, node string) string {
 	return HostPathRoot(stateDir, node) + ZtunnelRunDir + "/pods"
 }
 
-// RenderConfList is the nodeagent conflist template of a node.
-func RenderConfList(stateDir, node string) []byte {
-	return fmt.Appendf(nil, confListTemplate,
-		strconv.Quote(ZtunnelSocket(stateDir, node)), strconv.Quote(CNIStateDir(stateDir, node)))
+// CNIConfDir is a node's CNI configuration directory, its /etc/cni/net.d
+// under the host-path root: the node agent writes the primary network
+// configuration (ptp + host-local) there and reads it for every new pod,
+// and the ambient-cni-node DaemonSet (manifests/cni) chains ambient-cni
+// into it through its hostPath, as on a real node.
+func CNIConfDir(stateDir, node string) string {
+	return HostPathRoot(stateDir, node) + "/etc/cni/net.d"
+}
+
+// CNIPluginDir is a node's /opt/cni/bin under the host-path root, where
+// the ambient-cni-node DaemonSet installs the plugin; the node agent
+// searches it after the standard plugins.
+func CNIPluginDir(stateDir, node string) string {
+	return HostPathRoot(stateDir, node) + "/opt/cni/bin"
 }
 
 // kubeProxyTemplate is kube-proxy's configuration file. Conntrack sizing is

@@ -2,7 +2,6 @@ package localcluster
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -95,32 +94,19 @@ func TestNewPlan_RefusesBadConfigs(t *testing.T) {
 	}
 }
 
-func TestRenderConfList_ChainsAmbientCNIAfterPtp(t *testing.T) {
-	b := RenderConfList("/var/state dir", "ambient-node-1")
-	// The agent's own placeholders stay for it to fill in.
-	for _, s := range []string{`"subnet": "{{.PodCIDR}}"`, `"dataDir": "{{.IPAMDir}}"`} {
-		if !strings.Contains(string(b), s) {
-			t.Errorf("conflist lacks %s:\n%s", s, b)
+// TestCNIPaths_MatchTheInstaller: the ambient-cni-node DaemonSet's host
+// paths are the node's CNI directories the node agent uses.
+func TestCNIPaths_MatchTheInstaller(t *testing.T) {
+	b, err := os.ReadFile("../manifests/cni/cni.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := HostPathRoot("/s", "n")
+	for _, dir := range []string{CNIConfDir("/s", "n"), CNIPluginDir("/s", "n"), root + ZtunnelRunDir} {
+		want := "path: " + strings.TrimPrefix(dir, root) + "\n"
+		if !strings.Contains(string(b), want) {
+			t.Errorf("manifests/cni/cni.yaml lacks hostPath %q", strings.TrimSpace(want))
 		}
-	}
-	filled := strings.NewReplacer("{{.PodCIDR}}", "10.244.1.0/24", "{{.IPAMDir}}", "/x").Replace(string(b))
-	var cl struct {
-		CNIVersion string `json:"cniVersion"`
-		Plugins    []struct {
-			Type          string `json:"type"`
-			ZtunnelSocket string `json:"ztunnelSocket"`
-			StateDir      string `json:"stateDir"`
-		} `json:"plugins"`
-	}
-	if err := json.Unmarshal([]byte(filled), &cl); err != nil {
-		t.Fatalf("not JSON: %v\n%s", err, filled)
-	}
-	if len(cl.Plugins) != 2 || cl.Plugins[0].Type != "ptp" || cl.Plugins[1].Type != "ambient-cni" {
-		t.Fatalf("plugins = %+v, want ptp then ambient-cni", cl.Plugins)
-	}
-	if cl.Plugins[1].ZtunnelSocket != "/var/state dir/nodes/ambient-node-1/root/var/run/ambient/ztunnel.sock" ||
-		cl.Plugins[1].StateDir != "/var/state dir/nodes/ambient-node-1/root/var/run/ambient/pods" {
-		t.Errorf("ambient-cni config = %+v", cl.Plugins[1])
 	}
 }
 

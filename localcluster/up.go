@@ -302,14 +302,13 @@ func (c *Cluster) checkAlive() error {
 
 func (c *Cluster) startNode(cfg Config, n NodePlan) error {
 	dir := filepath.Join(c.StateDir, "nodes", n.Name)
-	// ztunnel's hostPath /var/run/ambient on this node, ambient-cni's
-	// socket and state directory (see ZtunnelSocket).
-	if err := os.MkdirAll(CNIStateDir(c.StateDir, n.Name), 0o755); err != nil {
-		return fmt.Errorf("localcluster: %w", err)
-	}
-	conflist := filepath.Join(dir, "cni-conflist.tmpl")
-	if err := os.WriteFile(conflist, RenderConfList(c.StateDir, n.Name), 0o644); err != nil {
-		return fmt.Errorf("localcluster: %w", err)
+	// The node's CNI directories, filled in by the node agent (the
+	// primary configuration) and the ambient-cni-node DaemonSet (the
+	// plugin, chained), and ztunnel's hostPath /var/run/ambient.
+	for _, d := range []string{CNIConfDir(c.StateDir, n.Name), CNIPluginDir(c.StateDir, n.Name), CNIStateDir(c.StateDir, n.Name)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("localcluster: %w", err)
+		}
 	}
 	agentDir := filepath.Join(dir, "agent")
 	if err := c.rec.update(func(r *Record) { r.AgentDirs = append(r.AgentDirs, agentDir) }); err != nil {
@@ -321,8 +320,8 @@ func (c *Cluster) startNode(cfg Config, n NodePlan) error {
 		"--node-ip="+n.IP.String(),
 		"--node-netns="+n.Netns,
 		"--state-dir="+agentDir,
-		"--cni-bin-dir="+cfg.CNIBinDir+","+cfg.BinDir,
-		"--cni-conflist="+conflist,
+		"--cni-bin-dir="+cfg.CNIBinDir+","+CNIPluginDir(c.StateDir, n.Name),
+		"--cni-conf-dir="+CNIConfDir(c.StateDir, n.Name),
 		"--bin-dir="+cfg.BinDir,
 		"--peer-routes",
 		"--pod-apiserver="+c.Server,

@@ -15,6 +15,9 @@
 //     passes (K8S_POD_NAMESPACE, K8S_POD_NAME, K8S_POD_UID, ...): by default
 //     ptp + host-local over the node's pod CIDR (DefaultConfList; a
 //     conflist template by flag adds chained plugins such as ambient-cni).
+//     With Config.CNIConfDir the chain is the node's primary
+//     configuration file at the time the pod starts, as a runtime reads
+//     it, so an installer DaemonSet can chain ambient-cni into it.
 //     hostNetwork pods run in the node's namespace without CNI.
 //   - Runs each container as a process in the pod's namespace: the image
 //     maps to a local binary through the image table (package images),
@@ -23,12 +26,15 @@
 //     (package podenv; projected ServiceAccount tokens from the
 //     TokenRequest API, bound to the pod and refreshed). Restart policy
 //     with a doubling backoff; readiness and liveness probes (httpGet,
-//     tcpSocket) from the node's namespace to the pod IP (package probe).
+//     tcpSocket) from the node's namespace to the pod IP, and exec probes
+//     run in the container as `kubectl exec` runs commands (package probe).
 //   - Gives each container a private mount namespace and its pod's DNS
 //     (see "Mount namespaces and DNS" below).
 //   - Reports pod IPs, phase, conditions and container statuses (ready,
 //     restartCount, states) through the status subresource (package
 //     podstatus).
+//   - Serves the kubelet API the apiserver calls for kubectl logs, exec
+//     and port-forward (see "Kubelet API" below).
 //   - With Config.PeerRoutes, routes every other Node's pod CIDR via its
 //     InternalIP in the node's namespace (host-gw).
 //   - On deletion: SIGTERM, SIGKILL after the grace period, CNI DEL, the
@@ -59,6 +65,35 @@
 // Config.ClusterDNS every pod sees the node's file, as with a kubelet
 // without --cluster-dns. The cluster DNS itself is package clusterdns,
 // run as a pod (manifests/cluster/clusterdns.yaml).
+//
+// # Kubelet API
+//
+// With Config.KubeletPort (cmd/nodeagent: --kubelet-port, default 10250)
+// the agent serves package kubeletapi on NodeIP inside the node's
+// namespace, and the Node's status.daemonEndpoints.kubeletEndpoint
+// carries the port, so the apiserver (which reaches nodes at their
+// InternalIP) proxies `kubectl logs`, `exec` and `port-forward` to it.
+// TLS with a self-signed certificate; only client certificates of
+// Config.KubeletClientCA (the cluster CA; the apiserver's
+// --kubelet-client-certificate is one, see internal/controlplane) get
+// through the handshake, and only the apiserver's identity or
+// system:masters past authorization.
+//
+//   - logs read <container>.log (see the state directory) with follow,
+//     tailLines, limitBytes and sinceSeconds as kubeletapi.LogOptions
+//     says: the file has no per-line times, so timestamps is ignored
+//     and since cuts per file; runs are appended to one file, so
+//     --previous is refused.
+//   - exec runs the command as a container run is started (startProcess's
+//     namespaces: the pod's network namespace, a mount namespace of its
+//     own with the pod's resolv.conf) with the environment, working
+//     directory and mounts the container's process got. The command must
+//     name the image's entrypoint or one of its Tools in the image table
+//     (package images); any other fails with exit code 126 and a message
+//     naming the table. Exec probes run the same way.
+//   - port-forward dials 127.0.0.1:<port> in the pod's network namespace
+//     (the node's for hostNetwork pods); a refused dial is reported on
+//     the error stream, as a kubelet does.
 //
 // # State directory
 //
@@ -91,7 +126,9 @@
 // the rest of the filesystem is the node's. No /etc/hosts management, no
 // cgroups (resources are reported, not
 // enforced), no init containers (such pods wait with a reason saying so),
-// no exec or grpc probes, no image pulls. ConfigMap and Secret volumes are
+// no grpc probes, no image pulls. The kubelet API has no TTYs (exec -t
+// fails saying so), no attach, no previous-run logs or log timestamps,
+// and no stats, metrics or debug endpoints. ConfigMap and Secret volumes are
 // refreshed with the tokens, not on every change.
 package nodeagent
 
@@ -116,6 +153,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/ambientmesh/ambient/nodeagent/images"
+	"github.com/ambientmesh/ambient/nodeagent/kubeletapi"
 	"github.com/ambientmesh/ambient/nodeagent/podenv"
 )
 
@@ -138,6 +176,15 @@ type Config struct {
 	CNIBinDirs []string
 	// ConfList is the conflist template; empty: DefaultConfList.
 	ConfList string
+	// CNIConfDir, if set, is the node's CNI configuration directory (a
+	// runtime's /etc/cni/net.d): each pod's network is set up with the
+	// primary configuration found there when the pod starts, as containerd
+	// and CRI-O do, so a chained plugin installed by a DaemonSet (such as
+	// ambient-cni's installer) takes effect for the pods created after it.
+	// The agent plays the cluster's network plugin too: when the directory
+	// holds no configuration it writes ConfList, rendered, as
+	// PrimaryConfName. Empty: every pod uses ConfList.
+	CNIConfDir string
 	// Images maps images to binaries.
 	Images images.Table
 	// NetnsPrefix starts the pods' namespace names; default "na-".
@@ -184,6 +231,15 @@ type Config struct {
 	StatusPeriod      time.Duration // node status and lease renewal; default 10s
 	ShutdownGrace     time.Duration // per pod when the agent stops; default 5s
 
+	// KubeletPort is where the kubelet API (package kubeletapi: logs,
+	// exec and port-forward for the apiserver) listens on NodeIP, inside
+	// the node's namespace, and what the Node reports as its kubelet
+	// endpoint; 0: not served (cmd/nodeagent's default is 10250).
+	KubeletPort int
+	// KubeletClientCA is PEM: the CAs whose client certificates the
+	// kubelet API accepts (the cluster CA); required with KubeletPort.
+	KubeletClientCA []byte
+
 	Logger *slog.Logger
 }
 
@@ -200,6 +256,8 @@ type Agent struct {
 	// remaining events are ignored until the informer drops them.
 	finished map[types.UID]bool
 	wg       sync.WaitGroup // running workers
+
+	kubelet *kubeletapi.Server // nil without Config.KubeletPort
 }
 
 // New validates cfg and returns an agent.
@@ -266,12 +324,28 @@ func New(cfg Config) (*Agent, error) {
 	if _, err := renderConfList(cfg.ConfList, confListParams{PodCIDR: "10.0.0.0/24", IPAMDir: "/x", NodeName: "n", StateDir: "/x"}); err != nil {
 		return nil, err
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:      cfg,
 		log:      cfg.Logger.With("node", cfg.NodeName),
 		workers:  map[types.UID]*podWorker{},
 		finished: map[types.UID]bool{},
-	}, nil
+	}
+	if cfg.KubeletPort != 0 {
+		k, err := kubeletapi.New(kubeletapi.Config{
+			NodeName: cfg.NodeName,
+			NodeIP:   cfg.NodeIP,
+			Port:     cfg.KubeletPort,
+			ClientCA: cfg.KubeletClientCA,
+			Runtime:  kubeletRuntime{a},
+			Listen:   a.listenInNode,
+			Logger:   a.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("nodeagent: %w", err)
+		}
+		a.kubelet = k
+	}
+	return a, nil
 }
 
 // hostPaths places this node's hostPath volumes.
@@ -279,8 +353,17 @@ func (a *Agent) hostPaths() podenv.HostPathMap {
 	return podenv.HostPathMap{Root: a.cfg.HostPathRoot, Passthrough: a.cfg.HostPathPassthrough}
 }
 
-// confList renders the CNI configuration for this node.
+// confList is the CNI configuration for a new pod on this node: the
+// primary configuration of CNIConfDir, else the rendered template.
 func (a *Agent) confList() ([]byte, error) {
+	if a.cfg.CNIConfDir != "" {
+		return primaryConfList(a.cfg.CNIConfDir)
+	}
+	return a.renderedConfList()
+}
+
+// renderedConfList renders the conflist template for this node.
+func (a *Agent) renderedConfList() ([]byte, error) {
 	return renderConfList(a.cfg.ConfList, confListParams{
 		PodCIDR:  a.podCIDR.String(),
 		IPAMDir:  filepath.Join(a.cfg.StateDir, "cni", "ipam"),
@@ -302,6 +385,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("node registered", "podCIDR", a.podCIDR, "ip", a.cfg.NodeIP)
+	if a.cfg.CNIConfDir != "" {
+		conf, err := a.renderedConfList()
+		if err != nil {
+			return err
+		}
+		if err := ensurePrimaryConf(a.cfg.CNIConfDir, conf); err != nil {
+			return err
+		}
+	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(a.cfg.Client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -319,6 +411,13 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	var hb sync.WaitGroup
 	hb.Go(func() { a.heartbeat(ctx) })
+	if a.kubelet != nil {
+		hb.Go(func() {
+			if err := a.kubelet.Run(ctx); err != nil {
+				a.log.Error("kubelet API: kubectl logs, exec and port-forward will fail for this node", "err", err)
+			}
+		})
+	}
 	if a.cfg.PeerRoutes {
 		nodeFactory := informers.NewSharedInformerFactory(a.cfg.Client, 0)
 		loop, err := a.startPeerRoutes(nodeFactory)

@@ -49,6 +49,7 @@ const clusterDNS = "10.96.0.10"
 // cluster is a control plane, a two-node topology and one agent per node.
 type cluster struct {
 	t      *testing.T
+	kc     *kubetest.Cluster
 	client kubernetes.Interface
 	topo   *testenv.Topology
 	agents []*agentRun
@@ -127,10 +128,25 @@ func cleanStaleNetns() {
 
 func newCluster(t *testing.T) *cluster {
 	t.Helper()
+	return newClusterWith(t, clusterOptions{})
+}
+
+// clusterOptions vary newCluster's cluster.
+type clusterOptions struct {
+	// kubeletAPI links the host to the nodes (testenv.Spec.HostLink) and
+	// serves the agents' kubelet API on 10250, so that the apiserver
+	// reaches it.
+	kubeletAPI bool
+	// images are added to the agents' image table.
+	images []images.Entry
+}
+
+func newClusterWith(t *testing.T, opts clusterOptions) *cluster {
+	t.Helper()
 	testenv.RequireRoot(t)
 	cleanStaleNetns()
 	root := repoRoot(t)
-	topo := testenv.NewTopology(t, testenv.Spec{Nodes: 2})
+	topo := testenv.NewTopology(t, testenv.Spec{Nodes: 2, HostLink: opts.kubeletAPI})
 	kc := kubetest.Start(t, kubetest.Options{ControllerManager: true, Scheduler: true})
 	cniDir := buildCNIPlugins(t, root)
 	binDir := t.TempDir()
@@ -164,8 +180,9 @@ func newCluster(t *testing.T) *cluster {
 			}
 		}
 	}
-	c := &cluster{t: t, client: client, topo: topo, prefix: fmt.Sprintf("na%d-", os.Getpid())}
+	c := &cluster{t: t, kc: kc, client: client, topo: topo, prefix: fmt.Sprintf("na%d-", os.Getpid())}
 	table := images.Table{Images: []images.Entry{{Image: "ambient/testapp:*", Binary: "testapp", Paths: []string{"/testapp"}}}, BaseDir: binDir}
+	table.Images = append(table.Images, opts.images...)
 	before := goleak.IgnoreCurrent()
 	sink := &logSink{t: t}
 	log := slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -188,6 +205,9 @@ func newCluster(t *testing.T) *cluster {
 			ClusterDNS:     []netip.Addr{netip.MustParseAddr(clusterDNS)},
 			HostPathRoot:   t.TempDir(),
 			Logger:         log,
+		}
+		if opts.kubeletAPI {
+			cfg.KubeletPort, cfg.KubeletClientCA = 10250, kc.CAData
 		}
 		a, err := New(cfg)
 		if err != nil {

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"sort"
 	"strings"
 	"text/template"
 
@@ -70,6 +72,68 @@ func renderConfList(tmpl string, p confListParams) ([]byte, error) {
 		return nil, fmt.Errorf("nodeagent: CNI conflist: %w", err)
 	}
 	return buf.Bytes(), nil
+}
+
+// PrimaryConfName is the file the agent writes into an empty CNI
+// configuration directory (Config.CNIConfDir).
+const PrimaryConfName = "10-ambient-pods.conflist"
+
+// cniConfExtensions are the configuration files a runtime considers.
+var cniConfExtensions = []string{".conflist", ".conf", ".json"}
+
+// primaryConfList reads the primary network configuration of dir, the
+// lexically first configuration file as runtimes choose it, as a conflist
+// (a single-plugin .conf becomes a one-plugin list).
+func primaryConfList(dir string) ([]byte, error) {
+	files, err := libcni.ConfFiles(dir, cniConfExtensions)
+	if err != nil {
+		return nil, fmt.Errorf("nodeagent: CNI configuration directory: %w", err)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("nodeagent: no CNI network configuration in %s", dir)
+	}
+	sort.Strings(files)
+	f := files[0]
+	if strings.HasSuffix(f, ".conflist") {
+		list, err := libcni.ConfListFromFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("nodeagent: CNI configuration: %w", err)
+		}
+		return list.Bytes, nil
+	}
+	conf, err := libcni.ConfFromFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("nodeagent: CNI configuration: %w", err)
+	}
+	list, err := libcni.ConfListFromConf(conf)
+	if err != nil {
+		return nil, fmt.Errorf("nodeagent: CNI configuration %s: %w", f, err)
+	}
+	return list.Bytes, nil
+}
+
+// ensurePrimaryConf writes conf as dir's primary configuration unless the
+// directory already holds one (which a plugin installer may have
+// extended): an agent restart must not undo a chained plugin.
+func ensurePrimaryConf(dir string, conf []byte) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("nodeagent: CNI configuration directory: %w", err)
+	}
+	files, err := libcni.ConfFiles(dir, cniConfExtensions)
+	if err != nil {
+		return fmt.Errorf("nodeagent: CNI configuration directory: %w", err)
+	}
+	if len(files) > 0 {
+		return nil
+	}
+	tmp := filepath.Join(dir, "."+PrimaryConfName+".tmp")
+	if err := os.WriteFile(tmp, conf, 0o644); err != nil {
+		return fmt.Errorf("nodeagent: CNI configuration: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, PrimaryConfName)); err != nil {
+		return fmt.Errorf("nodeagent: CNI configuration: %w", err)
+	}
+	return nil
 }
 
 // createNetns creates /run/netns/<name> with lo up.

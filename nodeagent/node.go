@@ -113,6 +113,7 @@ func nodeStatus(old v1.NodeStatus, cfg Config, now time.Time) v1.NodeStatus {
 		{Type: v1.NodeInternalIP, Address: cfg.NodeIP.String()},
 		{Type: v1.NodeHostName, Address: cfg.NodeName},
 	}
+	st.DaemonEndpoints.KubeletEndpoint.Port = int32(cfg.KubeletPort)
 	st.NodeInfo.KubeletVersion = Version
 	st.NodeInfo.OperatingSystem = runtime.GOOS
 	st.NodeInfo.Architecture = runtime.GOARCH

@@ -58,8 +58,11 @@ type podWorker struct {
 	done   chan struct{} // closed when run returns
 	gOnce  sync.Once
 
-	mu     sync.Mutex // guards latest
+	mu     sync.Mutex // guards latest and execs
 	latest *v1.Pod
+	// execs are the running containers as exec and port-forward (the
+	// kubelet API) see them, by name.
+	execs map[string]*execTarget
 
 	// Owned by run.
 	pod          *v1.Pod
@@ -333,6 +336,14 @@ func (w *podWorker) containerInput(c *v1.Container) (podenv.Input, error) {
 	if err != nil {
 		return podenv.Input{}, err
 	}
+	// The image's own files (its entrypoint at the in-image path) map to
+	// the local binary like volumes do.
+	if files := w.a.cfg.Images.EntrypointFiles(c.Image); len(files) > 0 {
+		for inImage, local := range files {
+			pm = append(pm, podenv.Mapping{MountPath: inImage, HostPath: local})
+		}
+		pm = podenv.NewPathMap(pm)
+	}
 	var ips []string
 	for _, ip := range w.podIPs {
 		ips = append(ips, ip.String())
@@ -418,6 +429,7 @@ func (w *podWorker) start(ctx context.Context, c *ctr) error {
 		w.log.Error("state", "err", err)
 	}
 	w.log.Info("container started", "container", c.spec.Name, "pid", p.rec.PID, "argv", argv, "log", logPath)
+	w.setExec(c.spec.Name, &execTarget{image: c.spec.Image, netns: w.podNetnsPath(), mounts: mounts, env: env, dir: dir})
 	go waitContainer(p, c.spec.Name, c.gen, w.exits, w.done)
 	pctx, cancel := context.WithCancel(ctx)
 	c.stopProb = cancel
@@ -461,7 +473,7 @@ func (w *podWorker) prober(c *ctr, kind probe.Kind, p *v1.Probe) probe.Prober {
 		host = w.podIPs[0].String()
 	}
 	return probe.Prober{Kind: kind, Probe: p, Container: &c.spec, Host: host, NodeNetns: w.a.cfg.NodeNetns,
-		Gen: c.gen, Out: w.probes}
+		Gen: c.gen, Out: w.probes, Exec: w.probeExec(c.spec.Name)}
 }
 
 // waitContainer reaps one container run and reports it.
@@ -505,6 +517,7 @@ func (w *podWorker) handleExit(e ctrExit) {
 	}
 	w.log.Info("container exited", "container", c.spec.Name, "code", e.info.code, "signal", e.info.signal, "ran", ran.Round(time.Millisecond))
 	c.stopProb()
+	w.setExec(c.spec.Name, nil)
 	c.proc, c.ready, c.last = nil, false, term
 	delete(w.rec.Processes, c.spec.Name)
 	_ = w.rec.save(w.dir)
@@ -665,6 +678,7 @@ func (w *podWorker) stopAll(grace time.Duration) {
 		case e := <-w.exits:
 			if c := w.byName(e.name); c != nil && c.gen == e.gen && c.proc != nil {
 				c.proc = nil
+				w.setExec(c.spec.Name, nil)
 				running--
 				if w.rec != nil {
 					delete(w.rec.Processes, c.spec.Name)

@@ -1,8 +1,10 @@
 package nodeagent
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -181,4 +183,38 @@ func (p *process) wait() exitInfo {
 		info.code = 128
 	}
 	return info
+}
+
+// execWaitDelay bounds how long a finished exec waits for its output to
+// drain (a descendant may hold the pipes) before they are closed.
+const execWaitDelay = 2 * time.Second
+
+// runInPod runs argv as startProcess runs a container (the pod's network
+// namespace, a new mount namespace with mounts, env, dir, its own process
+// group, SIGKILL if the agent dies) but with the given stdio, until it
+// exits or ctx ends, when its process group is SIGKILLed. It is how
+// `kubectl exec` and exec probes run commands in a container.
+func runInPod(ctx context.Context, nsPath string, mounts []bindMount, argv, env []string, dir string, stdin io.Reader, stdout, stderr io.Writer) (exitInfo, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Dir = dir
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = execWaitDelay
+	started := make(chan error, 1)
+	go forkInNamespaces(nsPath, mounts, cmd, started)
+	if err := <-started; err != nil {
+		return exitInfo{}, err
+	}
+	p := &process{cmd: cmd, exited: make(chan error, 1), start: time.Now(), rec: procRecord{PID: cmd.Process.Pid}}
+	go func() {
+		err := cmd.Wait()
+		if errors.Is(err, exec.ErrWaitDelay) { // exited 0, output cut off
+			err = nil
+		}
+		p.exited <- err
+	}()
+	stop := context.AfterFunc(ctx, func() { p.signal(syscall.SIGKILL) })
+	defer stop()
+	return p.wait(), nil
 }

@@ -5,10 +5,12 @@
 //	nodeagent --kubeconfig FILE --node-name NAME --node-ip IP
 //	          [--node-netns /run/netns/NODE] [--pod-cidr CIDR]
 //	          --state-dir DIR --cni-bin-dir DIR[,DIR] [--cni-conflist TEMPLATE]
+//	          [--cni-conf-dir DIR]
 //	          [--image-table FILE | --bin-dir DIR] [--peer-routes]
 //	          [--pod-apiserver URL] [--cluster-dns IP[,IP]]
 //	          [--cluster-domain cluster.local] [--resolv-conf /etc/resolv.conf]
 //	          [--host-path-root DIR] [--host-path-passthrough /run/netns,...]
+//	          [--kubelet-port 10250] [--kubelet-client-ca FILE]
 //	nodeagent cleanup --state-dir DIR
 //
 // `cleanup` kills the processes, runs CNI DEL and deletes the network
@@ -16,6 +18,13 @@
 // left); the agent also does it when it starts. Runs as root. SIGINT or
 // SIGTERM stops the agent, which stops its pods and removes their
 // networks.
+//
+// The kubelet API (kubectl logs, exec, port-forward through the
+// apiserver; see package kubeletapi) listens on --node-ip:--kubelet-port
+// inside the node's namespace and accepts only client certificates of
+// --kubelet-client-ca, by default the kubeconfig's certificate authority
+// (the cluster CA, which signs the apiserver's kubelet client
+// certificate).
 package main
 
 import (
@@ -34,6 +43,7 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ambientmesh/ambient/nodeagent"
@@ -65,6 +75,7 @@ type options struct {
 	stateDir    string
 	cniBinDir   string
 	cniConfList string
+	cniConfDir  string
 	imageTable  string
 	binDir      string
 	backoff     time.Duration
@@ -75,6 +86,8 @@ type options struct {
 	resolvConf  string
 	hostRoot    string
 	hostPass    string
+	kubeletPort int
+	kubeletCA   string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -93,6 +106,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.stateDir, "state-dir", "", "directory for pod state, logs and volumes")
 	fs.StringVar(&o.cniBinDir, "cni-bin-dir", "", "CNI plugin directories, comma-separated (hack/build-cni-plugins.sh prints one)")
 	fs.StringVar(&o.cniConfList, "cni-conflist", "", "CNI conflist template file (default: ptp + host-local, see nodeagent.DefaultConfList)")
+	fs.StringVar(&o.cniConfDir, "cni-conf-dir", "", "the node's CNI configuration directory (like /etc/cni/net.d): pods use its primary configuration, which the agent writes from --cni-conflist when there is none; empty: pods use --cni-conflist")
 	fs.StringVar(&o.imageTable, "image-table", "", "image table YAML (default: the built-in table over --bin-dir)")
 	fs.StringVar(&o.binDir, "bin-dir", "", "directory of the project's binaries for the built-in image table (default: this executable's directory)")
 	fs.StringVar(&o.apiServer, "pod-apiserver", "", "apiserver URL as pods reach it: pods with a ServiceAccount token get $KUBECONFIG for it")
@@ -102,6 +116,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.hostRoot, "host-path-root", "", "this node's root for hostPath volumes: hostPath P becomes DIR/P (nodes on one machine share its file system); empty: the real paths")
 	fs.StringVar(&o.hostPass, "host-path-passthrough", strings.Join(podenv.DefaultHostPathPassthrough, ","), "comma-separated path prefixes --host-path-root leaves real")
 	fs.BoolVar(&o.peerRoutes, "peer-routes", false, "route other nodes' pod CIDRs via their InternalIPs in the node's namespace")
+	fs.IntVar(&o.kubeletPort, "kubelet-port", 10250, "port of the kubelet API (logs, exec, port-forward for the apiserver) on --node-ip; 0 disables it")
+	fs.StringVar(&o.kubeletCA, "kubelet-client-ca", "", "PEM file of the CA whose client certificates the kubelet API accepts (default: the kubeconfig's certificate authority)")
 	fs.DurationVar(&o.backoff, "restart-backoff", 10*time.Second, "first container restart delay (doubles up to 5m)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -149,6 +165,7 @@ func config(o options, log *slog.Logger) (nodeagent.Config, error) {
 		NodeNetns:      o.nodeNetns,
 		StateDir:       o.stateDir,
 		CNIBinDirs:     strings.Split(o.cniBinDir, ","),
+		CNIConfDir:     o.cniConfDir,
 		RestartBackoff: o.backoff,
 		PeerRoutes:     o.peerRoutes,
 		APIServer:      o.apiServer,
@@ -207,10 +224,36 @@ func config(o options, log *slog.Logger) (nodeagent.Config, error) {
 	if err != nil {
 		return cfg, fmt.Errorf("kubeconfig %q: %w (pass --kubeconfig or set KUBECONFIG)", o.kubeconfig, err)
 	}
+	cfg.KubeletPort = o.kubeletPort
+	if o.kubeletPort != 0 {
+		if cfg.KubeletClientCA, err = kubeletClientCA(o.kubeletCA, rc); err != nil {
+			return cfg, err
+		}
+	}
 	rc.UserAgent = "nodeagent/" + o.nodeName
 	rc.QPS, rc.Burst = 50, 100 // a kubelet's defaults
 	if cfg.Client, err = kubernetes.NewForConfig(rc); err != nil {
 		return cfg, fmt.Errorf("kubernetes client: %w", err)
 	}
 	return cfg, nil
+}
+
+// kubeletClientCA is the --kubelet-client-ca file, else the kubeconfig's
+// certificate authority.
+func kubeletClientCA(file string, rc *rest.Config) ([]byte, error) {
+	if file == "" && len(rc.TLSClientConfig.CAData) > 0 {
+		return rc.TLSClientConfig.CAData, nil
+	}
+	what := "--kubelet-client-ca"
+	if file == "" {
+		file, what = rc.TLSClientConfig.CAFile, "the kubeconfig's certificate-authority"
+	}
+	if file == "" {
+		return nil, errors.New("--kubelet-client-ca: the kubeconfig has no certificate authority: pass the cluster CA's file, or --kubelet-port=0")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return b, nil
 }

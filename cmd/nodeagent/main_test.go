@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambientmesh/ambient/internal/controlplane"
 	"github.com/ambientmesh/ambient/internal/kubetest"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/nodeagent"
@@ -254,4 +255,42 @@ func wait(t *testing.T, what string, cond func() (bool, string)) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s; last: %s", what, last)
+}
+
+func TestConfig_KubeletClientCADefaultsToTheKubeconfigsCA(t *testing.T) {
+	dir := t.TempDir()
+	pki, err := controlplane.WritePKI(dir, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, controlplane.KubeconfigYAML("c", "https://127.0.0.1:6443", pki.CAPEM, "tok"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other, err := os.ReadFile(pki.KubeletClientCert) // any other PEM file
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"--state-dir=/s", "--node-name=n", "--node-ip=172.30.0.1", "--cni-bin-dir=/c", "--bin-dir=/b", "--kubeconfig=" + kubeconfig}
+	for _, tc := range []struct {
+		args     []string
+		wantPort int
+		wantCA   string
+	}{
+		{nil, 10250, string(pki.CAPEM)},
+		{[]string{"--kubelet-client-ca=" + pki.KubeletClientCert, "--kubelet-port=10251"}, 10251, string(other)},
+		{[]string{"--kubelet-port=0"}, 0, ""},
+	} {
+		o, err := parseFlags(append(base, tc.args...), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := config(o, nil)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		if cfg.KubeletPort != tc.wantPort || string(cfg.KubeletClientCA) != tc.wantCA {
+			t.Errorf("%q: port %d CA %.40q, want %d %.40q", tc.args, cfg.KubeletPort, cfg.KubeletClientCA, tc.wantPort, tc.wantCA)
+		}
+	}
 }

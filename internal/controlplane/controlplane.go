@@ -125,6 +125,9 @@ func APIServerArgs(a APIServer) []string {
 		// Nodes are reached (logs, exec, port-forward) at their InternalIP:
 		// resolving a node's name would send a DNS query off the machine.
 		"--kubelet-preferred-address-types=InternalIP",
+		// The identity kubelets (the node agent's kubelet API) require.
+		"--kubelet-client-certificate="+a.PKI.KubeletClientCert,
+		"--kubelet-client-key="+a.PKI.KubeletClientKey,
 		// Published in kube-system/extension-apiserver-authentication;
 		// without it the other components log an error every few seconds.
 		"--requestheader-client-ca-file="+a.PKI.CACert,

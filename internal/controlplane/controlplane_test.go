@@ -74,3 +74,36 @@ func TestKubeconfigYAML_NamesEverythingAfterTheCluster(t *testing.T) {
 		}
 	}
 }
+
+func TestWritePKI_KubeletClientCertIsTheAPIServersMasterIdentity(t *testing.T) {
+	p, err := WritePKI(t.TempDir(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p.KubeletClientCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert.Subject.CommonName != KubeletClientCN || !slices.Equal(cert.Subject.Organization, []string{"system:masters"}) {
+		t.Errorf("subject %v, want CN %s O system:masters", cert.Subject, KubeletClientCN)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.CAPEM)
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("kubelet client certificate is no client certificate of the CA: %v", err)
+	}
+	if _, err := os.Stat(p.KubeletClientKey); err != nil {
+		t.Error(err)
+	}
+	args := APIServerArgs(APIServer{EtcdURL: "http://e", BindAddress: "127.0.0.1", Port: 1, PKI: p})
+	for _, want := range []string{"--kubelet-client-certificate=" + p.KubeletClientCert, "--kubelet-client-key=" + p.KubeletClientKey, "--kubelet-preferred-address-types=InternalIP"} {
+		if !slices.Contains(args, want) {
+			t.Errorf("apiserver args lack %s", want)
+		}
+	}
+}

@@ -21,14 +21,24 @@ type PKI struct {
 	CACert, CAKey           string // self-signed CA, also the cluster signing CA
 	ServingCert, ServingKey string // apiserver serving certificate
 	SAKey, SAPub            string // service-account token signing key pair (RSA)
-	CAPEM                   []byte
+	// KubeletClientCert and KubeletClientKey are the client certificate
+	// the apiserver presents to kubelets (logs, exec, port-forward): CN
+	// KubeletClientCN, O system:masters, signed by the CA.
+	KubeletClientCert, KubeletClientKey string
+	CAPEM                               []byte
 }
+
+// KubeletClientCN is the common name of the apiserver's kubelet client
+// certificate, the identity kubelets (the node agent) let in.
+const KubeletClientCN = "kube-apiserver-kubelet-client"
 
 // WritePKI generates a CA, an apiserver serving certificate signed by it
 // (for 127.0.0.1, the first service address 10.96.0.1, the extra IPs and
-// the kubernetes.default names), and a service-account key pair, and
-// writes them as PEM files into dir: ca.crt, ca.key, apiserver.crt,
-// apiserver.key, sa.key, sa.pub. Certificates are valid for validity.
+// the kubernetes.default names), the apiserver's kubelet client
+// certificate, and a service-account key pair, and writes them as PEM
+// files into dir: ca.crt, ca.key, apiserver.crt, apiserver.key,
+// apiserver-kubelet-client.crt, apiserver-kubelet-client.key, sa.key,
+// sa.pub. Certificates are valid for validity.
 func WritePKI(dir string, validity time.Duration, extraIPs ...net.IP) (*PKI, error) {
 	p := &PKI{
 		CACert:      filepath.Join(dir, "ca.crt"),
@@ -37,6 +47,9 @@ func WritePKI(dir string, validity time.Duration, extraIPs ...net.IP) (*PKI, err
 		ServingKey:  filepath.Join(dir, "apiserver.key"),
 		SAKey:       filepath.Join(dir, "sa.key"),
 		SAPub:       filepath.Join(dir, "sa.pub"),
+
+		KubeletClientCert: filepath.Join(dir, "apiserver-kubelet-client.crt"),
+		KubeletClientKey:  filepath.Join(dir, "apiserver-kubelet-client.key"),
 	}
 	now := time.Now()
 
@@ -83,6 +96,23 @@ func WritePKI(dir string, validity time.Duration, extraIPs ...net.IP) (*PKI, err
 		return nil, fmt.Errorf("controlplane: serving cert: %w", err)
 	}
 
+	kcKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: kubelet client key: %w", err)
+	}
+	kcTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: KubeletClientCN, Organization: []string{"system:masters"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	kcDER, err := x509.CreateCertificate(rand.Reader, kcTmpl, ca, &kcKey.PublicKey, caKey)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: kubelet client cert: %w", err)
+	}
+
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: service-account key: %w", err)
@@ -101,6 +131,8 @@ func WritePKI(dir string, validity time.Duration, extraIPs ...net.IP) (*PKI, err
 		{p.CAKey, "", nil, caKey},
 		{p.ServingCert, "CERTIFICATE", srvDER, nil},
 		{p.ServingKey, "", nil, srvKey},
+		{p.KubeletClientCert, "CERTIFICATE", kcDER, nil},
+		{p.KubeletClientKey, "", nil, kcKey},
 		{p.SAKey, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey), nil},
 		{p.SAPub, "PUBLIC KEY", saPub, nil},
 	}

@@ -1,11 +1,15 @@
-// Package probe runs a container's readiness and liveness probes from
-// the node's network namespace to the pod's IP, as a kubelet's run from
-// the host: httpGet and tcpSocket (exec and grpc probes are not supported
-// and count as failing, with the reason in the event).
+// Package probe runs a container's readiness and liveness probes:
+// httpGet and tcpSocket from the node's network namespace to the pod's
+// IP, as a kubelet's run from the host, and exec probes through
+// Prober.Exec, which runs the command in the container as `kubectl exec`
+// does (exit code 0 is success; the command is killed when the probe's
+// timeoutSeconds pass). grpc probes are not supported and count as
+// failing, with the reason in the event.
 package probe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -47,6 +51,10 @@ type Prober struct {
 	NodeNetns string        // where probes dial from; "" for in place
 	Gen       int
 	Out       chan<- Event // verdict changes
+	// Exec runs an exec probe's command in the container until it exits
+	// or ctx ends (when it must kill it), returning its exit code and
+	// output; nil: exec probes fail saying so.
+	Exec func(ctx context.Context, cmd []string) (code int, output []byte, err error)
 }
 
 // Run probes until ctx ends, sending each change of verdict to p.Out.
@@ -170,6 +178,8 @@ func (p Prober) once(ctx context.Context, timeout time.Duration) error {
 			return fmt.Errorf("probe %s: HTTP %d", url, resp.StatusCode)
 		}
 		return nil
+	case p.Probe.Exec != nil:
+		return p.exec(ctx, timeout)
 	case p.Probe.TCPSocket != nil:
 		port, err := resolvePort(p.Probe.TCPSocket.Port, p.Container)
 		if err != nil {
@@ -185,7 +195,36 @@ func (p Prober) once(ctx context.Context, timeout time.Duration) error {
 		}
 		return c.Close()
 	}
-	return fmt.Errorf("probe type not supported by the node agent (httpGet and tcpSocket are)")
+	return fmt.Errorf("probe type not supported by the node agent (httpGet, tcpSocket and exec are)")
+}
+
+// maxExecOutput is how much of an exec probe's output a failure message
+// quotes.
+const maxExecOutput = 1 << 10
+
+// exec runs an exec probe (ctx already carries the timeout).
+func (p Prober) exec(ctx context.Context, timeout time.Duration) error {
+	cmd := p.Probe.Exec.Command
+	if p.Exec == nil {
+		return fmt.Errorf("probe exec %q: no exec runner for this container", cmd)
+	}
+	if len(cmd) == 0 {
+		return errors.New("probe exec: empty command")
+	}
+	code, out, err := p.Exec(ctx, cmd)
+	if ctx.Err() != nil {
+		return fmt.Errorf("probe exec %q: timed out after %v", cmd, timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("probe exec %q: %w", cmd, err)
+	}
+	if code != 0 {
+		if len(out) > maxExecOutput {
+			out = out[:maxExecOutput]
+		}
+		return fmt.Errorf("probe exec %q: exit code %d: %s", cmd, code, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // resolvePort resolves a numeric or named container port.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +100,38 @@ func TestOnce_TCPSocket(t *testing.T) {
 	p.Probe = &v1.Probe{ProbeHandler: v1.ProbeHandler{Exec: &v1.ExecAction{Command: []string{"true"}}}}
 	if err := p.once(context.Background(), time.Second); err == nil {
 		t.Error("exec probe reported ok; it is not supported")
+	}
+}
+
+func TestOnce_ExecSucceedsOnExitZeroAndKillsOnTimeout(t *testing.T) {
+	c := &v1.Container{Name: "app"}
+	exec := func(ctx context.Context, cmd []string) (int, []byte, error) {
+		switch cmd[0] {
+		case "ok":
+			return 0, nil, nil
+		case "fail":
+			return 3, []byte("not yet\n"), nil
+		default: // hangs until the probe's timeout ends it
+			<-ctx.Done()
+			return 137, nil, nil
+		}
+	}
+	for _, tc := range []struct {
+		cmd     string
+		wantErr string
+	}{
+		{"ok", ""},
+		{"fail", `exit code 3: not yet`},
+		{"hang", "timed out after 50ms"},
+	} {
+		p := Prober{Probe: &v1.Probe{ProbeHandler: v1.ProbeHandler{Exec: &v1.ExecAction{Command: []string{tc.cmd}}}}, Container: c, Exec: exec}
+		err := p.once(context.Background(), 50*time.Millisecond)
+		if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("exec probe %q: %v, want %q", tc.cmd, err, tc.wantErr)
+		}
+	}
+	p := Prober{Probe: &v1.Probe{ProbeHandler: v1.ProbeHandler{Exec: &v1.ExecAction{Command: []string{"ok"}}}}, Container: c}
+	if err := p.once(context.Background(), time.Second); err == nil {
+		t.Error("an exec probe without a runner passed")
 	}
 }
