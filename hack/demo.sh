@@ -41,12 +41,14 @@ fail() {
 	printf '%sdemo failed: %s%s\n' "$red" "$*" "$reset" >&2
 	exit 1
 }
-# eventually runs a command until it succeeds, printing it once.
+# eventually WHAT SHOWN CMD...: runs CMD until it succeeds, at most
+# $TIMEOUT seconds; prints SHOWN (the command as a user would type it) once
+# and CMD's last output.
 eventually() {
-	local what=$1
-	shift
+	local what=$1 shown=$2
+	shift 2
 	local deadline=$((SECONDS + TIMEOUT)) out
-	printf '%s$ %s%s   %s(until %s)%s\n' "$green" "$*" "$reset" "$dim" "$what" "$reset"
+	printf '%s$ %s%s   %s(until %s)%s\n' "$green" "$shown" "$reset" "$dim" "$what" "$reset"
 	until out=$("$@" 2>&1); do
 		if ((SECONDS >= deadline)); then
 			printf '%s\n' "$out"
@@ -56,6 +58,34 @@ eventually() {
 	done
 	printf '%s\n' "$out"
 }
+
+# The checks the demo waits on.
+curl_shop() { kubectl exec -n shop deploy/curl -- curl -sS --fail --max-time 5 "$@"; }
+chain_answers() {
+	local out
+	out=$(curl_shop http://frontend:8080/) && printf '%s\n' "$out" && grep -q '"service": "ratings"' <<<"$out"
+}
+all_captured() {
+	local out
+	out=$(ambientctl zc workloads -n shop) && printf '%s\n' "$out" &&
+		! grep -qw TCP <<<"$out" && grep -qw HBONE <<<"$out"
+}
+# flow_with ARGS...: a flow line holding every ARG.
+flow_with() {
+	local out
+	local all out
+	all=$(ambientctl flows -n shop) || return 1
+	out=$all
+	for s in "$@"; do out=$(grep -F -- "$s" <<<"$out") || return 1; done
+	head -1 <<<"$all" # the column names
+	printf '%s\n' "$out"
+}
+refused() { ! curl_shop "$@"; }
+
+CURL='kubectl exec -n shop deploy/curl -- curl -sS'
+CURL_ID=spiffe://cluster.local/ns/shop/sa/curl
+FRONTEND_ID=spiffe://cluster.local/ns/shop/sa/frontend
+RATINGS_ID=spiffe://cluster.local/ns/shop/sa/ratings
 
 step "Building (the first run builds Kubernetes ${dim}(~12 min)${reset}${bold} and the CNI plugins once)"
 hack/install-deps.sh test
@@ -91,32 +121,27 @@ for d in frontend-v1 reviews-v1 reviews-v2 ratings-v1 curl; do
 done
 run kubectl get pods -n shop -o wide
 say "The namespace is not in the mesh yet: traffic is plaintext, and no ztunnel sees it."
-eventually "the app answers (kube-proxy has the new endpoints)" \
-	kubectl exec -n shop deploy/curl -- curl -sS --fail --max-time 5 http://frontend:8080/
+eventually "the whole chain answers" "$CURL http://frontend:8080/" chain_answers
 run ambientctl zc workloads -n shop
 pause
 
 step "4. Ambient mode on for namespace shop (no pod restarts)"
 run ambientctl ambient enable -n shop
-eventually "every shop pod is captured (PROTOCOL HBONE)" \
-	sh -c 'out=$(ambientctl zc workloads -n shop) && echo "$out" && ! echo "$out" | grep -qw TCP && echo "$out" | grep -qw HBONE'
+eventually "every shop pod is in the mesh (PROTOCOL HBONE)" "ambientctl zc workloads -n shop" all_captured
 run kubectl get pods -n shop
-run kubectl exec -n shop deploy/curl -- curl -sS --max-time 5 http://frontend:8080/
+eventually "the chain answers through the mesh" "$CURL http://frontend:8080/" chain_answers
 say "Each hop was mTLS between the pods' ztunnels; the receiving side saw the caller's SPIFFE identity:"
-eventually "flows carry both identities" \
-	sh -c 'ambientctl flows -n shop | grep "spiffe://cluster.local/ns/shop/sa/curl" | grep "spiffe://cluster.local/ns/shop/sa/frontend"'
+eventually "a flow with both identities" "ambientctl flows -n shop" flow_with "$CURL_ID" "$FRONTEND_ID" allow
 pause
 
 step "5. An AuthorizationPolicy: only reviews may call ratings"
 run cat manifests/samples/shop/policies/ratings-viewer.yaml
 run kubectl apply -f manifests/samples/shop/policies/ratings-viewer.yaml
 say "curl calling ratings directly is refused by the ztunnel in front of ratings ..."
-eventually "curl -> ratings is denied" \
-	sh -c '! kubectl exec -n shop deploy/curl -- curl -sS --max-time 5 http://ratings:8080/'
+eventually "curl -> ratings is refused" "$CURL http://ratings:8080/" refused http://ratings:8080/
 say "... while the call chain through reviews still works:"
-run kubectl exec -n shop deploy/curl -- curl -sS --max-time 5 http://frontend:8080/
-eventually "the denial is in the flows, with both identities" \
-	sh -c 'ambientctl flows -n shop | grep deny | grep "spiffe://cluster.local/ns/shop/sa/curl" | grep "spiffe://cluster.local/ns/shop/sa/ratings"'
+eventually "the chain answers" "$CURL http://frontend:8080/" chain_answers
+eventually "the denial is in the flows, with both identities" "ambientctl flows -n shop" flow_with "$CURL_ID" "$RATINGS_ID" deny
 pause
 
 step "Done. The cluster is still up:"

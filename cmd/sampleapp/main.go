@@ -10,7 +10,9 @@
 //
 //	GET /            JSON: service, version, pod, namespace, node (from
 //	                 $POD_NAME, $POD_NAMESPACE, $NODE_NAME), the caller's
-//	                 remote address, and the replies of every --upstream
+//	                 remote address, and the replies of every --upstream;
+//	                 502 when an upstream failed or did not answer 2xx
+//	                 (the chain below is broken; the body says where)
 //	GET /call?url=U  calls U (http or https, GET) and returns the same JSON
 //	                 with U's reply as its one upstream; 502 if the call fails
 //	GET /healthz     200 "ok"

@@ -127,6 +127,27 @@ func TestRoot_UpstreamChainNests(t *testing.T) {
 	}
 }
 
+// TestRoot_BrokenChainIs502: a failure anywhere below turns every reply
+// above it into 502, with the failure in the nested body.
+func TestRoot_BrokenChainIs502(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	deadURL := dead.URL + "/"
+	dead.Close()
+	reviews := httptest.NewServer(newServer(t, Config{Name: "reviews", Version: "v1", Upstreams: []string{deadURL}}).Handler())
+	defer reviews.Close()
+	front := httptest.NewServer(newServer(t, Config{Name: "frontend", Version: "v1", Upstreams: []string{reviews.URL + "/"}}).Handler())
+	defer front.Close()
+
+	r := getReply(t, front.URL+"/", http.StatusBadGateway)
+	if len(r.Upstreams) != 1 || r.Upstreams[0].Status != http.StatusBadGateway {
+		t.Fatalf("frontend reply %+v, want reviews' 502 nested", r)
+	}
+	var rev Reply
+	if err := json.Unmarshal(r.Upstreams[0].Body, &rev); err != nil || len(rev.Upstreams) != 1 || rev.Upstreams[0].Error == "" {
+		t.Fatalf("reviews reply %+v (%v), want the failed call's error", rev, err)
+	}
+}
+
 func TestCall_ReturnsUpstreamReply(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusTeapot)

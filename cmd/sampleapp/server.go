@@ -95,10 +95,15 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		rep := s.reply(r)
+		code := http.StatusOK
 		for _, u := range s.cfg.Upstreams {
-			rep.Upstreams = append(rep.Upstreams, s.call(r.Context(), u))
+			up := s.call(r.Context(), u)
+			if up.Error != "" || up.Status/100 != 2 {
+				code = http.StatusBadGateway // the chain is broken below us
+			}
+			rep.Upstreams = append(rep.Upstreams, up)
 		}
-		s.write(w, http.StatusOK, rep)
+		s.write(w, code, rep)
 	})
 	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
 		target := r.URL.Query().Get("url")
