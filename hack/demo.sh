@@ -108,14 +108,14 @@ run kubectl get nodes -o wide
 pause
 
 step "2. Install the mesh: CRDs, istiod-lite, ztunnel and ambient-cni, with kubectl"
-run kubectl apply --server-side -k manifests/ | tail -5
+run kubectl apply -k manifests/ | tail -5
 run kubectl -n istio-system rollout status deploy/istiod-lite --timeout="${TIMEOUT}s"
 run kubectl -n istio-system rollout status ds/ztunnel --timeout="${TIMEOUT}s"
 run kubectl -n istio-system rollout status ds/ambient-cni-node --timeout="${TIMEOUT}s"
 pause
 
 step "3. The sample app: frontend -> reviews (v1, v2) -> ratings, and a curl client"
-run kubectl apply --server-side -k manifests/samples/shop/ | tail -3
+run kubectl apply -k manifests/samples/shop/ | tail -3
 for d in frontend-v1 reviews-v1 reviews-v2 ratings-v1 curl; do
 	run kubectl -n shop rollout status "deploy/$d" --timeout="${TIMEOUT}s"
 done

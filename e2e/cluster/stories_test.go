@@ -43,7 +43,7 @@ func TestUserStories(t *testing.T) {
 // installMesh applies manifests/ as a user would and waits for the
 // control plane and a ztunnel and CNI installer on every node.
 func (e *env) installMesh(t *testing.T) {
-	e.mustKubectl(t, "apply", "--server-side", "-k", "manifests/")
+	e.mustKubectl(t, "apply", "-k", "manifests/")
 	for _, obj := range []string{"deploy/istiod-lite", "ds/ztunnel", "ds/ambient-cni-node"} {
 		if out, err := e.run(waitTimeout, e.kubectlBin, "-n", "istio-system", "rollout", "status", obj, "--timeout="+waitTimeout.String()); err != nil {
 			t.Fatalf("%v\n%s", err, out)
@@ -74,7 +74,7 @@ func (e *env) installMesh(t *testing.T) {
 		})
 	}
 
-	e.mustKubectl(t, "apply", "--server-side", "-k", "manifests/samples/shop/")
+	e.mustKubectl(t, "apply", "-k", "manifests/samples/shop/")
 	for _, d := range []string{"frontend-v1", "reviews-v1", "reviews-v2", "ratings-v1", "curl"} {
 		if out, err := e.run(waitTimeout, e.kubectlBin, "-n", "shop", "rollout", "status", "deploy/"+d, "--timeout="+waitTimeout.String()); err != nil {
 			t.Fatalf("%v\n%s", err, out)
