@@ -95,11 +95,16 @@ func upCluster(t *testing.T) *env {
 
 // run runs a command with the cluster's environment and a timeout.
 func (e *env) run(timeout time.Duration, name string, args ...string) (string, error) {
+	return e.runWith(e.stateFile, timeout, name, args...)
+}
+
+// runWith is run with ambientctl's cluster-state file at stateFile.
+func (e *env) runWith(stateFile string, timeout time.Duration, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = e.root
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+e.kubeconfig, "AMBIENT_CLUSTER_STATE="+e.stateFile)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+e.kubeconfig, "AMBIENT_CLUSTER_STATE="+stateFile)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

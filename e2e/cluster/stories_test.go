@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -33,6 +34,7 @@ func TestUserStories(t *testing.T) {
 		{"AuthorizationPolicyEnforcedAndInFlows", e.authorizationPolicy},
 		{"ScaledUpPodsCapturedDeletedPodsGone", e.scaleUpAndDelete},
 		{"ZtunnelPodRestartLosesNoPod", e.ztunnelRestart},
+		{"AsOnARealCluster_LogsAndPortForward", e.asOnARealCluster},
 	} {
 		if !t.Run(s.name, s.fn) {
 			return
@@ -306,6 +308,34 @@ func (e *env) ztunnelRestart(t *testing.T) {
 		if p.Node == ratings.Node && p.Name != "" && !strings.HasPrefix(p.Name, "curl") {
 			e.waitMTLS(t, p)
 		}
+	}
+}
+
+// asOnARealCluster uses the paths a real cluster offers, with no local
+// cluster-state file: kubectl logs of the ztunnels (their flow log is
+// their stdout), and ambientctl reaching every ztunnel's admin port through
+// the API server's port-forward.
+func (e *env) asOnARealCluster(t *testing.T) {
+	logs := e.mustKubectl(t, "logs", "-n", "istio-system", "-l", "app=ztunnel", "--tail=-1", "--max-log-requests=4")
+	if !strings.Contains(logs, "ztunnel started") || !strings.Contains(logs, curlID) {
+		t.Errorf("kubectl logs of the ztunnels lack the start line or curl's flows:\n%.2000s", logs)
+	}
+	noState := filepath.Join(t.TempDir(), "absent.json")
+	out, err := e.runWith(noState, 3*time.Minute, filepath.Join(e.bin, "ambientctl"), "zc", "workloads", "-n", "shop", "-o", "json")
+	if err != nil {
+		t.Fatalf("ambientctl zc workloads through port-forward: %v\n%s", err, out)
+	}
+	var ws []workloadView
+	if err := json.Unmarshal([]byte(out), &ws); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	pods := e.pods(t, "shop", "app")
+	if len(ws) != len(pods) {
+		t.Errorf("zc workloads through port-forward: %d workloads, want the %d shop pods:\n%s", len(ws), len(pods), out)
+	}
+	out, err = e.runWith(noState, 3*time.Minute, filepath.Join(e.bin, "ambientctl"), "flows", "-n", "shop", "--identity", curlID)
+	if err != nil || !strings.Contains(out, curlID) {
+		t.Errorf("ambientctl flows through port-forward: %v\n%s", err, out)
 	}
 }
 
