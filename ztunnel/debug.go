@@ -92,14 +92,14 @@ func (p *podProxy) debug() PodDebug {
 	}
 	for _, t := range open {
 		c := ConnDebug{Direction: "outbound", Local: addrString(t.LocalAddr()), Remote: addrString(t.RemoteAddr())}
-		if t.in != nil { // set at construction, then read-only
+		if in, ok := t.inbound(); ok {
 			c.Direction = "inbound"
-			c.Port = t.in.port
-			if !t.in.peer.IsZero() {
-				c.Peer = t.in.peer.String()
+			c.Port = in.port
+			if !in.peer.IsZero() {
+				c.Peer = in.peer.String()
 			}
-			if t.in.srcIP.IsValid() {
-				c.SrcIP = t.in.srcIP.Unmap().String()
+			if in.srcIP.IsValid() {
+				c.SrcIP = in.srcIP.Unmap().String()
 			}
 		}
 		d.Connections = append(d.Connections, c)

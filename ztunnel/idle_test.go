@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"testing"
 	"time"
@@ -47,7 +48,10 @@ func BenchmarkIdleConnections(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	// Idle sockets are parked after 2 to 4 s of quiet.
+	var setup runtime.MemStats
+	runtime.ReadMemStats(&setup)
+	b.ReportMetric(float64(setup.StackInuse)/float64(b.N), "stack-bytes/conn-at-setup")
+	// Idle sockets are parked after 2 s of quiet.
 	deadline := time.Now().Add(10 * time.Second)
 	for hbone.ParkedConnections() < 2*b.N && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
@@ -66,4 +70,8 @@ func BenchmarkIdleConnections(b *testing.B) {
 	used := float64(after.HeapInuse+after.StackInuse) - float64(before.HeapInuse+before.StackInuse)
 	b.ReportMetric(used/float64(b.N), "bytes/conn")
 	b.ReportMetric(float64(runtime.NumGoroutine())/float64(b.N), "goroutines/conn")
+	ss := []metrics.Sample{{Name: "/gc/stack/starting-size:bytes"}}
+	metrics.Read(ss)
+	b.ReportMetric(float64(ss[0].Value.Uint64()), "starting-stack-bytes")
+	b.ReportMetric(float64(after.StackInuse)/float64(b.N), "stack-bytes/conn")
 }

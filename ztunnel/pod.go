@@ -259,13 +259,37 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 	p.z.opened(flow)
 	// The record is rebuilt at the end from what it was made of rather than
 	// kept: an idle connection then holds a third of the memory.
-	t, srcAddr := p.track(up, nil), c.RemoteAddr()
+	t, srcAddr, dstOf := p.track(up, nil, nil), c.RemoteAddr(), keepRoute(rt)
 	hbone.SpliceAsync(up, c, func(toApp, fromApp int64, err error) {
 		p.untrack(t)
-		flow := p.outboundFlow(src, srcAddr, rt, start)
+		flow := p.outboundFlow(src, srcAddr, dstOf.route(), start)
 		flow.BytesSent, flow.BytesRecv, flow.Error = fromApp, toApp, errString(err)
 		p.endOutbound(flow, done)
 	})
+}
+
+// keptRoute is what an open outbound connection keeps of its route for
+// its flow record: the tunnel's address is not needed and the destination's
+// identity is derived again from its workload at the end (otherwise a
+// string per connection).
+type keptRoute struct {
+	target netip.AddrPort
+	w      *workloadapi.Workload
+	svc    *workloadapi.Service
+	kind   outbound.Kind
+}
+
+func keepRoute(rt outbound.Route) keptRoute {
+	return keptRoute{target: rt.Target, w: rt.Workload, svc: rt.Service, kind: rt.Kind}
+}
+
+// route is the route kept, as far as a flow record needs it.
+func (k keptRoute) route() outbound.Route {
+	rt := outbound.Route{Kind: k.kind, Target: k.target, Workload: k.w, Service: k.svc}
+	if k.kind == outbound.Tunnel {
+		rt.Identity, _ = outbound.WorkloadID(k.w) // it was routed by it: no error
+	}
+	return rt
 }
 
 // outboundFlow is the record of an outbound connection routed by rt.
@@ -327,9 +351,8 @@ func (p *podProxy) dialApp(ctx context.Context, st *hbone.Stream) (net.Conn, err
 	if err != nil {
 		return nil, err
 	}
-	t := p.track(c, &inboundInfo{peer: st.Peer, srcIP: st.PeerAddr.Addr(), port: st.Authority.Port()})
-	t.tunnel = st
-	return t, nil
+	// Policy re-checks read the peer from the stream itself.
+	return p.track(c, nil, st), nil
 }
 
 // tunnelEnded records the flow of a finished inbound HBONE stream.
@@ -392,7 +415,7 @@ func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn, done fun
 		return
 	}
 	p.z.opened(flow)
-	t := p.track(app, &inboundInfo{srcIP: src, port: dst.Port()})
+	t := p.track(app, &inboundInfo{srcIP: src, port: dst.Port()}, nil)
 	defer p.untrack(t)
 	toApp, fromApp, err := hbone.Splice(c, t)
 	flow.BytesSent, flow.BytesRecv, flow.Error = toApp, fromApp, errString(err)
@@ -406,17 +429,31 @@ type inboundInfo struct {
 }
 
 // trackedConn is an open connection of the pod: closed on shutdown, and for
-// inbound ones, when a policy change no longer allows them.
+// inbound ones, when a policy change no longer allows them. in and tunnel
+// are set at construction, then read-only.
 type trackedConn struct {
 	net.Conn
 	p        *podProxy
-	in       *inboundInfo  // nil for outbound
+	in       *inboundInfo  // plaintext inbound only
 	tunnel   *hbone.Stream // the inbound HBONE stream spliced to it, if any
 	closedBy atomic.Pointer[authz.Decision]
 }
 
-func (p *podProxy) track(c net.Conn, in *inboundInfo) *trackedConn {
-	t := &trackedConn{Conn: c, p: p, in: in}
+// inbound returns what policy needs to re-check t; false for outbound.
+// An HBONE connection's comes from its stream (no copy kept per
+// connection).
+func (t *trackedConn) inbound() (inboundInfo, bool) {
+	switch {
+	case t.tunnel != nil:
+		return inboundInfo{peer: t.tunnel.Peer, srcIP: t.tunnel.PeerAddr.Addr(), port: t.tunnel.Authority.Port()}, true
+	case t.in != nil:
+		return *t.in, true
+	}
+	return inboundInfo{}, false
+}
+
+func (p *podProxy) track(c net.Conn, in *inboundInfo, tunnel *hbone.Stream) *trackedConn {
+	t := &trackedConn{Conn: c, p: p, in: in, tunnel: tunnel}
 	p.mu.Lock()
 	p.conns[t] = struct{}{}
 	p.mu.Unlock()
@@ -485,10 +522,11 @@ func (p *podProxy) enforce(view *state.View) {
 		p.update(w)
 	}
 	n := p.closeConns(func(t *trackedConn) bool {
-		if t.in == nil || t.closedBy.Load() != nil { // outbound, or closing already
+		in, ok := t.inbound()
+		if !ok || t.closedBy.Load() != nil { // outbound, or closing already
 			return false
 		}
-		d := p.evaluate(t.in.peer, t.in.srcIP, t.in.port)
+		d := p.evaluate(in.peer, in.srcIP, in.port)
 		if d.Allowed {
 			return false
 		}

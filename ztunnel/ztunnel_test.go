@@ -330,6 +330,19 @@ func TestZtunnel_NewDenyClosesOpenConnection(t *testing.T) {
 	// Let it go idle until both ztunnels have parked its sockets (no
 	// goroutine waits on them): the deny must reach it all the same.
 	waitFor(t, "idle connection parked", func() bool { return hbone.ParkedConnections() >= 2 })
+	// What policy is re-evaluated on (shown by /debug/connections): the
+	// caller's identity and address and the port, from the tunnel stream.
+	var in []ConnDebug
+	for _, pd := range m.zt[1].Debug().Pods {
+		for _, c := range pd.Connections {
+			if c.Direction == "inbound" {
+				in = append(in, c)
+			}
+		}
+	}
+	if len(in) != 1 || in[0].Peer != id("alice") || in[0].SrcIP != alice.IP.String() || in[0].Port != 8080 {
+		t.Fatalf("inbound connections on the server's node = %+v, want one from %s (%s) to port 8080", in, id("alice"), alice.IP)
+	}
 	deny := allowOnly("alice")
 	deny.Name, deny.Action = "deny-alice", security.Action_DENY
 	if err := m.store.Apply(state.Update{Policies: []*security.Authorization{deny}}); err != nil {

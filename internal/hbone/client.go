@@ -145,6 +145,7 @@ func (cl *Client) open(ctx context.Context, c *conn, fields []hpack.HeaderField)
 	id := c.nextStreamID
 	c.nextStreamID += 2
 	s := c.newStreamLocked(id)
+	ready := s.resp.ready
 	c.mu.Unlock()
 	err := c.writeHeadersLocked(id, fields, false)
 	c.wmu.Unlock()
@@ -153,7 +154,7 @@ func (cl *Client) open(ctx context.Context, c *conn, fields []hpack.HeaderField)
 		return nil, errRefused
 	}
 	select {
-	case <-s.respReady:
+	case <-ready:
 	case <-ctx.Done():
 		s.Close()
 		return nil, fmt.Errorf("hbone: waiting for tunnel reply: %w", ctx.Err())
@@ -223,8 +224,8 @@ func (cl *Client) acquire(ctx context.Context, key poolKey) (*conn, error) {
 	return pc.c, nil
 }
 
-// dialConn establishes a pooled connection, then hands the reservations
-// taken meanwhile to it.
+// dialConn establishes a pooled connection, hands the reservations taken
+// meanwhile to it, then reads its frames until it ends.
 func (cl *Client) dialConn(pc *pooledConn) {
 	c, err := cl.connect(pc.key)
 	cl.mu.Lock()
@@ -243,7 +244,9 @@ func (cl *Client) dialConn(pc *pooledConn) {
 	close(pc.ready)
 	cl.mu.Unlock()
 	if err == nil {
-		go c.readLoop()
+		// The connection's reader carries on in this goroutine, as the
+		// server's does after its handshake, rather than in a new one.
+		c.readLoop()
 	}
 }
 

@@ -3,6 +3,7 @@ package hbone
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -83,7 +84,7 @@ type conn struct {
 	batch   *batchConn // under nc when nc is TLS; nil otherwise
 	role    role
 	handler handler
-	br      *bufio.Reader
+	br      io.Reader     // nc, buffered unless nc buffers itself (see newConn)
 	fr      *http2.Framer // read side; used only by readLoop
 
 	idleTimeout time.Duration
@@ -120,18 +121,24 @@ type conn struct {
 	done chan struct{} // closed when readLoop exits
 }
 
-// readBufSize fits a whole TLS record's plaintext: the TLS connection
-// returns at most one record per read, so a larger buffer would only cost
-// memory on each of the (long-lived, mostly idle) connections.
+// readBufSize is the read buffer of a connection that is not TLS (tests,
+// ServeConn). A TLS connection gets none: it holds the current record's
+// plaintext itself and hands it out without a system call, so frames are
+// read from it directly and an idle tunnel connection keeps no read buffer
+// of ours (a bufio.Reader would hold 17 KiB on each, idle or not).
 const readBufSize = 16<<10 + 1<<10
 
 func newConn(nc net.Conn, batch *batchConn, r role, h handler, idle time.Duration) *conn {
+	var br io.Reader = nc
+	if _, ok := nc.(*tls.Conn); !ok {
+		br = bufio.NewReaderSize(nc, readBufSize)
+	}
 	c := &conn{
 		nc:             nc,
 		batch:          batch,
 		role:           r,
 		handler:        h,
-		br:             bufio.NewReaderSize(nc, readBufSize),
+		br:             br,
 		idleTimeout:    idle,
 		streams:        make(map[uint32]*stream),
 		sendWindow:     defaultPeerWindow,
@@ -194,7 +201,7 @@ func (c *conn) newStreamLocked(id uint32) *stream {
 	s := &stream{c: c, id: id, sendWindow: c.peerWindow, recvWindow: initialStreamWindow}
 	s.cond.L = &s.mu
 	if c.role == roleClient {
-		s.respReady = make(chan struct{})
+		s.resp = &reply{ready: make(chan struct{})}
 	}
 	c.streams[id] = s
 	return s

@@ -13,7 +13,8 @@ import (
 // w is a socket the read loop may also write to it directly (see pushData);
 // sinkBusy keeps the two writers in order.
 func (s *stream) WriteTo(w io.Writer) (int64, error) {
-	if sw := newSinkWriter(w); sw != nil {
+	sw := newSinkWriter(w)
+	if sw != nil {
 		s.mu.Lock()
 		s.sink = sw
 		s.mu.Unlock()
@@ -24,8 +25,8 @@ func (s *stream) WriteTo(w io.Writer) (int64, error) {
 		}()
 	}
 	dst := w
-	if rs := newRawSocket(w); rs != nil {
-		dst = rs
+	if sw != nil {
+		dst = sw // its writes and the read loop's take turns (sinkBusy)
 	}
 	var total int64
 	for {
@@ -62,7 +63,7 @@ func (s *stream) takeLocked() (chunk, error) {
 			return chunk{}, s.err
 		case s.recvEOF:
 			return chunk{}, io.EOF
-		case s.rdeadline.expired:
+		case s.rdeadline.isExpired():
 			return chunk{}, os.ErrDeadlineExceeded
 		}
 		s.cond.Wait()
@@ -79,34 +80,64 @@ func (s *stream) directBytes() int64 {
 	return n
 }
 
-// sinkWriter makes single non-blocking write attempts on a socket.
+// sinkWriter writes to a socket with raw system calls: single
+// non-blocking attempts for the read loop (tryWrite), and whole writes that
+// wait for the socket (Write) for a drainer. Its users never write at the
+// same time (the stream's sinkBusy), so they share one call state.
 type sinkWriter struct {
 	rc      syscall.RawConn
 	writeFn func(fd uintptr) bool
 
 	// Argument and results of the current attempt.
-	data []byte
-	n    int
-	err  error
+	data  []byte
+	n     int
+	errno syscall.Errno
+	wait  bool // on EAGAIN, wait until writable (Write) rather than return
 }
 
 // tryWrite writes as much of p as the socket takes without blocking.
 func (w *sinkWriter) tryWrite(p []byte) (int, error) {
-	w.data, w.n, w.err = p, 0, nil
-	if err := w.rc.Write(w.writeFn); err != nil {
+	w.data, w.n, w.errno, w.wait = p, 0, 0, false
+	err := w.rc.Write(w.writeFn)
+	w.data = nil
+	if err != nil {
 		return 0, err
 	}
-	w.data = nil
-	return w.n, w.err
+	if w.errno != 0 {
+		return 0, w.errno
+	}
+	return w.n, nil
+}
+
+// Write writes all of p like net.Conn.Write, honouring the deadlines.
+func (w *sinkWriter) Write(p []byte) (int, error) {
+	written := 0
+	for written < len(p) {
+		w.data, w.n, w.errno, w.wait = p[written:], 0, 0, true
+		err := w.rc.Write(w.writeFn)
+		w.data = nil
+		if err != nil {
+			return written, err
+		}
+		if w.errno != 0 {
+			return written, os.NewSyscallError("write", w.errno)
+		}
+		written += w.n
+	}
+	return written, nil
 }
 
 func (w *sinkWriter) writeFD(fd uintptr) bool {
 	n, errno := rawWrite(fd, w.data)
-	w.n, w.err = max(n, 0), nil
-	if errno != 0 && errno != syscall.EAGAIN {
-		w.n, w.err = 0, errno
+	if errno == syscall.EAGAIN {
+		return !w.wait // false: wait until writable, then again
 	}
-	return true // never wait: the caller queues what is left
+	if errno != 0 {
+		w.errno = errno
+		return true
+	}
+	w.n = max(n, 0)
+	return true
 }
 
 // drainer pushes received data to a socket without a goroutine waiting for
@@ -193,7 +224,6 @@ func (s *stream) finishDrain(err error) {
 func (s *stream) writeChunk(w io.Writer, c chunk) (int, error) {
 	n, err := w.Write(c.data)
 	putBuf(c.bp)
-	s.bytesIn.Add(int64(n))
 	s.c.returnCredit(s, len(c.data))
 	return n, err
 }

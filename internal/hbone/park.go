@@ -15,8 +15,8 @@ import (
 // the socket's first readiness starts a new one. Busy connections never
 // pass through the poller, so it costs nothing per request.
 
-// parkAfter is how long a socket must be quiet before it is parked; one to
-// two times this passes before it is. Tests shorten it.
+// parkAfter is how long a socket must be quiet, since its last read,
+// before it is parked. Tests shorten it.
 var parkAfter atomic.Int64
 
 func init() { parkAfter.Store(int64(2 * time.Second)) }
@@ -32,12 +32,19 @@ const (
 	parkCancelled
 )
 
-// parked is one socket waiting in the idle poller.
+// parked is a socket's entry in the idle poller; one entry serves any
+// number of park/resume rounds of the same socket, one at a time.
 type parked struct {
-	token  uint64
+	token  uint64 // while waiting
 	rc     syscall.RawConn
 	resume func()
 	state  atomic.Uint32
+}
+
+// init prepares e for rc; resume runs on a new goroutine once rc is
+// readable, has hung up or failed, unless cancelled first.
+func (e *parked) init(rc syscall.RawConn, resume func()) {
+	e.rc, e.resume = rc, resume
 }
 
 // idlePoller waits for readiness of parked sockets.
@@ -95,18 +102,18 @@ func ParkedConnections() int {
 	return 0
 }
 
-// park registers rc's socket; resume runs on a new goroutine once it is
+// park registers e's socket; e.resume runs on a new goroutine once it is
 // readable, has hung up or failed, unless cancel comes first. resume may
-// run before park returns.
-func (p *idlePoller) park(rc syscall.RawConn, resume func()) (*parked, error) {
-	e := &parked{rc: rc, resume: resume}
+// run before park returns. e must not be waiting already.
+func (p *idlePoller) park(e *parked) error {
+	e.state.Store(parkWaiting)
 	p.mu.Lock()
 	p.next++
 	e.token = p.next
 	p.waiting[e.token] = e
 	p.mu.Unlock()
 	var cerr error
-	err := rc.Control(func(fd uintptr) {
+	err := e.rc.Control(func(fd uintptr) {
 		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT,
 			Fd: int32(e.token), Pad: int32(e.token >> 32)}
 		cerr = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
@@ -118,9 +125,9 @@ func (p *idlePoller) park(rc syscall.RawConn, resume func()) (*parked, error) {
 		p.mu.Lock()
 		delete(p.waiting, e.token)
 		p.mu.Unlock()
-		return nil, err
+		return err
 	}
-	return e, nil
+	return nil
 }
 
 // cancel takes e out unless it has already been resumed; it reports
@@ -133,24 +140,35 @@ func (p *idlePoller) cancel(e *parked) bool {
 	return true
 }
 
-// fire resumes the socket of token, if still waiting.
+// fire resumes the socket of token, if still waiting. Looking the token
+// up and taking the entry out happen under one lock, so a late duplicate
+// (an event and a sweep for the same token) cannot resume a later round of
+// the same entry.
 func (p *idlePoller) fire(token uint64) {
 	p.mu.Lock()
 	e := p.waiting[token]
-	p.mu.Unlock()
 	if e == nil || !e.state.CompareAndSwap(parkWaiting, parkResumed) {
+		p.mu.Unlock()
 		return
 	}
-	p.forget(e)
+	delete(p.waiting, token)
+	p.mu.Unlock()
+	p.unregister(e)
 	go e.resume()
 }
 
-// forget drops e from the set. Deleting through Control is safe against a
-// concurrent close: a closed socket's descriptor (and number) is not used.
+// forget drops e from the set.
 func (p *idlePoller) forget(e *parked) {
 	p.mu.Lock()
 	delete(p.waiting, e.token)
 	p.mu.Unlock()
+	p.unregister(e)
+}
+
+// unregister takes e's socket out of the epoll set. Deleting through
+// Control is safe against a concurrent close: a closed socket's descriptor
+// (and number) is not used.
+func (p *idlePoller) unregister(e *parked) {
 	e.rc.Control(func(fd uintptr) {
 		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
 	})

@@ -134,7 +134,9 @@ func TestParkedClosedBehindTheBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	resumed := make(chan struct{})
-	if _, err := p.park(rc, func() { close(resumed) }); err != nil {
+	var e parked
+	e.init(rc, func() { close(resumed) })
+	if err := p.park(&e); err != nil {
 		t.Fatal(err)
 	}
 	c1.Close()

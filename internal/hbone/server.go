@@ -268,28 +268,41 @@ func (h *serverHandler) handleStream(c *conn, s *stream, fields []hpack.HeaderFi
 // held until the stream has ended, whatever the client does meanwhile; the
 // goroutine itself returns once the splice runs.
 func (h *serverHandler) serveStream(c *conn, s *stream, fields []hpack.HeaderField, endStream bool) {
-	res := StreamResult{Start: time.Now()}
-	res.Peer, res.PeerAddr, res.PeerCertificate = h.peer, h.peerAddr, h.peerCert
-	res.Stream.s = s
-	ended := func() {
-		res.Duration = time.Since(res.Start)
-		if h.srv.cfg.OnStreamEnd != nil {
-			h.srv.cfg.OnStreamEnd(res)
-		}
-		c.release()
-		h.wg.Done()
-	}
-	var up net.Conn
-	res.Status, up, res.Err = h.open(c, s, fields, endStream, &res.Stream)
+	ss := &serverStream{h: h, start: time.Now()}
+	ss.Peer, ss.PeerAddr, ss.PeerCertificate = h.peer, h.peerAddr, h.peerCert
+	ss.s = s
+	status, up, err := h.open(c, s, fields, endStream, &ss.Stream)
 	if up == nil {
-		ended()
+		ss.end(StreamResult{Status: status, Err: err})
 		return
 	}
-	res.Upstream = up
-	SpliceAsync(s, up, func(in, out int64, err error) {
-		res.BytesIn, res.BytesOut, res.Err = in, out, err
-		ended()
-	})
+	ss.up = up
+	SpliceAsync(s, up, ss.spliced)
+}
+
+// serverStream is what a server keeps of a stream while it is open (for
+// as long as the tunnelled connection lives); the StreamResult is built
+// only at the end.
+type serverStream struct {
+	Stream // handed to Authorize and Dial, which may keep it
+	h      *serverHandler
+	start  time.Time
+	up     net.Conn // what Dial returned
+}
+
+// spliced reports the end of an accepted stream's splice.
+func (ss *serverStream) spliced(in, out int64, err error) {
+	ss.end(StreamResult{Status: 200, Err: err, BytesIn: in, BytesOut: out, Upstream: ss.up})
+}
+
+// end reports the stream and frees its concurrency slot.
+func (ss *serverStream) end(res StreamResult) {
+	res.Stream, res.Start, res.Duration = ss.Stream, ss.start, time.Since(ss.start)
+	if ss.h.srv.cfg.OnStreamEnd != nil {
+		ss.h.srv.cfg.OnStreamEnd(res)
+	}
+	ss.s.c.release()
+	ss.h.wg.Done()
 }
 
 // open validates, authorizes and dials; it replies and returns the status

@@ -45,57 +45,62 @@ func SpliceAsync(tunnel, conn net.Conn, done func(toConn, toTunnel int64, err er
 		go func() { done(spliceConns(tunnel, conn)) }()
 		return
 	}
-	// One allocation holds the state of both directions.
+	// One allocation holds the state of both directions (and of the idle
+	// poller's entry): it lives as long as the connection.
 	sp := &splicer{s: s, conn: conn, done: done, running: 2}
 	rc := syscallConn(conn)
-	sp.pr.init(conn, rc)
+	sp.pr.init(rc)
 	sp.drain = drainer{w: conn, done: sp.pushed}
 	var sink *sinkWriter
 	if rc != nil {
-		sp.raw.init(rc)
 		sp.sink.init(rc)
-		sp.drain.w, sink = &sp.raw, &sp.sink
+		sp.drain.w, sink = &sp.sink, &sp.sink
 	}
 	sp.canPark = rc != nil && idle() != nil
+	if sp.canPark {
+		sp.parked.init(rc, sp.resume)
+	}
 	s.drainTo(&sp.drain, sink)
 	go sp.pump()
 }
 
 // splicer runs the two directions between a stream and a connection.
 type splicer struct {
-	s       *stream
-	conn    net.Conn
-	pr      pooledReader // conn → tunnel
-	raw     rawSocket    // tunnel → conn: the drainer's writes,
-	sink    sinkWriter   // the read loop's direct writes,
-	drain   drainer      // and their bookkeeping
-	canPark bool
-	done    func(toConn, toTunnel int64, err error)
+	s      *stream
+	conn   net.Conn
+	pr     pooledReader // conn → tunnel
+	sink   sinkWriter   // tunnel → conn: the read loop's and the drainer's writes
+	drain  drainer      // and their bookkeeping
+	done   func(toConn, toTunnel int64, err error)
+	parked parked // the idle poller's entry, while parked
 
 	toTunnel int64 // written by the pump goroutines, one at a time
 
-	mu       sync.Mutex // guards the fields below
-	running  int        // directions not yet ended
+	mu       sync.Mutex // guards the fields below, except canPark
+	running  int32      // directions not yet ended
+	aborted  bool
+	isParked bool
+	canPark  bool // set before the pump starts, then read-only
 	toConn   int64
 	pumpErr  error
 	pushErr  error
-	aborted  bool
-	parkedAt *parked
 }
 
 // pump copies conn → tunnel until conn ends or fails, or until conn has
 // been quiet for parkAfter: then the socket is parked and the goroutine
 // exits, and a new one carries on once the socket is readable.
 func (sp *splicer) pump() {
-	armed, active := false, false
+	var last time.Time // when conn was last read from
+	if sp.canPark {
+		last = time.Now()
+		sp.conn.SetReadDeadline(last.Add(time.Duration(parkAfter.Load())))
+	}
 	for {
-		if sp.canPark && !armed {
-			sp.conn.SetReadDeadline(time.Now().Add(time.Duration(parkAfter.Load())))
-			armed, active = true, false
-		}
-		bp, n, err := sp.pr.read()
+		bp, n, err := sp.pr.read(sp.conn)
 		if n > 0 {
-			active = true
+			if sp.canPark {
+				last = time.Now()
+			}
 			serr := sp.s.sendFrames((*bp)[:frameHeaderLen+n], false)
 			sp.toTunnel += int64(n)
 			putBuf(bp)
@@ -109,14 +114,19 @@ func (sp *splicer) pump() {
 			putBuf(bp)
 		}
 		if sp.canPark && errors.Is(err, os.ErrDeadlineExceeded) {
-			armed = false
-			if active {
-				continue // busy within the last period: look again later
+			// The deadline was set parkAfter after some read; wait out
+			// the rest of the quiet period since the latest one.
+			if quietUntil := last.Add(time.Duration(parkAfter.Load())); time.Now().Before(quietUntil) {
+				sp.conn.SetReadDeadline(quietUntil)
+				continue
 			}
 			sp.conn.SetReadDeadline(time.Time{})
 			if sp.park() {
 				return
 			}
+			// Not parked: wait here, as before.
+			last = time.Now()
+			sp.conn.SetReadDeadline(last.Add(time.Duration(parkAfter.Load())))
 			continue
 		}
 		if err == io.EOF {
@@ -135,17 +145,16 @@ func (sp *splicer) park() bool {
 	if sp.aborted {
 		return false // the next read fails on the closed connection
 	}
-	e, err := idle().park(sp.pr.rc, sp.resume)
-	if err != nil {
+	if idle().park(&sp.parked) != nil {
 		return false
 	}
-	sp.parkedAt = e
+	sp.isParked = true
 	return true
 }
 
 func (sp *splicer) resume() {
 	sp.mu.Lock()
-	sp.parkedAt = nil
+	sp.isParked = false
 	sp.mu.Unlock()
 	sp.pump()
 }
@@ -177,10 +186,10 @@ func (sp *splicer) abort() {
 	abortConn(sp.s, sp.conn)
 	sp.mu.Lock()
 	sp.aborted = true
-	e := sp.parkedAt
-	sp.parkedAt = nil
+	wasParked := sp.isParked
+	sp.isParked = false
 	sp.mu.Unlock()
-	if e != nil && idle().cancel(e) {
+	if wasParked && idle().cancel(&sp.parked) {
 		sp.finish(func() { sp.pumpErr = net.ErrClosed }, true)
 	}
 }

@@ -33,18 +33,19 @@ type chunk struct {
 // END_STREAM. It also implements io.ReaderFrom and io.WriterTo so io.Copy
 // moves bytes between sockets and pooled buffers without intermediate copies.
 type stream struct {
-	c  *conn
-	id uint32
+	c        *conn
+	id       uint32
+	answered atomic.Bool // server: the response headers were sent
+
+	// A stream lives as long as its tunnelled connection, mostly idle, so
+	// what only some streams need for a while (the client's wait for the
+	// reply, deadlines) hangs off pointers that are nil otherwise.
 
 	// c.mu guards these send-side fields.
-	sendWindow  int64
-	sendErr     error
-	wdeadline   deadline
-	respHeaders []hpack.HeaderField // client: the response, set before respReady closes
-	status      int
-
-	respReady chan struct{} // client: closed when response headers arrive (or on failure)
-	respOnce  sync.Once
+	sendWindow int64
+	sendErr    error
+	wdeadline  *deadline // nil until SetWriteDeadline
+	resp       *reply    // client: until Dial has the reply
 
 	mu          sync.Mutex // guards the fields below
 	cond        sync.Cond  // signalled when recv, recvEOF or err change
@@ -55,16 +56,23 @@ type stream struct {
 	recvEOF     bool
 	sentEnd     bool
 	closed      bool
+	sinkBusy    bool // a writer (WriteTo, the drainer or the read loop) is writing to the sink
 	err         error
-	rdeadline   deadline
+	rdeadline   *deadline   // nil until SetReadDeadline
 	sink        *sinkWriter // WriteTo's socket, for direct delivery by the read loop
-	sinkBusy    bool        // a writer (WriteTo, the drainer or the read loop) is writing to the sink
 	direct      int64       // bytes the read loop delivered to the sink
 	drain       *drainer    // set by drainTo: received data is pushed, not pulled
-
-	bytesIn, bytesOut atomic.Int64
-	answered          atomic.Bool // server: the response headers were sent
 }
+
+// reply is a client stream's wait for the response headers.
+type reply struct {
+	ready   chan struct{} // closed when the headers arrive (or on failure)
+	once    sync.Once
+	headers []hpack.HeaderField // set (under c.mu) before ready closes
+}
+
+// close wakes the waiter; safe to call more than once.
+func (r *reply) close() { r.once.Do(func() { close(r.ready) }) }
 
 // pushData delivers a received payload. When WriteTo is draining the stream
 // into a socket and nothing is queued, the read loop writes the payload to
@@ -93,7 +101,6 @@ func (s *stream) pushData(bp *[]byte, data []byte, frameLen int, end bool) (queu
 			s.sinkBusy = false
 			data = data[delivered:]
 			s.direct += int64(delivered)
-			s.bytesIn.Add(int64(delivered))
 		}
 		if len(data) > 0 {
 			s.recv = append(s.recv, chunk{bp: bp, data: data})
@@ -135,7 +142,7 @@ func (s *stream) nextLocked() (*chunk, error) {
 		if s.recvEOF {
 			return nil, io.EOF
 		}
-		if s.rdeadline.expired {
+		if s.rdeadline.isExpired() {
 			return nil, os.ErrDeadlineExceeded
 		}
 		s.cond.Wait()
@@ -172,7 +179,6 @@ func (s *stream) Read(p []byte) (int, error) {
 		s.popLocked()
 	}
 	s.mu.Unlock()
-	s.bytesIn.Add(int64(n))
 	s.c.returnCredit(s, n)
 	return n, nil
 }
@@ -206,7 +212,7 @@ func (s *stream) ReadFrom(r io.Reader) (int64, error) {
 	var total int64
 	pr := newPooledReader(r)
 	for {
-		bp, n, err := pr.read()
+		bp, n, err := pr.read(r)
 		if n > 0 {
 			serr := s.sendFrames((*bp)[:frameHeaderLen+n], false)
 			total += int64(n)
@@ -247,7 +253,6 @@ func (s *stream) sendFrames(frame []byte, end bool) error {
 		if err := s.c.writeDataFrame(s.id, frame[off-frameHeaderLen:off+n], end && last); err != nil {
 			return err
 		}
-		s.bytesOut.Add(int64(n))
 		off += n
 	}
 	if end {
@@ -282,7 +287,7 @@ func (s *stream) sendErrLocked() error {
 	if s.sendErr != nil {
 		return s.sendErr
 	}
-	if s.wdeadline.expired {
+	if s.wdeadline.isExpired() {
 		return os.ErrDeadlineExceeded
 	}
 	return nil
@@ -346,6 +351,7 @@ func (s *stream) abort(err error) {
 	if s.sendErr == nil {
 		s.sendErr = err
 	}
+	resp := s.resp
 	s.c.sendCond.Broadcast()
 	s.c.mu.Unlock()
 
@@ -356,8 +362,8 @@ func (s *stream) abort(err error) {
 	s.kickDrainLocked()
 	s.cond.Broadcast()
 	s.mu.Unlock()
-	if s.respReady != nil {
-		s.respOnce.Do(func() { close(s.respReady) })
+	if resp != nil {
+		resp.close()
 	}
 }
 
@@ -368,19 +374,21 @@ func (s *stream) finished() bool {
 	return (s.sentEnd && s.recvEOF) || s.err != nil
 }
 
-// onResponse records the response headers (client side).
+// onResponse records the response headers (client side). Later header
+// blocks (trailers) are ignored.
 func (s *stream) onResponse(fields []hpack.HeaderField, end bool) {
 	s.c.mu.Lock()
-	first := s.respHeaders == nil
+	resp := s.resp
+	first := resp != nil && resp.headers == nil
 	if first {
-		s.respHeaders = fields
-		if s.respHeaders == nil {
-			s.respHeaders = []hpack.HeaderField{}
+		resp.headers = fields
+		if resp.headers == nil {
+			resp.headers = []hpack.HeaderField{}
 		}
 	}
 	s.c.mu.Unlock()
 	if !first {
-		return // trailers: ignored
+		return
 	}
 	if end {
 		s.mu.Lock()
@@ -388,15 +396,18 @@ func (s *stream) onResponse(fields []hpack.HeaderField, end bool) {
 		s.cond.Broadcast()
 		s.mu.Unlock()
 	}
-	s.respOnce.Do(func() { close(s.respReady) })
+	resp.close()
 }
 
-// response returns the response headers once they have arrived.
+// response returns the response headers once they have arrived, and lets
+// go of them: the stream is then a plain tunnel.
 func (s *stream) response() ([]hpack.HeaderField, error) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	if s.respHeaders != nil {
-		return s.respHeaders, nil
+	if s.resp != nil && s.resp.headers != nil {
+		h := s.resp.headers
+		s.resp = nil
+		return h, nil
 	}
 	if s.sendErr != nil {
 		return nil, s.sendErr
@@ -420,10 +431,17 @@ func (s *stream) SetDeadline(t time.Time) error {
 func (s *stream) SetReadDeadline(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.rdeadline.set(t, func(gen uint64) {
+	if s.rdeadline == nil {
+		if t.IsZero() {
+			return nil
+		}
+		s.rdeadline = new(deadline)
+	}
+	d := s.rdeadline
+	d.set(t, func(gen uint64) {
 		s.mu.Lock()
-		if s.rdeadline.gen == gen {
-			s.rdeadline.expired = true
+		if d.gen == gen {
+			d.expired = true
 			s.cond.Broadcast()
 		}
 		s.mu.Unlock()
@@ -436,10 +454,17 @@ func (s *stream) SetReadDeadline(t time.Time) error {
 func (s *stream) SetWriteDeadline(t time.Time) error {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	s.wdeadline.set(t, func(gen uint64) {
+	if s.wdeadline == nil {
+		if t.IsZero() {
+			return nil
+		}
+		s.wdeadline = new(deadline)
+	}
+	d := s.wdeadline
+	d.set(t, func(gen uint64) {
 		s.c.mu.Lock()
-		if s.wdeadline.gen == gen {
-			s.wdeadline.expired = true
+		if d.gen == gen {
+			d.expired = true
 			s.c.sendCond.Broadcast()
 		}
 		s.c.mu.Unlock()
@@ -453,6 +478,9 @@ type deadline struct {
 	gen     uint64
 	expired bool
 }
+
+// isExpired reports whether d (nil: never set) has passed.
+func (d *deadline) isExpired() bool { return d != nil && d.expired }
 
 func (d *deadline) set(t time.Time, fire func(gen uint64)) {
 	if d.timer != nil {

@@ -268,24 +268,53 @@ func (f *fixture) profile(b *testing.B, n *testenv.Node, path string, d time.Dur
 // parkedConnections reads node n's ztunnel_idle_parked_connections gauge
 // (-1 when it cannot be read).
 func parkedConnections(n *testenv.Node) int {
+	v, ok := gauges(n)["ztunnel_idle_parked_connections"]
+	if !ok {
+		return -1
+	}
+	return int(v)
+}
+
+// gauges reads node n's ztunnel metrics (unlabelled series only; empty
+// when they cannot be read).
+func gauges(n *testenv.Node) map[string]float64 {
+	// No keep-alive: a connection left open per scrape would stay in the
+	// measured process (a server goroutine and its buffers each).
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
+		DialContext:       func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
+		DisableKeepAlives: true,
 	}}
 	resp, err := hc.Get("http://127.0.0.1:15020/metrics")
 	if err != nil {
-		return -1
+		return nil
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
+	m := make(map[string]float64)
 	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, "ztunnel_idle_parked_connections "); ok {
-			parked, err := strconv.ParseFloat(v, 64)
-			if err == nil {
-				return int(parked)
-			}
+		name, v, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
+		}
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			m[name] = f
 		}
 	}
-	return -1
+	return m
+}
+
+// logMemory logs where node n's ztunnel memory is, from the Go runtime's
+// own statistics: live heap, heap spans in use, heap kept but free,
+// goroutine stacks and goroutines.
+func logMemory(b *testing.B, n *testenv.Node, when string) {
+	g := gauges(n)
+	mib := func(name string) float64 { return g[name] / (1 << 20) }
+	b.Logf("%s %s: heap live %.1f MiB, in use %.1f MiB, idle not released %.1f MiB, stacks %.1f MiB, other runtime %.1f MiB, %d goroutines",
+		n.Name, when, mib("go_memstats_heap_alloc_bytes"), mib("go_memstats_heap_inuse_bytes"),
+		mib("go_memstats_heap_idle_bytes")-mib("go_memstats_heap_released_bytes"), mib("go_memstats_stack_inuse_bytes"),
+		mib("go_memstats_mspan_inuse_bytes")+mib("go_memstats_mcache_inuse_bytes")+mib("go_memstats_buck_hash_sys_bytes")+
+			mib("go_memstats_gc_sys_bytes")+mib("go_memstats_other_sys_bytes"),
+		int(g["go_goroutines"]))
 }
 
 func waitFor(b *testing.B, what string, cond func() bool) {
@@ -403,7 +432,7 @@ func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 		}
 	}
 	// Held idle: a quiet socket is parked (no goroutine, no buffer) after
-	// 2 to 4 s; wait until every connection is, on both sides.
+	// 2 s; wait until every connection is, on both sides.
 	for i, node := range f.topo.Nodes {
 		waitFor(b, fmt.Sprintf("node %d's connections parked", i+1), func() bool {
 			return parkedConnections(node) >= n
@@ -412,6 +441,7 @@ func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 	for i, z := range f.zt {
 		b.ReportMetric(z.rssMiB(b), fmt.Sprintf("RSS-MiB-node%d", i+1))
 		b.ReportMetric(rss0[i], fmt.Sprintf("RSS-MiB-node%d-before", i+1))
+		logMemory(b, f.topo.Nodes[i], "at setup")
 	}
 	// Steady state: a collection shrinks the stacks grown while connections
 	// were set up (Go does this at GC), as the runtime's periodic GC would.
@@ -419,6 +449,7 @@ func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 		f.gc(b, n)
 		time.Sleep(3 * time.Second)
 		b.ReportMetric(f.zt[i].rssMiB(b), fmt.Sprintf("RSS-MiB-node%d-after-GC", i+1))
+		logMemory(b, n, "after GC")
 	}
 }
 
@@ -426,7 +457,8 @@ func BenchmarkZtunnel_IdleConnections(b *testing.B) {
 // port's heap profile with gc=1).
 func (f *fixture) gc(b *testing.B, n *testenv.Node) {
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
+		DialContext:       func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
+		DisableKeepAlives: true,
 	}}
 	resp, err := hc.Get("http://127.0.0.1:15000/debug/pprof/heap?gc=1&debug=1")
 	if err != nil {
@@ -441,4 +473,13 @@ func (f *fixture) gc(b *testing.B, n *testenv.Node) {
 	}
 	io.Copy(sink, resp.Body)
 	resp.Body.Close()
+	if dir := os.Getenv("PROCBENCH_PROFILE"); dir != "" {
+		if resp, err := hc.Get("http://127.0.0.1:15000/debug/pprof/goroutine?debug=1"); err == nil {
+			if out, err := os.Create(filepath.Join(dir, n.Name+"-goroutines.txt")); err == nil {
+				io.Copy(out, resp.Body)
+				out.Close()
+			}
+			resp.Body.Close()
+		}
+	}
 }
