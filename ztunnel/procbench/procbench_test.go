@@ -225,7 +225,9 @@ func (f *fixture) startMesh(b *testing.B) {
 		z := start(b, n.NS, f.env, f.bin, "--node", fmt.Sprintf("node-%d", n.Index), "--local-config", f.cfg,
 			"--ca-cert", f.cert, "--ca-key", f.key, "--flow-log", filepath.Join(f.dir, fmt.Sprintf("flows-%d.log", n.Index)),
 			"--pod", fmt.Sprintf("pod-%d-%d=%s", n.Index, p.Index, p.Path), "--metrics-addr", "127.0.0.1:15020",
-			"--ready-addr", "127.0.0.1:15021")
+			"--ready-addr", "127.0.0.1:15021",
+			// Stopping the mesh between rounds must leave the plain path.
+			"--remove-capture-on-exit")
 		f.zt = append(f.zt, z)
 		hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return n.Dial(ctx, addr) },
