@@ -1,0 +1,5 @@
+package l7authz
+
+import "errors"
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }
