@@ -273,21 +273,26 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 // identity is derived again from its workload at the end (otherwise a
 // string per connection).
 type keptRoute struct {
-	target netip.AddrPort
-	w      *workloadapi.Workload
-	svc    *workloadapi.Service
-	kind   outbound.Kind
+	target   netip.AddrPort
+	w        *workloadapi.Workload
+	svc      *workloadapi.Service
+	waypoint *workloadapi.Workload
+	kind     outbound.Kind
 }
 
 func keepRoute(rt outbound.Route) keptRoute {
-	return keptRoute{target: rt.Target, w: rt.Workload, svc: rt.Service, kind: rt.Kind}
+	return keptRoute{target: rt.Target, w: rt.Workload, svc: rt.Service, waypoint: rt.Waypoint, kind: rt.Kind}
 }
 
 // route is the route kept, as far as a flow record needs it.
 func (k keptRoute) route() outbound.Route {
-	rt := outbound.Route{Kind: k.kind, Target: k.target, Workload: k.w, Service: k.svc}
+	rt := outbound.Route{Kind: k.kind, Target: k.target, Workload: k.w, Service: k.svc, Waypoint: k.waypoint}
 	if k.kind == outbound.Tunnel {
-		rt.Identity, _ = outbound.WorkloadID(k.w) // it was routed by it: no error
+		peer := k.w
+		if k.waypoint != nil {
+			peer = k.waypoint
+		}
+		rt.Identity, _ = outbound.WorkloadID(peer) // it was routed by it: no error
 	}
 	return rt
 }
@@ -296,7 +301,13 @@ func (k keptRoute) route() outbound.Route {
 func (p *podProxy) outboundFlow(src *workloadapi.Workload, srcAddr net.Addr, rt outbound.Route, start time.Time) telemetry.Flow {
 	f := telemetry.Flow{Start: start, Reporter: "source", Decision: telemetry.Allow,
 		Src: peerOf(src, p.id, srcAddr), Transport: rt.Kind.String(), Security: "none"}
-	f.Dst = peerOf(rt.Workload, rt.Identity, net.TCPAddrFromAddrPort(rt.Target))
+	// Through a waypoint, the peer is the waypoint's pod (the identity the
+	// tunnel verified); the service and address are still the original ones.
+	peer := rt.Workload
+	if rt.Waypoint != nil {
+		peer = rt.Waypoint
+	}
+	f.Dst = peerOf(peer, rt.Identity, net.TCPAddrFromAddrPort(rt.Target))
 	f.Dst.Service = rt.Service.GetHostname()
 	if rt.Kind == outbound.Tunnel {
 		f.Security = "mutual_tls"

@@ -5,6 +5,17 @@
 // 15008, authenticated as the destination workload's identity; a workload
 // outside ambient mode is reached directly in plaintext; an address the mesh
 // does not know is passed through untouched.
+//
+// A destination bound to a waypoint (Service.waypoint for traffic to a
+// service address, Workload.waypoint for traffic to a pod address, as
+// istiod-lite sets them from istio.io/use-waypoint and the waypoint's
+// istio.io/waypoint-for) is reached through the waypoint instead: an HBONE
+// tunnel to one of the waypoint's pods, authenticated as that pod's
+// identity, whose :authority is the original destination (the service VIP
+// and port, or the pod address), so the waypoint applies its routes and
+// policies and picks the endpoint itself. A waypoint that cannot be
+// resolved refuses the connection: it never falls back to bypassing the
+// waypoint and its policies.
 package outbound
 
 import (
@@ -59,6 +70,9 @@ type Route struct {
 	Service  *workloadapi.Service
 	// Identity is the identity the tunnel's server must present (Tunnel only).
 	Identity spiffeid.ID
+	// Waypoint is the waypoint pod the tunnel goes to, when the
+	// destination is bound to one; Target is then the original destination.
+	Waypoint *workloadapi.Workload
 }
 
 // ErrNoRoute wraps every refusal: the connection is closed.
@@ -72,6 +86,9 @@ func Plan(v *state.View, network string, dst netip.AddrPort, r state.Rand) (Rout
 	d := v.Resolve(network, dst)
 	switch d.Kind {
 	case state.ToService:
+		if wp := d.Service.GetWaypoint(); wp != nil {
+			return toWaypoint(v, network, wp, Route{Target: dst, Service: d.Service}, r)
+		}
 		ep, err := v.PickEndpoint(d.Service, dst.Port(), r)
 		if err != nil {
 			return Route{}, fmt.Errorf("%w to %s: %w", ErrNoRoute, dst, err)
@@ -81,6 +98,9 @@ func Plan(v *state.View, network string, dst netip.AddrPort, r state.Rand) (Rout
 		}
 		return toWorkload(ep.Workload, d.Service, ep.Addr)
 	case state.ToWorkload:
+		if wp := d.Workload.GetWaypoint(); wp != nil && state.Enrolled(d.Workload) {
+			return toWaypoint(v, network, wp, Route{Target: dst, Workload: d.Workload}, r)
+		}
 		return toWorkload(d.Workload, nil, dst)
 	default:
 		return Route{Kind: Passthrough, Target: dst}, nil
@@ -101,6 +121,60 @@ func toWorkload(w *workloadapi.Workload, svc *workloadapi.Service, target netip.
 	rt.Identity = id
 	rt.TunnelAddr = netip.AddrPortFrom(target.Addr(), HBONEPort)
 	return rt, nil
+}
+
+// toWaypoint completes rt (Target, and the destination's Service or
+// Workload) with a tunnel to one pod of the waypoint gw names: gw is the
+// waypoint's Service, by hostname or by address, and the pod is one of its
+// endpoints on the HBONE port.
+func toWaypoint(v *state.View, network string, gw *workloadapi.GatewayAddress, rt Route, r state.Rand) (Route, error) {
+	port := uint16(gw.GetHboneMtlsPort())
+	if port == 0 {
+		port = HBONEPort
+	}
+	var svc *workloadapi.Service
+	switch dst := gw.GetDestination().(type) {
+	case *workloadapi.GatewayAddress_Hostname:
+		svc = v.Service(dst.Hostname.GetNamespace(), dst.Hostname.GetHostname())
+	case *workloadapi.GatewayAddress_Address:
+		if ip, ok := netip.AddrFromSlice(dst.Address.GetAddress()); ok {
+			net := dst.Address.GetNetwork()
+			if net == "" {
+				net = network
+			}
+			svc = v.ServiceByAddr(net, ip.Unmap())
+		}
+	}
+	if svc == nil {
+		return Route{}, fmt.Errorf("%w to %s: its waypoint %s is not a known service", ErrNoRoute, rt.Target, waypointName(gw))
+	}
+	ep, err := v.PickEndpoint(svc, port, r)
+	if err != nil {
+		return Route{}, fmt.Errorf("%w to %s: waypoint: %w", ErrNoRoute, rt.Target, err)
+	}
+	if !ep.Addr.IsValid() {
+		return Route{}, fmt.Errorf("%w to %s: waypoint pod %s has no address", ErrNoRoute, rt.Target, ep.Workload.GetUid())
+	}
+	id, err := WorkloadID(ep.Workload)
+	if err != nil {
+		return Route{}, fmt.Errorf("%w to %s: waypoint: %w", ErrNoRoute, rt.Target, err)
+	}
+	rt.Kind = Tunnel
+	rt.Identity = id
+	rt.TunnelAddr = netip.AddrPortFrom(ep.Addr.Addr(), HBONEPort)
+	rt.Waypoint = ep.Workload
+	return rt, nil
+}
+
+// waypointName describes gw for errors.
+func waypointName(gw *workloadapi.GatewayAddress) string {
+	if h := gw.GetHostname(); h != nil {
+		return h.GetNamespace() + "/" + h.GetHostname()
+	}
+	if ip, ok := netip.AddrFromSlice(gw.GetAddress().GetAddress()); ok {
+		return ip.Unmap().String()
+	}
+	return "(no address)"
 }
 
 // WorkloadID is the SPIFFE identity of w.

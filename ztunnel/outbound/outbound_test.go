@@ -131,3 +131,103 @@ func TestWorkloadID(t *testing.T) {
 		}
 	}
 }
+
+// waypointView: service "reviews" (VIP 10.96.0.40) bound to the waypoint
+// Service shop/waypoint (VIP 10.96.0.50, port 15008) by hostname, service
+// "ratings" (10.96.0.60) bound by address; pod reviews-1 bound as a
+// workload; the waypoint's pod waypoint-1.
+func waypointView(t *testing.T, waypointPods ...*workloadapi.Workload) *state.View {
+	t.Helper()
+	byHost := &workloadapi.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadapi.GatewayAddress_Hostname{
+		Hostname: &workloadapi.NamespacedHostname{Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local"}}}
+	byAddr := &workloadapi.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadapi.GatewayAddress_Address{
+		Address: &workloadapi.NetworkAddress{Address: ip("10.96.0.50")}}}
+	missing := &workloadapi.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadapi.GatewayAddress_Hostname{
+		Hostname: &workloadapi.NamespacedHostname{Namespace: "shop", Hostname: "gone.shop.svc.cluster.local"}}}
+	svc := func(name, vip string, wp *workloadapi.GatewayAddress) *workloadapi.Service {
+		return &workloadapi.Service{
+			Name: name, Namespace: "shop", Hostname: name + ".shop.svc.cluster.local",
+			Addresses: []*workloadapi.NetworkAddress{{Address: ip(vip)}},
+			Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}, Waypoint: wp,
+		}
+	}
+	waypointSvc := &workloadapi.Service{
+		Name: "waypoint", Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local",
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.50")}},
+		Ports:     []*workloadapi.Port{{ServicePort: 15008, TargetPort: 15008}},
+	}
+	reviews := workload("reviews-1", "10.244.2.20", true, map[string]uint32{"shop/reviews.shop.svc.cluster.local": 8080})
+	reviews.Waypoint = byHost
+	orphan := workload("orphan-1", "10.244.2.22", true, map[string]uint32{"shop/orphan.shop.svc.cluster.local": 8080})
+	orphan.Waypoint = missing
+	workloads := []*workloadapi.Workload{
+		reviews, orphan,
+		workload("ratings-1", "10.244.2.21", true, map[string]uint32{"shop/ratings.shop.svc.cluster.local": 8080}),
+	}
+	workloads = append(workloads, waypointPods...)
+	v, err := state.NewView(state.Snapshot{
+		Workloads: workloads,
+		Services:  []*workloadapi.Service{svc("reviews", "10.96.0.40", byHost), svc("ratings", "10.96.0.60", byAddr), svc("orphan", "10.96.0.70", missing), waypointSvc},
+	}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func waypointPod() *workloadapi.Workload {
+	w := workload("waypoint-1", "10.244.1.9", false, map[string]uint32{"shop/waypoint.shop.svc.cluster.local": 15008})
+	w.Services["shop/waypoint.shop.svc.cluster.local"].Ports[0].ServicePort = 15008
+	w.ServiceAccount = "waypoint"
+	return w
+}
+
+// TestPlan_Waypoint: a destination bound to a waypoint is tunnelled to a
+// waypoint pod, as its identity, with the original destination as the
+// :authority; an unresolvable waypoint refuses rather than bypass it.
+func TestPlan_Waypoint(t *testing.T) {
+	const wpID = "spiffe://cluster.local/ns/shop/sa/waypoint"
+	v := waypointView(t, waypointPod())
+	for _, tc := range []struct {
+		name, dst, workload, service string
+	}{
+		{name: "service bound by hostname", dst: "10.96.0.40:80", service: "reviews"},
+		{name: "service bound by address", dst: "10.96.0.60:80", service: "ratings"},
+		{name: "pod bound as a workload", dst: "10.244.2.20:8080", workload: "reviews-1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, err := Plan(v, "", netip.MustParseAddrPort(tc.dst), first{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rt.Kind != Tunnel || rt.TunnelAddr.String() != "10.244.1.9:15008" || rt.Identity.String() != wpID {
+				t.Fatalf("route %v via %s as %s, want a tunnel to the waypoint pod 10.244.1.9:15008 as %s", rt.Kind, rt.TunnelAddr, rt.Identity, wpID)
+			}
+			if rt.Target.String() != tc.dst || rt.Waypoint.GetUid() != "waypoint-1" {
+				t.Fatalf("authority %s via %s, want the original destination %s via waypoint-1", rt.Target, rt.Waypoint.GetUid(), tc.dst)
+			}
+			if rt.Service.GetName() != tc.service || rt.Workload.GetUid() != tc.workload {
+				t.Fatalf("destination = service %q workload %q, want %q %q", rt.Service.GetName(), rt.Workload.GetUid(), tc.service, tc.workload)
+			}
+		})
+	}
+	// A pod of a service whose waypoint is bound only to the service is
+	// reached directly when addressed by its IP.
+	if rt, err := Plan(v, "", netip.MustParseAddrPort("10.244.2.21:8080"), first{}); err != nil || rt.Waypoint != nil || rt.TunnelAddr.String() != "10.244.2.21:15008" {
+		t.Errorf("ratings pod by IP = %+v, %v; want a tunnel straight to it", rt, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		v    *state.View
+		dst  string
+	}{
+		{"waypoint service unknown", v, "10.96.0.70:80"},
+		{"waypoint service unknown, pod addressed", v, "10.244.2.22:8080"},
+		{"waypoint without pods", waypointView(t), "10.96.0.40:80"},
+	} {
+		if rt, err := Plan(tc.v, "", netip.MustParseAddrPort(tc.dst), first{}); !errors.Is(err, ErrNoRoute) {
+			t.Errorf("%s: route %+v, err %v; want ErrNoRoute (never bypass the waypoint)", tc.name, rt, err)
+		}
+	}
+}
