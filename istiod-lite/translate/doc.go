@@ -36,6 +36,10 @@
 //     converted_peer_authentication_<name> DENY policy.
 //   - [PolicyNames], [PeerAuthenticationNames]: the
 //     Workload.authorization_policies keys of a pod.
+//   - [HTTPRoutes]: HTTPRoutes attached to Services (GAMMA) or to a
+//     waypoint Gateway → the waypoint's proto/waypointapi ServiceRoutes,
+//     one per parent, port and consumer namespace, matches in Gateway API
+//     precedence, plus each route's per-parent status conditions.
 //
 // The wire semantics assumed are those of internal/authz: a group with no
 // rules matches everything, an empty match is skipped. So a clause made

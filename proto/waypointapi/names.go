@@ -1,0 +1,26 @@
+package waypointapi
+
+import "strconv"
+
+// TypeURL is the xDS type of [ServiceRoutes].
+const TypeURL = "type.googleapis.com/ambient.waypoint.v1.ServiceRoutes"
+
+// ResourceName is the xDS name of the table for a parent key ("namespace/
+// hostname" of a Service or "namespace/name" of a Gateway), a port (0: the
+// table for every port without its own) and a consumer namespace (empty:
+// producer routes): "key", "key:port", "key@ns" or "key:port@ns".
+func ResourceName(key string, port uint32, consumerNamespace string) string {
+	n := key
+	if port != 0 {
+		n += ":" + strconv.FormatUint(uint64(port), 10)
+	}
+	if consumerNamespace != "" {
+		n += "@" + consumerNamespace
+	}
+	return n
+}
+
+// Name is [ResourceName] of the table.
+func (x *ServiceRoutes) Name() string {
+	return ResourceName(x.GetServiceKey(), x.GetPort(), x.GetConsumerNamespace())
+}
