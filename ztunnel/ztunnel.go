@@ -32,9 +32,9 @@ import (
 	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/ztunnel/certs"
+	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/ztunnel/outbound"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // Config configures a ztunnel.

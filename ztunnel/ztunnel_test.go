@@ -32,8 +32,8 @@ import (
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/ztunnel/certs"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")

@@ -23,9 +23,9 @@ import (
 	"github.com/ambientmesh/ambient/internal/kubetest"
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/ztunnel/caclient"
-	"github.com/ambientmesh/ambient/ztunnel/state"
-	"github.com/ambientmesh/ambient/ztunnel/xdsclient"
+	"github.com/ambientmesh/ambient/internal/caclient"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 // The population: 5,000 pods across 50 services on 2 nodes.

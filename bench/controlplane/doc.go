@@ -1,7 +1,7 @@
 // Package controlplane benchmarks istiod-lite at scale: a real
 // kube-apiserver (package internal/kubetest) holding 5,000 ambient pods
 // behind 50 services on 2 nodes, the built cmd/istiod-lite binary as its own
-// process, and one ztunnel Delta ADS client (package ztunnel/xdsclient) per
+// process, and one ztunnel Delta ADS client (package internal/xdsclient) per
 // node in the benchmark process.
 //
 // It measures the initial sync (istiod-lite start to /ready, client start to

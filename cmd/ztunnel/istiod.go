@@ -10,9 +10,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/ambientmesh/ambient/ztunnel/admin"
-	"github.com/ambientmesh/ambient/ztunnel/caclient"
-	"github.com/ambientmesh/ambient/ztunnel/state"
-	"github.com/ambientmesh/ambient/ztunnel/xdsclient"
+	"github.com/ambientmesh/ambient/internal/caclient"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 // istiod is ztunnel's link to istiod-lite: the xDS client feeding the store

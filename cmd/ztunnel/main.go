@@ -5,8 +5,8 @@
 // The mesh comes from exactly one of two sources:
 //
 //   - --xds-address HOST:PORT (istiod-lite, e.g. istiod.istio-system.svc:15012):
-//     the workload API over Delta ADS (package ztunnel/xdsclient), and pod
-//     certificates from istiod-lite's CA (package ztunnel/caclient) at
+//     the workload API over Delta ADS (package internal/xdsclient), and pod
+//     certificates from istiod-lite's CA (package internal/caclient) at
 //     --ca-address, which defaults to the same address. Both connections use
 //     TLS 1.3, trust the roots of --ca-root-file (re-read when it changes)
 //     and expect the server name --xds-server-name; both authenticate with
@@ -44,7 +44,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ambientmesh/ambient/ztunnel/caclient"
+	"github.com/ambientmesh/ambient/internal/caclient"
 )
 
 // defaultGOGC is ztunnel's garbage-collection target unless $GOGC says

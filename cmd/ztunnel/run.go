@@ -27,10 +27,10 @@ import (
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
-	"github.com/ambientmesh/ambient/ztunnel/certs"
+	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/ztunnel/cniserver"
 	"github.com/ambientmesh/ambient/ztunnel/localconfig"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // run wires the components from opts and serves until ctx ends; it returns

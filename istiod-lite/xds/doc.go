@@ -15,7 +15,7 @@
 //   - [TypeAuthorization], type.googleapis.com/istio.security.Authorization,
 //     named "namespace/name" ([AuthorizationName]).
 //
-// These are the same keys as ztunnel/state's WorkloadKey, ServiceKey and
+// These are the same keys as internal/state's WorkloadKey, ServiceKey and
 // PolicyKey, which the ztunnel client feeds.
 //
 // A resource's version is [Version]: the first 16 hex digits of the SHA-256

@@ -40,8 +40,8 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
-	"github.com/ambientmesh/ambient/ztunnel/certs"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // Source is what the admin handlers read.

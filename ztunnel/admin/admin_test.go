@@ -23,9 +23,9 @@ import (
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
-	"github.com/ambientmesh/ambient/ztunnel/certs"
+	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/ztunnel/localconfig"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")

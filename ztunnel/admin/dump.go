@@ -11,7 +11,7 @@ import (
 
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // Dump is the /config_dump document, in the JSON shape of Istio ztunnel's

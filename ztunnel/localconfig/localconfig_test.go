@@ -20,7 +20,7 @@ import (
 
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.json")

@@ -9,7 +9,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // pollInterval is how often Watch looks at the file.

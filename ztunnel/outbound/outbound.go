@@ -27,7 +27,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // HBONEPort is where every enrolled pod receives tunnels.

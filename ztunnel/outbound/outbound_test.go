@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/ztunnel/state"
+	"github.com/ambientmesh/ambient/internal/state"
 )
 
 func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/ambientmesh/ambient/ztunnel/caclient"
+	"github.com/ambientmesh/ambient/internal/caclient"
 )
 
 // servingPKI is a test CA for istiod-lite's serving certificate.

@@ -35,9 +35,9 @@ import (
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 	capb "github.com/ambientmesh/ambient/proto/ca"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/ztunnel/caclient"
-	"github.com/ambientmesh/ambient/ztunnel/state"
-	"github.com/ambientmesh/ambient/ztunnel/xdsclient"
+	"github.com/ambientmesh/ambient/internal/caclient"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 var (

@@ -15,8 +15,8 @@ import (
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/ztunnel/state"
-	"github.com/ambientmesh/ambient/ztunnel/xdsclient"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

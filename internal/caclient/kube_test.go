@@ -13,7 +13,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/kubetest"
 	"github.com/ambientmesh/ambient/istiod-lite/caserver"
-	"github.com/ambientmesh/ambient/ztunnel/caclient"
+	"github.com/ambientmesh/ambient/internal/caclient"
 )
 
 // TestSign_AgainstCAServerWithRealAPIServer runs the client against the
