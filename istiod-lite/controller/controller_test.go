@@ -18,8 +18,8 @@ import (
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/ztunnel/state"
-	"github.com/ambientmesh/ambient/ztunnel/xdsclient"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 const waitTimeout = 30 * time.Second
