@@ -10,6 +10,7 @@ import (
 
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
+	"github.com/ambientmesh/ambient/proto/waypointapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
 )
@@ -24,6 +25,7 @@ type Input struct {
 	EndpointSlices        []*discoveryv1.EndpointSlice
 	Gateways              []*gatewayv1.Gateway
 	GatewayClasses        []*gatewayv1.GatewayClass
+	HTTPRoutes            []*gatewayv1.HTTPRoute
 	AuthorizationPolicies []translate.AuthorizationPolicy
 	PeerAuthentications   []translate.PeerAuthentication
 
@@ -38,6 +40,11 @@ type Output struct {
 	Addresses      map[string]*workloadapi.Address
 	Authorizations map[string]*security.Authorization
 	Conditions     map[string][]translate.Condition
+	// Routes are the waypoints' routing tables, keyed by
+	// [waypointapi.ResourceName]; RouteStatus the HTTPRoutes' per-parent
+	// status (see [translate.HTTPRoutes]).
+	Routes      map[string]*waypointapi.ServiceRoutes
+	RouteStatus []translate.RouteStatus
 }
 
 // Compute translates a snapshot of the cluster into the resources
@@ -45,12 +52,14 @@ type Output struct {
 // authorization_policies from [translate.PolicyNames] and
 // [translate.PeerAuthenticationNames]) and per service, one Authorization per
 // AuthorizationPolicy ztunnel enforces, and the policies PeerAuthentications
-// convert to. It is a pure function.
+// convert to; and the waypoints' routing tables from the HTTPRoutes. It is
+// a pure function.
 func Compute(in Input) Output {
 	out := Output{
 		Addresses:      make(map[string]*workloadapi.Address),
 		Authorizations: make(map[string]*security.Authorization),
 		Conditions:     make(map[string][]translate.Condition),
+		Routes:         make(map[string]*waypointapi.ServiceRoutes),
 	}
 	idx := translate.NewIndex(translate.Cluster{
 		Namespaces: in.Namespaces, Services: in.Services, Nodes: in.Nodes,
@@ -99,5 +108,10 @@ func Compute(in Input) Output {
 	for _, p := range translate.PeerAuthentications(pas, in.RootNamespace) {
 		out.Authorizations[xds.AuthorizationName(p)] = p
 	}
+	tables, status := translate.HTTPRoutes(in.HTTPRoutes, idx)
+	for _, t := range tables {
+		out.Routes[t.Name()] = t
+	}
+	out.RouteStatus = status
 	return out
 }

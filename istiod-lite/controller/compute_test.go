@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ambientmesh/ambient/internal/authz"
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
@@ -72,5 +73,49 @@ func TestMergeConditions_KeepsTransitionTimeWhenUnchanged(t *testing.T) {
 	next, changed := mergeConditions(first, want, 2, "t2")
 	if !changed || next[0].(map[string]any)["lastTransitionTime"] != "t1" {
 		t.Errorf("new generation: changed=%v %v, want changed with lastTransitionTime t1", changed, next)
+	}
+}
+
+// TestCompute_RoutesForWaypoints: an HTTPRoute attached to a Service
+// becomes the waypoint's routing table for it, with the route's status.
+func TestCompute_RoutesForWaypoints(t *testing.T) {
+	svc := func(name, ip string) *corev1.Service {
+		return &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
+			Spec:       corev1.ServiceSpec{ClusterIP: ip, Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
+		}
+	}
+	group, kind := gatewayv1.Group(""), gatewayv1.Kind("Service")
+	port := gatewayv1.PortNumber(8080)
+	weight := func(w int32) *int32 { return &w }
+	backend := func(name string, w int32) gatewayv1.HTTPBackendRef {
+		return gatewayv1.HTTPBackendRef{BackendRef: gatewayv1.BackendRef{Weight: weight(w),
+			BackendObjectReference: gatewayv1.BackendObjectReference{Name: gatewayv1.ObjectName(name), Port: &port}}}
+	}
+	route := &gatewayv1.HTTPRoute{
+		ObjectMeta: metav1.ObjectMeta{Name: "reviews-canary", Namespace: "shop", Generation: 3},
+		Spec: gatewayv1.HTTPRouteSpec{
+			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: []gatewayv1.ParentReference{{Group: &group, Kind: &kind, Name: "reviews"}}},
+			Rules:           []gatewayv1.HTTPRouteRule{{BackendRefs: []gatewayv1.HTTPBackendRef{backend("reviews-v1", 90), backend("reviews-v2", 10)}}},
+		},
+	}
+	out := Compute(Input{
+		Services:   []*corev1.Service{svc("reviews", "10.96.0.10"), svc("reviews-v1", "10.96.0.11"), svc("reviews-v2", "10.96.0.12")},
+		HTTPRoutes: []*gatewayv1.HTTPRoute{route},
+	})
+	table := out.Routes["shop/reviews.shop.svc.cluster.local"]
+	if table == nil {
+		t.Fatalf("no routing table for shop/reviews; tables %v", slices.Sorted(maps.Keys(out.Routes)))
+	}
+	if n := len(table.GetRules()); n != 1 || len(table.GetRules()[0].GetBackends()) != 2 {
+		t.Fatalf("table %v, want one rule with the two weighted backends", table)
+	}
+	if len(out.RouteStatus) != 1 || len(out.RouteStatus[0].Parents) != 1 {
+		t.Fatalf("route status %+v, want one parent", out.RouteStatus)
+	}
+	for _, c := range out.RouteStatus[0].Parents[0].Conditions {
+		if c.Status != metav1.ConditionTrue || c.ObservedGeneration != 3 {
+			t.Errorf("condition %s = %s (generation %d), want True for generation 3", c.Type, c.Status, c.ObservedGeneration)
+		}
 	}
 }

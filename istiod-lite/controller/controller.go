@@ -85,8 +85,9 @@ type Controller struct {
 
 	// Owned by Run's goroutine: the deterministic encodings of the last
 	// resource sets handed to the cache, by name.
-	prevAddrs map[string][]byte
-	prevAuthz map[string][]byte
+	prevAddrs  map[string][]byte
+	prevAuthz  map[string][]byte
+	prevRoutes map[string][]byte
 
 	synced chan struct{} // closed after the first recomputation
 }
@@ -130,9 +131,10 @@ func New(cfg Config) (*Controller, error) {
 	}
 	return &Controller{
 		cfg: cfg, log: cfg.Logger, kube: kube, dyn: dyn, gw: gw,
-		prevAddrs: map[string][]byte{},
-		prevAuthz: map[string][]byte{},
-		synced:    make(chan struct{}),
+		prevAddrs:  map[string][]byte{},
+		prevAuthz:  map[string][]byte{},
+		prevRoutes: map[string][]byte{},
+		synced:     make(chan struct{}),
 	}, nil
 }
 
@@ -318,6 +320,7 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	in.EndpointSlices = listTyped[*discoveryv1.EndpointSlice](l.slices)
 	in.Gateways = listTyped[*gatewayv1.Gateway](l.gateways)
 	in.GatewayClasses = listTyped[*gatewayv1.GatewayClass](l.gatewayClasses)
+	in.HTTPRoutes = listTyped[*gatewayv1.HTTPRoute](l.httpRoutes)
 	invalid := map[string]translate.Condition{}
 	in.AuthorizationPolicies = decodeAll[translate.AuthorizationPolicy](c.log, l.aps, invalid)
 	in.PeerAuthentications = decodeAll[translate.PeerAuthentication](c.log, l.pas, nil)
@@ -339,7 +342,14 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	if err := c.update(xds.TypeAddress, addrs, &c.prevAddrs); err != nil {
 		return err
 	}
-	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz))
+	routes := make(map[string]proto.Message, len(out.Routes))
+	for k, v := range out.Routes {
+		routes[k] = v
+	}
+	if err := c.update(xds.TypeServiceRoutes, routes, &c.prevRoutes); err != nil {
+		return err
+	}
+	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz), "routes", len(routes))
 
 	if !c.cfg.DisableStatus && l.aps != nil {
 		for k, cond := range invalid {

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/ambientmesh/ambient/proto/waypointapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
 )
@@ -18,6 +19,9 @@ import (
 const (
 	TypeAddress       = "type.googleapis.com/istio.workload.Address"
 	TypeAuthorization = "type.googleapis.com/istio.security.Authorization"
+	// TypeServiceRoutes carries the waypoints' routing tables, named by
+	// waypointapi.ResourceName; only waypoints subscribe to it.
+	TypeServiceRoutes = waypointapi.TypeURL
 )
 
 // AddressName is the resource name of an Address: the workload's uid, or

@@ -5,7 +5,7 @@
 //
 // The service is envoy.service.discovery.v3.AggregatedDiscoveryService, and
 // only its incremental method, DeltaAggregatedResources, is implemented
-// (StreamAggregatedResources returns Unimplemented). Two resource types are
+// (StreamAggregatedResources returns Unimplemented). Three resource types are
 // served on one stream:
 //
 //   - [TypeAddress], type.googleapis.com/istio.workload.Address: a Workload or
@@ -14,6 +14,10 @@
 //     name space, so a removed name denotes whichever kind held it.
 //   - [TypeAuthorization], type.googleapis.com/istio.security.Authorization,
 //     named "namespace/name" ([AuthorizationName]).
+//   - [TypeServiceRoutes], type.googleapis.com/ambient.waypoint.v1.ServiceRoutes:
+//     a waypoint's routing table for one parent and port (package
+//     proto/waypointapi, named by its ResourceName). ztunnels never
+//     subscribe to it; waypoints do.
 //
 // These are the same keys as internal/state's WorkloadKey, ServiceKey and
 // PolicyKey, which the ztunnel client feeds.
