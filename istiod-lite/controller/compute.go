@@ -45,6 +45,9 @@ type Output struct {
 	// status (see [translate.HTTPRoutes]).
 	Routes      map[string]*waypointapi.ServiceRoutes
 	RouteStatus []translate.RouteStatus
+	// WaypointPolicies are the AuthorizationPolicies with targetRefs,
+	// which waypoints enforce, keyed "namespace/name".
+	WaypointPolicies map[string]*waypointapi.AuthorizationPolicy
 }
 
 // Compute translates a snapshot of the cluster into the resources
@@ -56,10 +59,11 @@ type Output struct {
 // a pure function.
 func Compute(in Input) Output {
 	out := Output{
-		Addresses:      make(map[string]*workloadapi.Address),
-		Authorizations: make(map[string]*security.Authorization),
-		Conditions:     make(map[string][]translate.Condition),
-		Routes:         make(map[string]*waypointapi.ServiceRoutes),
+		Addresses:        make(map[string]*workloadapi.Address),
+		Authorizations:   make(map[string]*security.Authorization),
+		Conditions:       make(map[string][]translate.Condition),
+		Routes:           make(map[string]*waypointapi.ServiceRoutes),
+		WaypointPolicies: make(map[string]*waypointapi.AuthorizationPolicy),
 	}
 	idx := translate.NewIndex(translate.Cluster{
 		Namespaces: in.Namespaces, Services: in.Services, Nodes: in.Nodes,
@@ -103,6 +107,10 @@ func Compute(in Input) Output {
 		out.Conditions[ap.Namespace+"/"+ap.Name] = conds
 		if p != nil {
 			out.Authorizations[xds.AuthorizationName(p)] = p
+		}
+		// A spec that decoded always encodes again: no error to report.
+		if wp, ok, err := translate.WaypointPolicy(ap); ok && err == nil {
+			out.WaypointPolicies[wp.Key()] = wp
 		}
 	}
 	for _, p := range translate.PeerAuthentications(pas, in.RootNamespace) {

@@ -3,6 +3,7 @@ package controller
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -117,5 +118,26 @@ func TestCompute_RoutesForWaypoints(t *testing.T) {
 		if c.Status != metav1.ConditionTrue || c.ObservedGeneration != 3 {
 			t.Errorf("condition %s = %s (generation %d), want True for generation 3", c.Type, c.Status, c.ObservedGeneration)
 		}
+	}
+}
+
+// TestCompute_TargetRefPoliciesGoToWaypoints: a policy with targetRefs is
+// served to waypoints (its spec as JSON) and not to ztunnel.
+func TestCompute_TargetRefPoliciesGoToWaypoints(t *testing.T) {
+	ap := translate.AuthorizationPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "deny-admin", Namespace: "shop"},
+		Spec: translate.AuthorizationPolicySpec{
+			TargetRefs: []translate.PolicyTargetReference{{Group: "gateway.networking.k8s.io", Kind: "Gateway", Name: "waypoint"}},
+			Action:     translate.ActionDeny,
+			Rules:      []translate.Rule{{To: []translate.To{{Operation: translate.Operation{Paths: []string{"/admin"}}}}}},
+		},
+	}
+	out := Compute(Input{AuthorizationPolicies: []translate.AuthorizationPolicy{ap}, RootNamespace: "istio-system"})
+	wp := out.WaypointPolicies["shop/deny-admin"]
+	if wp == nil || !strings.Contains(string(wp.GetSpecJson()), `"/admin"`) {
+		t.Fatalf("waypoint policies %v, want shop/deny-admin with its spec", out.WaypointPolicies)
+	}
+	if len(out.Authorizations) != 0 {
+		t.Errorf("ztunnel got %v, want nothing for a targetRefs policy", slices.Sorted(maps.Keys(out.Authorizations)))
 	}
 }

@@ -88,6 +88,7 @@ type Controller struct {
 	prevAddrs  map[string][]byte
 	prevAuthz  map[string][]byte
 	prevRoutes map[string][]byte
+	prevWPPols map[string][]byte
 
 	synced chan struct{} // closed after the first recomputation
 }
@@ -134,6 +135,7 @@ func New(cfg Config) (*Controller, error) {
 		prevAddrs:  map[string][]byte{},
 		prevAuthz:  map[string][]byte{},
 		prevRoutes: map[string][]byte{},
+		prevWPPols: map[string][]byte{},
 		synced:     make(chan struct{}),
 	}, nil
 }
@@ -347,6 +349,13 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 		routes[k] = v
 	}
 	if err := c.update(xds.TypeServiceRoutes, routes, &c.prevRoutes); err != nil {
+		return err
+	}
+	wpPols := make(map[string]proto.Message, len(out.WaypointPolicies))
+	for k, v := range out.WaypointPolicies {
+		wpPols[k] = v
+	}
+	if err := c.update(xds.TypeWaypointPolicy, wpPols, &c.prevWPPols); err != nil {
 		return err
 	}
 	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz), "routes", len(routes))

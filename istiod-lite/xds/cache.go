@@ -22,6 +22,9 @@ const (
 	// TypeServiceRoutes carries the waypoints' routing tables, named by
 	// waypointapi.ResourceName; only waypoints subscribe to it.
 	TypeServiceRoutes = waypointapi.TypeURL
+	// TypeWaypointPolicy carries the AuthorizationPolicies with targetRefs
+	// (named "namespace/name"), which only waypoints enforce.
+	TypeWaypointPolicy = waypointapi.PolicyTypeURL
 )
 
 // AddressName is the resource name of an Address: the workload's uid, or

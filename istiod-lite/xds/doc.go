@@ -5,7 +5,7 @@
 //
 // The service is envoy.service.discovery.v3.AggregatedDiscoveryService, and
 // only its incremental method, DeltaAggregatedResources, is implemented
-// (StreamAggregatedResources returns Unimplemented). Three resource types are
+// (StreamAggregatedResources returns Unimplemented). Four resource types are
 // served on one stream:
 //
 //   - [TypeAddress], type.googleapis.com/istio.workload.Address: a Workload or
@@ -18,6 +18,9 @@
 //     a waypoint's routing table for one parent and port (package
 //     proto/waypointapi, named by its ResourceName). ztunnels never
 //     subscribe to it; waypoints do.
+//   - [TypeWaypointPolicy], type.googleapis.com/ambient.waypoint.v1.AuthorizationPolicy:
+//     an AuthorizationPolicy with targetRefs, named "namespace/name", for
+//     waypoints.
 //
 // These are the same keys as internal/state's WorkloadKey, ServiceKey and
 // PolicyKey, which the ztunnel client feeds.

@@ -24,3 +24,9 @@ func ResourceName(key string, port uint32, consumerNamespace string) string {
 func (x *ServiceRoutes) Name() string {
 	return ResourceName(x.GetServiceKey(), x.GetPort(), x.GetConsumerNamespace())
 }
+
+// PolicyTypeURL is the xDS type of [AuthorizationPolicy].
+const PolicyTypeURL = "type.googleapis.com/ambient.waypoint.v1.AuthorizationPolicy"
+
+// Key is the xDS name of the policy: "namespace/name".
+func (x *AuthorizationPolicy) Key() string { return x.GetNamespace() + "/" + x.GetName() }

@@ -1,14 +1,15 @@
 package l7authz_test
 
 import (
-	"encoding/json"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
 
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
+	"github.com/ambientmesh/ambient/proto/waypointapi"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 )
 
@@ -103,12 +104,13 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := json.Marshal(ap.Spec)
-	if err != nil {
-		t.Fatal(err)
+	// As istiod-lite sends it, as the waypoint decodes it.
+	wire, ok, err := translate.WaypointPolicy(*ap)
+	if err != nil || !ok {
+		t.Fatalf("WaypointPolicy = %v, %v", ok, err)
 	}
-	in := l7authz.Input{Namespace: ap.Namespace, Name: ap.Name, DryRun: ap.Annotations[translate.AnnotationDryRun] == "true"}
-	if err := json.Unmarshal(raw, &in.Spec); err != nil {
+	in, err := l7authz.FromProto(wire)
+	if err != nil {
 		t.Fatal(err)
 	}
 	p, err := l7authz.Compile(in)
@@ -129,5 +131,15 @@ spec:
 	post.Method, post.Path = "POST", "/admin//x"
 	if d := l7authz.Evaluate(pols, &post); d.Allow || d.Status != 403 || d.Policy != "shop/reviews-viewer" {
 		t.Errorf("POST /admin//x: %+v", d)
+	}
+}
+
+// TestFromProto_RefusesUnknownFields: a field this waypoint does not know
+// could change what the policy means, so the policy is refused whole.
+func TestFromProto_RefusesUnknownFields(t *testing.T) {
+	_, err := l7authz.FromProto(&waypointapi.AuthorizationPolicy{Namespace: "shop", Name: "p",
+		SpecJson: []byte(`{"action":"DENY","rules":[{"to":[{"operation":{"paths":["/admin"],"futureField":true}}]}]}`)})
+	if err == nil || !strings.Contains(err.Error(), "shop/p") {
+		t.Fatalf("err = %v, want the unknown field refused, naming the policy", err)
 	}
 }
