@@ -15,11 +15,11 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/ambientmesh/ambient/internal/kubetest"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/internal/state"
-	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 const waitTimeout = 30 * time.Second

@@ -13,8 +13,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
 
-	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 const meshYAML = `
