@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/ztunnel/cniserver"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // TestZtunnel_PodArrivesThroughTheCNIPlugin runs the ambient-cni binary as

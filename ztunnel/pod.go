@@ -21,10 +21,10 @@ import (
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/redirect"
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/ztunnel/outbound"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // podProxy serves one enrolled pod from inside its network namespace.

@@ -14,9 +14,9 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // TestZtunnel_WaypointBoundServiceGoesThroughWaypoint: a service bound to

@@ -29,12 +29,12 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/redirect"
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/ztunnel/outbound"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // Config configures a ztunnel.

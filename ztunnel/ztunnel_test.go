@@ -24,16 +24,16 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/authz"
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/redirect"
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/internal/certs"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")

@@ -20,12 +20,12 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/ambientmesh/ambient/internal/kubetest"
-	"github.com/ambientmesh/ambient/istiod-lite/translate"
-	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/internal/caclient"
+	"github.com/ambientmesh/ambient/internal/kubetest"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/xdsclient"
+	"github.com/ambientmesh/ambient/istiod-lite/translate"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 // The population: 5,000 pods across 50 services on 2 nodes.

@@ -9,10 +9,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
-	"github.com/ambientmesh/ambient/ztunnel/admin"
 	"github.com/ambientmesh/ambient/internal/caclient"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/xdsclient"
+	"github.com/ambientmesh/ambient/ztunnel/admin"
 )
 
 // istiod is ztunnel's link to istiod-lite: the xDS client feeding the store

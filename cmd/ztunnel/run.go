@@ -22,15 +22,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
-	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/ztunnel/cniserver"
 	"github.com/ambientmesh/ambient/ztunnel/localconfig"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // run wires the components from opts and serves until ctx ends; it returns

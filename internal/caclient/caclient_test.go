@@ -30,14 +30,14 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/caclient"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 	"github.com/ambientmesh/ambient/istiod-lite/caserver"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 	capb "github.com/ambientmesh/ambient/proto/ca"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
-	"github.com/ambientmesh/ambient/internal/caclient"
-	"github.com/ambientmesh/ambient/internal/state"
-	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 var (

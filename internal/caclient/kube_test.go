@@ -10,10 +10,10 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/caclient"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/kubetest"
 	"github.com/ambientmesh/ambient/istiod-lite/caserver"
-	"github.com/ambientmesh/ambient/internal/caclient"
 )
 
 // TestSign_AgainstCAServerWithRealAPIServer runs the client against the

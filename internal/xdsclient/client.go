@@ -19,9 +19,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // Resource type URLs the client subscribes to.

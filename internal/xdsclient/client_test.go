@@ -12,11 +12,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/xdsclient"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/internal/state"
-	"github.com/ambientmesh/ambient/internal/xdsclient"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

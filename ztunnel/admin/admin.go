@@ -38,10 +38,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambientmesh/ambient/internal/telemetry"
-	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/ztunnel"
 )
 
 // Source is what the admin handlers read.

@@ -20,12 +20,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
-	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/ztunnel/localconfig"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")

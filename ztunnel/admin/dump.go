@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // Dump is the /config_dump document, in the JSON shape of Istio ztunnel's

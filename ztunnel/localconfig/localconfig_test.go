@@ -18,9 +18,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden.json")

@@ -26,8 +26,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/identity"
-	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 // HBONEPort is where every enrolled pod receives tunnels.

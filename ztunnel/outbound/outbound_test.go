@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }

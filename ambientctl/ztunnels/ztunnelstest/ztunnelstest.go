@@ -9,12 +9,12 @@ import (
 	"context"
 	"testing"
 
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/ztunnel"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
 	"github.com/ambientmesh/ambient/ztunnel/localconfig"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // View loads a mesh YAML (ztunnel's --local-config format) as a state view.
