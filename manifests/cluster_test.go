@@ -23,11 +23,14 @@ import (
 // to a real apiserver, whose validation accepts
 // every object; istiod-lite then runs under its own ServiceAccount's RBAC:
 // it becomes ready, creates the CA Secret and the root ConfigMap, restores
-// the ConfigMap after a restart and writes policy status, with no request
-// forbidden. The RBAC grants nothing more than that.
+// the ConfigMap after a restart, writes policy status and deploys a
+// waypoint, with no request forbidden. The RBAC grants nothing more than
+// that.
 func TestCluster_InstallAppliesAndIstiodRunsUnderItsRBAC(t *testing.T) {
 	bin := buildBinaries(t)
-	c := kubetest.Start(t, kubetest.Options{})
+	// With the admission plugin that checks owner references (on in
+	// OpenShift), so the waypoint controller's RBAC is tested against it.
+	c := kubetest.Start(t, kubetest.Options{APIServerArgs: []string{"--enable-admission-plugins=OwnerReferencesPermissionEnforcement"}})
 
 	for _, dir := range []string{installDir, shopDir} {
 		abs, _ := filepath.Abs(dir)
@@ -72,6 +75,16 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"create", "tokenreviews.authentication.k8s.io"}, true},
 		{istiod, []string{"get", "secret/cacerts", "-n", "istio-system"}, true},
 		{istiod, []string{"update", "configmap/istio-ca-root-cert", "-n", "istio-system"}, true},
+		// The waypoint controller (istiod-lite/waypointctl).
+		{istiod, []string{"watch", "deployments.apps", "-A"}, true},
+		{istiod, []string{"create", "deployments.apps", "-n", "shop"}, true},
+		{istiod, []string{"patch", "deployments.apps", "-n", "shop"}, true},
+		{istiod, []string{"patch", "services", "-n", "shop"}, true},
+		{istiod, []string{"create", "serviceaccounts", "-n", "shop"}, true},
+		{istiod, []string{"patch", "gateways.gateway.networking.k8s.io", "--subresource=status", "-n", "shop"}, true},
+		{istiod, []string{"update", "gateways.gateway.networking.k8s.io", "--subresource=finalizers", "-n", "shop"}, true},
+		{istiod, []string{"create", "gatewayclasses.gateway.networking.k8s.io"}, true},
+		{istiod, []string{"patch", "gatewayclasses.gateway.networking.k8s.io", "--subresource=status"}, true},
 
 		{istiod, []string{"get", "pods", "-A"}, false},
 		{istiod, []string{"list", "secrets", "-n", "istio-system"}, false},
@@ -81,7 +94,17 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"update", "configmap/other", "-n", "istio-system"}, false},
 		{istiod, []string{"update", "authorizationpolicies.security.istio.io", "-n", "shop"}, false},
 		{istiod, []string{"create", "pods", "-n", "shop"}, false},
-		{istiod, []string{"create", "serviceaccounts/token", "-n", "shop"}, false},
+		// It creates ServiceAccounts (waypoints') but may not mint their
+		// tokens (TokenRequest).
+		{istiod, []string{"create", "serviceaccounts", "--subresource=token", "-n", "shop"}, false},
+		{istiod, []string{"get", "deployments.apps", "-n", "shop"}, false},
+		{istiod, []string{"update", "deployments.apps", "-n", "shop"}, false},
+		{istiod, []string{"delete", "deployments.apps", "-n", "shop"}, false},
+		{istiod, []string{"delete", "services", "-n", "shop"}, false},
+		{istiod, []string{"create", "statefulsets.apps", "-n", "shop"}, false},
+		{istiod, []string{"patch", "gateways.gateway.networking.k8s.io", "-n", "shop"}, false},
+		{istiod, []string{"update", "gatewayclasses.gateway.networking.k8s.io"}, false},
+		{istiod, []string{"delete", "gatewayclasses.gateway.networking.k8s.io"}, false},
 
 		{ztunnel, []string{"list", "pods", "-A"}, false},
 		{ztunnel, []string{"get", "configmap/istio-ca-root-cert", "-n", "istio-system"}, false},
@@ -147,6 +170,34 @@ spec:
 	waitFor(t, "AuthorizationPolicy status ZtunnelAccepted", func() bool {
 		out, _ := c.Kubectl("get", "authorizationpolicy", "allow-frontend", "-n", "shop", "-o", "jsonpath={.status.conditions[*].type}")
 		return strings.Contains(string(out), "ZtunnelAccepted")
+	})
+	// A waypoint (the controller's creates, applies and status writes).
+	if err := c.ApplyYAML(`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: waypoint
+  namespace: shop
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE
+`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "GatewayClass istio-waypoint accepted", func() bool {
+		out, _ := c.Kubectl("get", "gatewayclass", "istio-waypoint", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].status}`)
+		return string(out) == "True"
+	})
+	waitFor(t, "waypoint Deployment, Service and ServiceAccount", func() bool {
+		_, err := c.Kubectl("get", "deployment/waypoint", "service/waypoint", "serviceaccount/waypoint", "-n", "shop")
+		return err == nil
+	})
+	waitFor(t, "Gateway waypoint accepted with addresses", func() bool {
+		out, _ := c.Kubectl("get", "gateway", "waypoint", "-n", "shop", "-o",
+			`jsonpath={.status.conditions[?(@.type=="Accepted")].status} {.status.addresses[*].type}`)
+		return string(out) == "True IPAddress Hostname"
 	})
 	logs.stop(t)
 

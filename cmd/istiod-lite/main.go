@@ -6,7 +6,8 @@
 //	            [--grpc-addr :15012] [--monitoring-addr :15014] [--ready-addr :8080]
 //	            [--tls-san NAME-OR-IP]... [--node-proxy NS/SA]... [--root-cert-out PATH]
 //	            [--root-namespace istio-system] [--trust-domain cluster.local]
-//	            [--cluster-id Kubernetes] [--log-level info]
+//	            [--cluster-id Kubernetes] [--waypoint-image ambient/waypoint:dev]
+//	            [--waypoint-controller=true] [--log-level info]
 //
 // At start it loads the CA from Secret "cacerts" in --namespace (Istio's
 // plug-in CA; refusing to start if it is malformed), else from
@@ -21,6 +22,11 @@
 // istio-system/ztunnel). Prometheus metrics are on --monitoring-addr
 // /metrics; GET /ready on --ready-addr answers 200 once the CA, the gRPC
 // listener and the first cluster sync are in place.
+//
+// It also deploys each Gateway of class istio-waypoint as a waypoint
+// (ServiceAccount, Deployment of --waypoint-image, Service) and writes the
+// Gateway's status, as Istio's deployment controller does;
+// --waypoint-controller=false turns that off.
 //
 // --namespace defaults to $POD_NAMESPACE, else istio-system. Without
 // --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
@@ -47,6 +53,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
 	"github.com/ambientmesh/ambient/istiod-lite/server"
+	"github.com/ambientmesh/ambient/istiod-lite/waypointctl"
 )
 
 type options struct {
@@ -61,6 +68,8 @@ type options struct {
 	rootNamespace  string
 	trustDomain    string
 	clusterID      string
+	waypointImage  string
+	waypoints      bool
 	logLevel       slog.Level
 }
 
@@ -96,6 +105,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.rootNamespace, "root-namespace", controller.DefaultRootNamespace, "`namespace` of mesh-wide policies")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "trust `domain` of workload identities")
 	fs.StringVar(&o.clusterID, "cluster-id", "Kubernetes", "cluster `id` in workload uids")
+	fs.StringVar(&o.waypointImage, "waypoint-image", waypointctl.DefaultImage, "`image` of the waypoint Deployments istiod-lite creates")
+	fs.BoolVar(&o.waypoints, "waypoint-controller", true, "deploy Gateways of class istio-waypoint as waypoints (false: leave them alone)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log `level` (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -108,6 +119,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.namespace == "" {
 		return o, errors.New("--namespace is empty")
+	}
+	if o.waypoints && o.waypointImage == "" {
+		return o, errors.New("--waypoint-image is empty")
 	}
 	return o, nil
 }
@@ -148,19 +162,21 @@ func run(ctx context.Context, o options, log *slog.Logger, listening func(server
 		return fmt.Errorf("--trust-domain %q: %w", o.trustDomain, err)
 	}
 	srv, err := server.New(server.Config{
-		RESTConfig:     rc,
-		Namespace:      o.namespace,
-		TrustDomain:    td,
-		ClusterID:      o.clusterID,
-		RootNamespace:  o.rootNamespace,
-		NodeProxies:    o.nodeProxies,
-		ExtraSANs:      o.tlsSANs,
-		GRPCAddr:       o.grpcAddr,
-		MonitoringAddr: o.monitoringAddr,
-		ReadyAddr:      o.readyAddr,
-		RootCertOut:    o.rootCertOut,
-		Logger:         log,
-		Listening:      listening,
+		RESTConfig:       rc,
+		Namespace:        o.namespace,
+		TrustDomain:      td,
+		ClusterID:        o.clusterID,
+		RootNamespace:    o.rootNamespace,
+		NodeProxies:      o.nodeProxies,
+		ExtraSANs:        o.tlsSANs,
+		GRPCAddr:         o.grpcAddr,
+		MonitoringAddr:   o.monitoringAddr,
+		ReadyAddr:        o.readyAddr,
+		RootCertOut:      o.rootCertOut,
+		WaypointImage:    o.waypointImage,
+		DisableWaypoints: !o.waypoints,
+		Logger:           log,
+		Listening:        listening,
 	})
 	if err != nil {
 		return err

@@ -47,6 +47,22 @@ func TestParseFlags_Defaults(t *testing.T) {
 	if _, err := parseFlags([]string{"extra"}, io.Discard); err == nil {
 		t.Error("positional argument accepted")
 	}
+	if o.waypointImage != "ambient/waypoint:dev" || !o.waypoints {
+		t.Errorf("waypoint defaults: image %q, controller %v", o.waypointImage, o.waypoints)
+	}
+}
+
+func TestParseFlags_WaypointController(t *testing.T) {
+	o, err := parseFlags([]string{"--waypoint-image", "registry.example/waypoint:v1", "--waypoint-controller=false"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.waypointImage != "registry.example/waypoint:v1" || o.waypoints {
+		t.Errorf("options = %+v", o)
+	}
+	if _, err := parseFlags([]string{"--waypoint-image="}, io.Discard); err == nil {
+		t.Error("empty --waypoint-image accepted with the controller on")
+	}
 }
 
 func TestParseFlags_RepeatableAndAliases(t *testing.T) {

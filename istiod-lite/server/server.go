@@ -11,6 +11,10 @@
 // ServiceAccount token (package grpcauth); the CA authenticates its own
 // calls.
 //
+// Unless disabled, it also runs the waypoint deployment controller (package
+// waypointctl), which turns Gateways of class istio-waypoint into waypoint
+// Deployments dialling istiod.<ns>.svc:15012.
+//
 // Readiness (GET /ready on the ready address) answers 200 only once the CA
 // is loaded, the gRPC listener serves, the informers have synced and the xDS
 // cache holds the first translation; otherwise 503 with the reasons.
@@ -50,6 +54,7 @@ import (
 	"github.com/ambientmesh/ambient/istiod-lite/rootca"
 	"github.com/ambientmesh/ambient/istiod-lite/servingcert"
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
+	"github.com/ambientmesh/ambient/istiod-lite/waypointctl"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 )
 
@@ -99,6 +104,11 @@ type Config struct {
 	GRPCAddr, MonitoringAddr, ReadyAddr string
 	// RootCertOut, if set, receives the root certificate(s) as PEM.
 	RootCertOut string
+	// WaypointImage is the image of waypoint Deployments; default
+	// waypointctl.DefaultImage. DisableWaypoints turns the waypoint
+	// deployment controller off.
+	WaypointImage    string
+	DisableWaypoints bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Listening, if not nil, is called with the bound addresses once every
@@ -225,6 +235,13 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if !s.cfg.DisableWaypoints {
+		wctl, err := s.waypointController()
+		if err != nil {
+			return err
+		}
+		g.run("waypoint controller", wctl.Run)
+	}
 
 	g.run("controller", ctrl.Run)
 	g.run("root publisher", publisher.Run)
@@ -293,6 +310,28 @@ func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Sourc
 	s.ctrl, s.cache = ctrl, cache
 	s.mu.Unlock()
 	return gs, ctrl, nil
+}
+
+// waypointController builds the waypoint deployment controller: waypoints
+// reach this istiod-lite through its Service istiod (port 15012) and verify
+// the serving certificate's first name.
+func (s *Server) waypointController() (*waypointctl.Controller, error) {
+	name := ServingNames(s.cfg.Namespace, nil)[0]
+	clusterID := s.cfg.ClusterID
+	if clusterID == "" {
+		clusterID = "Kubernetes"
+	}
+	return waypointctl.New(waypointctl.Config{
+		RESTConfig: s.cfg.RESTConfig,
+		Template: waypointctl.Template{
+			Image:         s.cfg.WaypointImage,
+			XDSAddress:    name + ":15012",
+			XDSServerName: name,
+			TrustDomain:   s.cfg.TrustDomain.Name(),
+			ClusterID:     clusterID,
+		},
+		Logger: s.log,
+	})
 }
 
 // serveGRPC serves ln until ctx ends, then stops gracefully, cutting off
