@@ -52,7 +52,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	pf.BoolVarP(&g.allNamespaces, "all-namespaces", "A", false, "all namespaces")
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table, json or yaml")
 	pf.StringVar(&g.clusterState, "cluster-state", "", "the local cluster's state file (default $AMBIENT_CLUSTER_STATE, else $XDG_STATE_HOME/ambient/cluster.json); when given, ztunnels are reached through the node network namespaces it lists")
-	root.AddCommand(newAmbientCmd(g), newZcCmd(g), newFlowsCmd(g), newClusterCmd(g))
+	root.AddCommand(newAmbientCmd(g), newZcCmd(g), newFlowsCmd(g), newWaypointCmd(g), newClusterCmd(g))
 	return root
 }
 
