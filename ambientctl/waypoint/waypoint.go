@@ -217,7 +217,9 @@ func (cl *Client) List(ctx context.Context, ns string) ([]Waypoint, error) {
 			out = append(out, view(&list.Items[i]))
 		}
 	}
-	slices.SortFunc(out, func(a, b Waypoint) int { return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name)) })
+	slices.SortFunc(out, func(a, b Waypoint) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
 	return out, nil
 }
 
