@@ -75,6 +75,10 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"create", "tokenreviews.authentication.k8s.io"}, true},
 		{istiod, []string{"get", "secret/cacerts", "-n", "istio-system"}, true},
 		{istiod, []string{"update", "configmap/istio-ca-root-cert", "-n", "istio-system"}, true},
+		// The root published in every namespace, for pods and waypoints.
+		{istiod, []string{"update", "configmap/istio-ca-root-cert", "-n", "shop"}, true},
+		{istiod, []string{"create", "configmaps", "-n", "shop"}, true},
+		{istiod, []string{"patch", "httproutes.gateway.networking.k8s.io", "--subresource=status", "-n", "shop"}, true},
 		// The waypoint controller (istiod-lite/waypointctl).
 		{istiod, []string{"watch", "deployments.apps", "-A"}, true},
 		{istiod, []string{"create", "deployments.apps", "-n", "shop"}, true},
@@ -92,6 +96,9 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"get", "secret/cacerts", "-n", "shop"}, false},
 		{istiod, []string{"update", "secret/istio-ca-secret", "-n", "istio-system"}, false},
 		{istiod, []string{"update", "configmap/other", "-n", "istio-system"}, false},
+		{istiod, []string{"get", "configmap/other", "-n", "shop"}, false},
+		{istiod, []string{"delete", "configmap/istio-ca-root-cert", "-n", "shop"}, false},
+		{istiod, []string{"patch", "httproutes.gateway.networking.k8s.io", "-n", "shop"}, false},
 		{istiod, []string{"update", "authorizationpolicies.security.istio.io", "-n", "shop"}, false},
 		{istiod, []string{"create", "pods", "-n", "shop"}, false},
 		// It creates ServiceAccounts (waypoints') but may not mint their

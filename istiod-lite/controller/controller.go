@@ -70,7 +70,8 @@ type Config struct {
 	// recomputation (default 50 ms); DebounceMax caps the wait after the
 	// first event (default 1 s).
 	Debounce, DebounceMax time.Duration
-	// DisableStatus turns off writing AuthorizationPolicy status.
+	// DisableStatus turns off writing AuthorizationPolicy and HTTPRoute
+	// status.
 	DisableStatus bool
 }
 
@@ -360,6 +361,9 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	}
 	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz), "routes", len(routes))
 
+	if !c.cfg.DisableStatus {
+		c.writeRouteStatus(ctx, in.HTTPRoutes, out.RouteStatus)
+	}
 	if !c.cfg.DisableStatus && l.aps != nil {
 		for k, cond := range invalid {
 			out.Conditions[k] = []translate.Condition{cond}

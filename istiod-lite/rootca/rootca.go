@@ -14,8 +14,10 @@
 //     new root, knowing every workload certificate changes trust).
 //
 // [Publisher] keeps the ConfigMap "istio-ca-root-cert" (key root-cert.pem,
-// what ztunnel and workloads mount) equal to the roots, rewriting it when
-// anyone edits or deletes it.
+// what ztunnel, waypoints and workloads mount) equal to the roots in the
+// CA's namespace and, with AllNamespaces (istiod-lite's setting, as
+// Istio's), in every other namespace but the Kubernetes system ones, new
+// namespaces included, rewriting it when anyone edits or deletes it.
 package rootca
 
 import (

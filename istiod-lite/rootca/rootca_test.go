@@ -160,3 +160,54 @@ func TestPublisher_CreatesAndRestoresConfigMap(t *testing.T) {
 	}
 	waitData("deleted ConfigMap recreated")
 }
+
+// TestPublisher_AllNamespaces: every namespace but the skipped system ones
+// gets the ConfigMap, including namespaces created later; a terminating
+// namespace gets none.
+func TestPublisher_AllNamespaces(t *testing.T) {
+	ns := func(name string, phase corev1.NamespacePhase) *corev1.Namespace {
+		return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}, Status: corev1.NamespaceStatus{Phase: phase}}
+	}
+	client := fake.NewClientset(ns("istio-system", corev1.NamespaceActive), ns("shop", corev1.NamespaceActive),
+		ns("kube-system", corev1.NamespaceActive), ns("leaving", corev1.NamespaceTerminating))
+	p, err := rootca.NewPublisher(rootca.PublisherConfig{Client: client, Namespace: "istio-system", AllNamespaces: true,
+		RootsPEM: []byte("ROOT"), Resync: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	has := func(ns string) bool {
+		cm, err := client.CoreV1().ConfigMaps(ns).Get(ctx, rootca.RootConfigMap, metav1.GetOptions{})
+		return err == nil && cm.Data[rootca.RootConfigMapKey] == "ROOT"
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("istio-system and shop published", func() bool { return has("istio-system") && has("shop") })
+	if _, err := client.CoreV1().Namespaces().Create(ctx, ns("later", corev1.NamespaceActive), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("a new namespace published", func() bool { return has("later") })
+	// Several re-checks later, still nothing where nothing belongs.
+	time.Sleep(200 * time.Millisecond)
+	for _, n := range []string{"kube-system", "leaving"} {
+		if has(n) {
+			t.Errorf("ConfigMap published in %s", n)
+		}
+	}
+}

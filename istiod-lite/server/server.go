@@ -221,7 +221,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.registerCAMetrics(authority)
-	publisher, err := rootca.NewPublisher(rootca.PublisherConfig{Client: kube, Namespace: s.cfg.Namespace, RootsPEM: authority.RootsPEM(), Logger: s.log})
+	publisher, err := rootca.NewPublisher(rootca.PublisherConfig{Client: kube, Namespace: s.cfg.Namespace, AllNamespaces: true, RootsPEM: authority.RootsPEM(), Logger: s.log})
 	if err != nil {
 		return err
 	}
