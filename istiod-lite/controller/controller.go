@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -92,6 +93,27 @@ type Controller struct {
 	prevWPPols map[string][]byte
 
 	synced chan struct{} // closed after the first recomputation
+
+	// gateways is the Gateway lister once the informers run (nil before,
+	// and without the Gateway API CRDs), for IsWaypoint.
+	gateways atomic.Pointer[cache.GenericLister]
+}
+
+// IsWaypoint reports whether namespace/serviceAccount is a waypoint's
+// ServiceAccount: the waypoint controller names it after a Gateway of class
+// istio-waypoint in that namespace. It is false until the informers have
+// synced.
+func (c *Controller) IsWaypoint(namespace, serviceAccount string) bool {
+	l := c.gateways.Load()
+	if l == nil {
+		return false
+	}
+	obj, err := (*l).ByNamespace(namespace).Get(serviceAccount)
+	if err != nil {
+		return false
+	}
+	gw, ok := obj.(*gatewayv1.Gateway)
+	return ok && gw.Spec.GatewayClassName == translate.GatewayClassWaypoint
 }
 
 // New validates cfg and builds the clients; it does not contact the
@@ -260,6 +282,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	c.log.Info("controller: informers synced")
+	if l.gateways != nil {
+		c.gateways.Store(&l.gateways)
+	}
 	return c.loop(ctx, trigger, l)
 }
 

@@ -29,6 +29,7 @@ const waitTimeout = 30 * time.Second
 type mesh struct {
 	kube  *kubetest.Cluster
 	store *state.Store
+	ctrl  *controller.Controller
 }
 
 func startMesh(t *testing.T) *mesh {
@@ -94,7 +95,7 @@ func startMesh(t *testing.T) *mesh {
 	case <-time.After(waitTimeout):
 		t.Fatal("controller did not sync")
 	}
-	return &mesh{kube: c, store: store}
+	return &mesh{kube: c, store: store, ctrl: ctrl}
 }
 
 // testWriter sends log lines to t.Log.

@@ -176,6 +176,12 @@ endpoints:
 		})
 	}
 	waitWaypoint("waypoint at the Service's ClusterIP on workload and service", wantWP(vip))
+	// Its ServiceAccount (named after the Gateway) may subscribe to xDS;
+	// others may not.
+	if !m.ctrl.IsWaypoint("mesh", "waypoint") || m.ctrl.IsWaypoint("mesh", "app") || m.ctrl.IsWaypoint("other", "waypoint") {
+		t.Errorf("IsWaypoint: mesh/waypoint %v, mesh/app %v, other/waypoint %v; want true, false, false",
+			m.ctrl.IsWaypoint("mesh", "waypoint"), m.ctrl.IsWaypoint("mesh", "app"), m.ctrl.IsWaypoint("other", "waypoint"))
+	}
 	if wp := m.store.Current().Service("mesh", "waypoint.mesh.svc.cluster.local").GetWaypoint(); wp != nil {
 		t.Errorf("the waypoint's own service has waypoint %v, want none", wp)
 	}
@@ -188,6 +194,9 @@ endpoints:
 	// Gone again: as Istio, no waypoint rather than an unreachable one.
 	m.kubectl(t, "delete", "gateway", "waypoint", "-n", "mesh")
 	waitWaypoint("waypoint removed", nil)
+	if m.ctrl.IsWaypoint("mesh", "waypoint") {
+		t.Error("a deleted waypoint's account may still subscribe to xDS")
+	}
 }
 
 // TestGatewayAPICRDs_MatchModule: the Gateway API CRDs in manifests/crds

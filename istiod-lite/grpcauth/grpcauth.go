@@ -4,8 +4,11 @@
 // ServiceAccount token as "authorization: Bearer <token>" metadata. The
 // token is checked by the same [caserver.Authenticator] the CA uses
 // (TokenReview, audience istio-ca) and the caller must then be one of the
-// node-proxy ServiceAccounts (istio-system/ztunnel by default): the workload
-// API describes every workload of the mesh, so nothing else may read it.
+// node-proxy ServiceAccounts (istio-system/ztunnel by default) or a
+// waypoint's ServiceAccount (Config.IsWaypoint: the account istiod-lite's
+// waypoint controller created for a Gateway of class istio-waypoint): the
+// workload API describes every workload of the mesh, so nothing else may
+// read it.
 //
 // A stream without a valid token fails with codes.Unauthenticated, one from
 // another ServiceAccount with codes.PermissionDenied, and one whose token
@@ -41,6 +44,10 @@ type Config struct {
 	// NodeProxies may open streams; nil means istio-system/ztunnel. Only
 	// Namespace and ServiceAccount are compared.
 	NodeProxies []identity.Workload
+	// IsWaypoint reports whether a ServiceAccount is a waypoint's (nil:
+	// none is). It is asked per stream, so a waypoint deleted since cannot
+	// open new streams.
+	IsWaypoint func(namespace, serviceAccount string) bool
 	// Logger receives one line per refused stream; nil discards.
 	Logger *slog.Logger
 }
@@ -55,18 +62,22 @@ func CallerFrom(ctx context.Context) (caserver.Caller, bool) {
 }
 
 // Authorize is the authorization decision: nil if caller runs as one of
-// proxies, else an error wrapping caserver.ErrPermissionDenied.
-func Authorize(caller caserver.Caller, proxies []identity.Workload) error {
+// proxies or as a waypoint (isWaypoint may be nil), else an error wrapping
+// caserver.ErrPermissionDenied.
+func Authorize(caller caserver.Caller, proxies []identity.Workload, isWaypoint func(namespace, serviceAccount string) bool) error {
 	for _, w := range proxies {
 		if w.Namespace == caller.Namespace && w.ServiceAccount == caller.ServiceAccount {
 			return nil
 		}
 	}
+	if isWaypoint != nil && isWaypoint(caller.Namespace, caller.ServiceAccount) {
+		return nil
+	}
 	names := make([]string, len(proxies))
 	for i, w := range proxies {
 		names[i] = w.Namespace + "/" + w.ServiceAccount
 	}
-	return fmt.Errorf("%w: %s may not subscribe to xDS: only node proxies (%s) may", caserver.ErrPermissionDenied, caller, strings.Join(names, ", "))
+	return fmt.Errorf("%w: %s may not subscribe to xDS: only node proxies (%s) and waypoints may", caserver.ErrPermissionDenied, caller, strings.Join(names, ", "))
 }
 
 // StreamInterceptor returns the interceptor; see the package doc.
@@ -83,7 +94,7 @@ func StreamInterceptor(cfg Config) (grpc.StreamServerInterceptor, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		caller, err := authenticate(ss.Context(), cfg.Authenticator, proxies)
+		caller, err := authenticate(ss.Context(), cfg.Authenticator, proxies, cfg.IsWaypoint)
 		if err != nil {
 			st := toStatus(err)
 			log.Info("grpcauth: stream refused", "method", info.FullMethod, "caller", caller.String(), "code", st.Code().String(), "reason", st.Message())
@@ -93,7 +104,7 @@ func StreamInterceptor(cfg Config) (grpc.StreamServerInterceptor, error) {
 	}, nil
 }
 
-func authenticate(ctx context.Context, a caserver.Authenticator, proxies []identity.Workload) (caserver.Caller, error) {
+func authenticate(ctx context.Context, a caserver.Authenticator, proxies []identity.Workload, isWaypoint func(string, string) bool) (caserver.Caller, error) {
 	token, err := caserver.BearerToken(ctx)
 	if err != nil {
 		return caserver.Caller{}, err
@@ -104,7 +115,7 @@ func authenticate(ctx context.Context, a caserver.Authenticator, proxies []ident
 	if err != nil {
 		return caller, err
 	}
-	return caller, Authorize(caller, proxies)
+	return caller, Authorize(caller, proxies, isWaypoint)
 }
 
 func toStatus(err error) *status.Status {

@@ -49,8 +49,12 @@ func (ads) DeltaAggregatedResources(st grpc.BidiStreamingServer[discovery.DeltaD
 	return st.Send(&discovery.DeltaDiscoveryResponse{SystemVersionInfo: c.Namespace + "/" + c.ServiceAccount})
 }
 
-func TestStreamInterceptor_OnlyNodeProxies(t *testing.T) {
-	ic, err := grpcauth.StreamInterceptor(grpcauth.Config{Authenticator: fakeAuth{"zt": "istio-system/ztunnel", "web": "shop/web"}})
+func TestStreamInterceptor_OnlyNodeProxiesAndWaypoints(t *testing.T) {
+	isWaypoint := func(ns, sa string) bool { return ns == "shop" && sa == "waypoint" }
+	ic, err := grpcauth.StreamInterceptor(grpcauth.Config{
+		Authenticator: fakeAuth{"zt": "istio-system/ztunnel", "web": "shop/web", "wp": "shop/waypoint", "wp-elsewhere": "other/waypoint"},
+		IsWaypoint:    isWaypoint,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,9 +81,11 @@ func TestStreamInterceptor_OnlyNodeProxies(t *testing.T) {
 		{"no token", "", codes.Unauthenticated, "no authorization metadata"},
 		{"not bearer", "Basic abc", codes.Unauthenticated, "not \"Bearer <token>\""},
 		{"invalid token", "Bearer nope", codes.Unauthenticated, "invalid token"},
-		{"workload", "Bearer web", codes.PermissionDenied, "serviceaccount shop/web may not subscribe to xDS: only node proxies (istio-system/ztunnel)"},
+		{"workload", "Bearer web", codes.PermissionDenied, "serviceaccount shop/web may not subscribe to xDS: only node proxies (istio-system/ztunnel) and waypoints may"},
+		{"a waypoint's account elsewhere", "Bearer wp-elsewhere", codes.PermissionDenied, "other/waypoint may not subscribe"},
 		{"apiserver down", "Bearer down", codes.Unavailable, "connection refused"},
 		{"ztunnel", "Bearer zt", codes.OK, ""},
+		{"waypoint", "Bearer wp", codes.OK, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -95,7 +101,7 @@ func TestStreamInterceptor_OnlyNodeProxies(t *testing.T) {
 			if got := status.Code(err); got != tt.code || !strings.Contains(status.Convert(err).Message(), tt.msg) {
 				t.Fatalf("Recv = %v, want %v containing %q", err, tt.code, tt.msg)
 			}
-			if tt.code == codes.OK && resp.GetSystemVersionInfo() != "istio-system/ztunnel" {
+			if want := map[string]string{"ztunnel": "istio-system/ztunnel", "waypoint": "shop/waypoint"}[tt.name]; tt.code == codes.OK && resp.GetSystemVersionInfo() != want {
 				t.Errorf("handler saw caller %q", resp.GetSystemVersionInfo())
 			}
 		})

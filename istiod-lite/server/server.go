@@ -290,7 +290,8 @@ func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Sourc
 	if err != nil {
 		return nil, nil, err
 	}
-	auth, err := grpcauth.StreamInterceptor(grpcauth.Config{Authenticator: authn, NodeProxies: s.cfg.NodeProxies, Logger: s.log})
+	auth, err := grpcauth.StreamInterceptor(grpcauth.Config{Authenticator: authn, NodeProxies: s.cfg.NodeProxies,
+		IsWaypoint: ctrl.IsWaypoint, Logger: s.log})
 	if err != nil {
 		return nil, nil, err
 	}
