@@ -47,10 +47,10 @@ type waypoint struct {
 // ambient/waypoints.go): a Gateway of any class is a waypoint once it has
 // an address. The address is the first status address of type Hostname
 // (Istio prefers hostnames), else the first of type IPAddress. For a
-// Gateway of class istio-waypoint without status addresses (Istio's
-// deployment controller writes them; istiod-lite does not run one yet) the
-// ClusterIP of the Service of the same name in the Gateway's namespace,
-// which that controller would create, stands in. A Gateway with neither is
+// Gateway of class istio-waypoint without status addresses yet (the
+// waypoint controller, istiod-lite/waypointctl, writes them once it has
+// created the Service) the ClusterIP of the Service of the same name in
+// the Gateway's namespace stands in. A Gateway with neither is
 // not a waypoint, and objects that name it get none.
 func waypoints(gws []*gatewayv1.Gateway, classes []*gatewayv1.GatewayClass, idx *Index) map[types.NamespacedName]*waypoint {
 	classByName := make(map[string]*gatewayv1.GatewayClass, len(classes))
