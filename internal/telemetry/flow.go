@@ -31,6 +31,10 @@ type Flow struct {
 	Security  string // "mutual_tls" or "none"
 	Transport string // "hbone", "passthrough", "plaintext"
 	Error     string
+	// HTTP requests (reporter "waypoint"): one flow per request.
+	Method       string // request method
+	Path         string // request path as authorized (normalized), without the query
+	ResponseCode int    // status answered to the client; 0 when none was sent
 }
 
 // Decisions.
@@ -61,6 +65,9 @@ type record struct {
 	Security   string    `json:"security,omitempty"`
 	Transport  string    `json:"transport,omitempty"`
 	Error      string    `json:"error,omitempty"`
+	Method     string    `json:"method,omitempty"`
+	Path       string    `json:"path,omitempty"`
+	Code       int       `json:"response_code,omitempty"`
 }
 
 // MarshalJSON renders the flow as its record line (without newline).
@@ -73,6 +80,7 @@ func (f Flow) MarshalJSON() ([]byte, error) {
 		BytesSent: f.BytesSent, BytesRecv: f.BytesRecv,
 		DurationMS: float64(f.Duration.Microseconds()) / 1000,
 		Decision:   f.Decision, Policy: f.Policy, Security: f.Security, Transport: f.Transport, Error: f.Error,
+		Method: f.Method, Path: f.Path, Code: f.ResponseCode,
 	})
 }
 

@@ -82,6 +82,7 @@ var Default = []Entry{
 	{Image: "ambient/sampleapp:*", Binary: "sampleapp", Paths: []string{"/usr/local/bin/sampleapp"}},
 	{Image: "ambient/ztunnel:*", Binary: "ztunnel", Paths: []string{"/usr/local/bin/ztunnel"}},
 	{Image: "ambient/istiod-lite:*", Binary: "istiod-lite", Paths: []string{"/usr/local/bin/istiod-lite"}},
+	{Image: "ambient/waypoint:*", Binary: "waypoint", Paths: []string{"/usr/local/bin/waypoint"}},
 	{Image: "ambient/ambient-cni:*", Binary: "ambient-cni", Paths: []string{"/opt/ambient/bin/ambient-cni"},
 		Tools: []string{"sh", "cat", "jq", "cmp", "cp", "mv", "rm", "chmod", "sleep", "touch"}},
 	{Image: "ambient/clusterdns:*", Binary: "clusterdns", Paths: []string{"/usr/local/bin/clusterdns"}},

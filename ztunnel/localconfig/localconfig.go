@@ -71,9 +71,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi/security"
-	"github.com/ambientmesh/ambient/internal/state"
 )
 
 // Load reads and parses the file at path.
@@ -99,6 +99,19 @@ func Parse(data []byte) (state.Snapshot, error) {
 	return snap, nil
 }
 
+// ParseSections parses a local config document that may carry, besides the
+// mesh, the extra top-level sections named (another proxy's own settings,
+// such as the waypoint's routes). It returns the mesh, validated as
+// [Parse] does, and each extra section present, as JSON, for the caller to
+// decode. Any other top-level key is an error, as in [Parse].
+func ParseSections(data []byte, sections ...string) (state.Snapshot, map[string]json.RawMessage, error) {
+	snap, extra, err := parseDoc(data, sections)
+	if err != nil {
+		return state.Snapshot{}, nil, fmt.Errorf("localconfig: %w", err)
+	}
+	return snap, extra, nil
+}
+
 // file is the top level of the document.
 type file struct {
 	Workloads []json.RawMessage `json:"workloads"`
@@ -107,24 +120,60 @@ type file struct {
 }
 
 func parse(data []byte) (state.Snapshot, error) {
+	snap, _, err := parseDoc(data, nil)
+	return snap, err
+}
+
+// parseDoc parses a document whose top level has the mesh's three lists and
+// the extra sections named, which it returns undecoded.
+func parseDoc(data []byte, sections []string) (state.Snapshot, map[string]json.RawMessage, error) {
 	var snap state.Snapshot
 	j, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return snap, err // names the line
+		return snap, nil, err // names the line
 	}
 	if t := bytes.TrimSpace(j); len(t) == 0 || bytes.Equal(t, []byte("null")) {
-		return snap, nil // empty document: an empty mesh
+		return snap, nil, nil // empty document: an empty mesh
 	}
-	const want = "want a mapping with only workloads, services and policies lists"
+	want := "want a mapping with only workloads, services and policies lists"
+	if len(sections) > 0 {
+		want = "want a mapping with only workloads, services, policies, " + strings.Join(sections, ", ")
+	}
 	if j = bytes.TrimSpace(j); j[0] != '{' {
-		return snap, fmt.Errorf("top level: %s", want)
+		return snap, nil, fmt.Errorf("top level: %s", want)
+	}
+	var extra map[string]json.RawMessage
+	if len(sections) > 0 {
+		var top map[string]json.RawMessage
+		if err := json.Unmarshal(j, &top); err != nil {
+			return snap, nil, fmt.Errorf("top level: %s (%s)", strings.TrimPrefix(err.Error(), "json: "), want)
+		}
+		for _, name := range sections {
+			if raw, ok := top[name]; ok {
+				if extra == nil {
+					extra = map[string]json.RawMessage{}
+				}
+				extra[name] = raw
+				delete(top, name)
+			}
+		}
+		if j, err = json.Marshal(top); err != nil {
+			return snap, nil, err
+		}
 	}
 	var f file
 	dec := json.NewDecoder(bytes.NewReader(j))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&f); err != nil {
-		return snap, fmt.Errorf("top level: %s (%s)", strings.TrimPrefix(err.Error(), "json: "), want)
+		return snap, nil, fmt.Errorf("top level: %s (%s)", strings.TrimPrefix(err.Error(), "json: "), want)
 	}
+	snap, err = parseMesh(f)
+	return snap, extra, err
+}
+
+// parseMesh decodes and checks the mesh's lists.
+func parseMesh(f file) (state.Snapshot, error) {
+	var snap state.Snapshot
 
 	uids := map[string]int{}
 	for i, raw := range f.Workloads {

@@ -29,6 +29,31 @@ func Watch(ctx context.Context, path string, apply func(state.Snapshot), logger 
 	return watch(ctx, path, apply, logger, pollInterval)
 }
 
+// ParseFunc checks a version of a watched file. On success it returns the
+// function that puts it in force, and key/value pairs describing it for
+// the log; a file it refuses leaves the last good version in force.
+type ParseFunc func(data []byte) (apply func(), summary []any, err error)
+
+// WatchFile is [Watch] for a file of another shape (another proxy's local
+// config built on [ParseSections]): parse decides what a version means.
+// Same polling, same keep-the-last-good-config rule, same first-load
+// failure; apply functions run on Watch's goroutine only.
+func WatchFile(ctx context.Context, path string, parse ParseFunc, logger *slog.Logger) error {
+	return watchFile(ctx, path, parse, logger, pollInterval)
+}
+
+// meshParser is the ParseFunc of ztunnel's own file.
+func meshParser(apply func(state.Snapshot)) ParseFunc {
+	return func(data []byte) (func(), []any, error) {
+		snap, err := parse(data)
+		if err != nil {
+			return nil, nil, err
+		}
+		return func() { apply(snap) },
+			[]any{"workloads", len(snap.Workloads), "services", len(snap.Services), "policies", len(snap.Policies)}, nil
+	}
+}
+
 // fileStamp is what tells a changed file from an unchanged one without
 // reading it.
 type fileStamp struct {
@@ -42,10 +67,14 @@ func (a fileStamp) same(b fileStamp) bool {
 }
 
 func watch(ctx context.Context, path string, apply func(state.Snapshot), logger *slog.Logger, interval time.Duration) error {
+	return watchFile(ctx, path, meshParser(apply), logger, interval)
+}
+
+func watchFile(ctx context.Context, path string, parse ParseFunc, logger *slog.Logger, interval time.Duration) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	w := &watcher{path: path, apply: apply, log: logger.With("path", path)}
+	w := &watcher{path: path, parse: parse, log: logger.With("path", path)}
 	if err := w.load(); err != nil {
 		return err
 	}
@@ -56,7 +85,7 @@ func watch(ctx context.Context, path string, apply func(state.Snapshot), logger 
 // watcher is the state of one Watch call; only its goroutine touches it.
 type watcher struct {
 	path    string
-	apply   func(state.Snapshot)
+	parse   ParseFunc
 	log     *slog.Logger
 	stamp   fileStamp
 	applied []byte // the contents last applied
@@ -73,14 +102,14 @@ func (w *watcher) load() error {
 	if err != nil {
 		return fmt.Errorf("localconfig: %w", err)
 	}
-	snap, err := parse(data)
+	apply, summary, err := w.parse(data)
 	if err != nil {
 		return fmt.Errorf("localconfig: %s: %w", w.path, err)
 	}
 	w.stamp = fileStamp{info.ModTime(), info.Size(), info}
 	w.applied = data
-	w.apply(snap)
-	w.log.Info("local config loaded", "workloads", len(snap.Workloads), "services", len(snap.Services), "policies", len(snap.Policies))
+	apply()
+	w.log.Info("local config loaded", summary...)
 	return nil
 }
 
@@ -119,7 +148,7 @@ func (w *watcher) poll() {
 		w.lastErr = ""
 		return
 	}
-	snap, err := parse(data)
+	apply, summary, err := w.parse(data)
 	if err != nil {
 		// Remember the stamp so the same bad contents are not parsed (and
 		// logged) every second; the next edit changes it again.
@@ -128,8 +157,8 @@ func (w *watcher) poll() {
 		return
 	}
 	w.stamp, w.applied, w.lastErr = stamp, data, ""
-	w.apply(snap)
-	w.log.Info("local config reloaded", "workloads", len(snap.Workloads), "services", len(snap.Services), "policies", len(snap.Policies))
+	apply()
+	w.log.Info("local config reloaded", summary...)
 }
 
 // fail logs err once per distinct problem.

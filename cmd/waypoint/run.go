@@ -1,0 +1,306 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/waypoint/proxy"
+	"github.com/ambientmesh/ambient/waypoint/wpconfig"
+)
+
+// certSigner obtains the waypoint's certificate for a CSR: the in-process
+// CA with --local-config; istiod-lite's CA client (internal/caclient's
+// Client.Sign has this signature) when the waypoint is configured over xDS.
+type certSigner interface {
+	Sign(ctx context.Context, id spiffeid.ID, csrPEM []byte) (chainPEM, rootsPEM []byte, err error)
+}
+
+// localCA signs with the CA core loaded from --ca-cert/--ca-key.
+type localCA struct{ sign identity.SignFunc }
+
+func (l localCA) Sign(ctx context.Context, id spiffeid.ID, csrPEM []byte) ([]byte, []byte, error) {
+	return l.sign(ctx, id, csrPEM)
+}
+
+// run wires the components and serves until ctx ends.
+func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) error {
+	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain %q: %w", o.trustDomain, err)
+	}
+	wid, err := identity.ForWorkload(td, o.namespace, o.serviceAccount)
+	if err != nil {
+		return fmt.Errorf("the waypoint's identity (--namespace %q, --service-account %q): %w", o.namespace, o.serviceAccount, err)
+	}
+	if _, _, err := wpconfig.Load(o.localConfig); err != nil {
+		return fmt.Errorf("--local-config: %w; fix the file or point --local-config at a valid one", err)
+	}
+	authority, err := loadCA(o, td)
+	if err != nil {
+		return err
+	}
+	var signer certSigner = localCA{certs.LocalSigner(authority, 0)}
+
+	sctx, cancelSrc := context.WithTimeout(ctx, 30*time.Second)
+	src, err := identity.NewSource(sctx, identity.SourceConfig{ID: wid, Fetch: identity.CSRFetcher(signer.Sign), Logger: logger})
+	cancelSrc()
+	if err != nil {
+		return fmt.Errorf("the waypoint's certificate for %s: %w", wid, err)
+	}
+	defer src.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := telemetry.NewHTTPMetrics(reg, o.clusterID)
+	if err != nil {
+		return err
+	}
+	flowOut := stdout
+	if o.flowLog != "-" {
+		f, err := os.OpenFile(o.flowLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return fmt.Errorf("--flow-log: %w; give a writable file, or - for stdout", err)
+		}
+		defer f.Close()
+		flowOut = f
+	}
+
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for _, l := range []struct{ flag, addr string }{
+		{"--hbone-addr", o.hboneAddr}, {"--admin-addr", o.adminAddr}, {"--metrics-addr", o.metricsAddr}, {"--ready-addr", o.readyAddr},
+	} {
+		ln, err := listen(l.flag, l.addr)
+		if err != nil {
+			return err
+		}
+		lns = append(lns, ln)
+	}
+
+	store := state.NewStore()
+	p, err := proxy.New(proxy.Config{
+		Identity: wid, SVIDs: src, Bundles: src, Store: store,
+		GatewayNamespace: o.gatewayNS, GatewayName: o.gatewayName, GatewayClass: o.gatewayClass, RootNamespace: o.rootNamespace,
+		Listener: lns[0], FlowLog: telemetry.NewFlowLog(flowOut), Metrics: metrics, Logger: logger,
+		DrainTimeout: o.drainTimeout,
+	})
+	if err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	start := func(name string, f func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+				cancel()
+			}
+		}()
+	}
+	start("local config", func(ctx context.Context) error {
+		return wpconfig.Watch(ctx, o.localConfig, func(snap state.Snapshot, l7 proxy.L7Config) {
+			if err := store.Replace(snap); err != nil {
+				logger.Warn("local config rejected by the state store; keeping the last good mesh", "err", err)
+				return
+			}
+			c, errs := proxy.Compile(l7)
+			for _, e := range errs {
+				logger.Warn("L7 configuration item not in force", "err", e.Error())
+			}
+			p.SetL7(c)
+		}, logger)
+	})
+	for i, h := range []http.Handler{adminHandler(store, p), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), readyHandler(p)} {
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		ln := lns[i+1]
+		start("http "+ln.Addr().String(), func(ctx context.Context) error {
+			stop := context.AfterFunc(ctx, func() { srv.Close() })
+			defer stop()
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	logger.Info("waypoint started", "identity", wid.String(), "gateway", o.gatewayNS+"/"+o.gatewayName,
+		"config", o.localConfig, "hbone", lns[0].Addr().String(), "admin", lns[1].Addr().String(),
+		"metrics", lns[2].Addr().String(), "ready", lns[3].Addr().String())
+	perr := p.Run(ctx)
+	cancel()
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+	}
+	if perr != nil {
+		return perr
+	}
+	logger.Info("waypoint drained; exiting")
+	return nil
+}
+
+// readyHandler answers /healthz/ready: 200 once the configuration is in
+// force, else 503.
+func readyHandler(p *proxy.Proxy) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if !p.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "not ready\n")
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+// adminHandler serves /config_dump: the mesh and the L7 configuration in
+// force, with the items that did not compile.
+func adminHandler(store *state.Store, p *proxy.Proxy) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		b, err := configDump(store.Current(), p.L7())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(b)
+	})
+	return mux
+}
+
+// configDump renders the configuration as JSON (protos in protojson).
+func configDump(v *state.View, l7 *proxy.Compiled) ([]byte, error) {
+	protos := func(ms []proto.Message) ([]json.RawMessage, error) {
+		out := make([]json.RawMessage, 0, len(ms))
+		for _, m := range ms {
+			b, err := protojson.Marshal(m)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, b)
+		}
+		return out, nil
+	}
+	snap := v.Snapshot()
+	src := l7.Source()
+	var dump struct {
+		Workloads             []json.RawMessage `json:"workloads"`
+		Services              []json.RawMessage `json:"services"`
+		Policies              []json.RawMessage `json:"policies"`
+		Routes                []json.RawMessage `json:"routes"`
+		AuthorizationPolicies []any             `json:"authorizationPolicies"`
+		Errors                []string          `json:"errors,omitempty"`
+	}
+	var err error
+	if dump.Workloads, err = protos(asMessages(snap.Workloads)); err != nil {
+		return nil, err
+	}
+	if dump.Services, err = protos(asMessages(snap.Services)); err != nil {
+		return nil, err
+	}
+	if dump.Policies, err = protos(asMessages(snap.Policies)); err != nil {
+		return nil, err
+	}
+	if dump.Routes, err = protos(asMessages(src.Routes)); err != nil {
+		return nil, err
+	}
+	for _, in := range src.Policies {
+		dump.AuthorizationPolicies = append(dump.AuthorizationPolicies, map[string]any{
+			"namespace": in.Namespace, "name": in.Name, "dryRun": in.DryRun, "spec": in.Spec})
+	}
+	for _, e := range l7.Errors() {
+		dump.Errors = append(dump.Errors, e.Error())
+	}
+	return json.MarshalIndent(dump, "", "  ")
+}
+
+func asMessages[T proto.Message](xs []T) []proto.Message {
+	out := make([]proto.Message, len(xs))
+	for i, x := range xs {
+		out[i] = x
+	}
+	return out
+}
+
+// loadCA loads the CA of --ca-cert/--ca-key (and --ca-root).
+func loadCA(o options, td spiffeid.TrustDomain) (*ca.Authority, error) {
+	read := func(flagName, path string) ([]byte, error) {
+		if path == "" {
+			return nil, nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flagName, err)
+		}
+		return b, nil
+	}
+	cert, err := read("--ca-cert", o.caCert)
+	if err != nil {
+		return nil, err
+	}
+	key, err := read("--ca-key", o.caKey)
+	if err != nil {
+		return nil, err
+	}
+	root, err := read("--ca-root", o.caRoot)
+	if err != nil {
+		return nil, err
+	}
+	a, err := ca.Load(cert, key, root, td, ca.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("loading the CA from --ca-cert %s and --ca-key %s: %w", o.caCert, o.caKey, err)
+	}
+	return a, nil
+}
+
+// listen opens a listener, explaining the usual failures.
+func listen(flagName, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
+		return ln, nil
+	}
+	hint := "check the address"
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		hint = "another process uses the port: stop it, or choose another address with " + flagName
+	case errors.Is(err, syscall.EACCES):
+		hint = "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with " + flagName
+	}
+	return nil, fmt.Errorf("%s %s: %w; %s", flagName, addr, err, hint)
+}

@@ -1,0 +1,129 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/ambientmesh/ambient/proto/waypointapi"
+	"github.com/ambientmesh/ambient/waypoint/l7authz"
+	"github.com/ambientmesh/ambient/waypoint/route"
+)
+
+// L7Config is the waypoint's own configuration besides the mesh: the
+// routing tables (istiod-lite's ServiceRoutes) and the AuthorizationPolicies
+// with targetRefs. It is compiled off the request path by [Compile] and
+// swapped in atomically by [Proxy.SetL7].
+type L7Config struct {
+	Routes   []*waypointapi.ServiceRoutes
+	Policies []l7authz.Input
+}
+
+// Compiled is an immutable, compiled L7Config.
+type Compiled struct {
+	src      L7Config
+	tables   map[string]*route.Table // by waypointapi.ResourceName
+	policies []*l7authz.Policy
+	errs     []error
+
+	// applicable caches l7authz.Applicable per destination (a pure
+	// function of policies and the target), filled on first use.
+	applicable sync.Map // string → []*l7authz.Policy
+}
+
+// Compile compiles c. An item that does not compile is left out (a route
+// table: its parent gets the default route; a policy: it is not enforced,
+// which for an ALLOW policy means its targets may allow more — the error
+// says which) and reported in the returned errors; the rest is in force.
+func Compile(c L7Config) (*Compiled, []error) {
+	out := &Compiled{src: c, tables: make(map[string]*route.Table, len(c.Routes))}
+	for i, r := range c.Routes {
+		name := r.Name()
+		if _, dup := out.tables[name]; dup {
+			out.errs = append(out.errs, fmt.Errorf("routes[%d] %s: duplicate table; the first one is kept", i, name))
+			continue
+		}
+		t, err := route.Compile(r)
+		if err != nil {
+			out.errs = append(out.errs, fmt.Errorf("routes[%d] %s: %w", i, name, err))
+			continue
+		}
+		out.tables[name] = t
+	}
+	for i, in := range c.Policies {
+		p, err := l7authz.Compile(in)
+		if err != nil {
+			out.errs = append(out.errs, fmt.Errorf("authorizationPolicies[%d] %s/%s: %w", i, in.Namespace, in.Name, err))
+			continue
+		}
+		out.policies = append(out.policies, p)
+	}
+	return out, out.errs
+}
+
+// Errors lists what did not compile.
+func (c *Compiled) Errors() []error { return c.errs }
+
+// Source is the configuration c was compiled from.
+func (c *Compiled) Source() L7Config { return c.src }
+
+// errNoTable: the destination has no routing table.
+var errNoTable = errors.New("no routing table")
+
+// table finds the routing table for a request to service key svcKey (empty
+// for a workload-addressed request) on port, from a client in namespace
+// clientNS: consumer routes of the client's namespace first (GEP-1294),
+// then the service's own, each for the port and then for every port; then
+// the waypoint Gateway's. gateway says the table found is the Gateway's.
+func (c *Compiled) table(svcKey string, port uint32, clientNS, gwKey string) (t *route.Table, gateway bool) {
+	if svcKey != "" {
+		if clientNS != "" {
+			if t := c.tables[waypointapi.ResourceName(svcKey, port, clientNS)]; t != nil {
+				return t, false
+			}
+			if t := c.tables[waypointapi.ResourceName(svcKey, 0, clientNS)]; t != nil {
+				return t, false
+			}
+		}
+		if t := c.tables[waypointapi.ResourceName(svcKey, port, "")]; t != nil {
+			return t, false
+		}
+		if t := c.tables[waypointapi.ResourceName(svcKey, 0, "")]; t != nil {
+			return t, false
+		}
+	}
+	if gwKey != "" {
+		if t := c.tables[waypointapi.ResourceName(gwKey, port, "")]; t != nil {
+			return t, true
+		}
+		if t := c.tables[waypointapi.ResourceName(gwKey, 0, "")]; t != nil {
+			return t, true
+		}
+	}
+	return nil, false
+}
+
+// policiesFor returns the policies that apply at this waypoint to a
+// destination: those targeting its Gateway or GatewayClass, and those
+// targeting the destination Service (svcNS/svcName, empty for a workload).
+func (c *Compiled) policiesFor(t targets, svcNS, svcName string) []*l7authz.Policy {
+	if len(c.policies) == 0 {
+		return nil
+	}
+	key := svcNS + "/" + svcName
+	if v, ok := c.applicable.Load(key); ok {
+		return v.([]*l7authz.Policy)
+	}
+	refs := []l7authz.TargetRef{l7authz.GatewayTarget(t.gatewayNS, t.gatewayName), l7authz.GatewayClassTarget(t.gatewayClass)}
+	if svcName != "" {
+		refs = append(refs, l7authz.ServiceTarget(svcNS, svcName))
+	}
+	ps := l7authz.Applicable(c.policies, t.rootNS, refs...)
+	c.applicable.Store(key, ps)
+	return ps
+}
+
+// targets are the waypoint's own names that policies may target.
+type targets struct {
+	gatewayNS, gatewayName, gatewayClass, rootNS string
+}

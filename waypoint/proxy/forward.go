@@ -1,0 +1,490 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/waypoint/route"
+	"github.com/ambientmesh/ambient/ztunnel/outbound"
+)
+
+// upstream is where a request goes: a service port (an endpoint is picked
+// per attempt) or, for a workload-addressed request, that workload.
+type upstream struct {
+	svc      *workloadapi.Service
+	port     uint16 // service port
+	workload *workloadapi.Workload
+	addr     netip.AddrPort
+	h2       bool // speak HTTP/2 (h2c) to it
+}
+
+// speaksH2 reports whether the service port declares HTTP/2 or gRPC.
+func (u upstream) speaksH2() bool {
+	for _, sp := range u.svc.GetPorts() {
+		if sp.GetServicePort() == uint32(u.port) {
+			ap := sp.GetAppProtocol()
+			return ap == workloadapi.AppProtocol_HTTP2 || ap == workloadapi.AppProtocol_GRPC
+		}
+	}
+	return false
+}
+
+// pick chooses the endpoint of one attempt.
+func (p *Proxy) pick(view *state.View, u upstream) (state.Endpoint, error) {
+	if u.workload != nil {
+		return state.Endpoint{Workload: u.workload, Port: u.addr.Port(), Addr: u.addr}, nil
+	}
+	ep, err := view.PickEndpoint(u.svc, u.port, p.rnd)
+	if err == nil && !ep.Addr.IsValid() {
+		err = fmt.Errorf("endpoint %s has no address", ep.Workload.GetUid())
+	}
+	return ep, err
+}
+
+// hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1)
+// and are never forwarded.
+var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+// upstreamHeader is the request's header as forwarded: hop-by-hop fields
+// dropped ("TE: trailers" kept, gRPC needs it), x-forwarded-proto and
+// x-request-id added when missing, the route's mutations applied;
+// traceparent and everything else passes untouched.
+func upstreamHeader(r *http.Request, muts []*route.HeaderMutation) http.Header {
+	h := r.Header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	for _, c := range r.Header.Values("Connection") {
+		for _, name := range strings.Split(c, ",") {
+			h.Del(strings.TrimSpace(name))
+		}
+	}
+	trailers := slices.ContainsFunc(r.Header.Values("Te"), func(v string) bool { return strings.Contains(strings.ToLower(v), "trailers") })
+	for _, k := range hopByHop {
+		delete(h, k)
+	}
+	if trailers {
+		h["Te"] = []string{"trailers"}
+	}
+	if _, ok := h["X-Forwarded-Proto"]; !ok {
+		h["X-Forwarded-Proto"] = []string{"http"}
+	}
+	if _, ok := h["X-Request-Id"]; !ok {
+		h["X-Request-Id"] = []string{newRequestID()}
+	}
+	for _, m := range muts {
+		m.Apply(h)
+	}
+	return h
+}
+
+// newRequestID is a random UUID (version 4), as Envoy generates them.
+func newRequestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+// retryPolicy is the effective retry policy of a request.
+type retryPolicy struct {
+	attempts int // retries after the first try
+	codes    []uint32
+	backoff  time.Duration
+}
+
+func (p *Proxy) retryPolicy(r *route.Retry) retryPolicy {
+	rp := retryPolicy{attempts: p.cfg.DefaultRetries, backoff: p.cfg.DefaultBackoff}
+	if r == nil {
+		return rp
+	}
+	if r.AttemptsSet {
+		rp.attempts = r.Attempts
+	}
+	rp.codes = r.Codes
+	if r.BackoffSet {
+		rp.backoff = r.Backoff
+	}
+	return rp
+}
+
+// idempotent methods may be retried after the request was (perhaps) sent.
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+// dialError marks a failure to open the upstream connection: nothing was
+// sent, so any request may be retried.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// forward sends the request to up, with the route's timeouts, retries and
+// mirrors, and streams the response back.
+func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *route.Decision, up upstream, path, host string) {
+	ctx := r.Context()
+	if dec.Timeouts.RequestSet && dec.Timeouts.Request > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, dec.Timeouts.Request)
+		defer cancel()
+	}
+	var perTry time.Duration
+	if dec.Timeouts.BackendRequestSet && dec.Timeouts.BackendRequest > 0 {
+		perTry = dec.Timeouts.BackendRequest
+	}
+	rp := p.retryPolicy(dec.Retry)
+
+	// A body up to MaxRetryBody of known length is buffered, so that it
+	// can be sent again (retries, mirrors); any other is streamed once.
+	var buf []byte
+	replayable := r.ContentLength == 0 || r.Body == http.NoBody
+	if !replayable && r.ContentLength > 0 && r.ContentLength <= p.cfg.MaxRetryBody {
+		buf = make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			rec.flow.Error = "reading the request body: " + err.Error()
+			p.respond(rec, http.StatusBadRequest, bodyBadRequest, flagDownstreamReset)
+			return
+		}
+		replayable = true
+	}
+	if !replayable {
+		rp.attempts = 0
+	}
+
+	u, err := url.Parse(path)
+	if err != nil || u.Host != "" || u.Scheme != "" {
+		p.respond(rec, http.StatusBadRequest, bodyBadRequest, flagNone)
+		return
+	}
+	u.Scheme, u.RawQuery = "http", r.URL.RawQuery
+	hdr := upstreamHeader(r, dec.RequestHeaders)
+	newReq := func(ctx context.Context, ep state.Endpoint) *http.Request {
+		uc := *u
+		uc.Host = ep.Addr.String()
+		req := (&http.Request{Method: r.Method, URL: &uc, Header: hdr, Host: host,
+			Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}).WithContext(ctx)
+		switch {
+		case buf != nil:
+			req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(buf)), int64(len(buf))
+		case replayable:
+			req.Body, req.ContentLength = http.NoBody, 0
+		default:
+			req.Body, req.ContentLength = r.Body, r.ContentLength
+		}
+		return req
+	}
+	if replayable {
+		for _, m := range dec.Mirrors {
+			p.mirror(view, m, newReq, host)
+		}
+	}
+	transport := p.h1
+	if up.h2 {
+		transport = p.h2
+	}
+
+	for try := 0; ; try++ {
+		ep, err := p.pick(view, up)
+		if err != nil {
+			rec.flow.Error = err.Error()
+			p.respond(rec, http.StatusServiceUnavailable, bodyNoUpstream, flagNoHealthy)
+			return
+		}
+		rec.flow.Dst = p.workloadPeer(ep.Workload, ep.Addr)
+		rec.flow.Dst.Service = up.svc.GetHostname()
+		actx, acancel := ctx, context.CancelFunc(func() {})
+		if perTry > 0 {
+			actx, acancel = context.WithTimeout(ctx, perTry)
+		}
+		resp, err := transport.RoundTrip(newReq(actx, ep))
+		if err == nil {
+			if try < rp.attempts && slices.Contains(rp.codes, uint32(resp.StatusCode)) {
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+				acancel()
+				if !p.backoff(ctx, rp.backoff, try) {
+					p.timedOut(rec, r)
+					return
+				}
+				continue
+			}
+			p.writeResponse(rec, r, resp, dec, ctx)
+			acancel()
+			return
+		}
+		acancel()
+		rec.flow.Error = err.Error()
+		if ctx.Err() != nil {
+			p.timedOut(rec, r)
+			return
+		}
+		perTryTimeout := errors.Is(err, context.DeadlineExceeded)
+		var de *dialError
+		retriable := perTryTimeout || errors.As(err, &de) || idempotent(r.Method)
+		if try < rp.attempts && retriable {
+			if !p.backoff(ctx, rp.backoff, try) {
+				p.timedOut(rec, r)
+				return
+			}
+			continue
+		}
+		switch {
+		case perTryTimeout:
+			p.respond(rec, http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
+		case try > 0:
+			p.respond(rec, http.StatusServiceUnavailable, bodyConnFailed, flagRetriesExceeded)
+		default:
+			p.respond(rec, http.StatusServiceUnavailable, bodyConnFailed, flagConnFailure)
+		}
+		return
+	}
+}
+
+// timedOut answers a request whose time ran out (504, as Envoy), unless
+// the client has gone.
+func (p *Proxy) timedOut(rec *reqRecord, r *http.Request) {
+	if r.Context().Err() != nil {
+		rec.flags = flagDownstreamReset
+		return
+	}
+	rec.flow.Error = bodyTimeout
+	p.respond(rec, http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
+}
+
+// backoff waits before retry try+1: the base doubled per retry, at most
+// ten times the base. It reports false when ctx ended first.
+func (p *Proxy) backoff(ctx context.Context, base time.Duration, try int) bool {
+	d := base << min(try, 3)
+	if d > 10*base {
+		d = 10 * base
+	}
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// writeResponse streams resp to the client: headers (hop-by-hop dropped,
+// the route's mutations applied), the body flushed as it comes when it is
+// streamed, then trailers (gRPC's status).
+func (p *Proxy) writeResponse(rec *reqRecord, r *http.Request, resp *http.Response, dec *route.Decision, ctx context.Context) {
+	defer resp.Body.Close()
+	h := rec.w.Header()
+	for k, vv := range resp.Header {
+		h[k] = vv
+	}
+	for _, c := range resp.Header.Values("Connection") {
+		for _, name := range strings.Split(c, ",") {
+			h.Del(strings.TrimSpace(name))
+		}
+	}
+	for _, k := range hopByHop {
+		delete(h, k)
+	}
+	for _, m := range dec.ResponseHeaders {
+		m.Apply(h)
+	}
+	for k := range resp.Trailer {
+		h.Add("Trailer", k)
+	}
+	rec.w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(rec.w)
+	flush := resp.ContentLength < 0 || r.ProtoMajor == 2
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	for {
+		n, err := resp.Body.Read(*bp)
+		if n > 0 {
+			if _, werr := rec.w.Write((*bp)[:n]); werr != nil {
+				rec.flags = flagDownstreamReset
+				return
+			}
+			if flush {
+				rc.Flush()
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rec.flow.Error = "reading the response: " + err.Error()
+			if ctx.Err() != nil && r.Context().Err() == nil {
+				rec.flags = flagTimeout
+			} else {
+				rec.flags = flagConnFailure
+			}
+			// Headers are out: reset the stream (HTTP/2) or close the
+			// connection (HTTP/1.1) so the client sees the truncation.
+			panic(http.ErrAbortHandler)
+		}
+	}
+	for k, vv := range resp.Trailer {
+		h[http.TrailerPrefix+k] = vv
+	}
+	rec.grpc = resp.Trailer.Get("Grpc-Status")
+	if rec.grpc == "" {
+		rec.grpc = resp.Header.Get("Grpc-Status")
+	}
+}
+
+// mirror sends a copy of the request to m's service, fire and forget,
+// with Host suffixed "-shadow" as Envoy does; dropped when MaxMirrors are
+// already in flight.
+func (p *Proxy) mirror(view *state.View, m route.Mirror, newReq func(context.Context, state.Endpoint) *http.Request, host string) {
+	ns, hostname, _ := strings.Cut(m.Service, "/")
+	svc := view.Service(ns, hostname)
+	if svc == nil {
+		return
+	}
+	select {
+	case p.mirrors <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-p.mirrors }()
+		up := upstream{svc: svc, port: uint16(m.Port)}
+		ep, err := p.pick(view, up)
+		if err != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req := newReq(ctx, ep)
+		req.Host = shadowHost(host)
+		t := p.h1
+		if up.speaksH2() {
+			t = p.h2
+		}
+		resp, err := t.RoundTrip(req)
+		if err != nil {
+			return
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+	}()
+}
+
+// shadowHost is Envoy's mirror Host: "-shadow" after the host name.
+func shadowHost(host string) string {
+	if h, port, err := net.SplitHostPort(host); err == nil {
+		return net.JoinHostPort(h+"-shadow", port)
+	}
+	return host + "-shadow"
+}
+
+// dialEndpoint is the upstream transports' DialContext: addr is an
+// endpoint "ip:port". A mesh workload is reached through HBONE at its
+// ztunnel (ip:15008, :authority ip:port), as the waypoint's identity,
+// verifying the workload's; a workload outside the mesh over plain TCP.
+func (p *Proxy) dialEndpoint(ctx context.Context, _, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}
+	}
+	w := p.cfg.Store.Current().WorkloadByAddr(p.cfg.Network, ap.Addr().Unmap())
+	if w == nil || !state.Enrolled(w) {
+		c, err := p.cfg.DialTCP(ctx, "tcp", addr)
+		if err != nil {
+			return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}
+		}
+		return c, nil
+	}
+	id, err := workloadID(w)
+	if err != nil {
+		return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}
+	}
+	c, err := p.client.Dial(ctx, hbone.Target{Source: p.cfg.Identity, Destination: id,
+		Address: netip.AddrPortFrom(ap.Addr(), outbound.HBONEPort), Authority: ap})
+	if err != nil {
+		return nil, &dialError{fmt.Errorf("waypoint: HBONE to %s as %s: %w", addr, id, err)}
+	}
+	return c, nil
+}
+
+// workloadID is the SPIFFE identity of w.
+func workloadID(w *workloadapi.Workload) (spiffeid.ID, error) { return outbound.WorkloadID(w) }
+
+// countingBody counts the request body bytes read.
+type countingBody struct {
+	rc io.ReadCloser
+	n  int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.n += int64(n)
+	return n, err
+}
+
+func (b *countingBody) Close() error { return b.rc.Close() }
+
+// countingWriter counts response body bytes and keeps the status sent.
+type countingWriter struct {
+	http.ResponseWriter
+	code int
+	n    int64
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(p)
+	w.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach Flush.
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -1,0 +1,351 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/waypoint/l7authz"
+)
+
+// Config configures a Proxy.
+type Config struct {
+	// Identity is the waypoint's SPIFFE ID. SVIDs supplies its certificate
+	// (an identity.Source) and Bundles the trust bundle. Required.
+	Identity spiffeid.ID
+	SVIDs    x509svid.Source
+	Bundles  x509bundle.Source
+	// Store is the mesh (workloads, services, L4 policies). Required.
+	Store *state.Store
+	// Network is the waypoint's network for address lookups ("" default).
+	Network string
+	// GatewayNamespace/GatewayName name the waypoint's Gateway (for
+	// policy targetRefs and Gateway-parent routes). Required.
+	GatewayNamespace, GatewayName string
+	// GatewayClass is the Gateway's class; default "istio-waypoint".
+	GatewayClass string
+	// RootNamespace is the mesh root namespace (GatewayClass-targeted
+	// policies live there); default "istio-system".
+	RootNamespace string
+	// Listener accepts HBONE connections (:15008). Required.
+	Listener net.Listener
+	// DialTCP opens TCP connections to ztunnels' 15008 and to endpoints
+	// outside the mesh. Default net.Dialer.
+	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// FlowLog receives one record per request (and per L4 connection).
+	FlowLog *telemetry.FlowLog
+	// Metrics counts requests; nil counts nothing.
+	Metrics *telemetry.HTTPMetrics
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// Seed seeds the random choices (weighted backends, endpoints,
+	// mirrors); 0 seeds from the clock.
+	Seed uint64
+
+	// MaxRetryBody is the largest request body buffered so that the
+	// request can be retried or mirrored; larger or unknown-length bodies
+	// are streamed and never retried. Default 64 KiB.
+	MaxRetryBody int64
+	// DefaultRetries is how often a request is retried after a connection
+	// failure when its route has no retry stanza. Default 2 (Istio's);
+	// negative: none.
+	DefaultRetries int
+	// DefaultBackoff is the wait before a retry when the route sets none;
+	// doubled per retry. Default 25ms (Envoy's).
+	DefaultBackoff time.Duration
+	// MaxMirrors bounds the mirrored requests in flight; more are dropped.
+	// Default 64.
+	MaxMirrors int
+	// DrainTimeout is how long in-flight requests may finish on shutdown.
+	// Default 30s.
+	DrainTimeout time.Duration
+}
+
+// Proxy is the waypoint's data plane.
+type Proxy struct {
+	cfg     Config
+	targets targets
+	log     *slog.Logger
+
+	l7 atomic.Pointer[Compiled]
+
+	hb      *hbone.Server
+	client  *hbone.Client
+	h1, h2  *http.Transport
+	httpSrv *http.Server
+	conns   *connListener
+	mirrors chan struct{} // semaphore
+	ready   atomic.Bool
+	l4      sync.WaitGroup // L4 connections in flight
+
+	rnd *lockedRand
+}
+
+// lockedRand is a seeded random source shared by request goroutines.
+type lockedRand struct {
+	mu sync.Mutex // guards r
+	r  *rand.Rand
+}
+
+// IntN makes lockedRand a state.Rand.
+func (l *lockedRand) IntN(n int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.IntN(n)
+}
+
+func (l *lockedRand) Uint64() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r.Uint64()
+}
+
+// New checks cfg and returns a Proxy with an empty L7 configuration
+// (every request takes the default route).
+func New(cfg Config) (*Proxy, error) {
+	switch {
+	case cfg.Identity.IsZero() || cfg.SVIDs == nil || cfg.Bundles == nil:
+		return nil, errors.New("waypoint: Identity, SVIDs and Bundles are required")
+	case cfg.Store == nil:
+		return nil, errors.New("waypoint: a Store is required")
+	case cfg.Listener == nil:
+		return nil, errors.New("waypoint: a Listener is required")
+	case cfg.GatewayName == "" || cfg.GatewayNamespace == "":
+		return nil, errors.New("waypoint: GatewayNamespace and GatewayName are required (the waypoint's Gateway, for policy targetRefs)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.GatewayClass == "" {
+		cfg.GatewayClass = "istio-waypoint"
+	}
+	if cfg.RootNamespace == "" {
+		cfg.RootNamespace = "istio-system"
+	}
+	if cfg.DialTCP == nil {
+		var d net.Dialer
+		cfg.DialTCP = d.DialContext
+	}
+	if cfg.MaxRetryBody <= 0 {
+		cfg.MaxRetryBody = 64 << 10
+	}
+	if cfg.DefaultRetries == 0 {
+		cfg.DefaultRetries = 2
+	} else if cfg.DefaultRetries < 0 {
+		cfg.DefaultRetries = 0
+	}
+	if cfg.DefaultBackoff <= 0 {
+		cfg.DefaultBackoff = 25 * time.Millisecond
+	}
+	if cfg.MaxMirrors <= 0 {
+		cfg.MaxMirrors = 64
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 30 * time.Second
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	p := &Proxy{
+		cfg: cfg, log: cfg.Logger,
+		targets: targets{gatewayNS: cfg.GatewayNamespace, gatewayName: cfg.GatewayName, gatewayClass: cfg.GatewayClass, rootNS: cfg.RootNamespace},
+		conns:   newConnListener(),
+		mirrors: make(chan struct{}, cfg.MaxMirrors),
+		rnd:     &lockedRand{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))},
+	}
+	empty, _ := Compile(L7Config{})
+	p.l7.Store(empty)
+
+	td := cfg.Identity.TrustDomain()
+	var err error
+	p.client, err = hbone.NewClient(hbone.ClientConfig{
+		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
+			return identity.ClientConfig(cfg.SVIDs, cfg.Bundles, dst), nil
+		},
+		Dial:   cfg.DialTCP,
+		Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.hb, err = hbone.NewServer(hbone.ServerConfig{
+		TLSConfig:    identity.ServerConfig(cfg.SVIDs, cfg.Bundles, td),
+		Authorize:    p.authorizeTunnel,
+		Dial:         p.openTunnel,
+		OnStreamEnd:  p.tunnelEnded,
+		Logger:       cfg.Logger,
+		DrainTimeout: cfg.DrainTimeout,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.h1 = &http.Transport{
+		DialContext:            p.dialEndpoint,
+		MaxIdleConnsPerHost:    100,
+		IdleConnTimeout:        90 * time.Second,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+	var h2only http.Protocols
+	h2only.SetUnencryptedHTTP2(true)
+	p.h2 = &http.Transport{
+		DialContext:            p.dialEndpoint,
+		Protocols:              &h2only,
+		IdleConnTimeout:        90 * time.Second,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+	var both http.Protocols
+	both.SetHTTP1(true)
+	both.SetUnencryptedHTTP2(true)
+	p.httpSrv = &http.Server{
+		Handler:           p,
+		Protocols:         &both,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ConnContext:       withTunnel,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	return p, nil
+}
+
+// SetL7 puts a compiled configuration in force. Requests already routed
+// finish under the configuration they started with.
+func (p *Proxy) SetL7(c *Compiled) {
+	p.l7.Store(c)
+	p.ready.Store(true)
+}
+
+// CloseIdleConnections closes the idle upstream connections (and with
+// them their tunnels, which then end and are logged by the endpoints'
+// ztunnels).
+func (p *Proxy) CloseIdleConnections() {
+	p.h1.CloseIdleConnections()
+	p.h2.CloseIdleConnections()
+}
+
+// L7 is the configuration in force.
+func (p *Proxy) L7() *Compiled { return p.l7.Load() }
+
+// Ready reports whether the proxy has its configuration and serves.
+func (p *Proxy) Ready() bool { return p.ready.Load() }
+
+// Run serves until ctx ends, then stops accepting tunnels, lets in-flight
+// requests and connections finish (up to DrainTimeout) and returns.
+func (p *Proxy) Run(ctx context.Context) error {
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- p.httpSrv.Serve(p.conns) }()
+	stopHTTP := context.AfterFunc(ctx, func() {
+		dctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
+		defer cancel()
+		if err := p.httpSrv.Shutdown(dctx); err != nil {
+			p.httpSrv.Close()
+		}
+	})
+	defer stopHTTP()
+	err := p.hb.Serve(ctx, p.cfg.Listener)
+	p.conns.Close()
+	if herr := <-httpDone; herr != nil && !errors.Is(herr, http.ErrServerClosed) && !errors.Is(herr, net.ErrClosed) && err == nil {
+		err = herr
+	}
+	p.l4.Wait()
+	p.h1.CloseIdleConnections()
+	p.h2.CloseIdleConnections()
+	p.client.Close()
+	return err
+}
+
+// tunnelInfo is what a request knows of the HBONE stream it came on.
+type tunnelInfo struct {
+	peer      spiffeid.ID
+	authz     l7authz.Peer
+	peerAddr  netip.AddrPort // the tunnel's client (the source pod's address, in-pod ztunnel)
+	remote    netip.Addr     // Forwarded for=, when given
+	authority netip.AddrPort // the original destination
+}
+
+// authorizeTunnel accepts a stream whose :authority is a service VIP with
+// that port, or a workload's address: the destinations a waypoint serves.
+// The caller's identity was verified by hbone; policy is per request.
+func (p *Proxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
+	dst := p.cfg.Store.Current().Resolve(p.cfg.Network, st.Authority)
+	switch {
+	case dst.Kind == state.ToService && dst.ServicePort == nil:
+		return fmt.Errorf("%w: service %s has no port %d", hbone.ErrBadDestination, state.ServiceKey(dst.Service), st.Authority.Port())
+	case dst.Kind == state.Passthrough:
+		return fmt.Errorf("%w: %s is neither a service nor a workload of the mesh", hbone.ErrBadDestination, st.Authority)
+	}
+	return nil
+}
+
+// openTunnel connects an accepted stream to the proxy's HTTP server (or
+// L4 forwarding): hbone splices the stream with one end of a socket pair,
+// the proxy serves the other.
+func (p *Proxy) openTunnel(_ context.Context, st *hbone.Stream) (net.Conn, error) {
+	ours, theirs, err := socketPair()
+	if err != nil {
+		return nil, err
+	}
+	info := &tunnelInfo{peer: st.Peer, authz: l7authz.PeerOf(st.Peer), peerAddr: st.PeerAddr, authority: st.Authority}
+	info.remote = forwardedFor(st.Header().Get("Forwarded"))
+	go p.serveTunnel(ours, info)
+	return theirs, nil
+}
+
+// tunnelEnded records streams refused before any request.
+func (p *Proxy) tunnelEnded(r hbone.StreamResult) {
+	if r.Status == http.StatusOK || p.cfg.FlowLog == nil {
+		return
+	}
+	view := p.cfg.Store.Current()
+	f := telemetry.Flow{Start: r.Start, Duration: r.Duration, Reporter: "waypoint", Decision: telemetry.Deny,
+		Src: p.srcPeer(view, &tunnelInfo{peer: r.Peer, peerAddr: r.PeerAddr}), Security: "mutual_tls", Transport: "hbone"}
+	f.Dst.Addr = r.Authority.String()
+	if r.Err != nil {
+		f.Error = r.Err.Error()
+	}
+	p.cfg.FlowLog.Record(f)
+}
+
+// forwardedFor reads the for= of a Forwarded header (RFC 7239), as ztunnel
+// sends it: `for=10.0.0.1` or `for="[fd00::1]"`.
+func forwardedFor(h string) netip.Addr {
+	for _, elem := range strings.Split(h, ";") {
+		for _, pair := range strings.Split(elem, ",") {
+			k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
+			if !ok || !strings.EqualFold(k, "for") {
+				continue
+			}
+			v = strings.Trim(v, `"`)
+			if ap, err := netip.ParseAddrPort(v); err == nil {
+				return ap.Addr().Unmap()
+			}
+			v = strings.TrimSuffix(strings.TrimPrefix(v, "["), "]")
+			if a, err := netip.ParseAddr(v); err == nil {
+				return a.Unmap()
+			}
+			return netip.Addr{}
+		}
+	}
+	return netip.Addr{}
+}

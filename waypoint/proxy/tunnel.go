@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+)
+
+// socketPair returns the two ends of a connected AF_UNIX stream socket
+// pair: real sockets, so hbone's splice moves bytes with its socket fast
+// paths and half-closes pass through.
+func socketPair() (a, b net.Conn, err error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("waypoint: socketpair: %w", err)
+	}
+	conv := func(fd int) (net.Conn, error) {
+		f := os.NewFile(uintptr(fd), "waypoint-tunnel")
+		defer f.Close()
+		return net.FileConn(f)
+	}
+	if a, err = conv(fds[0]); err != nil {
+		syscall.Close(fds[1])
+		return nil, nil, fmt.Errorf("waypoint: socketpair: %w", err)
+	}
+	if b, err = conv(fds[1]); err != nil {
+		a.Close()
+		return nil, nil, fmt.Errorf("waypoint: socketpair: %w", err)
+	}
+	return a, b, nil
+}
+
+// tunnelConn is the proxy's end of one tunnel: reads go through the reader
+// that detected the protocol, so no byte is lost.
+type tunnelConn struct {
+	net.Conn
+	r    *bufio.Reader
+	info *tunnelInfo
+}
+
+func (c *tunnelConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// RemoteAddr is the tunnel's client; LocalAddr the original destination.
+func (c *tunnelConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.info.peerAddr) }
+func (c *tunnelConn) LocalAddr() net.Addr  { return net.TCPAddrFromAddrPort(c.info.authority) }
+
+// CloseWrite half-closes (FIN to the tunnel's client).
+func (c *tunnelConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}
+
+type tunnelKey struct{}
+
+// withTunnel is the HTTP server's ConnContext: requests learn their tunnel.
+func withTunnel(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*tunnelConn); ok {
+		return context.WithValue(ctx, tunnelKey{}, tc.info)
+	}
+	return ctx
+}
+
+func tunnelOf(ctx context.Context) *tunnelInfo {
+	info, _ := ctx.Value(tunnelKey{}).(*tunnelInfo)
+	return info
+}
+
+// Protocols a tunnel can carry.
+type protocol int
+
+const (
+	protoHTTP protocol = iota // HTTP/1.x request line, or the HTTP/2 preface
+	protoL4                   // anything else
+)
+
+// maxMethodLen bounds the request-line method we look for.
+const maxMethodLen = 20
+
+// detect classifies a tunnel by its first bytes without consuming them:
+// HTTP when they start with an upper-case token and a space (an HTTP/1.x
+// request line; the HTTP/2 preface "PRI * HTTP/2.0" is one too), else L4.
+// It reads only as far as needed: a byte that cannot be part of a method
+// decides at once. A tunnel that ends before deciding is L4 (nothing to
+// serve). Server-first protocols wait here until the client speaks.
+func detect(r *bufio.Reader) (protocol, error) {
+	for i := 1; i <= maxMethodLen+1; i++ {
+		b, err := r.Peek(i)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return protoL4, nil
+			}
+			return protoL4, err
+		}
+		c := b[i-1]
+		switch {
+		case c == ' ' && i > 1:
+			return protoHTTP, nil
+		case c >= 'A' && c <= 'Z', c == '-' || c == '_':
+		default:
+			return protoL4, nil
+		}
+	}
+	return protoL4, nil
+}
+
+// serveTunnel detects the tunnel's protocol and hands it on.
+func (p *Proxy) serveTunnel(c net.Conn, info *tunnelInfo) {
+	r := bufio.NewReaderSize(c, 4096)
+	kind, err := detect(r)
+	if err != nil {
+		c.Close()
+		return
+	}
+	tc := &tunnelConn{Conn: c, r: r, info: info}
+	if kind == protoHTTP {
+		if !p.conns.hand(tc) {
+			c.Close() // shutting down
+		}
+		return
+	}
+	p.l4.Add(1)
+	defer p.l4.Done()
+	p.serveL4(tc, info)
+}
+
+// connListener feeds tunnels to the HTTP server.
+type connListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *connListener) hand(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return tunnelAddr{} }
+
+type tunnelAddr struct{}
+
+func (tunnelAddr) Network() string { return "hbone" }
+func (tunnelAddr) String() string  { return "hbone" }

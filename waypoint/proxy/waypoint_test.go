@@ -1,0 +1,296 @@
+package proxy_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ambientmesh/ambient/waypoint/proxy"
+	"github.com/ambientmesh/ambient/waypoint/wpconfig"
+)
+
+// setL7 compiles the routes and policies of a waypoint local config
+// document and puts them in force.
+func (m *testMesh) setL7(t *testing.T, doc string) {
+	t.Helper()
+	_, l7, err := wpconfig.Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, errs := proxy.Compile(l7)
+	if len(errs) > 0 {
+		t.Fatalf("compile: %v", errs)
+	}
+	m.proxy.SetL7(c)
+}
+
+// route is a one-rule table for the server service on port 80.
+func serverRoute(rule string) string {
+	return `
+routes:
+- service_key: shop/` + serverHost + `
+  port: 80
+  matches: [{rule: 0}]
+  rules:
+  - route: shop/server
+` + rule
+}
+
+const toV1 = `    backends: [{destination: {service: shop/` + serverV1Host + `, port: 80}, weight: 1}]
+`
+
+// TestWaypoint_EndToEnd runs a client pod, a waypoint pod and two server
+// pods in network namespaces, with in-process ztunnels capturing the
+// client and the servers; the server Service is bound to the waypoint.
+func TestWaypoint_EndToEnd(t *testing.T) {
+	m := newTestMesh(t)
+	c := m.httpClient(t, false)
+
+	t.Run("HTTP/1.1 through the waypoint; the server's ztunnel sees the waypoint", func(t *testing.T) {
+		m.setL7(t, "")
+		r := do(t, c, "GET", "/hello", map[string]string{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+		if r.code != 200 || (r.body != "v1" && r.body != "v2") {
+			t.Fatalf("got %d %q, want 200 from v1 or v2", r.code, r.body)
+		}
+		// A tunnel's flow is logged when it ends: end the pooled ones.
+		m.proxy.CloseIdleConnections()
+		c.CloseIdleConnections()
+		findFlow(t, m.ztLogs[1], map[string]any{"reporter": "destination", "src.identity": id("waypoint"),
+			"dst.identity": id("server"), "transport": "hbone"})
+		findFlow(t, m.ztLogs[0], map[string]any{"reporter": "source", "src.identity": id("client"),
+			"dst.identity": id("waypoint"), "dst.service": serverHost})
+		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "src.identity": id("client"),
+			"src.workload": "client-1", "dst.service": serverHost, "dst.identity": id("server"),
+			"method": "GET", "path": "/hello", "response_code": 200, "decision": "allow"})
+	})
+
+	t.Run("weighted split 90/10 over 500 requests", func(t *testing.T) {
+		m.setL7(t, serverRoute(`    backends:
+    - {destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 90}
+    - {destination: {service: shop/`+serverV2Host+`, port: 80}, weight: 10}
+`))
+		counts := map[string]int{}
+		const n = 500
+		for i := 0; i < n; i++ {
+			r := do(t, c, "GET", "/split", nil)
+			if r.code != 200 {
+				t.Fatalf("request %d: %d %q", i, r.code, r.body)
+			}
+			counts[r.body]++
+		}
+		share := float64(counts["v2"]) / n
+		t.Logf("v1 %d, v2 %d: v2 share %.1f%%", counts["v1"], counts["v2"], 100*share)
+		if share < 0.05 || share > 0.15 {
+			t.Fatalf("v2 got %.1f%% of %d requests, want 10%% ± 5%%", 100*share, n)
+		}
+	})
+
+	t.Run("header match goes to v2, the rest to v1; header mutation applied", func(t *testing.T) {
+		m.setL7(t, `
+routes:
+- service_key: shop/`+serverHost+`
+  port: 80
+  matches:
+  - {rule: 1, headers: [{name: x-version, value: v2}]}
+  - {rule: 0}
+  rules:
+  - route: shop/server
+    backends: [{destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 1}]
+  - route: shop/server
+    index: 1
+    filters: [{request_header_modifier: {set: [{name: x-test, value: canary}]}}]
+    backends: [{destination: {service: shop/`+serverV2Host+`, port: 80}, weight: 1}]
+`)
+		for i := 0; i < 20; i++ {
+			if r := do(t, c, "GET", "/", map[string]string{"X-Version": "v2"}); r.body != "v2" || r.header.Get("X-Seen-Test") != "canary" {
+				t.Fatalf("with x-version: v2 got %d %q (x-test %q), want v2 with x-test canary", r.code, r.body, r.header.Get("X-Seen-Test"))
+			}
+			if r := do(t, c, "GET", "/", nil); r.body != "v1" {
+				t.Fatalf("without the header got %d %q, want v1", r.code, r.body)
+			}
+		}
+	})
+
+	t.Run("L7 DENY of POST /admin, with path normalization", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1)+`
+authorizationPolicies:
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: deny-admin, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, group: "", name: server}]
+    action: DENY
+    rules: [{to: [{operation: {methods: [POST], paths: ["/admin", "/admin/*"]}}]}]
+`)
+		for _, path := range []string{"/admin", "//admin", "/%2Fadmin", "/public/../admin", "/admin;x=y"} {
+			r := do(t, c, "POST", path, nil)
+			if r.code != 403 || r.body != "RBAC: access denied" {
+				t.Errorf("POST %s: got %d %q, want 403 RBAC: access denied", path, r.code, r.body)
+			}
+		}
+		if r := do(t, c, "GET", "/public", nil); r.code != 200 || r.body != "v1" {
+			t.Errorf("GET /public: got %d %q, want 200 v1", r.code, r.body)
+		}
+		if r := do(t, c, "GET", "/admin", nil); r.code != 200 {
+			t.Errorf("GET /admin: got %d, want 200 (only POST is denied)", r.code)
+		}
+		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "method": "POST", "path": "/admin",
+			"response_code": 403, "decision": "deny", "policy": "shop/deny-admin", "src.identity": id("client")})
+	})
+
+	t.Run("request timeout answers 504 after 200ms", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1+"    timeouts: {request: 0.2s}\n"))
+		start := time.Now()
+		r := do(t, c, "GET", "/slow", nil)
+		took := time.Since(start)
+		t.Logf("504 after %v", took)
+		if r.code != 504 || r.body != "upstream request timeout" {
+			t.Fatalf("got %d %q, want 504 upstream request timeout", r.code, r.body)
+		}
+		if took < 190*time.Millisecond || took > 700*time.Millisecond {
+			t.Fatalf("answered after %v, want about 200ms", took)
+		}
+	})
+
+	t.Run("retries on 503 hide a backend failing half the time", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1+"    retry: {attempts: 3, codes: [503], backoff: 0.001s}\n"))
+		ok := 0
+		const n = 200
+		for i := 0; i < n; i++ {
+			if r := do(t, c, "GET", "/flaky", nil); r.code == 200 {
+				ok++
+			}
+		}
+		calls := m.flakyCalls[0].Load()
+		t.Logf("%d/%d succeeded; the backend saw %d calls", ok, n, calls)
+		if ok < n*99/100 {
+			t.Fatalf("%d/%d succeeded, want ≥ 99%%", ok, n)
+		}
+		if calls < n*3/2 {
+			t.Fatalf("the backend saw %d calls for %d requests: it did not fail half the time", calls, n)
+		}
+	})
+
+	t.Run("a config change does not drop requests in flight", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1))
+		const n = 10
+		errs := make(chan string, n)
+		for i := 0; i < n; i++ {
+			go func() {
+				req, _ := http.NewRequest("GET", "http://"+serverVIP+"/wait", nil)
+				resp, err := c.Do(req)
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				// Routed by whichever table was in force when it arrived.
+				if resp.StatusCode != 200 || (string(b) != "v1" && string(b) != "v2") {
+					errs <- fmt.Sprintf("%d %q", resp.StatusCode, b)
+					return
+				}
+				errs <- ""
+			}()
+		}
+		// Swap tables while the requests wait at the backend: to v2, and back.
+		for i := 0; i < 20; i++ {
+			if i%2 == 0 {
+				m.setL7(t, serverRoute(strings.ReplaceAll(toV1, serverV1Host, serverV2Host)))
+			} else {
+				m.setL7(t, serverRoute(toV1))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		for i := 0; i < n; i++ {
+			select {
+			case e := <-errs:
+				if e != "" {
+					t.Errorf("request in flight during config swaps: %s", e)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatal("requests did not finish")
+			}
+		}
+	})
+
+	t.Run("h2c client", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1))
+		h2 := m.httpClient(t, true)
+		r := do(t, h2, "GET", "/h2", nil)
+		if r.code != 200 || r.proto != 2 || r.header.Get("X-Proto") != "HTTP/2.0" {
+			t.Fatalf("got %d %q over HTTP/%d, server saw %q; want 200 over HTTP/2 end to end", r.code, r.body, r.proto, r.header.Get("X-Proto"))
+		}
+	})
+
+	t.Run("gRPC health check", func(t *testing.T) {
+		m.setL7(t, "")
+		cc := m.grpcDial(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("Check: %v, %v; want SERVING", resp, err)
+		}
+		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "path": "/grpc.health.v1.Health/Check", "response_code": 200})
+	})
+
+	t.Run("non-HTTP traffic is forwarded at L4", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := m.client.Dial(ctx, serverVIP+":7070")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := "\x00\x01binary hello"
+		if _, err := io.WriteString(conn, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
+			t.Fatalf("echo %q, %v; want %q", got, err, msg)
+		}
+	})
+
+	t.Run("metrics", func(t *testing.T) {
+		mfs, err := m.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := map[string]bool{}
+		for _, mf := range mfs {
+			names[mf.GetName()] = true
+			if mf.GetName() != "istio_requests_total" {
+				continue
+			}
+			var denied float64
+			for _, met := range mf.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range met.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				if labels["response_code"] == "403" && labels["reporter"] == "waypoint" &&
+					labels["source_principal"] == strings.TrimPrefix(id("client"), "spiffe://") &&
+					labels["destination_service"] == serverHost {
+					denied += met.GetCounter().GetValue()
+				}
+			}
+			if denied < 5 {
+				t.Errorf("istio_requests_total{response_code=403} = %v, want ≥ 5", denied)
+			}
+		}
+		for _, n := range []string{"istio_requests_total", "istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"} {
+			if !names[n] {
+				t.Errorf("metric %s missing", n)
+			}
+		}
+	})
+}
