@@ -47,6 +47,7 @@ type podProxy struct {
 	mu    sync.Mutex // guards the fields below
 	w     *workloadapi.Workload
 	conns map[*trackedConn]struct{} // open connections, for policy and shutdown
+	idle  chan struct{}             // set while stop waits for conns to empty; closed when they do
 }
 
 func newPodProxy(z *Ztunnel, w *workloadapi.Workload, nsPath string) *podProxy {
@@ -147,17 +148,22 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 	return nil
 }
 
-// stop stops the listeners, lets open connections drain and lets go of
-// everything. With removeCapture (the pod leaves the mesh) the rules go
-// first, so new connections go plain at once; without (ztunnel exits) they
-// stay, and the pod's new connections are refused until the next ztunnel
-// serves it.
+// stop lets open connections drain, stops the listeners and lets go of
+// everything, within DrainTimeout. With removeCapture (the pod leaves the
+// mesh) the rules and listeners go first, so new connections go plain at
+// once. Without (ztunnel exits) the rules stay and the pod keeps being
+// served, new connections included, while the open ones drain; after that
+// its new connections are refused until the next ztunnel serves it.
 func (p *podProxy) stop(removeCapture bool) {
-	p.up.Store(false)
+	deadline := time.Now().Add(p.z.cfg.DrainTimeout)
 	if removeCapture {
+		p.up.Store(false)
 		if err := redirect.Remove(p.nsPath); err != nil {
 			p.z.log.Warn("removing capture rules", "pod", p.uid, "err", err)
 		}
+	} else {
+		p.waitIdle(deadline)
+		p.up.Store(false)
 	}
 	if p.cancel != nil {
 		p.cancel()
@@ -167,9 +173,11 @@ func (p *podProxy) stop(removeCapture bool) {
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
 	select {
 	case <-done:
-	case <-time.After(p.z.cfg.DrainTimeout):
+	case <-timer.C:
 		p.closeConns(func(*trackedConn) bool { return true })
 		<-done
 	}
@@ -179,6 +187,27 @@ func (p *podProxy) stop(removeCapture bool) {
 	} else {
 		p.z.log.Info("pod released; its capture rules stay for the next ztunnel", "pod", p.uid)
 	}
+}
+
+// waitIdle returns once the pod has no open connection, or at deadline.
+func (p *podProxy) waitIdle(deadline time.Time) {
+	p.mu.Lock()
+	if len(p.conns) == 0 {
+		p.mu.Unlock()
+		return
+	}
+	idle := make(chan struct{})
+	p.idle = idle
+	p.mu.Unlock()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-idle:
+	case <-timer.C:
+	}
+	p.mu.Lock()
+	p.idle = nil
+	p.mu.Unlock()
 }
 
 // cleanup lets go of what start acquired. The capture rules are left
@@ -474,6 +503,10 @@ func (p *podProxy) track(c net.Conn, in *inboundInfo, tunnel *hbone.Stream) *tra
 func (p *podProxy) untrack(t *trackedConn) {
 	p.mu.Lock()
 	delete(p.conns, t)
+	if p.idle != nil && len(p.conns) == 0 {
+		close(p.idle)
+		p.idle = nil
+	}
 	p.mu.Unlock()
 }
 

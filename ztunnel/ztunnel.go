@@ -25,6 +25,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -81,7 +82,9 @@ type Ztunnel struct {
 	pods     map[string]*podProxy // running proxies by pod uid
 	changed  chan struct{}        // signalled on AddPod/RemovePod
 	released map[string]bool      // pod keys not enrolled whose rules were removed
-	ready    bool                 // config received and every enrolled pod serving
+
+	draining atomic.Bool // Run is stopping: pods are served until their connections drain
+	ready    bool        // config received and every enrolled pod serving
 }
 
 // New checks cfg and returns a Ztunnel; Run starts it.
@@ -152,6 +155,7 @@ func (z *Ztunnel) Run(ctx context.Context) error {
 		z.reconcile(ctx)
 		select {
 		case <-ctx.Done():
+			z.draining.Store(true)
 			z.stopAll(z.cfg.RemoveCaptureOnExit)
 			return nil
 		case <-updates:
@@ -253,8 +257,16 @@ func (z *Ztunnel) stopAll(removeCapture bool) {
 	wg.Wait()
 }
 
+// Draining reports whether ztunnel is stopping: it still serves its pods,
+// new connections included, until their open connections end or the drain
+// timeout passes. It is not Ready meanwhile.
+func (z *Ztunnel) Draining() bool { return z.draining.Load() }
+
 // Ready reports whether ztunnel has config and serves every enrolled pod.
 func (z *Ztunnel) Ready() bool {
+	if z.draining.Load() {
+		return false
+	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	if !z.ready {

@@ -618,3 +618,64 @@ func counter(t testing.TB, reg *prometheus.Registry, name string, want map[strin
 	}
 	return sum
 }
+
+// TestZtunnel_DrainKeepsServingNewConnections: a stopping ztunnel keeps
+// serving its pods, new connections included, while an open connection
+// drains, and exits as soon as it ends, well before the drain timeout;
+// then the pods' connections are refused (fail closed) until the next one.
+func TestZtunnel_DrainKeepsServingNewConnections(t *testing.T) {
+	m := newMesh(t)
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	m.stopZtunnel(2)
+	m.startZtunnel(t, 2, func(c *Config) { c.DrainTimeout = 20 * time.Second })
+	waitFor(t, "ztunnel 2 ready", func() bool { return m.zt[1].Ready() && len(m.zt[1].Pods()) == 2 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	open, err := alice.Dial(ctx, server.Addr(8080))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	open.SetDeadline(time.Now().Add(15 * time.Second))
+	if _, err := open.Write([]byte("held")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(open, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+
+	stopping := time.Now()
+	stopped := make(chan struct{})
+	go func() { m.stopZtunnel(2); close(stopped) }()
+	waitFor(t, "ztunnel 2 draining", m.zt[1].Draining)
+	if m.zt[1].Ready() {
+		t.Error("a draining ztunnel reports Ready")
+	}
+	if err := roundTrip(t, alice, server); err != nil {
+		t.Fatalf("new connection while draining: %v", err)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("ztunnel stopped before its open connection ended")
+	default:
+	}
+	open.Close()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("ztunnel still draining 10s after its last connection ended")
+	}
+	if d := time.Since(stopping); d > 15*time.Second {
+		t.Errorf("drain took %v, want it to end with the last connection", d)
+	}
+	if !captured(t, server) {
+		t.Fatal("capture removed on exit")
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	if c, err := m.topo.Nodes[1].Dial(dctx, server.Addr(8080)); err == nil {
+		c.Close()
+		t.Fatal("after the drain, a plaintext client outside the mesh reached the server")
+	}
+}
