@@ -71,6 +71,8 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"list", "pods", "-A"}, true},
 		{istiod, []string{"watch", "endpointslices.discovery.k8s.io", "-A"}, true},
 		{istiod, []string{"watch", "httproutes.gateway.networking.k8s.io", "-A"}, true},
+		{istiod, []string{"watch", "destinationrules.networking.istio.io", "-A"}, true},
+		{istiod, []string{"list", "localtrafficpolicies.policy.ambientmesh.io", "-A"}, true},
 		{istiod, []string{"patch", "authorizationpolicies.security.istio.io", "--subresource=status", "-n", "shop"}, true},
 		{istiod, []string{"create", "tokenreviews.authentication.k8s.io"}, true},
 		{istiod, []string{"get", "secret/cacerts", "-n", "istio-system"}, true},
@@ -91,6 +93,8 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"patch", "gatewayclasses.gateway.networking.k8s.io", "--subresource=status"}, true},
 
 		{istiod, []string{"get", "pods", "-A"}, false},
+		{istiod, []string{"patch", "destinationrules.networking.istio.io", "-n", "shop"}, false},
+		{istiod, []string{"create", "localtrafficpolicies.policy.ambientmesh.io", "-n", "shop"}, false},
 		{istiod, []string{"list", "secrets", "-n", "istio-system"}, false},
 		{istiod, []string{"get", "secret/other", "-n", "istio-system"}, false},
 		{istiod, []string{"get", "secret/cacerts", "-n", "shop"}, false},

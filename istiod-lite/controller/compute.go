@@ -28,6 +28,8 @@ type Input struct {
 	HTTPRoutes            []*gatewayv1.HTTPRoute
 	AuthorizationPolicies []translate.AuthorizationPolicy
 	PeerAuthentications   []translate.PeerAuthentication
+	DestinationRules      []translate.DestinationRule
+	LocalTrafficPolicies  []translate.LocalTrafficPolicy
 
 	Translate     translate.Config
 	RootNamespace string
@@ -48,6 +50,13 @@ type Output struct {
 	// WaypointPolicies are the AuthorizationPolicies with targetRefs,
 	// which waypoints enforce, keyed "namespace/name".
 	WaypointPolicies map[string]*waypointapi.AuthorizationPolicy
+	// Resilience is each Service's resilience policy (DestinationRules and
+	// LocalTrafficPolicies), keyed by its name, the service key;
+	// ResilienceStatus the conditions of those rules and policies, keyed
+	// "DestinationRule/namespace/name" and
+	// "LocalTrafficPolicy/namespace/name" (see [translate.Resilience]).
+	Resilience       map[string]*waypointapi.ServiceResilience
+	ResilienceStatus map[string][]translate.Condition
 }
 
 // Compute translates a snapshot of the cluster into the resources
@@ -55,8 +64,9 @@ type Output struct {
 // authorization_policies from [translate.PolicyNames] and
 // [translate.PeerAuthenticationNames]) and per service, one Authorization per
 // AuthorizationPolicy ztunnel enforces, and the policies PeerAuthentications
-// convert to; and the waypoints' routing tables from the HTTPRoutes. It is
-// a pure function.
+// convert to; the waypoints' routing tables from the HTTPRoutes; and each
+// Service's resilience policy from DestinationRules and
+// LocalTrafficPolicies. It is a pure function.
 func Compute(in Input) Output {
 	out := Output{
 		Addresses:        make(map[string]*workloadapi.Address),
@@ -64,6 +74,8 @@ func Compute(in Input) Output {
 		Conditions:       make(map[string][]translate.Condition),
 		Routes:           make(map[string]*waypointapi.ServiceRoutes),
 		WaypointPolicies: make(map[string]*waypointapi.AuthorizationPolicy),
+		Resilience:       make(map[string]*waypointapi.ServiceResilience),
+		ResilienceStatus: make(map[string][]translate.Condition),
 	}
 	idx := translate.NewIndex(translate.Cluster{
 		Namespaces: in.Namespaces, Services: in.Services, Nodes: in.Nodes,
@@ -121,5 +133,18 @@ func Compute(in Input) Output {
 		out.Routes[t.Name()] = t
 	}
 	out.RouteStatus = status
+	res := translate.Resilience(translate.ResilienceInput{
+		DestinationRules: in.DestinationRules, LocalTrafficPolicies: in.LocalTrafficPolicies,
+		Services: in.Services, Config: in.Translate, RootNamespace: in.RootNamespace,
+	})
+	for _, p := range res.Policies {
+		out.Resilience[p.Name()] = p
+	}
+	for k, c := range res.DestinationRuleStatus {
+		out.ResilienceStatus["DestinationRule/"+k] = c
+	}
+	for k, c := range res.LocalTrafficPolicyStatus {
+		out.ResilienceStatus["LocalTrafficPolicy/"+k] = c
+	}
 	return out
 }

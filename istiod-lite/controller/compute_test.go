@@ -141,3 +141,41 @@ func TestCompute_TargetRefPoliciesGoToWaypoints(t *testing.T) {
 		t.Errorf("ztunnel got %v, want nothing for a targetRefs policy", slices.Sorted(maps.Keys(out.Authorizations)))
 	}
 }
+
+func TestCompute_ServesResiliencePerServiceWithConditions(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "reviews", Namespace: "shop"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.11"}}
+	five := uint32(5)
+	out := Compute(Input{
+		Services: []*corev1.Service{svc},
+		DestinationRules: []translate.DestinationRule{
+			{ObjectMeta: metav1.ObjectMeta{Name: "reviews", Namespace: "shop"}, Spec: translate.DestinationRuleSpec{
+				Host: "reviews", TrafficPolicy: &translate.TrafficPolicy{OutlierDetection: &translate.OutlierDetection{Consecutive5xxErrors: &five}},
+			}},
+			{ObjectMeta: metav1.ObjectMeta{Name: "broken", Namespace: "shop"}, Spec: translate.DestinationRuleSpec{}},
+		},
+		LocalTrafficPolicies: []translate.LocalTrafficPolicy{{
+			ObjectMeta: metav1.ObjectMeta{Name: "limit", Namespace: "shop"},
+			Spec: translate.LocalTrafficPolicySpec{
+				TargetRefs: []translate.PolicyTargetReference{{Kind: "Service", Name: "reviews"}},
+				RateLimit:  &translate.LocalRateLimit{RequestsPerUnit: 100, Unit: "second"},
+			},
+		}},
+		RootNamespace: "istio-system",
+	})
+	key := "shop/reviews.shop.svc.cluster.local"
+	if diff := cmp.Diff([]string{key}, slices.Sorted(maps.Keys(out.Resilience))); diff != "" {
+		t.Fatalf("resilience keys (-want +got):\n%s", diff)
+	}
+	r := out.Resilience[key]
+	if r.GetTrafficPolicy().GetOutlierDetection().GetConsecutive_5XxErrors() != 5 || r.GetLocalPolicy().GetRateLimit().GetRequestsPerUnit() != 100 {
+		t.Fatalf("policy %v", r)
+	}
+	for k, want := range map[string]metav1.ConditionStatus{
+		"DestinationRule/shop/reviews": metav1.ConditionTrue, "DestinationRule/shop/broken": metav1.ConditionFalse,
+		"LocalTrafficPolicy/shop/limit": metav1.ConditionTrue,
+	} {
+		if c := out.ResilienceStatus[k]; len(c) != 1 || c[0].Status != want {
+			t.Errorf("%s: %+v, want status %s", k, c, want)
+		}
+	}
+}

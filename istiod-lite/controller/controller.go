@@ -45,6 +45,10 @@ const (
 var (
 	AuthorizationPolicies = schema.GroupVersionResource{Group: translate.Group, Version: "v1", Resource: "authorizationpolicies"}
 	PeerAuthentications   = schema.GroupVersionResource{Group: translate.Group, Version: "v1", Resource: "peerauthentications"}
+	// DestinationRules and LocalTrafficPolicies become the waypoints'
+	// resilience policies; each is watched when its CRD is served.
+	DestinationRules     = schema.GroupVersionResource{Group: translate.NetworkingGroup, Version: "v1", Resource: "destinationrules"}
+	LocalTrafficPolicies = schema.GroupVersionResource{Group: translate.AmbientPolicyGroup, Version: "v1alpha1", Resource: "localtrafficpolicies"}
 )
 
 // Resources of the Gateway API (gateway.networking.k8s.io/v1) the
@@ -91,6 +95,7 @@ type Controller struct {
 	prevAuthz  map[string][]byte
 	prevRoutes map[string][]byte
 	prevWPPols map[string][]byte
+	prevRes    map[string][]byte
 
 	synced chan struct{} // closed after the first recomputation
 
@@ -159,6 +164,7 @@ func New(cfg Config) (*Controller, error) {
 		prevAuthz:  map[string][]byte{},
 		prevRoutes: map[string][]byte{},
 		prevWPPols: map[string][]byte{},
+		prevRes:    map[string][]byte{},
 		synced:     make(chan struct{}),
 	}, nil
 }
@@ -179,6 +185,9 @@ type listers struct {
 	// translation yet: the waypoint issue builds the waypoint's L7 config
 	// from them.
 	gateways, gatewayClasses, httpRoutes cache.GenericLister
+	// Nil without the networking.istio.io (DestinationRule) or
+	// policy.ambientmesh.io (LocalTrafficPolicy) CRD.
+	drs, ltps cache.GenericLister
 }
 
 // Run watches until ctx is done, then returns nil. It returns an error only
@@ -261,6 +270,25 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	} else {
 		c.log.Warn("controller: security.istio.io/v1 CRDs not installed; serving no policies (install manifests/crds and restart)")
+	}
+	for _, p := range []struct {
+		gvr    schema.GroupVersionResource
+		lister *cache.GenericLister
+	}{{DestinationRules, &l.drs}, {LocalTrafficPolicies, &l.ltps}} {
+		if ok, err := c.served(p.gvr); err != nil {
+			return err
+		} else if !ok {
+			c.log.Warn("controller: CRD not installed; no resilience policy from it (install manifests/crds and restart)", "resource", p.gvr.GroupResource().String())
+			continue
+		}
+		gi := dynFactory.ForResource(p.gvr)
+		if err := gi.Informer().SetTransform(stripObject); err != nil {
+			return fmt.Errorf("controller: watch %s: %w", p.gvr.GroupResource(), err)
+		}
+		if _, err := gi.Informer().AddEventHandler(handler); err != nil {
+			return fmt.Errorf("controller: watch %s: %w", p.gvr.GroupResource(), err)
+		}
+		*p.lister = gi.Lister()
 	}
 
 	factory.Start(ctx.Done())
@@ -352,6 +380,8 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	invalid := map[string]translate.Condition{}
 	in.AuthorizationPolicies = decodeAll[translate.AuthorizationPolicy](c.log, l.aps, invalid)
 	in.PeerAuthentications = decodeAll[translate.PeerAuthentication](c.log, l.pas, nil)
+	in.DestinationRules = decodeAll[translate.DestinationRule](c.log, l.drs, nil)
+	in.LocalTrafficPolicies = decodeAll[translate.LocalTrafficPolicy](c.log, l.ltps, nil)
 	out := Compute(in)
 
 	addrs := make(map[string]proto.Message, len(out.Addresses))
@@ -383,6 +413,20 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	}
 	if err := c.update(xds.TypeWaypointPolicy, wpPols, &c.prevWPPols); err != nil {
 		return err
+	}
+	res := make(map[string]proto.Message, len(out.Resilience))
+	for k, v := range out.Resilience {
+		res[k] = v
+	}
+	if err := c.update(xds.TypeServiceResilience, res, &c.prevRes); err != nil {
+		return err
+	}
+	for k, conds := range out.ResilienceStatus {
+		for _, cond := range conds {
+			if cond.Status != metav1.ConditionTrue {
+				c.log.Debug("controller: resilience policy not applied", "policy", k, "reason", cond.Reason, "message", cond.Message)
+			}
+		}
 	}
 	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz), "routes", len(routes))
 

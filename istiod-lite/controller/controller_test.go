@@ -30,6 +30,7 @@ type mesh struct {
 	kube  *kubetest.Cluster
 	store *state.Store
 	ctrl  *controller.Controller
+	cache *xds.Cache
 }
 
 func startMesh(t *testing.T) *mesh {
@@ -43,7 +44,8 @@ func startMesh(t *testing.T) *mesh {
 	if err := c.WaitEstablished(
 		"crd/authorizationpolicies.security.istio.io", "crd/peerauthentications.security.istio.io",
 		"crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io",
-		"crd/httproutes.gateway.networking.k8s.io"); err != nil {
+		"crd/httproutes.gateway.networking.k8s.io",
+		"crd/destinationrules.networking.istio.io", "crd/localtrafficpolicies.policy.ambientmesh.io"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -95,7 +97,7 @@ func startMesh(t *testing.T) *mesh {
 	case <-time.After(waitTimeout):
 		t.Fatal("controller did not sync")
 	}
-	return &mesh{kube: c, store: store, ctrl: ctrl}
+	return &mesh{kube: c, store: store, ctrl: ctrl, cache: cache}
 }
 
 // testWriter sends log lines to t.Log.

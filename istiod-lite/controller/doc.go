@@ -2,7 +2,9 @@
 // [xds.Cache] equal to the translation (package istiod-lite/translate) of
 // the cluster's Namespaces, Pods, Services, Nodes, EndpointSlices, Gateway
 // API Gateways and GatewayClasses, and security.istio.io
-// AuthorizationPolicies and PeerAuthentications. It also watches
+// AuthorizationPolicies and PeerAuthentications, networking.istio.io
+// DestinationRules and policy.ambientmesh.io LocalTrafficPolicies (each
+// watched only when its CRD is served). It also watches
 // ServiceAccounts (for workload identity) and HTTPRoutes (for the
 // waypoint's L7 routes), which translation does not read yet.
 //

@@ -18,6 +18,11 @@
 //     node ([NodeLocality]), waypoint for workload traffic.
 //   - [Service]: a Service → istio.workload.Service, waypoint for service
 //     traffic.
+//   - [Resilience]: DestinationRules (networking.istio.io) and
+//     LocalTrafficPolicies (policy.ambientmesh.io), decoded by
+//     [FromUnstructured], → one waypointapi.ServiceResilience per Service
+//     they apply to, with Istio's host matching, precedence and defaults,
+//     and an Accepted condition per rule and policy.
 //   - Waypoints, as Istio binds them: istio.io/use-waypoint (and
 //     istio.io/use-waypoint-namespace) on the object, else on its
 //     namespace, names a Gateway; the Gateway is a waypoint once it has an

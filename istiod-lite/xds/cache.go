@@ -25,6 +25,10 @@ const (
 	// TypeWaypointPolicy carries the AuthorizationPolicies with targetRefs
 	// (named "namespace/name"), which only waypoints enforce.
 	TypeWaypointPolicy = waypointapi.PolicyTypeURL
+	// TypeServiceResilience carries each Service's resilience policy
+	// (DestinationRule + LocalTrafficPolicy), named by the service key
+	// "namespace/hostname"; only waypoints subscribe to it.
+	TypeServiceResilience = waypointapi.ResilienceTypeURL
 )
 
 // AddressName is the resource name of an Address: the workload's uid, or

@@ -5,7 +5,7 @@
 //
 // The service is envoy.service.discovery.v3.AggregatedDiscoveryService, and
 // only its incremental method, DeltaAggregatedResources, is implemented
-// (StreamAggregatedResources returns Unimplemented). Four resource types are
+// (StreamAggregatedResources returns Unimplemented). Five resource types are
 // served on one stream:
 //
 //   - [TypeAddress], type.googleapis.com/istio.workload.Address: a Workload or
@@ -21,6 +21,10 @@
 //   - [TypeWaypointPolicy], type.googleapis.com/ambient.waypoint.v1.AuthorizationPolicy:
 //     an AuthorizationPolicy with targetRefs, named "namespace/name", for
 //     waypoints.
+//   - [TypeServiceResilience], type.googleapis.com/ambient.waypoint.v1.ServiceResilience:
+//     a Service's resilience policy (DestinationRule resolved with Istio's
+//     defaults, LocalTrafficPolicy), named by the service key
+//     "namespace/hostname", for waypoints.
 //
 // These are the same keys as internal/state's WorkloadKey, ServiceKey and
 // PolicyKey, which the ztunnel client feeds.

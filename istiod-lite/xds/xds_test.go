@@ -234,7 +234,9 @@ func TestStream_StuckClientIsCutOffWhileOthersGetPushes(t *testing.T) {
 	good := recvAll(t, openStream(t, addr))
 	next(t, good)
 	next(t, good)
-	eventually(t, "two clients", func() bool { return srv.Clients() == 2 })
+	// (Not "two clients now": on a loaded machine the stuck one may already
+	// be cut off by its 300 ms ACK timeout; the drop counted below proves it
+	// was there.)
 
 	for i := range 10 {
 		cache.Update(xds.TypeAuthorization, map[string]proto.Message{"ns/p": &security.Authorization{Namespace: "ns", Name: "p", Groups: make([]*security.Group, i)}}, nil)

@@ -30,3 +30,9 @@ const PolicyTypeURL = "type.googleapis.com/ambient.waypoint.v1.AuthorizationPoli
 
 // Key is the xDS name of the policy: "namespace/name".
 func (x *AuthorizationPolicy) Key() string { return x.GetNamespace() + "/" + x.GetName() }
+
+// ResilienceTypeURL is the xDS type of [ServiceResilience].
+const ResilienceTypeURL = "type.googleapis.com/ambient.waypoint.v1.ServiceResilience"
+
+// Name is the xDS name of the policy: the service key, "namespace/hostname".
+func (x *ServiceResilience) Name() string { return x.GetServiceKey() }
