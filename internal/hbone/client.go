@@ -108,9 +108,9 @@ func (cl *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
 		return nil, errors.New("hbone: target needs an address and an authority")
 	}
 	key := poolKey{src: t.Source, dst: t.Destination, addr: t.Address}
-	fields := requestFields(t.Authority, t.Header)
-	if size := headerListSize(fields); size > maxHeaderListSize {
-		return nil, fmt.Errorf("hbone: request headers are %d bytes, over the %d limit", size, maxHeaderListSize)
+	fields, err := t.RequestFields()
+	if err != nil {
+		return nil, err
 	}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {

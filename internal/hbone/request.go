@@ -108,6 +108,22 @@ func isConnectionSpecific(f hpack.HeaderField) bool {
 	return false
 }
 
+// MaxHeaderListSize is the largest CONNECT request header list an HBONE
+// server accepts, counted as RFC 9113 §6.5.2 does (HTTP/3 counts the same
+// way, RFC 9114 §4.2.2).
+const MaxHeaderListSize = maxHeaderListSize
+
+// RequestFields returns the header fields of t's CONNECT request in wire
+// order (:method, :authority, then t.Header lower-cased), or an error when
+// they are over MaxHeaderListSize. Every transport sends these fields.
+func (t Target) RequestFields() ([]hpack.HeaderField, error) {
+	fields := requestFields(t.Authority, t.Header)
+	if size := headerListSize(fields); size > maxHeaderListSize {
+		return nil, fmt.Errorf("hbone: request headers are %d bytes, over the %d limit", size, maxHeaderListSize)
+	}
+	return fields, nil
+}
+
 // requestFields encodes a CONNECT request's header fields in wire order.
 func requestFields(authority netip.AddrPort, h http.Header) []hpack.HeaderField {
 	fields := make([]hpack.HeaderField, 0, 2+len(h))

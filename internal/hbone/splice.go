@@ -275,14 +275,27 @@ func closeWrite(c net.Conn) {
 }
 
 // abortConn makes both copies stop: TCP connections are reset (SO_LINGER 0)
-// so the peer sees the failure, streams are reset.
+// so the peer sees the failure, streams are reset. A connection with an
+// Abort method (another transport's tunnel stream, such as HBONE/3's) is
+// aborted with it rather than closed, so its peer sees a reset too.
 func abortConn(conns ...net.Conn) {
 	for _, c := range conns {
 		if tc, ok := c.(*net.TCPConn); ok {
 			tc.SetLinger(0)
 		}
+		if a, ok := c.(Aborter); ok {
+			a.Abort()
+			continue
+		}
 		c.Close()
 	}
+}
+
+// Aborter is a connection that can end abruptly, its peer seeing a reset
+// rather than a clean end (a tunnel stream of another transport). Splice
+// aborts such a connection when either direction fails.
+type Aborter interface {
+	Abort()
 }
 
 // quiet drops the errors that only say the other side already closed.
