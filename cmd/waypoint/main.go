@@ -3,25 +3,46 @@
 // serves the HTTP inside with the routes and L7 AuthorizationPolicies of
 // its Gateway, and forwards each request over HBONE to an endpoint.
 //
-// The mesh and the L7 configuration come from --local-config FILE: a YAML
-// file in the shape of ztunnel's local config plus routes and
-// authorizationPolicies lists (package waypoint/wpconfig), re-read when it
-// changes; a new version is compiled off the request path and swapped in
-// atomically, so requests in flight finish under the old one. The
-// waypoint's certificate (identity spiffe://TD/ns/NS/sa/SA, --namespace and
-// --service-account) is signed by an in-process CA loaded from
-// --ca-cert/--ca-key, the CA the ztunnels trust. Certificates arrive
-// through a signer (cmd/waypoint's certSigner, identity.SignFunc), the seam
-// where istiod-lite's CA client (internal/caclient) plugs in once the
-// waypoint's configuration comes over xDS.
+// Its configuration comes from exactly one of two sources:
+//
+//   - --xds-address HOST:PORT (istiod-lite, as the Deployment istiod-lite's
+//     waypoint controller creates passes it): one Delta ADS stream
+//     (internal/istiodconn, shared with ztunnel) carries the mesh
+//     (istio.workload.Address, istio.security.Authorization, into
+//     internal/state) and the waypoint's L7 configuration
+//     (ambient.waypoint.v1.ServiceRoutes and AuthorizationPolicy). A push of
+//     either L7 type is compiled on the xDS client's goroutine; one that does
+//     not decode or compile is NACKed and the last good configuration stays
+//     in force. The certificate, for the waypoint's own ServiceAccount
+//     identity, comes from istiod-lite's CA at --ca-address (default
+//     --xds-address). Both connections trust --ca-root-file, expect the
+//     server name --xds-server-name and authenticate with the projected
+//     token of --token-file, as ztunnel's do. Tunnels are served, and
+//     /healthz/ready answers 200, only once every type has arrived and the
+//     certificate is in hand.
+//   - --local-config FILE: a YAML file in the shape of ztunnel's local
+//     config plus routes and authorizationPolicies lists (package
+//     waypoint/wpconfig), re-read when it changes. The certificate is
+//     signed by an in-process CA loaded from --ca-cert/--ca-key, the CA the
+//     ztunnels trust.
+//
+// Either way a new L7 configuration is compiled off the request path and
+// swapped in atomically, so requests in flight finish under the old one.
+//
+// --gateway NAMESPACE/NAME names the waypoint's Gateway (policy targetRefs,
+// Gateway routes); it defaults to $POD_NAMESPACE/$SERVICE_ACCOUNT, since
+// istiod-lite names the waypoint's ServiceAccount after its Gateway. The
+// identity is spiffe://TD/ns/NS/sa/SA of --namespace and --service-account
+// (default $POD_NAMESPACE and $SERVICE_ACCOUNT, else the Gateway's).
 //
 // Listeners: --hbone-addr (:15008), --admin-addr (127.0.0.1:15000,
 // /config_dump), --metrics-addr (:15020, Prometheus: istio_requests_total,
 // istio_request_duration_milliseconds, istio_request_bytes,
-// istio_response_bytes), --ready-addr (:15021, /healthz/ready). Logs are
-// JSON on stderr; one flow record per request goes to --flow-log (stdout by
-// default). SIGINT or SIGTERM stops accepting tunnels, lets in-flight
-// requests finish (--drain-timeout) and exits 0.
+// istio_response_bytes, and with --xds-address the istio_xds_* and
+// istio_agent_* client metrics), --ready-addr (:15021, /healthz/ready).
+// Logs are JSON on stderr; one flow record per request goes to --flow-log
+// (stdout by default). SIGINT or SIGTERM stops accepting tunnels, lets
+// in-flight requests finish (--drain-timeout) and exits 0.
 package main
 
 import (
@@ -36,6 +57,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/caclient"
 )
 
 func main() {
@@ -69,13 +92,18 @@ type options struct {
 	clusterID              string
 	localConfig            string
 	caCert, caKey, caRoot  string
-	hboneAddr              string
-	adminAddr              string
-	metricsAddr            string
-	readyAddr              string
-	flowLog                string
-	drainTimeout           time.Duration
-	logLevel               slog.Level
+	// With --xds-address: istiod-lite's addresses and credentials.
+	xdsAddress, caAddress string
+	caRootFile, tokenFile string
+	xdsServerName         string
+	podName               string
+	hboneAddr             string
+	adminAddr             string
+	metricsAddr           string
+	readyAddr             string
+	flowLog               string
+	drainTimeout          time.Duration
+	logLevel              slog.Level
 }
 
 // parseFlags parses args; errors are usage errors.
@@ -84,15 +112,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var gateway string
 	fs := flag.NewFlagSet("waypoint", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&gateway, "gateway", "", "the waypoint's Gateway as NAMESPACE/NAME (policy targetRefs and Gateway routes name it). Required")
+	fs.StringVar(&gateway, "gateway", defaultGateway(), "the waypoint's Gateway as NAMESPACE/NAME (policy targetRefs and Gateway routes name it); default $POD_NAMESPACE/$SERVICE_ACCOUNT (istiod-lite names the ServiceAccount after the Gateway)")
 	fs.StringVar(&o.gatewayClass, "gateway-class", "istio-waypoint", "the Gateway's class (GatewayClass policy targetRefs)")
 	fs.StringVar(&o.rootNamespace, "root-namespace", "istio-system", "the mesh's root namespace (GatewayClass-targeted policies live there)")
 	fs.StringVar(&o.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the waypoint pod's namespace (default $POD_NAMESPACE, else the Gateway's)")
 	fs.StringVar(&o.serviceAccount, "service-account", os.Getenv("SERVICE_ACCOUNT"), "the waypoint pod's ServiceAccount (default $SERVICE_ACCOUNT, else the Gateway's name, as Istio names it)")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "the mesh's SPIFFE trust domain")
 	fs.StringVar(&o.clusterID, "cluster-id", "Kubernetes", "cluster name for the *_cluster metric labels")
-	fs.StringVar(&o.localConfig, "local-config", "", "YAML file with the mesh, routes and authorizationPolicies; re-read when it changes. Required")
-	fs.StringVar(&o.caCert, "ca-cert", "", "PEM signing certificate of the mesh CA (the one the ztunnels use) that signs the waypoint's certificate. Required, with --ca-key")
+	fs.StringVar(&o.localConfig, "local-config", "", "YAML file with the mesh, routes and authorizationPolicies; re-read when it changes. Exclusive with --xds-address")
+	fs.StringVar(&o.xdsAddress, "xds-address", "", "istiod-lite's xDS address, e.g. istiod.istio-system.svc:15012: the mesh, routes and policies come from there. Exclusive with --local-config")
+	fs.StringVar(&o.caAddress, "ca-address", "", "istiod-lite's CA address for the waypoint's certificate (default --xds-address)")
+	fs.StringVar(&o.caRootFile, "ca-root-file", caclient.DefaultRootFile, "PEM root certificates that sign istiod-lite's serving certificate (with --xds-address); re-read when it changes")
+	fs.StringVar(&o.tokenFile, "token-file", caclient.DefaultTokenFile, "projected ServiceAccount token (audience istio-ca) sent to istiod-lite (with --xds-address); re-read for every request")
+	fs.StringVar(&o.xdsServerName, "xds-server-name", caclient.DefaultServerName, "DNS name istiod-lite's serving certificate must carry (with --xds-address)")
+	fs.StringVar(&o.caCert, "ca-cert", "", "PEM signing certificate of the mesh CA (the one the ztunnels use) that signs the waypoint's certificate, with --local-config; with --ca-key")
 	fs.StringVar(&o.caKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&o.caRoot, "ca-root", "", "PEM root certificates, when --ca-cert is an intermediate")
 	fs.StringVar(&o.hboneAddr, "hbone-addr", ":15008", "HBONE listener")
@@ -102,11 +135,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.flowLog, "flow-log", "-", "file to append one JSON line per request to; - for stdout")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
+	o.podName = os.Getenv("POD_NAME")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q; every setting is a flag (see -help)", fs.Args())
+	}
+	if gateway == "" {
+		return o, errors.New("--gateway NAMESPACE/NAME is required (or set POD_NAMESPACE and SERVICE_ACCOUNT, as the waypoint's Deployment does): the waypoint's Gateway, e.g. shop/waypoint")
 	}
 	ns, name, ok := strings.Cut(gateway, "/")
 	if !ok || ns == "" || name == "" || strings.Contains(name, "/") {
@@ -119,11 +156,57 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.serviceAccount == "" {
 		o.serviceAccount = name
 	}
-	if o.localConfig == "" {
-		return o, errors.New("--local-config FILE is required: the waypoint reads its mesh, routes and policies from it (configuration over xDS is not supported yet)")
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := checkConfigSource(o, set); err != nil {
+		return o, err
 	}
-	if o.caCert == "" || o.caKey == "" {
-		return o, errors.New("--ca-cert and --ca-key are required: the waypoint's certificate must come from the CA the ztunnels trust")
+	if o.xdsAddress != "" && o.caAddress == "" {
+		o.caAddress = o.xdsAddress
 	}
 	return o, nil
+}
+
+// defaultGateway is $POD_NAMESPACE/$SERVICE_ACCOUNT when both are set.
+func defaultGateway() string {
+	ns, sa := os.Getenv("POD_NAMESPACE"), os.Getenv("SERVICE_ACCOUNT")
+	if ns == "" || sa == "" {
+		return ""
+	}
+	return ns + "/" + sa
+}
+
+// checkConfigSource checks that exactly one config source is given and that
+// the flags given belong to it; set holds the flags given explicitly.
+func checkConfigSource(o options, set map[string]bool) error {
+	switch {
+	case o.localConfig == "" && o.xdsAddress == "":
+		return errors.New("no config source: give --xds-address HOST:PORT (istiod-lite, e.g. istiod.istio-system.svc:15012) or --local-config FILE (a YAML mesh with routes and policies)")
+	case o.localConfig != "" && o.xdsAddress != "":
+		return errors.New("--local-config and --xds-address are exclusive: the configuration comes either from a YAML file or from istiod-lite; give one")
+	}
+	if o.xdsAddress != "" {
+		for _, name := range []string{"ca-cert", "ca-key", "ca-root"} {
+			if set[name] {
+				return fmt.Errorf("--%s configures the in-process CA of --local-config; with --xds-address the certificate comes from istiod-lite (--ca-address, --ca-root-file, --token-file): drop --%s", name, name)
+			}
+		}
+		for _, f := range []struct{ name, value string }{
+			{"ca-root-file", o.caRootFile}, {"token-file", o.tokenFile}, {"xds-server-name", o.xdsServerName},
+		} {
+			if f.value == "" {
+				return fmt.Errorf("--%s is empty; it is needed with --xds-address", f.name)
+			}
+		}
+		return nil
+	}
+	for _, name := range []string{"ca-address", "ca-root-file", "token-file", "xds-server-name"} {
+		if set[name] {
+			return fmt.Errorf("--%s is for --xds-address; with --local-config the certificate comes from the in-process CA (--ca-cert, --ca-key)", name)
+		}
+	}
+	if o.caCert == "" || o.caKey == "" {
+		return errors.New("--ca-cert and --ca-key are required with --local-config: the waypoint's certificate must come from the CA the ztunnels trust")
+	}
+	return nil
 }

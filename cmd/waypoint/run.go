@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/istiodconn"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/waypoint/proxy"
@@ -32,7 +34,7 @@ import (
 
 // certSigner obtains the waypoint's certificate for a CSR: the in-process
 // CA with --local-config; istiod-lite's CA client (internal/caclient's
-// Client.Sign has this signature) when the waypoint is configured over xDS.
+// Client.Sign) with --xds-address.
 type certSigner interface {
 	Sign(ctx context.Context, id spiffeid.ID, csrPEM []byte) (chainPEM, rootsPEM []byte, err error)
 }
@@ -44,6 +46,10 @@ func (l localCA) Sign(ctx context.Context, id spiffeid.ID, csrPEM []byte) ([]byt
 	return l.sign(ctx, id, csrPEM)
 }
 
+// localCertTimeout bounds the first certificate from the in-process CA; from
+// istiod-lite the waypoint waits (unready) as long as it takes.
+const localCertTimeout = 30 * time.Second
+
 // run wires the components and serves until ctx ends.
 func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) error {
 	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
@@ -54,22 +60,6 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	if err != nil {
 		return fmt.Errorf("the waypoint's identity (--namespace %q, --service-account %q): %w", o.namespace, o.serviceAccount, err)
 	}
-	if _, _, err := wpconfig.Load(o.localConfig); err != nil {
-		return fmt.Errorf("--local-config: %w; fix the file or point --local-config at a valid one", err)
-	}
-	authority, err := loadCA(o, td)
-	if err != nil {
-		return err
-	}
-	var signer certSigner = localCA{certs.LocalSigner(authority, 0)}
-
-	sctx, cancelSrc := context.WithTimeout(ctx, 30*time.Second)
-	src, err := identity.NewSource(sctx, identity.SourceConfig{ID: wid, Fetch: identity.CSRFetcher(signer.Sign), Logger: logger})
-	cancelSrc()
-	if err != nil {
-		return fmt.Errorf("the waypoint's certificate for %s: %w", wid, err)
-	}
-	defer src.Close()
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -77,6 +67,37 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	if err != nil {
 		return err
 	}
+
+	// The mesh and the certificate come from istiod-lite, or from the local
+	// file and the in-process CA.
+	store := state.NewStore()
+	var signer certSigner
+	var ist *istiodconn.Conn
+	var l7 *l7XDS
+	if o.xdsAddress != "" {
+		l7 = newL7XDS(logger)
+		ist, err = istiodconn.Dial(istiodconn.Config{
+			XDSAddress: o.xdsAddress, CAAddress: o.caAddress,
+			RootFile: o.caRootFile, ServerName: o.xdsServerName, TokenFile: o.tokenFile,
+			ClusterID: o.clusterID, NodeID: xdsNodeID(o),
+			Store: store, Extra: l7.Extra(), Registerer: reg, Logger: logger,
+		})
+		if err != nil {
+			return err
+		}
+		defer ist.Close()
+		signer = ist.CA
+	} else {
+		if _, _, err := wpconfig.Load(o.localConfig); err != nil {
+			return fmt.Errorf("--local-config: %w; fix the file or point --local-config at a valid one", err)
+		}
+		authority, err := loadCA(o, td)
+		if err != nil {
+			return err
+		}
+		signer = localCA{certs.LocalSigner(authority, 0)}
+	}
+
 	flowOut := stdout
 	if o.flowLog != "-" {
 		f, err := os.OpenFile(o.flowLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
@@ -103,21 +124,11 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		lns = append(lns, ln)
 	}
 
-	store := state.NewStore()
-	p, err := proxy.New(proxy.Config{
-		Identity: wid, SVIDs: src, Bundles: src, Store: store,
-		GatewayNamespace: o.gatewayNS, GatewayName: o.gatewayName, GatewayClass: o.gatewayClass, RootNamespace: o.rootNamespace,
-		Listener: lns[0], FlowLog: telemetry.NewFlowLog(flowOut), Metrics: metrics, Logger: logger,
-		DrainTimeout: o.drainTimeout,
-	})
-	if err != nil {
-		return err
-	}
-
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	start := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -128,20 +139,26 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 			}
 		}()
 	}
-	start("local config", func(ctx context.Context) error {
-		return wpconfig.Watch(ctx, o.localConfig, func(snap state.Snapshot, l7 proxy.L7Config) {
-			if err := store.Replace(snap); err != nil {
-				logger.Warn("local config rejected by the state store; keeping the last good mesh", "err", err)
-				return
-			}
-			c, errs := proxy.Compile(l7)
-			for _, e := range errs {
-				logger.Warn("L7 configuration item not in force", "err", e.Error())
-			}
-			p.SetL7(c)
-		}, logger)
-	})
-	for i, h := range []http.Handler{adminHandler(store, p), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), readyHandler(p)} {
+	// stopAll ends the goroutines and returns the first one's error.
+	stopAll := func() error {
+		cancel()
+		wg.Wait()
+		select {
+		case err := <-errc:
+			return err
+		default:
+			return nil
+		}
+	}
+
+	// The proxy exists once the certificate is in hand; until then the
+	// endpoints answer "not ready".
+	var pp atomic.Pointer[proxy.Proxy]
+	ready := func() bool {
+		p := pp.Load()
+		return p != nil && p.Ready() && (ist == nil || ist.XDS.Synced())
+	}
+	for i, h := range []http.Handler{adminHandler(store, &pp, l7), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), readyHandler(ready)} {
 		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 		ln := lns[i+1]
 		start("http "+ln.Addr().String(), func(ctx context.Context) error {
@@ -153,16 +170,70 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 			return nil
 		})
 	}
+	source := "local-config " + o.localConfig
+	if ist != nil {
+		start("xDS client", ist.XDS.Run)
+		source = "xds " + o.xdsAddress + ", ca " + o.caAddress
+	}
 	logger.Info("waypoint started", "identity", wid.String(), "gateway", o.gatewayNS+"/"+o.gatewayName,
-		"config", o.localConfig, "hbone", lns[0].Addr().String(), "admin", lns[1].Addr().String(),
+		"config", source, "hbone", lns[0].Addr().String(), "admin", lns[1].Addr().String(),
 		"metrics", lns[2].Addr().String(), "ready", lns[3].Addr().String())
-	perr := p.Run(ctx)
-	cancel()
-	wg.Wait()
-	select {
-	case err := <-errc:
+
+	sctx, cancelSrc := ctx, context.CancelFunc(func() {})
+	if ist == nil {
+		sctx, cancelSrc = context.WithTimeout(ctx, localCertTimeout)
+	}
+	src, err := identity.NewSource(sctx, identity.SourceConfig{ID: wid, Fetch: identity.CSRFetcher(signer.Sign), Logger: logger})
+	cancelSrc()
+	if err != nil {
+		if serr := stopAll(); serr != nil {
+			return serr
+		}
+		if parent.Err() != nil {
+			return nil // stopped before the first certificate
+		}
+		return fmt.Errorf("the waypoint's certificate for %s: %w", wid, err)
+	}
+	defer src.Close()
+
+	p, err := proxy.New(proxy.Config{
+		Identity: wid, SVIDs: src, Bundles: src, Store: store,
+		GatewayNamespace: o.gatewayNS, GatewayName: o.gatewayName, GatewayClass: o.gatewayClass, RootNamespace: o.rootNamespace,
+		Listener: lns[0], FlowLog: telemetry.NewFlowLog(flowOut), Metrics: metrics, Logger: logger,
+		DrainTimeout: o.drainTimeout,
+	})
+	if err != nil {
+		stopAll()
 		return err
-	default:
+	}
+	pp.Store(p)
+	if l7 != nil {
+		l7.attach(p)
+		// Tunnels are served only with the whole configuration: before it,
+		// a request would pass without its policies.
+		select {
+		case <-ist.XDS.SyncedCh():
+		case <-ctx.Done():
+		}
+	} else {
+		start("local config", func(ctx context.Context) error {
+			return wpconfig.Watch(ctx, o.localConfig, func(snap state.Snapshot, l7 proxy.L7Config) {
+				if err := store.Replace(snap); err != nil {
+					logger.Warn("local config rejected by the state store; keeping the last good mesh", "err", err)
+					return
+				}
+				c, errs := proxy.Compile(l7)
+				for _, e := range errs {
+					logger.Warn("L7 configuration item not in force", "err", e.Error())
+				}
+				p.SetL7(c)
+			}, logger)
+		})
+	}
+	logger.Info("waypoint serving", "identity", wid.String())
+	perr := p.Run(ctx)
+	if err := stopAll(); err != nil {
+		return err
 	}
 	if perr != nil {
 		return perr
@@ -171,14 +242,23 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	return nil
 }
 
+// xdsNodeID identifies this waypoint to istiod-lite (informational:
+// istiod-lite authenticates the token).
+func xdsNodeID(o options) string {
+	if o.podName != "" {
+		return "waypoint~" + o.namespace + "/" + o.podName
+	}
+	return "waypoint~" + o.gatewayNS + "/" + o.gatewayName
+}
+
 // readyHandler answers /healthz/ready: 200 once the configuration is in
-// force, else 503.
-func readyHandler(p *proxy.Proxy) http.Handler {
+// force (ready), else 503.
+func readyHandler(ready func() bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
-		if !p.Ready() {
+		if !ready() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			io.WriteString(w, "not ready\n")
 			return
@@ -189,11 +269,21 @@ func readyHandler(p *proxy.Proxy) http.Handler {
 }
 
 // adminHandler serves /config_dump: the mesh and the L7 configuration in
-// force, with the items that did not compile.
-func adminHandler(store *state.Store, p *proxy.Proxy) http.Handler {
+// force, with the items that did not compile and, over xDS (l7 non-nil),
+// the last push refused.
+func adminHandler(store *state.Store, pp *atomic.Pointer[proxy.Proxy], l7 *l7XDS) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
-		b, err := configDump(store.Current(), p.L7())
+		p := pp.Load()
+		if p == nil {
+			http.Error(w, "no configuration yet: waiting for the waypoint's certificate", http.StatusServiceUnavailable)
+			return
+		}
+		var rejected error
+		if l7 != nil {
+			rejected = l7.Rejected()
+		}
+		b, err := configDump(store.Current(), p.L7(), rejected)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
@@ -205,7 +295,7 @@ func adminHandler(store *state.Store, p *proxy.Proxy) http.Handler {
 }
 
 // configDump renders the configuration as JSON (protos in protojson).
-func configDump(v *state.View, l7 *proxy.Compiled) ([]byte, error) {
+func configDump(v *state.View, l7 *proxy.Compiled, rejected error) ([]byte, error) {
 	protos := func(ms []proto.Message) ([]json.RawMessage, error) {
 		out := make([]json.RawMessage, 0, len(ms))
 		for _, m := range ms {
@@ -226,6 +316,10 @@ func configDump(v *state.View, l7 *proxy.Compiled) ([]byte, error) {
 		Routes                []json.RawMessage `json:"routes"`
 		AuthorizationPolicies []any             `json:"authorizationPolicies"`
 		Errors                []string          `json:"errors,omitempty"`
+		Rejected              string            `json:"rejected,omitempty"`
+	}
+	if rejected != nil {
+		dump.Rejected = rejected.Error()
 	}
 	var err error
 	if dump.Workloads, err = protos(asMessages(snap.Workloads)); err != nil {

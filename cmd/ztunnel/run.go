@@ -25,6 +25,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/istiodconn"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/ztunnel"
@@ -77,14 +78,14 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	// local file and the in-process CA.
 	store := state.NewStore()
 	var sign identity.SignFunc
-	var ist *istiod
+	var ist *istiodconn.Conn
 	if o.xdsAddress != "" {
 		ist, err = dialIstiod(o, store, reg, logger)
 		if err != nil {
 			return err
 		}
 		defer ist.Close()
-		sign = ist.ca.Sign
+		sign = ist.CA.Sign
 	} else {
 		authority, err := loadCA(o, td, logger)
 		if err != nil {
@@ -136,7 +137,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	}
 	src := admin.NewSource(z, store, mgr)
 	if ist != nil {
-		src = readyWhenSynced{Source: src, synced: ist.xds.Synced}
+		src = readyWhenSynced{Source: src, synced: ist.XDS.Synced}
 	}
 	srv, err := admin.New(admin.Config{
 		Admin: lns[0], Metrics: lns[1], Readiness: lns[2],
@@ -164,7 +165,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		}()
 	}
 	if ist != nil {
-		start("xDS client", ist.xds.Run)
+		start("xDS client", ist.XDS.Run)
 	} else {
 		start("local config", func(ctx context.Context) error {
 			return localconfig.Watch(ctx, o.localConfig, func(snap state.Snapshot) {

@@ -35,6 +35,7 @@ func TestUserStories(t *testing.T) {
 		{"ScaledUpPodsCapturedDeletedPodsGone", e.scaleUpAndDelete},
 		{"ZtunnelPodRestartLosesNoPod", e.ztunnelRestart},
 		{"AsOnARealCluster_LogsAndPortForward", e.asOnARealCluster},
+		{"WaypointCanaryWithHTTPRoute", e.waypointCanary},
 	} {
 		if !t.Run(s.name, s.fn) {
 			return

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
@@ -53,6 +54,32 @@ type Config struct {
 	// BackoffInitial and BackoffMax bound the reconnect delay, which
 	// doubles after each failed attempt (defaults 100 ms and 30 s).
 	BackoffInitial, BackoffMax time.Duration
+	// Extra are resource types subscribed to besides the Store's, each
+	// delivered to its own Sink (the waypoint's routes and policies).
+	Extra []Extra
+}
+
+// Extra is a resource type the client subscribes to (wildcard) on the same
+// stream, delivered to Sink rather than to the Store.
+type Extra struct {
+	// TypeURL is the resource type; it must not be one of the Store's
+	// (TypeAddress, TypeAuthorization) nor repeat another Extra's.
+	TypeURL string
+	// Sink receives its responses. Required.
+	Sink Sink
+}
+
+// Sink holds the resources of one [Extra] type. Its methods are called
+// from the client's Run goroutine only, one at a time.
+type Sink interface {
+	// Apply applies one response: the resources upserted, by name, and
+	// the names removed. An error rejects the whole response (it is
+	// NACKed with the error) and must leave the Sink unchanged.
+	Apply(upserts map[string]*anypb.Any, removed []string) error
+	// Versions returns name → version of every resource the Sink holds,
+	// computed with [Version] over the resource's message, sent as
+	// initial_resource_versions on every (re)connect.
+	Versions() map[string]string
 }
 
 // Metrics receives the client's events; implementations must not block.
@@ -76,6 +103,10 @@ type Client struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics Metrics
+	// types are every subscribed type, the Store's first; sinks the
+	// Extra types' sinks. Both are fixed by New.
+	types []string
+	sinks map[string]Sink
 
 	synced     atomic.Bool
 	syncedOnce sync.Once
@@ -105,14 +136,33 @@ func New(cfg Config) (*Client, error) {
 	if cfg.BackoffMax < cfg.BackoffInitial {
 		cfg.BackoffMax = max(DefaultBackoffMax, cfg.BackoffInitial)
 	}
+	sinks := make(map[string]Sink, len(cfg.Extra))
+	types := []string{TypeAddress, TypeAuthorization}
+	for i, x := range cfg.Extra {
+		switch {
+		case x.TypeURL == "":
+			return nil, fmt.Errorf("xdsclient: Config.Extra[%d]: TypeURL is required", i)
+		case x.Sink == nil:
+			return nil, fmt.Errorf("xdsclient: Config.Extra[%d] %s: Sink is required", i, x.TypeURL)
+		case x.TypeURL == TypeAddress || x.TypeURL == TypeAuthorization:
+			return nil, fmt.Errorf("xdsclient: Config.Extra[%d]: %s is the Store's type", i, x.TypeURL)
+		case sinks[x.TypeURL] != nil:
+			return nil, fmt.Errorf("xdsclient: Config.Extra[%d]: %s subscribed twice", i, x.TypeURL)
+		}
+		sinks[x.TypeURL] = x.Sink
+		types = append(types, x.TypeURL)
+	}
 	return &Client{
 		cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics,
+		types:    types,
+		sinks:    sinks,
 		syncedCh: make(chan struct{}),
 		seen:     make(map[string]bool),
 	}, nil
 }
 
-// Synced reports whether a response of each type has been applied.
+// Synced reports whether a response of each subscribed type has been
+// applied.
 func (c *Client) Synced() bool { return c.synced.Load() }
 
 // SyncedCh is closed when the client becomes synced.
@@ -169,7 +219,10 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 		return false, err
 	}
 	node := &core.Node{Id: c.cfg.NodeID}
-	for _, t := range []string{TypeAddress, TypeAuthorization} {
+	for _, x := range c.cfg.Extra {
+		initial[x.TypeURL] = x.Sink.Versions()
+	}
+	for _, t := range c.types {
 		req := &discovery.DeltaDiscoveryRequest{
 			Node:                    node,
 			TypeUrl:                 t,
@@ -203,16 +256,39 @@ func (c *Client) stream(ctx context.Context, ads discovery.AggregatedDiscoverySe
 
 func (c *Client) markSeen(t string) {
 	c.seen[t] = true
-	if c.seen[TypeAddress] && c.seen[TypeAuthorization] {
-		c.syncedOnce.Do(func() {
-			c.synced.Store(true)
-			close(c.syncedCh)
-		})
+	for _, t := range c.types {
+		if !c.seen[t] {
+			return
+		}
 	}
+	c.syncedOnce.Do(func() {
+		c.synced.Store(true)
+		close(c.syncedCh)
+	})
 }
 
-// apply converts a response and applies it to the Store.
+// apply converts a response and applies it to the Store, or hands it to
+// its Extra type's Sink.
 func (c *Client) apply(resp *discovery.DeltaDiscoveryResponse) error {
+	if sink, ok := c.sinks[resp.GetTypeUrl()]; ok {
+		upserts := make(map[string]*anypb.Any, len(resp.GetResources()))
+		for _, r := range resp.GetResources() {
+			if r.GetResource() == nil {
+				return fmt.Errorf("xdsclient: %s resource %q has no body", resp.GetTypeUrl(), r.GetName())
+			}
+			if r.GetResource().GetTypeUrl() != resp.GetTypeUrl() {
+				return fmt.Errorf("xdsclient: resource %q is a %s in a %s response", r.GetName(), r.GetResource().GetTypeUrl(), resp.GetTypeUrl())
+			}
+			if _, dup := upserts[r.GetName()]; dup {
+				return fmt.Errorf("xdsclient: %s resource %q sent twice in one response", resp.GetTypeUrl(), r.GetName())
+			}
+			upserts[r.GetName()] = r.GetResource()
+		}
+		if err := sink.Apply(upserts, resp.GetRemovedResources()); err != nil {
+			return fmt.Errorf("xdsclient: apply %s nonce %s: %w", resp.GetTypeUrl(), resp.GetNonce(), err)
+		}
+		return nil
+	}
 	u, err := ToUpdate(resp)
 	if err != nil {
 		return err

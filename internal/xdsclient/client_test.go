@@ -133,7 +133,14 @@ func (s *server) stop() {
 // runClient runs a client against addr until the returned stop is called.
 func runClient(t *testing.T, addr string, store *state.Store, m xdsclient.Metrics) (*xdsclient.Client, func()) {
 	t.Helper()
+	return runClientWith(t, addr, store, m, nil)
+}
+
+// runClientWith is runClient with extra subscriptions.
+func runClientWith(t *testing.T, addr string, store *state.Store, m xdsclient.Metrics, extra []xdsclient.Extra) (*xdsclient.Client, func()) {
+	t.Helper()
 	c, err := xdsclient.New(xdsclient.Config{
+		Extra:          extra,
 		Target:         addr,
 		DialOptions:    []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Store:          store,

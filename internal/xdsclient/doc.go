@@ -1,6 +1,7 @@
-// Package xdsclient is ztunnel's Delta ADS client: it subscribes to the
-// workload API served by istiod-lite (package istiod-lite/xds) and feeds
-// every response into a [state.Store].
+// Package xdsclient is the proxies' Delta ADS client (ztunnel's and the
+// waypoint's): it subscribes to the workload API served by istiod-lite
+// (package istiod-lite/xds) and feeds every response into a [state.Store];
+// further types (the waypoint's routes and policies) go to a [Sink] each.
 //
 // # Wire format
 //
@@ -17,6 +18,11 @@
 //
 // A response whose resource name does not match its content is rejected.
 //
+// Besides these, [Config.Extra] subscribes (wildcard, same stream) to more
+// types, each delivered to its [Sink] as the upserted resources by name
+// (still wrapped in Any; a resource of another type rejects the response)
+// and the removed names. The Sink decodes and validates them; its error
+// NACKs the response, and it must then keep what it had.//
 // # Resume
 //
 // On every (re)connect the client sends, as initial_resource_versions, every
@@ -25,6 +31,8 @@
 // encoding of the Address or Authorization), so a restarted client that kept
 // its Store receives only what changed. The Store is treated as owned by
 // this client: anything in it that the server does not have is removed.
+// Each Sink reports its own resources' versions ([Sink.Versions], computed
+// with the same [Version]).
 //
 // # Lifecycle
 //
@@ -33,6 +41,7 @@
 // the Store keeps the last configuration. Each response is applied with one
 // [state.Store.Apply] and ACKed; if the Store rejects it, the response is
 // NACKed with the error as error_detail and the Store is unchanged.
-// [Client.Synced] turns true once one response of each type has been
-// applied, and stays true across reconnects.
+// [Client.Synced] turns true once one response of each subscribed type
+// (the Store's and every Extra) has been applied, and stays true across
+// reconnects.
 package xdsclient

@@ -71,7 +71,8 @@
 // # Configuration
 //
 // The mesh comes from Config.Store. The L7 configuration (route tables and
-// AuthorizationPolicies) is compiled by [Compile] off the request path and
+// AuthorizationPolicies, from istiod-lite over xDS or from a local file:
+// cmd/waypoint) is compiled by [Compile] off the request path and
 // put in force by [Proxy.SetL7] with one atomic pointer store: a request
 // reads the pointer once, so requests in flight finish under the
 // configuration they started with and none is dropped.
@@ -90,6 +91,5 @@
 // Upgrade (WebSocket) and CONNECT requests inside the tunnel are not
 // forwarded (hop-by-hop Upgrade is dropped); server-first protocols wait for
 // the client's first bytes; no outlier detection, circuit breaking or rate
-// limits; the configuration comes from a local file (package
-// waypoint/wpconfig), not yet over xDS.
+// limits.
 package proxy
