@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo (`make demo`): a two-node local cluster, the mesh installed with
 # kubectl, the sample app, ambient mode switched on with no pod restarted,
-# an AuthorizationPolicy enforced, identity-tagged flows. Every step prints
+# an AuthorizationPolicy enforced, identity-tagged flows, then a waypoint
+# and a canary shifted with an HTTPRoute. Every step prints
 # the command it runs; they are the commands a user types.
 #
 # Leaves the cluster up (`make demo-down` removes it). Environment:
@@ -81,6 +82,18 @@ flow_with() {
 	printf '%s\n' "$out"
 }
 refused() { ! curl_shop "$@"; }
+# versions N: sends N requests through frontend and prints how many reviews
+# v1 and v2 answered (only reviews has a v2).
+versions() {
+	local out v2
+	out=$(kubectl exec -n shop deploy/curl -- sh -c "for i in \$(seq $1); do curl -sS --max-time 5 http://frontend:8080/; done") || return 1
+	v2=$(grep -c '"version": "v2"' <<<"$out" || true)
+	printf 'reviews v1: %d   v2: %d   (of %d)\n' $(($1 - v2)) "$v2" "$1"
+}
+# all_v2 N: every one of N requests reached reviews v2; some_v2 N: at
+# least one did.
+all_v2() { versions "$1" | tee /dev/stderr | grep -q "v2: $1 "; }
+some_v2() { versions "$1" | tee /dev/stderr | grep -qv "v2: 0 "; }
 
 CURL='kubectl exec -n shop deploy/curl -- curl -sS'
 CURL_ID=spiffe://cluster.local/ns/shop/sa/curl
@@ -144,6 +157,23 @@ eventually "the chain answers" "$CURL http://frontend:8080/" chain_answers
 eventually "the denial is in the flows, with both identities" "ambientctl flows -n shop" flow_with "$CURL_ID" "$RATINGS_ID" deny
 pause
 
+step "6. A waypoint for L7 features, and a canary with an HTTPRoute"
+run ambientctl waypoint apply -n shop --enroll-namespace --wait
+run kubectl get pods -n shop -l gateway.networking.k8s.io/gateway-name=waypoint -o wide
+say "New connections to shop's services now go through the waypoint (open ones keep their path,"
+say "as in Istio), so restart frontend: its keep-alive connections to reviews start afresh."
+run kubectl rollout restart -n shop deploy/frontend-v1
+run kubectl rollout status -n shop deploy/frontend-v1 --timeout="${TIMEOUT}s"
+run cat manifests/samples/shop/routes/reviews-canary.yaml
+run kubectl apply -f manifests/samples/shop/routes/reviews-canary.yaml
+eventually "the canary is in force (some requests reach v2)" "$CURL http://frontend:8080/   # x100" some_v2 100
+say "Promote the canary: every request to v2."
+run kubectl apply -f manifests/samples/shop/routes/reviews-v2.yaml
+eventually "every request reaches v2" "$CURL http://frontend:8080/   # x100" all_v2 100
+say "The waypoint logs one flow per request, with the caller's identity:"
+run sh -c "kubectl logs -n shop deploy/waypoint | grep '\"reporter\":\"waypoint\"' | tail -2"
+pause
+
 step "Done. The cluster is still up:"
 cat <<EOF
   export KUBECONFIG=$KUBECONFIG
@@ -153,6 +183,7 @@ cat <<EOF
   kubectl exec -n shop deploy/curl -- curl -sS http://frontend:8080/
   ambientctl zc workloads -n shop; ambientctl zc certs -n shop
   kubectl delete authorizationpolicy -n shop ratings-viewer
+  ambientctl waypoint list -n shop; ambientctl waypoint delete -n shop
   ambientctl ambient disable -n shop           # plaintext again, still no restarts
   make demo-down                               # removes everything
 EOF
