@@ -135,7 +135,13 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 		}
 		p.lns = append(p.lns, ln)
 	}
-	if err := redirect.Install(p.nsPath, redirect.Config{}); err != nil {
+	// The node's own connections (kubelet probes) are not captured, as in
+	// Istio: a policy must never fail the pod's health checks.
+	hosts, gwErr := redirect.DefaultGateways(p.nsPath)
+	if gwErr != nil {
+		p.z.log.Warn("pod's default gateway unknown; kubelet probes will be captured", "pod", p.uid, "err", gwErr)
+	}
+	if err := redirect.Install(p.nsPath, redirect.Config{HostAddrs: hosts}); err != nil {
 		return err
 	}
 	pctx, cancelPod := context.WithCancel(context.WithoutCancel(ctx))

@@ -373,6 +373,17 @@ func (m *mesh) setWorkload(t testing.TB, p *testenv.Pod, change func(w *workload
 	}
 }
 
+// outsider takes pod (1,2) out of the mesh and returns it: a plaintext
+// client outside the mesh. (The node itself is no outsider: its own
+// connections, kubelet probes, are never captured.)
+func outsider(t testing.TB, m *mesh) *testenv.Pod {
+	t.Helper()
+	p := m.topo.Pod(1, 2)
+	m.setWorkload(t, p, func(w *workloadapi.Workload) { w.TunnelProtocol = workloadapi.TunnelProtocol_NONE })
+	waitFor(t, "the outsider released", func() bool { return !captured(t, p) })
+	return p
+}
+
 func captured(t testing.TB, p *testenv.Pod) bool {
 	ok, err := redirect.Installed(p.Path)
 	if err != nil {
@@ -500,13 +511,14 @@ func TestZtunnel_InboundRefusesBadTunnels(t *testing.T) {
 func TestZtunnel_RestartRecapturesPods(t *testing.T) {
 	m := newMesh(t)
 	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	out := outsider(t, m)
 	m.stopZtunnel(2)
 	if !captured(t, server) || !captured(t, m.topo.Pod(2, 2)) {
 		t.Fatal("a stopped ztunnel removed its pods' rules")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if c, err := m.topo.Nodes[1].Dial(ctx, server.Addr(8080)); err == nil {
+	if c, err := out.Dial(ctx, server.Addr(8080)); err == nil {
 		c.Close()
 		t.Fatal("with no ztunnel, a plaintext client outside the mesh reached the server")
 	}
@@ -626,6 +638,7 @@ func counter(t testing.TB, reg *prometheus.Registry, name string, want map[strin
 func TestZtunnel_DrainKeepsServingNewConnections(t *testing.T) {
 	m := newMesh(t)
 	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	out := outsider(t, m)
 	m.stopZtunnel(2)
 	m.startZtunnel(t, 2, func(c *Config) { c.DrainTimeout = 20 * time.Second })
 	waitFor(t, "ztunnel 2 ready", func() bool { return m.zt[1].Ready() && len(m.zt[1].Pods()) == 2 })
@@ -674,7 +687,7 @@ func TestZtunnel_DrainKeepsServingNewConnections(t *testing.T) {
 	}
 	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer dcancel()
-	if c, err := m.topo.Nodes[1].Dial(dctx, server.Addr(8080)); err == nil {
+	if c, err := out.Dial(dctx, server.Addr(8080)); err == nil {
 		c.Close()
 		t.Fatal("after the drain, a plaintext client outside the mesh reached the server")
 	}

@@ -367,19 +367,12 @@ func TestMesh_ZtunnelBehaviourWithIstiod(t *testing.T) {
 			t.Errorf("%s exited with %d on SIGTERM, want a clean drain:\n%s", n2.proc.name, code, tail(n2.proc.log, 20))
 		}
 		// Fail closed: the pods keep their capture, so while no ztunnel
-		// runs a client outside the mesh (the node) is refused rather than
-		// reaching the server in plaintext past its policies.
+		// runs a client outside the mesh is refused rather than reaching
+		// the server in plaintext past its policies (ztunnel's
+		// TestZtunnel_RestartRecapturesPods shows the refusal).
 		if tables := nftTables(t, m.pod(server)); strings.Count(tables, "table inet ambient") != 1 {
 			t.Errorf("server after its ztunnel stopped: nft tables %q, want its capture kept", tables)
 		}
-		func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if c, err := m.topo.Nodes[1].Dial(ctx, m.pod(server).Addr(8080)); err == nil {
-				c.Close()
-				t.Error("with its ztunnel stopped, the server accepted a plaintext client outside the mesh")
-			}
-		}()
 
 		// A client retrying from the other node gets through once the
 		// restarted ztunnel serves the server again.

@@ -41,7 +41,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
+	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/ambientmesh/ambient/internal/netns"
@@ -67,6 +71,13 @@ type Config struct {
 	TunnelPort   uint16 // 15008 when zero
 	Mark         uint32 // 0x539 when zero
 	MarkMask     uint32 // 0xfff when zero
+	// HostAddrs are the addresses the node itself reaches the pod from (the
+	// host end of the pod's link, its default gateway): connections from
+	// them — the kubelet's probes — are not captured, so an ALLOW policy
+	// never fails a pod's health checks. Istio exempts probes the same way
+	// (its CNI SNATs them to 169.254.7.127, which the in-pod rules skip).
+	// Only IPv4 addresses are used.
+	HostAddrs []netip.Addr
 }
 
 func (c Config) withDefaults() Config {
@@ -113,7 +124,7 @@ func Rules(cfg Config) []string {
 	c := cfg.withDefaults()
 	mark := fmt.Sprintf("meta mark & %#x == %#x return", c.MarkMask, c.Mark)
 	notSYN := "tcp flags & (fin | syn | rst | ack) != syn return"
-	return []string{
+	rules := []string{
 		fmt.Sprintf("table %s %s {", Family, Table),
 		fmt.Sprintf("\tchain %s {", ChainInbound),
 		"\t\ttype nat hook prerouting priority -100; policy accept;",
@@ -121,18 +132,76 @@ func Rules(cfg Config) []string {
 		"\t\t" + mark,
 		"\t\tmeta l4proto != tcp return",
 		fmt.Sprintf("\t\ttcp dport { %d, %d, %d } return", c.OutboundPort, c.InboundPort, c.TunnelPort),
-		"\t\t" + notSYN,
+	}
+	if hosts := hostSet(c.HostAddrs); hosts != "" {
+		rules = append(rules, "\t\tip saddr "+hosts+" return")
+	}
+	return append(rules,
+		"\t\t"+notSYN,
 		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.InboundPort),
 		"\t}",
 		fmt.Sprintf("\tchain %s {", ChainOutbound),
 		"\t\ttype nat hook output priority -100; policy accept;",
 		`		oifname "lo" return`,
-		"\t\t" + mark,
-		"\t\t" + notSYN,
+		"\t\t"+mark,
+		"\t\t"+notSYN,
 		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.OutboundPort),
 		"\t}",
 		"}",
+	)
+}
+
+// hostSet is the nft set of the IPv4 addresses among addrs, or "".
+func hostSet(addrs []netip.Addr) string {
+	var v4 []string
+	for _, a := range addrs {
+		if a = a.Unmap(); a.Is4() {
+			v4 = append(v4, a.String())
+		}
 	}
+	if len(v4) == 0 {
+		return ""
+	}
+	return "{ " + strings.Join(v4, ", ") + " }"
+}
+
+// DefaultGateways returns the IPv4 gateways of the default routes in the
+// network namespace at nsPath: for a pod, the host end of its link, where
+// the node's own connections to it come from.
+func DefaultGateways(nsPath string) ([]netip.Addr, error) {
+	var table []byte
+	err := netns.Do(nsPath, func() error {
+		// /proc/thread-self/net is the calling thread's namespace.
+		var err error
+		table, err = os.ReadFile("/proc/thread-self/net/route")
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("redirect: routes of %s: %w", nsPath, err)
+	}
+	return parseDefaultGateways(string(table)), nil
+}
+
+// parseDefaultGateways reads /proc/net/route: the gateway of each default
+// route (destination and mask 0, flag RTF_GATEWAY), little-endian hex.
+func parseDefaultGateways(table string) []netip.Addr {
+	var gws []netip.Addr
+	for _, line := range strings.Split(table, "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 8 || f[1] != "00000000" || f[7] != "00000000" {
+			continue
+		}
+		flags, err1 := strconv.ParseUint(f[3], 16, 16)
+		gw, err2 := strconv.ParseUint(f[2], 16, 32)
+		if err1 != nil || err2 != nil || flags&0x2 == 0 || gw == 0 {
+			continue
+		}
+		a := netip.AddrFrom4([4]byte{byte(gw), byte(gw >> 8), byte(gw >> 16), byte(gw >> 24)})
+		if !slices.Contains(gws, a) {
+			gws = append(gws, a)
+		}
+	}
+	return gws
 }
 
 // dropTable deletes our table in one transaction whether or not it exists

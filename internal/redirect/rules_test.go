@@ -123,3 +123,32 @@ func TestRawInet6Bytes_RoundTrips(t *testing.T) {
 		t.Errorf("got %v, %v", got, err)
 	}
 }
+
+// TestRules_HostAddrsAreNotCaptured: connections from the pod's host end
+// (kubelet probes) skip the inbound redirect; IPv6 entries are ignored.
+func TestRules_HostAddrsAreNotCaptured(t *testing.T) {
+	script := strings.Join(Rules(Config{HostAddrs: []netip.Addr{
+		netip.MustParseAddr("10.244.1.1"), netip.MustParseAddr("::ffff:10.244.1.2"), netip.MustParseAddr("fd00::1")}}), "\n")
+	skip := "ip saddr { 10.244.1.1, 10.244.1.2 } return"
+	i, j := strings.Index(script, skip), strings.Index(script, "redirect to :15006")
+	if i < 0 || j < i {
+		t.Fatalf("inbound chain lacks %q before the redirect:\n%s", skip, script)
+	}
+	if strings.Contains(script, "fd00::1") {
+		t.Errorf("IPv6 host address in the rules:\n%s", script)
+	}
+	if strings.Contains(strings.Join(Rules(Config{}), "\n"), "saddr") {
+		t.Error("a rule for host addresses without any")
+	}
+}
+
+func TestParseDefaultGateways(t *testing.T) {
+	table := "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n" +
+		"eth0\t00000000\t0101F40A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n" + // default via 10.244.1.1
+		"eth0\t0001F40A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n" + // 10.244.1.0/24, no gateway
+		"eth1\t00000000\t00000000\t0001\t0\t0\t0\t00000000\t0\t0\t0\n" // default without a gateway
+	got := parseDefaultGateways(table)
+	if len(got) != 1 || got[0] != netip.MustParseAddr("10.244.1.1") {
+		t.Errorf("gateways = %v, want [10.244.1.1]", got)
+	}
+}
