@@ -82,18 +82,23 @@ flow_with() {
 	printf '%s\n' "$out"
 }
 refused() { ! curl_shop "$@"; }
+waypoint_flows() {
+	local out
+	out=$(kubectl logs -n shop deploy/waypoint | grep '"reporter":"waypoint"' | tail -2) && [ -n "$out" ] && printf '%s\n' "$out"
+}
 # versions N: sends N requests through frontend and prints how many reviews
 # v1 and v2 answered (only reviews has a v2).
 versions() {
-	local out v2
+	local out v2 ratings
 	out=$(kubectl exec -n shop deploy/curl -- sh -c "for i in \$(seq $1); do curl -sS --max-time 5 http://frontend:8080/; done") || return 1
 	v2=$(grep -c '"version": "v2"' <<<"$out" || true)
-	printf 'reviews v1: %d   v2: %d   (of %d)\n' $(($1 - v2)) "$v2" "$1"
+	ratings=$(grep -c '"service": "ratings"' <<<"$out" || true)
+	printf 'reviews v1: %d   v2: %d   (of %d; the chain reached ratings %d times)\n' $(($1 - v2)) "$v2" "$1" "$ratings"
 }
 # all_v2 N: every one of N requests reached reviews v2; some_v2 N: at
 # least one did.
-all_v2() { versions "$1" | tee /dev/stderr | grep -q "v2: $1 "; }
-some_v2() { versions "$1" | tee /dev/stderr | grep -qv "v2: 0 "; }
+all_v2() { versions "$1" | tee /dev/stderr | grep "v2: $1 " | grep -q "ratings $1 times"; }
+some_v2() { versions "$1" | tee /dev/stderr | grep -v "v2: 0 " | grep -q "ratings $1 times"; }
 
 CURL='kubectl exec -n shop deploy/curl -- curl -sS'
 CURL_ID=spiffe://cluster.local/ns/shop/sa/curl
@@ -160,10 +165,16 @@ pause
 step "6. A waypoint for L7 features, and a canary with an HTTPRoute"
 run ambientctl waypoint apply -n shop --enroll-namespace --wait
 run kubectl get pods -n shop -l gateway.networking.k8s.io/gateway-name=waypoint -o wide
+say "Behind a waypoint, the ztunnel in front of ratings sees the waypoint's identity, not the caller's:"
+say "a policy on the caller's identity now targets the Service and runs at the waypoint (Istio's guidance)."
+run kubectl delete -f manifests/samples/shop/policies/ratings-viewer.yaml
+run kubectl apply -f manifests/samples/shop/policies/ratings-viewer-waypoint.yaml
 say "New connections to shop's services now go through the waypoint (open ones keep their path,"
 say "as in Istio), so restart frontend: its keep-alive connections to reviews start afresh."
 run kubectl rollout restart -n shop deploy/frontend-v1
 run kubectl rollout status -n shop deploy/frontend-v1 --timeout="${TIMEOUT}s"
+eventually "curl -> ratings is refused by the waypoint (403)" "$CURL http://ratings:8080/" refused http://ratings:8080/
+eventually "the chain answers through the waypoint" "$CURL http://frontend:8080/" chain_answers
 run cat manifests/samples/shop/routes/reviews-canary.yaml
 run kubectl apply -f manifests/samples/shop/routes/reviews-canary.yaml
 eventually "the canary is in force (some requests reach v2)" "$CURL http://frontend:8080/   # x100" some_v2 100
@@ -171,7 +182,7 @@ say "Promote the canary: every request to v2."
 run kubectl apply -f manifests/samples/shop/routes/reviews-v2.yaml
 eventually "every request reaches v2" "$CURL http://frontend:8080/   # x100" all_v2 100
 say "The waypoint logs one flow per request, with the caller's identity:"
-run sh -c "kubectl logs -n shop deploy/waypoint | grep '\"reporter\":\"waypoint\"' | tail -2"
+eventually "the waypoint's request flows are in its log" "kubectl logs -n shop deploy/waypoint | tail -2" waypoint_flows
 pause
 
 step "Done. The cluster is still up:"
