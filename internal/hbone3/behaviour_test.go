@@ -101,6 +101,9 @@ func TestTunnel3_HalfClose_UpstreamFirst(t *testing.T) {
 // mid-transfer the client sees a stream error, never a clean EOF.
 func TestTunnel3_UpstreamResetIsNotAnEnd(t *testing.T) {
 	up := startUpstream(t, func(c net.Conn) {
+		// Reset only once the tunnel is up (the client's "go" arrived):
+		// a reset racing the dial is a 503, not the case under test.
+		io.ReadFull(c, make([]byte, 2))
 		c.Write(bytes.Repeat([]byte("x"), 1<<20))
 		c.(*countingConn).Conn.(*net.TCPConn).SetLinger(0) // RST
 	})
