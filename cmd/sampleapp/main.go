@@ -13,9 +13,15 @@
 //	                 remote address, and the replies of every --upstream;
 //	                 502 when an upstream failed or did not answer 2xx
 //	                 (the chain below is broken; the body says where)
-//	GET /call?url=U  calls U (http or https, GET) and returns the same JSON
-//	                 with U's reply as its one upstream; 502 if the call fails
+//	GET /call?url=U  calls U (http or https, GET; grpc://host:port, a gRPC
+//	                 health check) and returns the same JSON with U's reply
+//	                 as its one upstream; 502 if the call fails
 //	GET /healthz     200 "ok"
+//	gRPC             grpc.health.v1.Health on the same port (h2c)
+//
+// It speaks HTTP/1.1 and HTTP/2 by prior knowledge (h2c). Upstream calls
+// carry the request's trace context, x-request-id, x-user and end-user
+// headers, as Istio's Bookinfo propagates them.
 //
 // In a captured pod the remote address is the caller's pod IP: ztunnel
 // preserves it, which is how the sample shows who talked to whom.

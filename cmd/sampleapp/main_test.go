@@ -289,3 +289,67 @@ func TestServe_HTTPAndTCPEchoUntilCancelled(t *testing.T) {
 		t.Fatal("Serve did not return after cancel")
 	}
 }
+
+func TestCall_PropagatesTraceAndUserHeaders(t *testing.T) {
+	got := make(chan http.Header, 1)
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Header.Clone()
+	}))
+	defer backend.Close()
+	ts := httptest.NewServer(newServer(t, Config{Upstreams: []string{backend.URL + "/"}}).Handler())
+	defer ts.Close()
+
+	req, _ := http.NewRequest(http.MethodGet, ts.URL+"/", nil)
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	req.Header.Set("traceparent", tp)
+	req.Header.Set("x-user", "beta")
+	req.Header.Set("x-private", "not for upstreams")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	h := <-got
+	if h.Get("Traceparent") != tp || h.Get("X-User") != "beta" || h.Get("X-Private") != "" {
+		t.Errorf("upstream saw %v: want traceparent and x-user passed on, x-private not", h)
+	}
+}
+
+// TestServe_H2CAndGRPCHealth: the port speaks HTTP/2 by prior knowledge,
+// and /call?url=grpc://… asks a gRPC health service (the server's own).
+func TestServe_H2CAndGRPCHealth(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newServer(t, Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln, nil) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+
+	h2c := &http.Transport{Protocols: new(http.Protocols)}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	defer h2c.CloseIdleConnections()
+	client := &http.Client{Transport: h2c, Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + ln.Addr().String() + "/call?url=grpc://" + ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r Reply
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatal(err)
+	}
+	if resp.ProtoMajor != 2 || r.Proto != "HTTP/2.0" {
+		t.Errorf("response %s, request seen as %q: want HTTP/2 both ways", resp.Proto, r.Proto)
+	}
+	if len(r.Upstreams) != 1 || r.Upstreams[0].GRPCStatus != "SERVING" {
+		t.Errorf("upstreams %+v, want the gRPC health status SERVING", r.Upstreams)
+	}
+}

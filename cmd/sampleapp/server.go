@@ -10,8 +10,15 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 )
 
 // Limits.
@@ -39,11 +46,18 @@ type Config struct {
 	Logger *slog.Logger // nil: discard
 }
 
+// propagated are the request headers passed on to upstream calls, as
+// Istio's Bookinfo propagates them: the trace context, the request id and
+// the user, so that a route matching x-user holds along a chain and a trace
+// spans every hop.
+var propagated = []string{"traceparent", "tracestate", "baggage", "x-request-id", "x-user", "end-user"}
+
 // Server is the sample service.
 type Server struct {
 	cfg    Config
 	client *http.Client
 	log    *slog.Logger
+	grpc   *grpc.Server // the gRPC health service, on the HTTP port (h2c)
 }
 
 // New checks cfg and returns a Server.
@@ -54,7 +68,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("sampleapp: %w", err)
 	}
-	s := &Server{cfg: cfg, client: cfg.Client, log: cfg.Logger}
+	s := &Server{cfg: cfg, client: cfg.Client, log: cfg.Logger, grpc: grpc.NewServer()}
+	healthpb.RegisterHealthServer(s.grpc, health.NewServer()) // "" is SERVING
 	if s.client == nil {
 		s.client = &http.Client{Timeout: cfg.CallTimeout}
 	}
@@ -73,6 +88,7 @@ type Reply struct {
 	Node       string     `json:"node,omitempty"`
 	RemoteAddr string     `json:"remoteAddr"`
 	Host       string     `json:"host,omitempty"`
+	Proto      string     `json:"proto,omitempty"` // the request's, e.g. HTTP/2.0
 	Upstreams  []Upstream `json:"upstreams,omitempty"`
 }
 
@@ -80,14 +96,28 @@ type Reply struct {
 type Upstream struct {
 	URL    string `json:"url"`
 	Status int    `json:"status,omitempty"`
+	// GRPCStatus is a grpc:// call's health status (e.g. SERVING).
+	GRPCStatus string `json:"grpcStatus,omitempty"`
 	// Body is the reply itself when it is JSON (so a chain nests), else a
 	// JSON string.
 	Body  json.RawMessage `json:"body,omitempty"`
 	Error string          `json:"error,omitempty"`
 }
 
-// Handler returns the HTTP API.
+// Handler returns the HTTP API, and the gRPC health service for HTTP/2
+// requests with a gRPC content type.
 func (s *Server) Handler() http.Handler {
+	api := s.api()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			s.grpc.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) api() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
@@ -97,7 +127,7 @@ func (s *Server) Handler() http.Handler {
 		rep := s.reply(r)
 		code := http.StatusOK
 		for _, u := range s.cfg.Upstreams {
-			up := s.call(r.Context(), u)
+			up := s.call(r, u)
 			if up.Error != "" || up.Status/100 != 2 {
 				code = http.StatusBadGateway // the chain is broken below us
 			}
@@ -112,7 +142,7 @@ func (s *Server) Handler() http.Handler {
 			return
 		}
 		rep := s.reply(r)
-		up := s.call(r.Context(), target)
+		up := s.call(r, target)
 		rep.Upstreams = []Upstream{up}
 		code := http.StatusOK
 		if up.Error != "" {
@@ -128,7 +158,7 @@ func (s *Server) reply(r *http.Request) Reply {
 	return Reply{
 		Service: s.cfg.Name, Version: s.cfg.Version,
 		Pod: s.cfg.Pod, Namespace: s.cfg.Namespace, Node: s.cfg.Node,
-		RemoteAddr: r.RemoteAddr, Host: r.Host,
+		RemoteAddr: r.RemoteAddr, Host: r.Host, Proto: r.Proto,
 	}
 }
 
@@ -142,7 +172,7 @@ func (s *Server) write(w http.ResponseWriter, code int, rep Reply) {
 	}
 }
 
-// checkURL accepts absolute http and https URLs with a host.
+// checkURL accepts absolute http, https and grpc URLs with a host.
 func checkURL(raw string) (*url.URL, error) {
 	if raw == "" {
 		return nil, errors.New("missing url")
@@ -151,22 +181,32 @@ func checkURL(raw string) (*url.URL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("url %q: %w", raw, err)
 	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("url %q: want http://host[:port]/path or https://...", raw)
+	if (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "grpc") || u.Host == "" {
+		return nil, fmt.Errorf("url %q: want http://host[:port]/path, https://... or grpc://host:port", raw)
 	}
 	return u, nil
 }
 
-// call GETs target and records the outcome; a non-2xx status is not an
-// error (it is the upstream's answer, shown as such).
-func (s *Server) call(ctx context.Context, target string) Upstream {
+// call GETs target (a grpc:// target: a gRPC health check) on behalf of
+// in, whose propagated headers it passes on, and records the outcome; a
+// non-2xx status is not an error (it is the upstream's answer, shown as
+// such).
+func (s *Server) call(in *http.Request, target string) Upstream {
 	up := Upstream{URL: target}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.CallTimeout)
+	ctx, cancel := context.WithTimeout(in.Context(), s.cfg.CallTimeout)
 	defer cancel()
+	if host, ok := strings.CutPrefix(target, "grpc://"); ok {
+		return s.callGRPC(ctx, in, strings.TrimSuffix(host, "/"), up)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		up.Error = err.Error()
 		return up
+	}
+	for _, h := range propagated {
+		if v := in.Header.Values(h); len(v) > 0 {
+			req.Header[http.CanonicalHeaderKey(h)] = v
+		}
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
@@ -185,6 +225,33 @@ func (s *Server) call(ctx context.Context, target string) Upstream {
 	} else {
 		up.Body, _ = json.Marshal(string(body))
 	}
+	return up
+}
+
+// callGRPC asks host's gRPC health service (plaintext HTTP/2: in the mesh
+// ztunnel adds mTLS) whether it is serving.
+func (s *Server) callGRPC(ctx context.Context, in *http.Request, host string, up Upstream) Upstream {
+	cc, err := grpc.NewClient("passthrough:///"+host, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		up.Error = err.Error()
+		return up
+	}
+	defer cc.Close()
+	var md []string
+	for _, h := range propagated {
+		for _, v := range in.Header.Values(h) {
+			md = append(md, h, v)
+		}
+	}
+	ctx = metadataContext(ctx, md)
+	resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		up.Error = err.Error()
+		s.log.Info("upstream call failed", "url", "grpc://"+host, "err", err)
+		return up
+	}
+	up.Status = http.StatusOK
+	up.GRPCStatus = resp.GetStatus().String()
 	return up
 }
 
@@ -211,7 +278,10 @@ func (s *Server) Serve(ctx context.Context, ln, echo net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
+		Protocols:         new(http.Protocols),
 	}
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetUnencryptedHTTP2(true) // h2c by prior knowledge, and gRPC
 	s.log.Info("serving", "service", s.cfg.Name, "version", s.cfg.Version, "http", ln.Addr().String(), "pod", s.cfg.Pod)
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
@@ -241,6 +311,7 @@ func (s *Server) Serve(ctx context.Context, ln, echo net.Listener) error {
 	defer cancel()
 	hs.Shutdown(sctx) //nolint:errcheck // best effort; Close follows
 	hs.Close()
+	s.grpc.Stop()
 	if echo != nil {
 		echo.Close()
 	}
@@ -288,4 +359,12 @@ func echoConn(ctx context.Context, c net.Conn) {
 			return
 		}
 	}
+}
+
+// metadataContext adds outgoing gRPC metadata (key, value pairs).
+func metadataContext(ctx context.Context, kv []string) context.Context {
+	if len(kv) == 0 {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
 }

@@ -17,8 +17,8 @@ const (
 	frontendID = "spiffe://cluster.local/ns/shop/sa/frontend"
 )
 
-// reviewsRoute is the canary HTTPRoute on Service reviews: v1 and v2 by
-// weight.
+// reviewsRoute is the canary HTTPRoute on Service reviews: requests with
+// x-user: beta to v2, the rest to v1 and v2 by weight.
 func reviewsRoute(v1, v2 int) string {
 	return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -32,6 +32,13 @@ spec:
     name: reviews
     port: 8080
   rules:
+  - matches:
+    - headers:
+      - name: x-user
+        value: beta
+    backendRefs:
+    - name: reviews-v2
+      port: 8080
   - backendRefs:
     - name: reviews-v1
       port: 8080
@@ -97,19 +104,45 @@ func (e *env) waypointCanary(t *testing.T) {
 		e.mustKubectl(t, "apply", "-f", routeFile)
 	}
 	apply(90, 10)
+	// The route is in force once x-user: beta always reaches v2 (without
+	// it half the requests would reach v1); frontend passes x-user on.
 	const n = 200
-	var split string
-	took := eventually(t, "reviews split 90/10 (±5%) over 200 requests", func() (bool, string) {
-		v1, v2, err := e.reviewsVersions(n)
+	took := eventually(t, "x-user: beta always reaches reviews-v2", func() (bool, string) {
+		v1, v2, err := e.reviewsVersions(n, "x-user: beta")
 		if err != nil {
 			return false, err.Error()
 		}
-		split = fmt.Sprintf("v1 %d, v2 %d", v1, v2)
-		// 90 % ± 5 % of 200: 170..190 to v1, the rest to v2.
-		return v1+v2 == n && v1 >= 170 && v1 <= 190, split
+		return v1 == 0 && v2 == n, fmt.Sprintf("v1 %d, v2 %d", v1, v2)
 	})
-	t.Logf("90/10 split in force %v after kubectl apply: %s", took.Round(time.Millisecond), split)
+	t.Logf("route in force %v after kubectl apply", took.Round(time.Millisecond))
+	const canaryN = 2000
+	v1, v2, err := e.reviewsVersions(canaryN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 90 % ± 3 % of 2,000: 1,740..1,860 to v1, the rest to v2.
+	if v1+v2 != canaryN || v1 < 1740 || v1 > 1860 {
+		t.Fatalf("90/10 canary over %d requests: v1 %d, v2 %d; want v1 within 90±3%%", canaryN, v1, v2)
+	}
+	t.Logf("90/10 canary over %d requests: v1 %d (%.1f%%), v2 %d", canaryN, v1, 100*float64(v1)/canaryN, v2)
+
+	// Shifting to 0/100 under load fails no request: requests in flight
+	// finish on the route they started with.
+	type result struct {
+		v1, v2 int
+		err    error
+	}
+	during := make(chan result, 1)
+	go func() {
+		v1, v2, err := e.reviewsVersions(400)
+		during <- result{v1, v2, err}
+	}()
 	apply(0, 100)
+	r := <-during
+	if r.err != nil || r.v1+r.v2 != 400 {
+		t.Fatalf("requests during the shift to 0/100: v1 %d, v2 %d, %v; want all 400 answered", r.v1, r.v2, r.err)
+	}
+	t.Logf("during the shift to 0/100: 400 of 400 answered (v1 %d, v2 %d)", r.v1, r.v2)
 	eventually(t, "every request to reviews-v2", func() (bool, string) {
 		v1, v2, err := e.reviewsVersions(n)
 		if err != nil {
@@ -117,6 +150,9 @@ func (e *env) waypointCanary(t *testing.T) {
 		}
 		return v1 == 0 && v2 == n, fmt.Sprintf("v1 %d, v2 %d", v1, v2)
 	})
+
+	t.Run("HTTP2AndGRPC", e.waypointProtocols)
+	t.Run("L7AuthorizationPolicy", e.waypointL7Policy)
 
 	// Gone: the waypoint, its label and the route. The waypoint drains and
 	// closes its pooled connections, so reviews' ztunnel records them: they
@@ -169,11 +205,14 @@ type sampleReply struct {
 }
 
 // reviewsVersions sends n requests from curl to frontend, in one curl
-// (URL globbing; frontend calls reviews once per request), and counts the
-// reviews versions that answered.
-func (e *env) reviewsVersions(n int) (v1, v2 int, err error) {
-	out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--fail", "--max-time", "60",
-		fmt.Sprintf("http://frontend:8080/?n=[1-%d]", n))
+// (URL globbing; frontend calls reviews once per request) with the given
+// headers, and counts the reviews versions that answered.
+func (e *env) reviewsVersions(n int, headers ...string) (v1, v2 int, err error) {
+	args := []string{"exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--fail", "--max-time", "120"}
+	for _, h := range headers {
+		args = append(args, "-H", h)
+	}
+	out, err := e.kubectl(append(args, fmt.Sprintf("http://frontend:8080/?n=[1-%d]", n))...)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%v: %.500s", err, out)
 	}
@@ -209,7 +248,10 @@ type waypointFlowRec struct {
 	SrcID      string `json:"src.identity"`
 	DstService string `json:"dst.service"`
 	DstID      string `json:"dst.identity"`
+	Method     string `json:"method"`
+	Path       string `json:"path"`
 	Code       int    `json:"response_code"`
+	Policy     string `json:"policy"`
 }
 
 // waypointFlow looks for a flow record matching m in the waypoint's log
@@ -234,4 +276,123 @@ func (e *env) waypointFlow(t *testing.T, m func(waypointFlowRec) bool) (string, 
 		}
 	}
 	return fmt.Sprintf("%d waypoint flows", seen), false
+}
+
+// waypointProtocols: an HTTP/2 client (curl, prior knowledge) and a gRPC
+// client (frontend's health check of reviews) work through the waypoint,
+// which speaks HTTP/2 on to reviews.
+func (e *env) waypointProtocols(t *testing.T) {
+	out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--fail", "--max-time", "10",
+		"--http2-prior-knowledge", "-w", `\nhttp_version=%{http_version}`, "http://reviews:8080/")
+	if err != nil {
+		t.Fatalf("curl --http2-prior-knowledge: %v\n%s", err, out)
+	}
+	body, version, _ := strings.Cut(out, "\nhttp_version=")
+	var rep struct {
+		Proto string `json:"proto"`
+	}
+	if err := json.Unmarshal([]byte(body), &rep); err != nil || strings.TrimSpace(version) != "2" || rep.Proto != "HTTP/2.0" {
+		t.Fatalf("h2c through the waypoint: curl spoke HTTP/%s, reviews saw %q (%v): %s", version, rep.Proto, err, out)
+	}
+	eventually(t, "the waypoint's flow of curl's HTTP/2 request", func() (bool, string) {
+		// The route in force sends it on to the reviews-v2 Service.
+		why, ok := e.waypointFlow(t, func(f waypointFlowRec) bool {
+			return f.SrcID == curlID && strings.HasPrefix(f.DstService, "reviews-v2.shop") && f.Path == "/" && f.Code == 200
+		})
+		return ok, why
+	})
+
+	out, err = e.curl("http://frontend:8080/call?url=grpc://reviews:8080")
+	var call struct {
+		Upstreams []struct {
+			GRPCStatus string `json:"grpcStatus"`
+			Error      string `json:"error"`
+		} `json:"upstreams"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &call) != nil || len(call.Upstreams) != 1 || call.Upstreams[0].GRPCStatus != "SERVING" {
+		t.Fatalf("gRPC health check frontend -> reviews: %v\n%s", err, out)
+	}
+	eventually(t, "the waypoint's flow of the gRPC call", func() (bool, string) {
+		why, ok := e.waypointFlow(t, func(f waypointFlowRec) bool {
+			return f.SrcID == frontendID && f.Method == "POST" && f.Path == "/grpc.health.v1.Health/Check" && f.Code == 200
+		})
+		return ok, why
+	})
+}
+
+// reviewsAdminPolicy denies /admin on reviews at the waypoint (targetRefs),
+// and /hostcheck when the Host is reviews' name in any case.
+const reviewsAdminPolicy = `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: reviews-admin
+  namespace: shop
+spec:
+  targetRefs:
+  - group: ""
+    kind: Service
+    name: reviews
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin", "/admin/*"]
+  - to:
+    - operation:
+        hosts: ["REVIEWS.SHOP.SVC.CLUSTER.LOCAL:*"]
+        paths: ["/hostcheck"]
+`
+
+// waypointL7Policy: an L7 DENY policy applied with kubectl is enforced by
+// the waypoint on the normalized path (DESIGN §7), with 403 and a flow
+// record naming the policy; what it does not cover reaches reviews (whose
+// 404 says so).
+func (e *env) waypointL7Policy(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "reviews-admin.yaml")
+	if err := os.WriteFile(file, []byte(reviewsAdminPolicy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.mustKubectl(t, "apply", "-f", file)
+	defer e.mustKubectl(t, "delete", "-f", file)
+	code := func(method, url string) (string, error) {
+		return e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "5",
+			"--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "-X", method, url)
+	}
+	eventually(t, "POST /admin denied by the waypoint", func() (bool, string) {
+		got, err := code("POST", "http://reviews:8080/admin")
+		return err == nil && got == "403", fmt.Sprint(got, err)
+	})
+	for _, c := range []struct{ method, path, want string }{
+		{"GET", "/public", "404"}, // allowed: reviews answers
+		{"POST", "/admin", "403"},
+		{"GET", "/admin/users", "403"},
+		{"GET", "//admin", "403"},
+		{"GET", "/%2Fadmin", "403"},
+		{"GET", "/%5Cadmin", "403"},
+		{"GET", "/admin;x=y", "403"},
+		{"GET", "/./admin", "403"},
+		{"GET", "/a/../admin", "403"},
+		{"GET", "/ADMIN", "404"}, // the rule is case-sensitive
+		{"GET", "/%00admin", "400"},
+	} {
+		got, err := code(c.method, "http://reviews:8080"+c.path)
+		if err != nil || got != c.want {
+			t.Errorf("%s %s: %s (%v), want %s", c.method, c.path, got, err, c.want)
+		}
+	}
+	for _, c := range []struct{ host, want string }{
+		{"reviews.shop.svc.cluster.local", "403"}, // the rule says REVIEWS.SHOP…: hosts match in any case
+		{"reviews", "404"},
+	} {
+		got, err := code("GET", "http://"+c.host+":8080/hostcheck")
+		if err != nil || got != c.want {
+			t.Errorf("GET http://%s:8080/hostcheck: %s (%v), want %s", c.host, got, err, c.want)
+		}
+	}
+	eventually(t, "the waypoint's flow of a denial names the policy", func() (bool, string) {
+		why, ok := e.waypointFlow(t, func(f waypointFlowRec) bool {
+			return f.SrcID == curlID && f.Code == 403 && f.Method == "POST" && f.Path == "/admin" && strings.Contains(f.Policy, "reviews-admin")
+		})
+		return ok, why
+	})
 }
