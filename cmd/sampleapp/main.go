@@ -17,6 +17,9 @@
 //	                 health check) and returns the same JSON with U's reply
 //	                 as its one upstream; 502 if the call fails
 //	GET /healthz     200 "ok"
+//	GET /fail?percent=P&code=C  C (default 503) for exactly P % (default
+//	                 50) of the requests to /fail, evenly spread; else GET /
+//	GET /delay?d=D   GET / after D (at most 30s)
 //	gRPC             grpc.health.v1.Health on the same port (h2c)
 //
 // It speaks HTTP/1.1 and HTTP/2 by prior knowledge (h2c). Upstream calls

@@ -353,3 +353,50 @@ func TestServe_H2CAndGRPCHealth(t *testing.T) {
 		t.Errorf("upstreams %+v, want the gRPC health status SERVING", r.Upstreams)
 	}
 }
+
+func TestFail_ExactlyThePercentEvenlySpread(t *testing.T) {
+	ts := httptest.NewServer(newServer(t, Config{}).Handler())
+	defer ts.Close()
+	var codes []int
+	for range 10 {
+		resp, err := http.Get(ts.URL + "/fail?percent=50&code=502")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
+	for i, c := range codes {
+		if want := []int{200, 502}[i%2]; c != want {
+			t.Fatalf("codes %v: want 200 and 502 alternating", codes)
+		}
+	}
+	resp, err := http.Get(ts.URL + "/fail?percent=101")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("percent=101: %s, want 400", resp.Status)
+	}
+}
+
+func TestDelay(t *testing.T) {
+	ts := httptest.NewServer(newServer(t, Config{}).Handler())
+	defer ts.Close()
+	start := time.Now()
+	getReply(t, ts.URL+"/delay?d=50ms", http.StatusOK)
+	if took := time.Since(start); took < 50*time.Millisecond {
+		t.Errorf("answered after %v, want at least 50ms", took)
+	}
+	for _, bad := range []string{"", "?d=x", "?d=-1s", "?d=1h"} {
+		resp, err := http.Get(ts.URL + "/delay" + bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("/delay%s: %s, want 400", bad, resp.Status)
+		}
+	}
+}

@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -57,7 +59,8 @@ type Server struct {
 	cfg    Config
 	client *http.Client
 	log    *slog.Logger
-	grpc   *grpc.Server // the gRPC health service, on the HTTP port (h2c)
+	grpc   *grpc.Server  // the gRPC health service, on the HTTP port (h2c)
+	failN  atomic.Uint64 // requests to /fail so far
 }
 
 // New checks cfg and returns a Server.
@@ -135,6 +138,8 @@ func (s *Server) api() http.Handler {
 		}
 		s.write(w, code, rep)
 	})
+	mux.HandleFunc("GET /fail", s.fail)
+	mux.HandleFunc("GET /delay", s.delay)
 	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
 		target := r.URL.Query().Get("url")
 		if _, err := checkURL(target); err != nil {
@@ -151,6 +156,58 @@ func (s *Server) api() http.Handler {
 		s.write(w, code, rep)
 	})
 	return mux
+}
+
+// maxDelay bounds /delay.
+const maxDelay = 30 * time.Second
+
+// fail answers ?code= (default 503) to exactly ?percent= (default 50) of
+// the requests to /fail, evenly spread (with 50, every second one), and
+// the usual reply to the others: a backend that fails as often as asked,
+// for retries and outlier detection.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request) {
+	percent, err1 := queryInt(r, "percent", 50, 0, 100)
+	code, err2 := queryInt(r, "code", http.StatusServiceUnavailable, 200, 599)
+	if err := errors.Join(err1, err2); err != nil {
+		http.Error(w, "sampleapp: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	n := s.failN.Add(1)
+	if n*uint64(percent)/100 > (n-1)*uint64(percent)/100 {
+		http.Error(w, fmt.Sprintf("sampleapp: failing %d%% of requests", percent), code)
+		return
+	}
+	s.write(w, http.StatusOK, s.reply(r))
+}
+
+// delay answers after ?d= (a Go duration, at most maxDelay), or when the
+// caller gives up.
+func (s *Server) delay(w http.ResponseWriter, r *http.Request) {
+	d, err := time.ParseDuration(r.URL.Query().Get("d"))
+	if err != nil || d < 0 || d > maxDelay {
+		http.Error(w, fmt.Sprintf("sampleapp: want ?d=DURATION up to %v", maxDelay), http.StatusBadRequest)
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		s.write(w, http.StatusOK, s.reply(r))
+	case <-r.Context().Done():
+	}
+}
+
+// queryInt reads an integer query parameter within [lo, hi].
+func queryInt(r *http.Request, name string, def, lo, hi int) (int, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("%s=%q: want an integer in [%d, %d]", name, v, lo, hi)
+	}
+	return n, nil
 }
 
 // reply describes this instance and the caller.
