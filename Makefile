@@ -7,7 +7,7 @@ FUZZTIME ?= 5s
 # Packages with goroutines and locks, run again under the race detector.
 RACE_PKGS := ./internal/... ./ztunnel/... ./istiod-lite/... ./bench/... ./nodeagent/... ./ambientctl/... ./localcluster/... ./waypoint/...
 
-.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel bench-controlplane demo demo-down demo-tunnel lint deps
+.PHONY: all build test test-unit test-race test-fuzz gen gen-check bench bench-go bench-tunnel bench-ztunnel bench-waypoint bench-controlplane demo demo-down demo-tunnel lint deps
 
 all: build
 
@@ -52,8 +52,9 @@ lint:
 	$(GO) vet ./...
 
 ## bench: Go micro-benchmarks, the tunnel against C TLS proxies, then ztunnel
-## as a process in network namespaces (pod to pod vs C pairs, idle conns).
-bench: bench-go bench-tunnel bench-ztunnel bench-controlplane
+## as a process in network namespaces (pod to pod vs C pairs, idle conns),
+## the waypoint between two ztunnels against nginx, and istiod-lite.
+bench: bench-go bench-tunnel bench-ztunnel bench-waypoint bench-controlplane
 
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/hbone/ ./ztunnel/
@@ -68,6 +69,16 @@ bench-tunnel: build
 bench-ztunnel:
 	hack/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./ztunnel/procbench/
+
+# Needs root (network namespaces); about 5 minutes. client → ztunnel →
+# waypoint → ztunnel → server against plain and an nginx TLS reverse-proxy
+# path, HTTP/1.1. Knobs: PROCBENCH_ROUNDS, PROCBENCH_RATES,
+# PROCBENCH_LATENCY_SECONDS, PROCBENCH_MAX_SECONDS, PROCBENCH_MAX_CONNS,
+# PROCBENCH_CONNS, PROCBENCH_PATHS, PROCBENCH_WAYPOINT_PROCS,
+# PROCBENCH_ZTUNNEL_PROCS (see docs/benchmarks.md).
+bench-waypoint:
+	hack/install-deps.sh bench
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./waypoint/procbench/
 
 # istiod-lite as a process against a real apiserver: 5,000 pods, 50 services,
 # one ztunnel xDS client per node; about 1.5 minutes, no root. Knob:

@@ -138,6 +138,8 @@ func DownloadVia(ctx context.Context, dial DialFunc, addr string, n int64, bufSi
 // LatencyConfig describes an open-loop request/response run.
 type LatencyConfig struct {
 	Addr     string
+	Protocol Protocol      // ProtoEcho (the default) or ProtoHTTP1
+	Host     string        // HTTP Host header (default Addr)
 	Rate     float64       // requests per second over all connections
 	Duration time.Duration // measured period
 	Conns    int           // connections, opened before measuring
@@ -176,17 +178,16 @@ func Latency(ctx context.Context, cfg LatencyConfig) (LatencyResult, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
 	}
-	conns := make([]net.Conn, 0, cfg.Conns)
-	buf := make([]byte, cfg.Size)
+	conns := make([]exchanger, 0, cfg.Conns)
 	for range cfg.Conns {
-		c, closeConn, err := dialBench(ctx, cfg.Dial, cfg.Addr, Header{Op: OpEcho, Length: uint64(cfg.Size)})
+		c, closeConn, err := openConn(ctx, cfg.Protocol, cfg.Dial, cfg.Addr, cfg.Host, cfg.Size)
 		if err != nil {
 			return LatencyResult{}, err
 		}
 		defer closeConn()
 		conns = append(conns, c)
 		for range cfg.Warmup {
-			if err := roundTrip(c, buf, time.Now().Add(cfg.Timeout)); err != nil {
+			if err := c.roundTrip(time.Now().Add(cfg.Timeout)); err != nil {
 				return LatencyResult{}, fmt.Errorf("load: warm-up via %s: %w", cfg.Addr, ctxErr(ctx, err))
 			}
 		}
@@ -232,8 +233,7 @@ func Latency(ctx context.Context, cfg LatencyConfig) (LatencyResult, error) {
 
 // latencyConn carries the requests reqs of sched on c, recording each
 // latency into samples[i] and ok[i]; it returns its largest send lag.
-func latencyConn(ctx context.Context, c net.Conn, sched stats.Schedule, reqs []int, cfg LatencyConfig, samples []time.Duration, ok []bool) time.Duration {
-	buf := make([]byte, cfg.Size)
+func latencyConn(ctx context.Context, c exchanger, sched stats.Schedule, reqs []int, cfg LatencyConfig, samples []time.Duration, ok []bool) time.Duration {
 	var maxLag time.Duration
 	for _, i := range reqs {
 		due := sched.At(i)
@@ -241,7 +241,7 @@ func latencyConn(ctx context.Context, c net.Conn, sched stats.Schedule, reqs []i
 			return maxLag
 		}
 		maxLag = max(maxLag, time.Since(due))
-		if err := roundTrip(c, buf, time.Now().Add(cfg.Timeout)); err != nil {
+		if err := c.roundTrip(time.Now().Add(cfg.Timeout)); err != nil {
 			return maxLag // this and the remaining requests stay !ok
 		}
 		samples[i] = time.Since(due)

@@ -1,7 +1,7 @@
 // Package load is the traffic side of the tunnel benchmark: a backend server
-// and the load clients that drive bulk transfers and open-loop
-// request/response latency through a proxy path (or straight to the
-// backend).
+// and the load clients that drive bulk transfers, open-loop request/response
+// latency (Latency) and closed-loop request throughput (Throughput) through
+// a proxy path (or straight to the backend).
 //
 // Wire format. Every connection starts with a 16-byte header from the client:
 //
@@ -21,6 +21,21 @@
 //	              Timed from 'G' to the last byte read.
 //	'E' echo:     repeatedly, client sends a length-byte request and backend
 //	              answers with length bytes, until the client closes.
+//
+// HTTP/1.1 (ProtoHTTP1, for L7 proxies on the path) needs no header of its
+// own: HTTPBackend answers every request with 200 and the request's body as
+// the response body (Content-Length set), and the load client sends, on
+// keep-alive connections,
+//
+//	POST /echo HTTP/1.1
+//	Host: <LatencyConfig.Host, default the dialled address>
+//	Content-Type: application/octet-stream
+//	Content-Length: <Size>
+//
+//	<Size bytes>
+//
+// and counts a request as done only when a 200 with exactly Size body bytes
+// has arrived on a connection the server keeps open.
 package load
 
 import (

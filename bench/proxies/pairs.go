@@ -43,6 +43,7 @@ type File struct {
 type Proc struct {
 	Name  string   // e.g. "nginx-server"
 	Argv  []string // Argv[0] is the executable
+	Env   []string // added to this process's environment, e.g. GOMAXPROCS=1
 	Files []File   // written (0600) before starting
 	Ready string   // address that accepts TCP connections once it is up
 	// Dial reaches Ready; nil means a net.Dialer in this process's network

@@ -46,6 +46,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	case "silent":
 		select {}
+	case "env":
+		fmt.Println("helper: greeting", os.Getenv("HELPER_GREETING"))
+		os.Exit(1)
 	}
 }
 
@@ -198,5 +201,14 @@ func TestStart_ReadinessGoesThroughProcDial(t *testing.T) {
 	defer r.Stop()
 	if dials.Load() == 0 {
 		t.Error("Start waited for readiness without Proc.Dial")
+	}
+}
+
+func TestStart_ProcEnvReachesTheProcess(t *testing.T) {
+	p := helperProc(t, "env")
+	p.Env = []string{"HELPER_GREETING=from-proc-env"}
+	_, err := Start(t.Context(), p, 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "greeting from-proc-env") {
+		t.Errorf("err = %v, want the log tail with the greeting from Proc.Env", err)
 	}
 }

@@ -83,3 +83,104 @@ func GroupCPU(pgid int) (time.Duration, error) {
 	}
 	return total, nil
 }
+
+// GroupPids lists the live processes of process group pgid (nginx: the
+// master and its workers).
+func GroupPids(pgid int) ([]int, error) {
+	paths, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if st, err := ParseProcStat(data); err == nil && st.PGrp == pgid {
+			pids = append(pids, st.Pid)
+		}
+	}
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("proxies: no live process in group %d", pgid)
+	}
+	return pids, nil
+}
+
+// GroupRSSMiB sums VmRSS over the live processes of process group pgid
+// (nginx: master and workers), in MiB.
+func GroupRSSMiB(pgid int) (float64, error) {
+	paths, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		return 0, err
+	}
+	var kb float64
+	found := false
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		st, err := ParseProcStat(data)
+		if err != nil || st.PGrp != pgid {
+			continue
+		}
+		status, err := os.ReadFile(filepath.Join(filepath.Dir(p), "status"))
+		if err != nil {
+			continue
+		}
+		if v, ok := ParseVmRSSKiB(status); ok {
+			kb += v
+			found = true
+		}
+	}
+	if !found {
+		return 0, fmt.Errorf("proxies: no live process in group %d", pgid)
+	}
+	return kb / 1024, nil
+}
+
+// ParseVmRSSKiB returns the VmRSS line of /proc/<pid>/status in KiB (false
+// for a process without one, such as a zombie).
+func ParseVmRSSKiB(status []byte) (float64, bool) {
+	for _, line := range bytes.Split(status, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("VmRSS:")); ok {
+			n, err := strconv.ParseFloat(string(bytes.TrimSuffix(bytes.TrimSpace(v), []byte(" kB"))), 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
+}
+
+// CPUByProcess is every process's user+system time so far
+// (/proc/<pid>/stat, which the kernel scales to the precise run time; the
+// machine-wide /proc/stat counters are sampled at timer ticks, which a load
+// paced at exactly 1,000 req/s aliases with).
+func CPUByProcess() map[int]time.Duration {
+	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
+	out := make(map[int]time.Duration, len(paths))
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if st, err := ParseProcStat(data); err == nil {
+			out[st.Pid] = st.CPU()
+		}
+	}
+	return out
+}
+
+// BusyBetween is the CPU time used between two CPUByProcess snapshots by
+// the processes alive at both: the path, the load client, the backend and
+// any other long-running work on the machine (short-lived processes, such
+// as compilers, are missed).
+func BusyBetween(before, after map[int]time.Duration) time.Duration {
+	var d time.Duration
+	for pid, a := range after {
+		if b, ok := before[pid]; ok && a >= b {
+			d += a - b
+		}
+	}
+	return d
+}

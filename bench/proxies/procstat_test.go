@@ -2,6 +2,7 @@ package proxies
 
 import (
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -50,5 +51,41 @@ func TestTailLines(t *testing.T) {
 	}
 	if got := TailLines(nil, 3); len(got) != 0 {
 		t.Errorf("TailLines(nil) = %q", got)
+	}
+}
+
+func TestParseVmRSSKiB(t *testing.T) {
+	status := []byte("Name:\tnginx\nVmPeak:\t  20000 kB\nVmRSS:\t   15872 kB\nThreads:\t1\n")
+	if kb, ok := ParseVmRSSKiB(status); !ok || kb != 15872 {
+		t.Errorf("ParseVmRSSKiB = %v, %v; want 15872", kb, ok)
+	}
+	if _, ok := ParseVmRSSKiB([]byte("Name:\tzombie\nState:\tZ (zombie)\n")); ok {
+		t.Error("a status without VmRSS parsed")
+	}
+}
+
+func TestGroupRSSMiBAndBusyBetween_OwnProcess(t *testing.T) {
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		t.Skip("no /proc:", err)
+	}
+	if pids, err := GroupPids(syscall.Getpgrp()); err != nil || !slices.Contains(pids, os.Getpid()) {
+		t.Errorf("GroupPids(own group) = %v, %v; want this process among them", pids, err)
+	}
+	rss, err := GroupRSSMiB(syscall.Getpgrp())
+	if err != nil || rss <= 0 {
+		t.Fatalf("GroupRSSMiB(own group) = %v, %v", rss, err)
+	}
+	before := CPUByProcess()
+	for deadline := time.Now().Add(30 * time.Millisecond); time.Now().Before(deadline); {
+	}
+	after := CPUByProcess()
+	if _, ok := after[os.Getpid()]; !ok {
+		t.Fatal("CPUByProcess lacks this process")
+	}
+	if busy := BusyBetween(before, after); busy < 0 {
+		t.Errorf("BusyBetween = %v", busy)
+	}
+	if d := BusyBetween(map[int]time.Duration{1: time.Second, 2: time.Second}, map[int]time.Duration{1: 3 * time.Second, 3: time.Hour}); d != 2*time.Second {
+		t.Errorf("BusyBetween counts only processes alive at both: %v, want 2s", d)
 	}
 }

@@ -13,6 +13,11 @@
 // name: SVIDs carry only a URI SAN). The client side presents client.pem,
 // the server side server.pem and requires a client certificate.
 //
+// For L7 paths (waypoint/procbench) NginxHTTPProxy adds a third process,
+// nginx's http module as a reverse proxy between two such tunnels: TLS in
+// (client certificate required), HTTP/1.1 parsed, TLS out on a keep-alive
+// pool.
+//
 // Tuning. Found with `meshbench tunnel` on the 2-core bench machine (1 GiB
 // single-stream transfers, 3 repeats, median MB/s up/down; noise is about
 // ±10%, so each setting was run two or three times; bench/README.md has the

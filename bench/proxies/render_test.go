@@ -116,3 +116,17 @@ func TestBuild_RejectsUnknownPairAndHBONEWithoutBinary(t *testing.T) {
 		t.Error("Build(hbone) without Tools.Mesh succeeded")
 	}
 }
+
+func TestNginxHTTPProxy_Golden(t *testing.T) {
+	tuning := DefaultTuning()
+	tuning.NginxWorkers = "2"
+	l := testLayout
+	l.Tunnel, l.Dest = "10.244.3.2:15443", "172.30.0.2:15008"
+	p := NginxHTTPProxy(l, tuning, DefaultTools())
+	var b strings.Builder
+	fmt.Fprintf(&b, "### %s ready=%s log=%s extra=%v\n$ %q\n", p.Name, p.Ready, p.Log, p.ExtraLogs, p.Argv)
+	for _, f := range p.Files {
+		fmt.Fprintf(&b, "\n--- %s ---\n%s", f.Path, f.Data)
+	}
+	golden(t, "nginx-http.golden", b.String())
+}

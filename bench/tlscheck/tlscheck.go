@@ -17,15 +17,21 @@
 // finished its handshake, so "accepted" means: the handshake completed and
 // the first read did not fail within a short window (it either timed out,
 // because the backend waits for the client to speak, or returned data).
+// A server that speaks HTTP inside TLS and refuses a bad client
+// certificate only with a 400 answer (nginx's http module) is probed with
+// a request instead (Env.HTTPProbe).
 package tlscheck
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/ambientmesh/ambient/bench/certdir"
@@ -50,6 +56,13 @@ type Env struct {
 	Probe time.Duration
 	// Timeout bounds each handshake (default 5s).
 	Timeout time.Duration
+	// HTTPProbe is for a server that speaks HTTP/1.1 inside TLS and, like
+	// nginx's http module with ssl_verify_client on, completes the
+	// handshake whatever the client certificate and refuses the request
+	// afterwards with 400: a server-side check then sends a GET after the
+	// handshake and counts a 400 answer as refused, any other answer as
+	// accepted, instead of probing for a silent read.
+	HTTPProbe bool
 }
 
 func (e Env) withDefaults() Env {
@@ -143,6 +156,26 @@ func dialServer(ctx context.Context, addr string, env Env, o dialOpts) dialResul
 	defer nc.Close()
 	c := nc.(*tls.Conn)
 	res.state = c.ConnectionState()
+	if env.HTTPProbe {
+		c.SetDeadline(time.Now().Add(env.Timeout))
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: tlscheck\r\nConnection: close\r\n\r\n"); err != nil {
+			res.err = err
+			return res
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		switch {
+		case err != nil:
+			res.err = err
+		case resp.StatusCode == http.StatusBadRequest:
+			res.err = fmt.Errorf("HTTP %s after the handshake", resp.Status)
+		default:
+			res.accepted = true
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return res
+	}
 	c.SetReadDeadline(time.Now().Add(env.Probe))
 	var b [1]byte
 	_, err = c.Read(b[:])

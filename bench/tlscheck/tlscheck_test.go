@@ -3,8 +3,10 @@ package tlscheck
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -212,5 +214,50 @@ func TestClient_CatchesMisconfigurations(t *testing.T) {
 				t.Errorf("failed checks = %v, want exactly the one about %q", f, tt.want)
 			}
 		})
+	}
+}
+
+// serveHTTPVerifyAfter stands in for nginx's http module with
+// ssl_verify_client on: the handshake takes any client certificate (or
+// none), and a request without one that chains to the CA gets 400. With
+// lax, it answers 200 whatever the certificate.
+func serveHTTPVerifyAfter(t *testing.T, env Env, lax bool) string {
+	t.Helper()
+	cfg := serverConfig(t, env)
+	roots := cfg.ClientCAs
+	cfg.ClientAuth = tls.RequestClientCert
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		certs := r.TLS.PeerCertificates
+		if !lax && (len(certs) == 0 || verifyChain(roots, x509.ExtKeyUsageClientAuth, nil)(*r.TLS) != nil) {
+			http.Error(w, "The SSL certificate error", http.StatusBadRequest)
+			return
+		}
+		io.WriteString(w, "ok")
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return ln.Addr().String()
+}
+
+func TestServer_HTTPProbeSeesARefusalAfterTheHandshake(t *testing.T) {
+	env := testEnv(t)
+	env.HTTPProbe = true
+	if cs := Server(t.Context(), serveHTTPVerifyAfter(t, env, false), env); !AllOK(cs) {
+		t.Errorf("failed checks: %v\n%+v", failed(cs), cs)
+	}
+	f := failed(Server(t.Context(), serveHTTPVerifyAfter(t, env, true), env))
+	if len(f) != 2 || !strings.Contains(f[0], "without a certificate") || !strings.Contains(f[1], "foreign CA") {
+		t.Errorf("against a server that never checks: failed checks = %v, want the two certificate ones", f)
+	}
+	// Without the probe, such a server's silence after the handshake
+	// looks like acceptance: the reason HTTPProbe exists.
+	env.HTTPProbe = false
+	if f := failed(Server(t.Context(), serveHTTPVerifyAfter(t, env, false), env)); len(f) != 2 {
+		t.Errorf("without HTTPProbe: failed checks = %v, want the two certificate ones", f)
 	}
 }

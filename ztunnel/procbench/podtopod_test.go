@@ -20,6 +20,7 @@ import (
 
 	"github.com/ambientmesh/ambient/bench/certdir"
 	"github.com/ambientmesh/ambient/bench/load"
+	"github.com/ambientmesh/ambient/bench/nsproc"
 	"github.com/ambientmesh/ambient/bench/proxies"
 	"github.com/ambientmesh/ambient/bench/tlscheck"
 	"github.com/ambientmesh/ambient/internal/ca"
@@ -285,19 +286,6 @@ func (pb *podBench) stopMesh(b *testing.B) {
 	}
 }
 
-// inNode makes p run in node n's namespace and checks readiness from there.
-func inNode(p proxies.Proc, n *testenv.Node) proxies.Proc {
-	p.Argv = append([]string{"ip", "netns", "exec", n.Name}, p.Argv...)
-	p.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
-		c, err := n.Dial(ctx, addr)
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
-	}
-	return p
-}
-
 // runCPair starts C pair name across the nodes, checks in round 0 that its
 // server side does mutual TLS 1.3 only, and measures it.
 func (pb *podBench) runCPair(ctx context.Context, name string, round int) (sample, error) {
@@ -321,7 +309,7 @@ func (pb *podBench) runCPair(ctx context.Context, name string, round int) (sampl
 			running[i].Stop()
 		}
 	}()
-	for _, p := range []proxies.Proc{inNode(pair.Server, n2), inNode(pair.Client, n1)} {
+	for _, p := range []proxies.Proc{nsproc.InNS(pair.Server, n2.NS), nsproc.InNS(pair.Client, n1.NS)} {
 		r, err := proxies.Start(ctx, p, 10*time.Second)
 		if err != nil {
 			return sample{}, err
@@ -409,7 +397,7 @@ func (pb *podBench) measure(ctx context.Context, addr string, groups []int) (sam
 	lr, err := load.Latency(lctx, load.LatencyConfig{
 		Addr: addr, Rate: cfg.Rate, Duration: cfg.Duration, Conns: cfg.Conns, Size: cfg.Size, Warmup: cfg.Warmup,
 		Dial:    pb.dialFromClientPod,
-		Started: func() { cpu0, cpuErr = cpu(); busy0, t0 = cpuByProcess(), time.Now() },
+		Started: func() { cpu0, cpuErr = cpu(); busy0, t0 = proxies.CPUByProcess(), time.Now() },
 	})
 	if err != nil {
 		return s, fmt.Errorf("latency: %w", err)
@@ -417,7 +405,7 @@ func (pb *podBench) measure(ctx context.Context, addr string, groups []int) (sam
 	if lr.Errors > 0 {
 		return s, fmt.Errorf("latency: %d of %d requests failed", lr.Errors, lr.Sent)
 	}
-	s.MachineBusy = busyBetween(busy0, cpuByProcess()).Seconds() / time.Since(t0).Seconds()
+	s.MachineBusy = proxies.BusyBetween(busy0, proxies.CPUByProcess()).Seconds() / time.Since(t0).Seconds()
 	cpu1, err := cpu()
 	if err = errors.Join(cpuErr, err); err != nil {
 		return s, fmt.Errorf("cpu accounting: %w", err)
@@ -426,80 +414,11 @@ func (pb *podBench) measure(ctx context.Context, addr string, groups []int) (sam
 	// CPU-seconds per 1,000 requests: at 1,000 req/s, vCPU per 1,000 req/s.
 	for i := range groups {
 		s.VCPU = append(s.VCPU, (cpu1[i]-cpu0[i]).Seconds()/(float64(lr.Sent)/1000))
-		rss, err := groupRSSMiB(groups[i])
+		rss, err := proxies.GroupRSSMiB(groups[i])
 		if err != nil {
 			return s, err
 		}
 		s.RSSMiB = append(s.RSSMiB, rss)
 	}
 	return s, nil
-}
-
-// groupRSSMiB sums VmRSS over the live processes of process group pgid
-// (nginx: master and worker).
-func groupRSSMiB(pgid int) (float64, error) {
-	paths, err := filepath.Glob("/proc/[0-9]*/stat")
-	if err != nil {
-		return 0, err
-	}
-	var kb float64
-	found := false
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		st, err := proxies.ParseProcStat(data)
-		if err != nil || st.PGrp != pgid {
-			continue
-		}
-		status, err := os.ReadFile(filepath.Join(filepath.Dir(p), "status"))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(status), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				n, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-				kb += n
-				found = true
-			}
-		}
-	}
-	if !found {
-		return 0, fmt.Errorf("no live process in group %d", pgid)
-	}
-	return kb / 1024, nil
-}
-
-// cpuByProcess is every process's user+system time so far (/proc/<pid>/stat,
-// which the kernel scales to the precise run time; the machine-wide
-// /proc/stat counters are sampled at timer ticks, which a load paced at
-// exactly 1,000 req/s aliases with).
-func cpuByProcess() map[int]time.Duration {
-	paths, _ := filepath.Glob("/proc/[0-9]*/stat")
-	out := make(map[int]time.Duration, len(paths))
-	for _, p := range paths {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		if st, err := proxies.ParseProcStat(data); err == nil {
-			out[st.Pid] = st.CPU()
-		}
-	}
-	return out
-}
-
-// busyBetween is the CPU time used between two cpuByProcess snapshots by
-// the processes alive at both: the path, the load client, the backend and
-// any other long-running work on the machine (short-lived processes, such
-// as compilers, are missed).
-func busyBetween(before, after map[int]time.Duration) time.Duration {
-	var d time.Duration
-	for pid, a := range after {
-		if b, ok := before[pid]; ok && a >= b {
-			d += a - b
-		}
-	}
-	return d
 }

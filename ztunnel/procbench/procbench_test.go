@@ -32,6 +32,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/ambientmesh/ambient/bench/nsproc"
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/testenv"
@@ -145,15 +146,9 @@ func start(b *testing.B, ns testenv.NS, env []string, argv ...string) *proc {
 }
 
 func buildZtunnel(b *testing.B) string {
-	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
-	if err != nil {
-		b.Fatal(err)
-	}
 	bin := filepath.Join(b.TempDir(), "ztunnel")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/ztunnel")
-	cmd.Dir = strings.TrimSpace(string(root))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("build ztunnel: %v\n%s", err, out)
+	if err := nsproc.GoBuild("./cmd/ztunnel", bin); err != nil {
+		b.Fatal(err)
 	}
 	return bin
 }
