@@ -18,6 +18,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/authz"
 	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/hbone3"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/redirect"
@@ -34,15 +35,17 @@ type podProxy struct {
 	nsPath string
 
 	// Set by start, then read-only.
-	nsFile *os.File // our own handle on the pod's netns: nsPath stays valid while we serve
-	ip     netip.Addr
-	id     spiffeid.ID
-	src    *identity.Source
-	client *hbone.Client
-	lns    []net.Listener
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	up     atomic.Bool
+	nsFile  *os.File // our own handle on the pod's netns: nsPath stays valid while we serve
+	ip      netip.Addr
+	id      spiffeid.ID
+	src     *identity.Source
+	client  *hbone.Client  // tunnels over HTTP/2
+	client3 *hbone3.Client // tunnels over HTTP/3 (QUIC)
+	lns     []net.Listener
+	udp     *net.UDPConn // UDP 15008, HBONE/3; Serve closes it
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	up      atomic.Bool
 
 	mu    sync.Mutex // guards the fields below
 	w     *workloadapi.Workload
@@ -100,31 +103,7 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 			p.cleanup()
 		}
 	}()
-	td := p.z.cfg.TrustDomain
-	if p.client, err = hbone.NewClient(hbone.ClientConfig{
-		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
-			return identity.ClientConfig(p.src, p.src, dst), nil
-		},
-		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return netns.DialTCP(ctx, p.nsPath, addr, netns.WithMark(redirect.ZtunnelMark))
-		},
-		Logger: p.z.log,
-	}); err != nil {
-		return err
-	}
-	srv, err := hbone.NewServer(hbone.ServerConfig{
-		TLSConfig:   identity.ServerConfig(p.src, p.src, td),
-		Authorize:   p.authorizeTunnel,
-		Dial:        p.dialApp,
-		OnStreamEnd: p.tunnelEnded,
-		OnConnRefused: func(remote net.Addr, err error) {
-			p.z.record(telemetry.Flow{Start: time.Now(), Reporter: "destination", Decision: telemetry.Deny,
-				Src: peerOf(nil, spiffeid.ID{}, remote), Dst: peerOf(p.workload(), p.id, nil),
-				Security: "mutual_tls", Transport: "hbone", Error: err.Error()})
-		},
-		Logger:       p.z.log,
-		DrainTimeout: p.z.cfg.DrainTimeout,
-	})
+	srv, srv3, err := p.newTunnels()
 	if err != nil {
 		return err
 	}
@@ -134,6 +113,12 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 			return err
 		}
 		p.lns = append(p.lns, ln)
+	}
+	// HBONE/3 beside HBONE, whatever the pod's own transport: which one a
+	// client uses is its choice (from this pod's workload), and a change of
+	// it needs no new socket. The capture rules leave UDP alone.
+	if p.udp, err = netns.ListenUDP(p.nsPath, fmt.Sprintf("0.0.0.0:%d", redirect.TunnelPort), netns.WithMark(redirect.ZtunnelMark)); err != nil {
+		return err
 	}
 	// The node's own connections (kubelet probes) are not captured, as in
 	// Istio: a policy must never fail the pod's health checks.
@@ -146,12 +131,83 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 	}
 	pctx, cancelPod := context.WithCancel(context.WithoutCancel(ctx))
 	p.cancel = cancelPod
-	p.wg.Add(3)
+	p.wg.Add(4)
 	go func() { defer p.wg.Done(); p.acceptLoop(pctx, p.lns[0], p.handleOutbound) }()
 	go func() { defer p.wg.Done(); p.acceptLoop(pctx, p.lns[1], p.handlePlaintext) }()
 	go func() { defer p.wg.Done(); srv.Serve(pctx, p.lns[2]) }()
+	go func() { defer p.wg.Done(); p.serveHBONE3(pctx, srv3) }()
 	p.up.Store(true)
 	return nil
+}
+
+// newTunnels makes the pod's tunnel clients and servers, HTTP/2 and
+// HTTP/3 alike: the same certificate, authorization, upstream dial, flow
+// records and drain.
+func (p *podProxy) newTunnels() (*hbone.Server, *hbone3.Server, error) {
+	tlsFor := func(_, dst spiffeid.ID) (*tls.Config, error) { return identity.ClientConfig(p.src, p.src, dst), nil }
+	var err error
+	if p.client, err = hbone.NewClient(hbone.ClientConfig{
+		TLSConfig: tlsFor,
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return netns.DialTCP(ctx, p.nsPath, addr, netns.WithMark(redirect.ZtunnelMark))
+		},
+		Logger: p.z.log,
+	}); err != nil {
+		return nil, nil, err
+	}
+	if p.client3, err = hbone3.NewClient(hbone3.ClientConfig{
+		TLSConfig:    tlsFor,
+		ListenPacket: p.listenQUIC,
+		Logger:       p.z.log,
+		// A handshake is never waited for past the QUIC share of the
+		// connect timeout, so none lingers after its dialers fell back.
+		HandshakeTimeout: quicBudget(p.z.cfg.ConnectTimeout),
+	}); err != nil {
+		return nil, nil, err
+	}
+	serverTLS := identity.ServerConfig(p.src, p.src, p.z.cfg.TrustDomain)
+	srv, err := hbone.NewServer(hbone.ServerConfig{
+		TLSConfig:     serverTLS,
+		Authorize:     p.authorizeTunnel,
+		Dial:          func(ctx context.Context, st *hbone.Stream) (net.Conn, error) { return p.dialApp(ctx, st, st) },
+		OnStreamEnd:   func(r hbone.StreamResult) { p.tunnelEnded(r, telemetry.TransportHBONE) },
+		OnConnRefused: p.tunnelRefused(telemetry.TransportHBONE),
+		Logger:        p.z.log,
+		DrainTimeout:  p.z.cfg.DrainTimeout,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	srv3, err := hbone3.NewServer(hbone3.ServerConfig{
+		TLSConfig:     serverTLS,
+		Authorize:     func(ctx context.Context, st *hbone3.Stream) error { return p.authorizeTunnel(ctx, &st.Stream) },
+		Dial:          func(ctx context.Context, st *hbone3.Stream) (net.Conn, error) { return p.dialApp(ctx, &st.Stream, st) },
+		OnStreamEnd:   func(r hbone.StreamResult) { p.tunnelEnded(r, telemetry.TransportHBONE3) },
+		OnConnRefused: p.tunnelRefused(telemetry.TransportHBONE3),
+		Logger:        p.z.log,
+		DrainTimeout:  p.z.cfg.DrainTimeout,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return srv, srv3, nil
+}
+
+// serveHBONE3 serves HBONE/3 on the pod's UDP 15008 until ctx ends.
+func (p *podProxy) serveHBONE3(ctx context.Context, srv *hbone3.Server) {
+	if err := srv.Serve(ctx, p.udp); err != nil {
+		p.z.log.Warn("HBONE/3 server stopped", "pod", p.uid, "err", err)
+	}
+}
+
+// tunnelRefused records a tunnel connection the server refused before any
+// stream (the peer's certificate failed verification).
+func (p *podProxy) tunnelRefused(transport string) func(net.Addr, error) {
+	return func(remote net.Addr, err error) {
+		p.z.record(telemetry.Flow{Start: time.Now(), Reporter: "destination", Decision: telemetry.Deny,
+			Src: peerOf(nil, spiffeid.ID{}, remote), Dst: peerOf(p.workload(), p.id, nil),
+			Security: "mutual_tls", Transport: transport, Error: err.Error()})
+	}
 }
 
 // stop lets open connections drain, stops the listeners and lets go of
@@ -223,8 +279,14 @@ func (p *podProxy) cleanup() {
 	for _, ln := range p.lns {
 		ln.Close()
 	}
+	if p.udp != nil {
+		p.udp.Close() // if Serve never ran; closing twice is harmless
+	}
 	if p.client != nil {
 		p.client.Close()
+	}
+	if p.client3 != nil {
+		p.client3.Close()
 	}
 	if p.nsFile != nil {
 		p.nsFile.Close()
@@ -269,18 +331,15 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 		p.endOutbound(flow, done)
 		return
 	}
-	flow = p.outboundFlow(src, c.RemoteAddr(), rt, start)
 	dctx, cancel := context.WithTimeout(ctx, p.z.cfg.ConnectTimeout)
 	var up net.Conn
 	if rt.Kind == outbound.Tunnel {
-		up, err = p.client.Dial(dctx, hbone.Target{
-			Source: p.id, Destination: rt.Identity, Address: rt.TunnelAddr, Authority: rt.Target,
-			Header: http.Header{"Forwarded": {"for=" + forwardedFor(c.RemoteAddr())}},
-		})
+		up, rt.Transport, err = p.dialTunnel(dctx, rt, c.RemoteAddr())
 	} else {
 		up, err = netns.DialTCP(dctx, p.nsPath, rt.Target.String(), netns.WithMark(redirect.ZtunnelMark))
 	}
 	cancel()
+	flow = p.outboundFlow(src, c.RemoteAddr(), rt, start)
 	if err != nil {
 		var se *hbone.StatusError
 		if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
@@ -294,7 +353,7 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 	p.z.opened(flow)
 	// The record is rebuilt at the end from what it was made of rather than
 	// kept: an idle connection then holds a third of the memory.
-	t, srcAddr, dstOf := p.track(up, nil, nil), c.RemoteAddr(), keepRoute(rt)
+	t, srcAddr, dstOf := p.track(up, nil), c.RemoteAddr(), keepRoute(rt)
 	hbone.SpliceAsync(up, c, func(toApp, fromApp int64, err error) {
 		p.untrack(t)
 		flow := p.outboundFlow(src, srcAddr, dstOf.route(), start)
@@ -306,23 +365,29 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 // keptRoute is what an open outbound connection keeps of its route for
 // its flow record: the tunnel's address is not needed and the destination's
 // identity is derived again from its workload at the end (otherwise a
-// string per connection).
+// string per connection). kind is narrowed so that the transport fits in
+// the same 64 bytes.
 type keptRoute struct {
 	target   netip.AddrPort
 	w        *workloadapi.Workload
 	svc      *workloadapi.Service
 	waypoint *workloadapi.Workload
-	kind     outbound.Kind
+	kind     uint8 // outbound.Kind
+	quic     bool  // the tunnel is HBONE/3
 }
 
 func keepRoute(rt outbound.Route) keptRoute {
-	return keptRoute{target: rt.Target, w: rt.Workload, svc: rt.Service, waypoint: rt.Waypoint, kind: rt.Kind}
+	return keptRoute{target: rt.Target, w: rt.Workload, svc: rt.Service, waypoint: rt.Waypoint,
+		kind: uint8(rt.Kind), quic: rt.Transport == workloadapi.TunnelTransport_QUIC}
 }
 
 // route is the route kept, as far as a flow record needs it.
 func (k keptRoute) route() outbound.Route {
-	rt := outbound.Route{Kind: k.kind, Target: k.target, Workload: k.w, Service: k.svc, Waypoint: k.waypoint}
-	if k.kind == outbound.Tunnel {
+	rt := outbound.Route{Kind: outbound.Kind(k.kind), Target: k.target, Workload: k.w, Service: k.svc, Waypoint: k.waypoint}
+	if k.quic {
+		rt.Transport = workloadapi.TunnelTransport_QUIC
+	}
+	if rt.Kind == outbound.Tunnel {
 		peer := k.w
 		if k.waypoint != nil {
 			peer = k.waypoint
@@ -332,10 +397,14 @@ func (k keptRoute) route() outbound.Route {
 	return rt
 }
 
-// outboundFlow is the record of an outbound connection routed by rt.
+// outboundFlow is the record of an outbound connection routed by rt, a
+// tunnel carried over rt.Transport.
 func (p *podProxy) outboundFlow(src *workloadapi.Workload, srcAddr net.Addr, rt outbound.Route, start time.Time) telemetry.Flow {
 	f := telemetry.Flow{Start: start, Reporter: "source", Decision: telemetry.Allow,
 		Src: peerOf(src, p.id, srcAddr), Transport: rt.Kind.String(), Security: "none"}
+	if rt.Kind == outbound.Tunnel {
+		f.Transport = transportName(rt.Transport)
+	}
 	// Through a waypoint, the peer is the waypoint's pod (the identity the
 	// tunnel verified); the service and address are still the original ones.
 	peer := rt.Workload
@@ -391,18 +460,20 @@ func (e *deniedError) Error() string {
 	return "denied: " + e.d.Reason
 }
 
-// dialApp connects an allowed stream to the app inside the pod.
-func (p *podProxy) dialApp(ctx context.Context, st *hbone.Stream) (net.Conn, error) {
+// dialApp connects an allowed stream to the app inside the pod. tunnel is
+// the stream itself (*hbone.Stream or *hbone3.Stream), st its request.
+func (p *podProxy) dialApp(ctx context.Context, st *hbone.Stream, tunnel tunnelStream) (net.Conn, error) {
 	c, err := netns.DialTCP(ctx, p.nsPath, st.Authority.String(), netns.WithMark(redirect.ZtunnelMark))
 	if err != nil {
 		return nil, err
 	}
 	// Policy re-checks read the peer from the stream itself.
-	return p.track(c, nil, st), nil
+	return p.track(c, tunnel), nil
 }
 
-// tunnelEnded records the flow of a finished inbound HBONE stream.
-func (p *podProxy) tunnelEnded(r hbone.StreamResult) {
+// tunnelEnded records the flow of a finished inbound tunnel stream that
+// came over transport.
+func (p *podProxy) tunnelEnded(r hbone.StreamResult, transport string) {
 	view := p.z.cfg.Store.Current()
 	src := view.WorkloadByAddr(p.z.cfg.Network, r.PeerAddr.Addr().Unmap())
 	flow := telemetry.Flow{
@@ -410,7 +481,7 @@ func (p *podProxy) tunnelEnded(r hbone.StreamResult) {
 		Src:       peerOf(src, r.Peer, net.TCPAddrFromAddrPort(r.PeerAddr)),
 		Dst:       peerOf(p.workload(), p.id, net.TCPAddrFromAddrPort(r.Authority)),
 		BytesSent: r.BytesIn, BytesRecv: r.BytesOut,
-		Decision: telemetry.Allow, Security: "mutual_tls", Transport: "hbone", Error: errString(r.Err),
+		Decision: telemetry.Allow, Security: "mutual_tls", Transport: transport, Error: errString(r.Err),
 	}
 	var de *deniedError
 	if errors.As(r.Err, &de) {
@@ -461,7 +532,7 @@ func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn, done fun
 		return
 	}
 	p.z.opened(flow)
-	t := p.track(app, &inboundInfo{srcIP: src, port: dst.Port()}, nil)
+	t := p.track(app, &inboundInfo{srcIP: src, port: dst.Port()})
 	defer p.untrack(t)
 	toApp, fromApp, err := hbone.Splice(c, t)
 	flow.BytesSent, flow.BytesRecv, flow.Error = toApp, fromApp, errString(err)
@@ -474,32 +545,43 @@ type inboundInfo struct {
 	port  uint16
 }
 
+// tunnelStream is an inbound tunnel stream: *hbone.Stream (HTTP/2) or
+// *hbone3.Stream (HTTP/3). Abort resets it, ending its splice.
+type tunnelStream interface{ Abort() }
+
 // trackedConn is an open connection of the pod: closed on shutdown, and for
-// inbound ones, when a policy change no longer allows them. in and tunnel
-// are set at construction, then read-only.
+// inbound ones, when a policy change no longer allows them. origin is set
+// at construction, then read-only.
 type trackedConn struct {
 	net.Conn
-	p        *podProxy
-	in       *inboundInfo  // plaintext inbound only
-	tunnel   *hbone.Stream // the inbound HBONE stream spliced to it, if any
+	p *podProxy
+	// origin is what an inbound connection came from: the tunnelStream
+	// spliced to it, or for plaintext an *inboundInfo; nil for outbound.
+	// (One interface rather than a pointer per kind: no larger.)
+	origin   any
 	closedBy atomic.Pointer[authz.Decision]
 }
 
 // inbound returns what policy needs to re-check t; false for outbound.
-// An HBONE connection's comes from its stream (no copy kept per
+// A tunnelled connection's comes from its stream (no copy kept per
 // connection).
 func (t *trackedConn) inbound() (inboundInfo, bool) {
-	switch {
-	case t.tunnel != nil:
-		return inboundInfo{peer: t.tunnel.Peer, srcIP: t.tunnel.PeerAddr.Addr(), port: t.tunnel.Authority.Port()}, true
-	case t.in != nil:
-		return *t.in, true
+	var st *hbone.Stream
+	switch o := t.origin.(type) {
+	case *inboundInfo:
+		return *o, true
+	case *hbone.Stream:
+		st = o
+	case *hbone3.Stream:
+		st = &o.Stream
+	default:
+		return inboundInfo{}, false
 	}
-	return inboundInfo{}, false
+	return inboundInfo{peer: st.Peer, srcIP: st.PeerAddr.Addr(), port: st.Authority.Port()}, true
 }
 
-func (p *podProxy) track(c net.Conn, in *inboundInfo, tunnel *hbone.Stream) *trackedConn {
-	t := &trackedConn{Conn: c, p: p, in: in, tunnel: tunnel}
+func (p *podProxy) track(c net.Conn, origin any) *trackedConn {
+	t := &trackedConn{Conn: c, p: p, origin: origin}
 	p.mu.Lock()
 	p.conns[t] = struct{}{}
 	p.mu.Unlock()
@@ -557,8 +639,8 @@ func (p *podProxy) closeConns(pick func(*trackedConn) bool) int {
 		if tc, ok := t.Conn.(*net.TCPConn); ok {
 			tc.SetLinger(0)
 		}
-		if t.tunnel != nil {
-			t.tunnel.Abort() // the splice closes t, even while it is parked
+		if ts, ok := t.origin.(tunnelStream); ok {
+			ts.Abort() // the splice closes t, even while it is parked
 		} else {
 			t.Close()
 		}

@@ -3,18 +3,40 @@
 //
 // For each enrolled pod (its Workload is on this node with tunnel protocol
 // HBONE, and the pod's network namespace is known through AddPod), ztunnel
-// installs the in-pod capture rules (internal/redirect) and opens three
-// listeners inside the pod's namespace:
+// installs the in-pod capture rules (internal/redirect) and opens four
+// sockets inside the pod's namespace:
 //
-//	15001  outbound: the pod's captured TCP; routed by ztunnel/outbound and
-//	       carried over HBONE as the pod's identity (or passed through)
-//	15006  inbound plaintext: refused when a STRICT policy applies
-//	15008  inbound HBONE: peer verified, L4 policy (internal/authz)
-//	       evaluated, then connected to the app inside the pod
+//	15001/tcp  outbound: the pod's captured TCP; routed by ztunnel/outbound
+//	           and carried over HBONE as the pod's identity (or passed through)
+//	15006/tcp  inbound plaintext: refused when a STRICT policy applies
+//	15008/tcp  inbound HBONE (HTTP/2): peer verified, L4 policy
+//	           (internal/authz) evaluated, then connected to the app inside
+//	           the pod
+//	15008/udp  inbound HBONE/3 (HTTP/3 on QUIC, internal/hbone3): the same
+//	           verification, policy, dial, flow records, drain and policy
+//	           re-checks as 15008/tcp. Opened for every pod, whatever its
+//	           transport: a change needs no new socket.
 //
-// ztunnel's own sockets carry mark 0x539 and so bypass capture. A policy
-// change closes open inbound connections it no longer allows. Every
-// connection ends in one flow record and Istio's TCP metrics.
+// # Tunnel transport
+//
+// An outbound tunnel uses the transport its peer asks for in
+// Workload.tunnel_transport (the destination pod's, or the waypoint pod's):
+// HTTP/2 by default, QUIC when it says QUIC. A QUIC dial gets half the
+// connect timeout; if it fails before the peer answered the CONNECT (UDP
+// blocked, handshake timeout, reset), the tunnel is dialed over HTTP/2 in
+// the time left, and the address is remembered (QUICRetryAfter, 5 minutes
+// by default, at most 4096 addresses) so that tunnels to it go straight to
+// HTTP/2 until then. An answer from the peer (400, 401, 503) is final on
+// either transport: it is never retried over the other. Flow records name
+// the transport that carried each connection, on both ends: "hbone"
+// (HTTP/2) or "hbone3" (HTTP/3); so does the metric
+// ambient_tunnel_connections_total{reporter,transport}, and
+// ambient_tunnel_quic_fallbacks_total counts the fallbacks.
+//
+// ztunnel's own sockets, TCP and UDP, carry mark 0x539 and so bypass
+// capture (UDP is not captured at all). A policy change closes open inbound
+// connections it no longer allows, over either transport. Every connection
+// ends in one flow record and Istio's TCP metrics.
 package ztunnel
 
 import (
@@ -24,6 +46,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,15 +90,22 @@ type Config struct {
 	// restart leaves the in-pod rules in place). A pod leaving the mesh
 	// always has its rules removed, also when it left while no ztunnel ran.
 	RemoveCaptureOnExit bool
-	// ConnectTimeout bounds dialing a destination. Default 5 s.
+	// ConnectTimeout bounds dialing a destination, a QUIC attempt and its
+	// HTTP/2 fallback included. Default 5 s.
 	ConnectTimeout time.Duration
+	// QUICRetryAfter is how long tunnels to an address go straight to
+	// HTTP/2 after QUIC to it failed. Default DefaultQUICRetryAfter.
+	QUICRetryAfter time.Duration
+	// Clock times QUICRetryAfter; default time.Now.
+	Clock func() time.Time
 }
 
 // Ztunnel serves the enrolled pods of one node.
 type Ztunnel struct {
-	cfg  Config
-	log  *slog.Logger
-	rand *lockedRand
+	cfg      Config
+	log      *slog.Logger
+	rand     *lockedRand
+	quicDown *quicFailures // tunnel addresses where QUIC failed lately
 
 	mu       sync.Mutex           // guards the fields below
 	netns    map[string]string    // pod key (uid or namespace/name) → netns path (from AddPod)
@@ -107,10 +137,17 @@ func New(cfg Config) (*Ztunnel, error) {
 	if cfg.DrainTimeout == 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
+	if cfg.QUICRetryAfter == 0 {
+		cfg.QUICRetryAfter = DefaultQUICRetryAfter
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
 	return &Ztunnel{
 		cfg:      cfg,
 		log:      cfg.Logger,
 		rand:     &lockedRand{r: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))},
+		quicDown: newQUICFailures(cfg.QUICRetryAfter, maxQUICFailures, cfg.Clock),
 		netns:    make(map[string]string),
 		pods:     make(map[string]*podProxy),
 		changed:  make(chan struct{}, 1),
@@ -306,6 +343,17 @@ func (z *Ztunnel) record(f telemetry.Flow) {
 func (z *Ztunnel) opened(f telemetry.Flow) {
 	if z.cfg.Metrics != nil {
 		z.cfg.Metrics.Opened(f)
+	}
+}
+
+// quicFailed notes a QUIC tunnel dial to addr that falls back to HTTP/2,
+// logging once per QUICRetryAfter per address.
+func (z *Ztunnel) quicFailed(addr netip.AddrPort, err error) {
+	if z.cfg.Metrics != nil {
+		z.cfg.Metrics.QUICFallback()
+	}
+	if z.quicDown.failed(addr) {
+		z.log.Info("QUIC tunnel failed; using HTTP/2 to this address for a while", "addr", addr, "for", z.cfg.QUICRetryAfter, "err", err)
 	}
 }
 

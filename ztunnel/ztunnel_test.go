@@ -66,7 +66,8 @@ func (s *syncBuffer) flows(t testing.TB) []map[string]any {
 	return out
 }
 
-// mesh is a 2-node × 2-pod topology with one ztunnel per node.
+// mesh is a 2-node × 2-pod topology with one ztunnel per node; every pod
+// runs an echo app on 8080.
 type mesh struct {
 	ca    *ca.Authority
 	topo  *testenv.Topology
@@ -83,7 +84,8 @@ var serviceAccounts = map[[2]int]string{{1, 1}: "alice", {1, 2}: "bob", {2, 1}: 
 
 func podUID(p *testenv.Pod) string { return fmt.Sprintf("pod-%d-%d", p.Node.Index, p.Index) }
 
-func newMesh(t testing.TB) *mesh {
+// opts adjust both ztunnels' Config.
+func newMesh(t testing.TB, opts ...func(*Config)) *mesh {
 	testenv.RequireRoot(t)
 	m := &mesh{topo: testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 2}), store: state.NewStore(),
 		sa: map[*testenv.Pod]string{}}
@@ -113,7 +115,7 @@ func newMesh(t testing.TB) *mesh {
 		m.regs = append(m.regs, prometheus.NewRegistry())
 		m.zt = append(m.zt, nil)
 		m.stops = append(m.stops, nil)
-		m.startZtunnel(t, n.Index)
+		m.startZtunnel(t, n.Index, opts...)
 	}
 	waitFor(t, "ztunnels ready", func() bool { return m.zt[0].Ready() && m.zt[1].Ready() && len(m.zt[0].Pods()) == 2 })
 	return m

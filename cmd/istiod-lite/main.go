@@ -7,7 +7,9 @@
 //	            [--tls-san NAME-OR-IP]... [--node-proxy NS/SA]... [--root-cert-out PATH]
 //	            [--root-namespace istio-system] [--trust-domain cluster.local]
 //	            [--cluster-id Kubernetes] [--waypoint-image ambient/waypoint:dev]
-//	            [--waypoint-controller=true] [--log-level info]
+//	            [--waypoint-controller=true] [--waypoint-otlp-endpoint HOST:PORT]
+//	            [--waypoint-otlp-insecure] [--waypoint-trace-sampling 1]
+//	            [--default-tunnel-transport h2] [--log-level info]
 //
 // At start it loads the CA from Secret "cacerts" in --namespace (Istio's
 // plug-in CA; refusing to start if it is malformed), else from
@@ -26,7 +28,14 @@
 // It also deploys each Gateway of class istio-waypoint as a waypoint
 // (ServiceAccount, Deployment of --waypoint-image, Service) and writes the
 // Gateway's status, as Istio's deployment controller does;
-// --waypoint-controller=false turns that off.
+// --waypoint-controller=false turns that off. --waypoint-otlp-endpoint,
+// --waypoint-otlp-insecure and --waypoint-trace-sampling are passed to
+// every waypoint as its --otlp-endpoint, --otlp-insecure and
+// --trace-sampling (OpenTelemetry spans over OTLP/gRPC; off by default).
+//
+// --default-tunnel-transport (h2 or quic) is the tunnel transport of
+// captured pods when neither the pod nor its namespace has the annotation
+// ambientmesh.io/tunnel-transport (same values; see istiod-lite/translate).
 //
 // --namespace defaults to $POD_NAMESPACE, else istio-system. Without
 // --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
@@ -41,6 +50,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -53,7 +63,9 @@ import (
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
 	"github.com/ambientmesh/ambient/istiod-lite/server"
+	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/istiod-lite/waypointctl"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 type options struct {
@@ -71,6 +83,12 @@ type options struct {
 	waypointImage  string
 	waypoints      bool
 	logLevel       slog.Level
+	// defaultTransport is the tunnel transport of pods that neither they
+	// nor their namespace annotate (ambientmesh.io/tunnel-transport).
+	defaultTransport workloadapi.TunnelTransport
+
+	// Passed to every waypoint: OpenTelemetry tracing.
+	waypointTracing waypointctl.Tracing
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -107,6 +125,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.clusterID, "cluster-id", "Kubernetes", "cluster `id` in workload uids")
 	fs.StringVar(&o.waypointImage, "waypoint-image", waypointctl.DefaultImage, "`image` of the waypoint Deployments istiod-lite creates")
 	fs.BoolVar(&o.waypoints, "waypoint-controller", true, "deploy Gateways of class istio-waypoint as waypoints (false: leave them alone)")
+	fs.StringVar(&o.waypointTracing.OTLPEndpoint, "waypoint-otlp-endpoint", "", "OpenTelemetry collector `host:port` (OTLP/gRPC) every waypoint exports its request spans to (the waypoints' --otlp-endpoint); empty: tracing off")
+	fs.BoolVar(&o.waypointTracing.OTLPInsecure, "waypoint-otlp-insecure", false, "waypoints speak plaintext gRPC to --waypoint-otlp-endpoint (their --otlp-insecure); without it TLS")
+	fs.Float64Var(&o.waypointTracing.SamplingPercent, "waypoint-trace-sampling", 1, "`percent` (0-100) of requests without a caller's traceparent that start a sampled trace at the waypoints (their --trace-sampling; Istio's default is 1)")
+	fs.Func("default-tunnel-transport", "tunnel `transport` (h2 or quic) of captured pods that neither they nor their namespace annotate with "+translate.AnnotationTunnelTransport+" (default h2; QUIC falls back to h2 where blocked)", func(s string) error {
+		t, err := translate.ParseTunnelTransport(s)
+		o.defaultTransport = t
+		return err
+	})
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log `level` (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -122,6 +148,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.waypoints && o.waypointImage == "" {
 		return o, errors.New("--waypoint-image is empty")
+	}
+	if p := o.waypointTracing.SamplingPercent; math.IsNaN(p) || p < 0 || p > 100 {
+		return o, fmt.Errorf("--waypoint-trace-sampling %v: want a percentage from 0 to 100 (Istio's default is 1)", p)
 	}
 	return o, nil
 }
@@ -162,21 +191,23 @@ func run(ctx context.Context, o options, log *slog.Logger, listening func(server
 		return fmt.Errorf("--trust-domain %q: %w", o.trustDomain, err)
 	}
 	srv, err := server.New(server.Config{
-		RESTConfig:       rc,
-		Namespace:        o.namespace,
-		TrustDomain:      td,
-		ClusterID:        o.clusterID,
-		RootNamespace:    o.rootNamespace,
-		NodeProxies:      o.nodeProxies,
-		ExtraSANs:        o.tlsSANs,
-		GRPCAddr:         o.grpcAddr,
-		MonitoringAddr:   o.monitoringAddr,
-		ReadyAddr:        o.readyAddr,
-		RootCertOut:      o.rootCertOut,
-		WaypointImage:    o.waypointImage,
-		DisableWaypoints: !o.waypoints,
-		Logger:           log,
-		Listening:        listening,
+		RESTConfig:             rc,
+		Namespace:              o.namespace,
+		TrustDomain:            td,
+		ClusterID:              o.clusterID,
+		RootNamespace:          o.rootNamespace,
+		DefaultTunnelTransport: o.defaultTransport,
+		NodeProxies:            o.nodeProxies,
+		ExtraSANs:              o.tlsSANs,
+		GRPCAddr:               o.grpcAddr,
+		MonitoringAddr:         o.monitoringAddr,
+		ReadyAddr:              o.readyAddr,
+		RootCertOut:            o.rootCertOut,
+		WaypointImage:          o.waypointImage,
+		DisableWaypoints:       !o.waypoints,
+		WaypointTracing:        o.waypointTracing,
+		Logger:                 log,
+		Listening:              listening,
 	})
 	if err != nil {
 		return err

@@ -26,6 +26,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/kubetest"
 	"github.com/ambientmesh/ambient/istiod-lite/server"
+	"github.com/ambientmesh/ambient/istiod-lite/waypointctl"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 	capb "github.com/ambientmesh/ambient/proto/ca"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
@@ -49,6 +50,36 @@ func TestParseFlags_Defaults(t *testing.T) {
 	}
 	if o.waypointImage != "ambient/waypoint:dev" || !o.waypoints {
 		t.Errorf("waypoint defaults: image %q, controller %v", o.waypointImage, o.waypoints)
+	}
+	if o.waypointTracing != (waypointctl.Tracing{SamplingPercent: 1}) {
+		t.Errorf("waypoint tracing defaults %+v: want off, sampling 1%% (Istio's)", o.waypointTracing)
+	}
+}
+
+func TestParseFlags_WaypointTracing(t *testing.T) {
+	o, err := parseFlags([]string{"--waypoint-otlp-endpoint", "otel-collector.observability:4317", "--waypoint-otlp-insecure",
+		"--waypoint-trace-sampling", "12.5"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (waypointctl.Tracing{OTLPEndpoint: "otel-collector.observability:4317", OTLPInsecure: true, SamplingPercent: 12.5}); o.waypointTracing != want {
+		t.Errorf("tracing %+v, want %+v", o.waypointTracing, want)
+	}
+	if _, err := parseFlags([]string{"--waypoint-trace-sampling", "101"}, io.Discard); err == nil || !strings.Contains(err.Error(), "--waypoint-trace-sampling") {
+		t.Errorf("--waypoint-trace-sampling 101: %v, want an error naming the flag", err)
+	}
+}
+
+func TestParseFlags_DefaultTunnelTransport(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil || o.defaultTransport != workloadapi.TunnelTransport_H2 {
+		t.Fatalf("default: %v, %v; want h2", o.defaultTransport, err)
+	}
+	if o, err = parseFlags([]string{"--default-tunnel-transport=quic"}, io.Discard); err != nil || o.defaultTransport != workloadapi.TunnelTransport_QUIC {
+		t.Fatalf("quic: %v, %v", o.defaultTransport, err)
+	}
+	if _, err := parseFlags([]string{"--default-tunnel-transport=http3"}, io.Discard); err == nil || !strings.Contains(err.Error(), "default-tunnel-transport") {
+		t.Errorf("http3: %v, want an error naming the flag", err)
 	}
 }
 

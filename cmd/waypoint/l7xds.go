@@ -18,13 +18,19 @@ import (
 )
 
 // l7XDS holds the waypoint's L7 resources as they arrive over xDS (the
-// ServiceRoutes and AuthorizationPolicy types, one xdsclient.Sink each) and
-// compiles them on the xDS client's goroutine, off the request path. A push
-// that does not decode or does not compile is refused whole (the client
-// NACKs it) and the last good configuration stays in force. The compiled
-// configuration is put in force (on the proxy given to attach) once both
-// types have arrived, so the waypoint never serves with routes but without
-// their policies.
+// ServiceRoutes, AuthorizationPolicy and ServiceResilience types, one
+// xdsclient.Sink each) and compiles them on the xDS client's goroutine,
+// off the request path. A push that does not decode or does not compile is
+// refused whole (the client NACKs it) and the last good configuration
+// stays in force.
+//
+// The compiled configuration is put in force (on the proxy given to
+// attach) once all three types have arrived, so the waypoint never serves
+// routes without their policies. This cannot wait for ever on a type that
+// has no resources: istiod-lite answers the first request of every type
+// with one response, empty when it has none (istiod-lite/xds, "Stream
+// protocol"), and xdsclient hands an empty response to the Sink like any
+// other.
 type l7XDS struct {
 	log *slog.Logger
 
@@ -33,13 +39,15 @@ type l7XDS struct {
 	// the last one published (nil before both types arrived).
 	target  l7Setter
 	current *proxy.Compiled
-	// routes and policies are the resources in force, by xDS name.
-	routes   map[string]*waypointapi.ServiceRoutes
-	policies map[string]*waypointapi.AuthorizationPolicy
+	// routes, policies and resilience are the resources in force, by xDS
+	// name.
+	routes     map[string]*waypointapi.ServiceRoutes
+	policies   map[string]*waypointapi.AuthorizationPolicy
+	resilience map[string]*waypointapi.ServiceResilience
 	// inputs are policies decoded (l7authz.FromProto), by name.
 	inputs map[string]l7authz.Input
 	// seen: the types applied at least once.
-	seenRoutes, seenPolicies bool
+	seenRoutes, seenPolicies, seenResilience bool
 	// rejected is, by type URL, the error of the last push NACKed; a good
 	// push of the type clears it.
 	rejected map[string]error
@@ -50,11 +58,12 @@ type l7Setter interface{ SetL7(*proxy.Compiled) }
 
 func newL7XDS(log *slog.Logger) *l7XDS {
 	return &l7XDS{
-		log:      log,
-		routes:   map[string]*waypointapi.ServiceRoutes{},
-		policies: map[string]*waypointapi.AuthorizationPolicy{},
-		inputs:   map[string]l7authz.Input{},
-		rejected: map[string]error{},
+		log:        log,
+		routes:     map[string]*waypointapi.ServiceRoutes{},
+		policies:   map[string]*waypointapi.AuthorizationPolicy{},
+		resilience: map[string]*waypointapi.ServiceResilience{},
+		inputs:     map[string]l7authz.Input{},
+		rejected:   map[string]error{},
 	}
 }
 
@@ -69,11 +78,12 @@ func (l *l7XDS) attach(t l7Setter) {
 	}
 }
 
-// Extra is the xdsclient subscription of both types.
+// Extra is the xdsclient subscription of the three types.
 func (l *l7XDS) Extra() []xdsclient.Extra {
 	return []xdsclient.Extra{
 		{TypeURL: waypointapi.TypeURL, Sink: routesSink{l}},
 		{TypeURL: waypointapi.PolicyTypeURL, Sink: policiesSink{l}},
+		{TypeURL: waypointapi.ResilienceTypeURL, Sink: resilienceSink{l}},
 	}
 }
 
@@ -82,7 +92,8 @@ func (l *l7XDS) Extra() []xdsclient.Extra {
 func (l *l7XDS) Rejected() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return errors.Join(l.rejected[waypointapi.TypeURL], l.rejected[waypointapi.PolicyTypeURL])
+	return errors.Join(l.rejected[waypointapi.TypeURL], l.rejected[waypointapi.PolicyTypeURL],
+		l.rejected[waypointapi.ResilienceTypeURL])
 }
 
 type routesSink struct{ l *l7XDS }
@@ -105,7 +116,7 @@ func (s routesSink) Apply(upserts map[string]*anypb.Any, removed []string) error
 	for _, n := range removed {
 		delete(next, n)
 	}
-	c, err := compile(next, l.inputs)
+	c, err := compile(next, l.inputs, l.resilience)
 	if err != nil {
 		return l.rejectLocked(waypointapi.TypeURL, err)
 	}
@@ -146,7 +157,7 @@ func (s policiesSink) Apply(upserts map[string]*anypb.Any, removed []string) err
 		delete(next, n)
 		delete(nextIn, n)
 	}
-	c, err := compile(l.routes, nextIn)
+	c, err := compile(l.routes, nextIn, l.resilience)
 	if err != nil {
 		return l.rejectLocked(waypointapi.PolicyTypeURL, err)
 	}
@@ -162,15 +173,51 @@ func (s policiesSink) Versions() map[string]string {
 	return versions(s.l.policies)
 }
 
+type resilienceSink struct{ l *l7XDS }
+
+func (s resilienceSink) Apply(upserts map[string]*anypb.Any, removed []string) error {
+	l := s.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	next := maps.Clone(l.resilience)
+	for name, a := range upserts {
+		r := &waypointapi.ServiceResilience{}
+		if err := a.UnmarshalTo(r); err != nil {
+			return l.rejectLocked(waypointapi.ResilienceTypeURL, fmt.Errorf("resilience policy %q: %w", name, err))
+		}
+		if r.Name() != name {
+			return l.rejectLocked(waypointapi.ResilienceTypeURL, fmt.Errorf("resilience policy %q holds the policy of %q", name, r.Name()))
+		}
+		next[name] = r
+	}
+	for _, n := range removed {
+		delete(next, n)
+	}
+	c, err := compile(l.routes, l.inputs, next)
+	if err != nil {
+		return l.rejectLocked(waypointapi.ResilienceTypeURL, err)
+	}
+	l.resilience, l.seenResilience = next, true
+	delete(l.rejected, waypointapi.ResilienceTypeURL)
+	l.publishLocked(c)
+	return nil
+}
+
+func (s resilienceSink) Versions() map[string]string {
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	return versions(s.l.resilience)
+}
+
 func (l *l7XDS) rejectLocked(typeURL string, err error) error {
 	l.rejected[typeURL] = err
 	l.log.Warn("L7 configuration push refused; keeping the last good configuration", "type", typeURL, "err", err.Error())
 	return err
 }
 
-// publishLocked puts c in force once both types have arrived.
+// publishLocked puts c in force once all three types have arrived.
 func (l *l7XDS) publishLocked(c *proxy.Compiled) {
-	if !l.seenRoutes || !l.seenPolicies {
+	if !l.seenRoutes || !l.seenPolicies || !l.seenResilience {
 		return
 	}
 	l.current = c
@@ -179,15 +226,20 @@ func (l *l7XDS) publishLocked(c *proxy.Compiled) {
 	}
 }
 
-// compile builds the configuration of routes and policies (in name order)
-// and compiles it; any item that does not compile fails the whole.
-func compile(routes map[string]*waypointapi.ServiceRoutes, inputs map[string]l7authz.Input) (*proxy.Compiled, error) {
+// compile builds the configuration of routes, policies and resilience
+// policies (each in name order) and compiles it; any item that does not
+// compile fails the whole.
+func compile(routes map[string]*waypointapi.ServiceRoutes, inputs map[string]l7authz.Input,
+	resilience map[string]*waypointapi.ServiceResilience) (*proxy.Compiled, error) {
 	var cfg proxy.L7Config
 	for _, n := range slices.Sorted(maps.Keys(routes)) {
 		cfg.Routes = append(cfg.Routes, routes[n])
 	}
 	for _, n := range slices.Sorted(maps.Keys(inputs)) {
 		cfg.Policies = append(cfg.Policies, inputs[n])
+	}
+	for _, n := range slices.Sorted(maps.Keys(resilience)) {
+		cfg.Resilience = append(cfg.Resilience, resilience[n])
 	}
 	c, errs := proxy.Compile(cfg)
 	if len(errs) > 0 {

@@ -1,7 +1,9 @@
 // Command waypoint is the mesh's shared L7 proxy (package waypoint/proxy):
 // it terminates the HBONE tunnels ztunnels send for services bound to it,
 // serves the HTTP inside with the routes and L7 AuthorizationPolicies of
-// its Gateway, and forwards each request over HBONE to an endpoint.
+// its Gateway and the services' resilience policies (DestinationRules,
+// LocalTrafficPolicies), and forwards each request over HBONE to an
+// endpoint.
 //
 // Its configuration comes from exactly one of two sources:
 //
@@ -10,21 +12,22 @@
 //     (internal/istiodconn, shared with ztunnel) carries the mesh
 //     (istio.workload.Address, istio.security.Authorization, into
 //     internal/state) and the waypoint's L7 configuration
-//     (ambient.waypoint.v1.ServiceRoutes and AuthorizationPolicy). A push of
-//     either L7 type is compiled on the xDS client's goroutine; one that does
-//     not decode or compile is NACKed and the last good configuration stays
-//     in force. The certificate, for the waypoint's own ServiceAccount
-//     identity, comes from istiod-lite's CA at --ca-address (default
-//     --xds-address). Both connections trust --ca-root-file, expect the
-//     server name --xds-server-name and authenticate with the projected
-//     token of --token-file, as ztunnel's do. Tunnels are served, and
-//     /healthz/ready answers 200, only once every type has arrived and the
-//     certificate is in hand.
+//     (ambient.waypoint.v1.ServiceRoutes, AuthorizationPolicy and
+//     ServiceResilience). A push of any L7 type is compiled on the xDS
+//     client's goroutine; one that does not decode or compile is NACKed
+//     and the last good configuration stays in force. The certificate, for
+//     the waypoint's own ServiceAccount identity, comes from istiod-lite's
+//     CA at --ca-address (default --xds-address). Both connections trust
+//     --ca-root-file, expect the server name --xds-server-name and
+//     authenticate with the projected token of --token-file, as ztunnel's
+//     do. Tunnels are served, and /healthz/ready answers 200, only once
+//     every type has arrived (istiod-lite answers each subscription, empty
+//     when it has no resources of the type) and the certificate is in hand.
 //   - --local-config FILE: a YAML file in the shape of ztunnel's local
-//     config plus routes and authorizationPolicies lists (package
-//     waypoint/wpconfig), re-read when it changes. The certificate is
-//     signed by an in-process CA loaded from --ca-cert/--ca-key, the CA the
-//     ztunnels trust.
+//     config plus routes, authorizationPolicies and resilience lists
+//     (package waypoint/wpconfig), re-read when it changes. The
+//     certificate is signed by an in-process CA loaded from
+//     --ca-cert/--ca-key, the CA the ztunnels trust.
 //
 // Either way a new L7 configuration is compiled off the request path and
 // swapped in atomically, so requests in flight finish under the old one.
@@ -41,7 +44,14 @@
 // istio_response_bytes, and with --xds-address the istio_xds_* and
 // istio_agent_* client metrics), --ready-addr (:15021, /healthz/ready).
 // Logs are JSON on stderr; one flow record per request goes to --flow-log
-// (stdout by default). SIGINT or SIGTERM stops accepting tunnels, lets
+// (stdout by default). With --otlp-endpoint HOST:PORT each request also
+// gets an OpenTelemetry server span (package waypoint/tracing), exported
+// over OTLP/gRPC (TLS, or plaintext with --otlp-insecure), named
+// service.name "<gateway>.<namespace>" as Istio names a proxy's
+// canonical service; the span is the child of the caller's W3C traceparent
+// and the upstream's traceparent names it. Sampling is parent-based:
+// a caller's sampled flag decides, other requests start a sampled trace at
+// --trace-sampling percent (default 1, Istio's). SIGINT or SIGTERM stops accepting tunnels, lets
 // in-flight requests finish (--drain-timeout) and exits 0.
 package main
 
@@ -104,6 +114,11 @@ type options struct {
 	flowLog               string
 	drainTimeout          time.Duration
 	logLevel              slog.Level
+
+	// Tracing (tracing.go): off without otlpEndpoint.
+	otlpEndpoint  string
+	otlpInsecure  bool
+	traceSampling float64
 }
 
 // parseFlags parses args; errors are usage errors.
@@ -134,6 +149,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.readyAddr, "ready-addr", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.StringVar(&o.flowLog, "flow-log", "-", "file to append one JSON line per request to; - for stdout")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
+	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector HOST:PORT speaking OTLP/gRPC (e.g. otel-collector.observability:4317): each sampled request's server span is exported there and the upstream gets a W3C traceparent naming it; empty (the default) turns tracing off and passes traceparent through untouched")
+	fs.BoolVar(&o.otlpInsecure, "otlp-insecure", false, "speak plaintext gRPC to --otlp-endpoint, as most in-cluster collectors on 4317 expect; without it, TLS verified against the system roots")
+	fs.Float64Var(&o.traceSampling, "trace-sampling", 1, "percent (0-100) of requests without a caller's traceparent that start a sampled trace (Istio's default is 1); a caller's sampled flag is honoured whatever this says")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	o.podName = os.Getenv("POD_NAME")
 	if err := fs.Parse(args); err != nil {
@@ -155,6 +173,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.serviceAccount == "" {
 		o.serviceAccount = name
+	}
+	if err := checkTracing(o); err != nil {
+		return o, err
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

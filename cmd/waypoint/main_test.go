@@ -94,6 +94,9 @@ authorizationPolicies:
   kind: AuthorizationPolicy
   metadata: {name: deny-admin, namespace: shop}
   spec: {targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}], action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}
+resilience:
+- service_key: shop/server.shop.svc.cluster.local
+  local_policy: {rate_limit: {requests_per_unit: 100, unit: 1s}}
 `))
 	o, err := parseFlags([]string{"--gateway", "shop/waypoint", "--local-config", cfg,
 		"--ca-cert", write("ca.pem", certPEM), "--ca-key", write("ca-key.pem", keyPEM),
@@ -145,7 +148,8 @@ authorizationPolicies:
 		time.Sleep(10 * time.Millisecond)
 	}
 	code, body := get("http://" + started["admin"].(string) + "/config_dump")
-	if code != 200 || !strings.Contains(body, `"deny-admin"`) || !strings.Contains(body, `"serviceKey": "shop/server.shop.svc.cluster.local"`) {
+	if code != 200 || !strings.Contains(body, `"deny-admin"`) || !strings.Contains(body, `"serviceKey": "shop/server.shop.svc.cluster.local"`) ||
+		!strings.Contains(body, `"requestsPerUnit": 100`) {
 		t.Fatalf("config_dump: %d\n%s", code, body)
 	}
 	if code, body := get("http://" + started["metrics"].(string) + "/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {

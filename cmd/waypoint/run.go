@@ -108,6 +108,13 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		flowOut = f
 	}
 
+	// Deferred before the proxy runs, so it flushes after the drain.
+	tracer, stopTracing, err := startTracing(o, logger)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+
 	var lns []net.Listener
 	defer func() {
 		for _, ln := range lns {
@@ -201,6 +208,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		GatewayNamespace: o.gatewayNS, GatewayName: o.gatewayName, GatewayClass: o.gatewayClass, RootNamespace: o.rootNamespace,
 		Listener: lns[0], FlowLog: telemetry.NewFlowLog(flowOut), Metrics: metrics, Logger: logger,
 		DrainTimeout: o.drainTimeout,
+		Tracer:       tracer,
 	})
 	if err != nil {
 		stopAll()
@@ -315,6 +323,7 @@ func configDump(v *state.View, l7 *proxy.Compiled, rejected error) ([]byte, erro
 		Policies              []json.RawMessage `json:"policies"`
 		Routes                []json.RawMessage `json:"routes"`
 		AuthorizationPolicies []any             `json:"authorizationPolicies"`
+		Resilience            []json.RawMessage `json:"resilience"`
 		Errors                []string          `json:"errors,omitempty"`
 		Rejected              string            `json:"rejected,omitempty"`
 	}
@@ -332,6 +341,9 @@ func configDump(v *state.View, l7 *proxy.Compiled, rejected error) ([]byte, erro
 		return nil, err
 	}
 	if dump.Routes, err = protos(asMessages(src.Routes)); err != nil {
+		return nil, err
+	}
+	if dump.Resilience, err = protos(asMessages(src.Resilience)); err != nil {
 		return nil, err
 	}
 	for _, in := range src.Policies {

@@ -111,6 +111,24 @@ spec:
   rules: [{to: [{operation: {paths: [/admin]}}]}]
 `
 
+const resilienceYAML = `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-dr, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {http: {http2MaxRequests: 10}}
+    outlierDetection: {consecutive5xxErrors: 5}
+---
+apiVersion: policy.ambientmesh.io/v1alpha1
+kind: LocalTrafficPolicy
+metadata: {name: reviews-limits, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  rateLimit: {requestsPerUnit: 100, unit: second}
+`
+
 func httpRoute(v1, v2 int) string {
 	return fmt.Sprintf(`
 apiVersion: gateway.networking.k8s.io/v1
@@ -129,7 +147,9 @@ spec:
 // --xds-address against a real istiod-lite process and apiserver: it gets
 // its certificate for its own ServiceAccount, and the mesh, the HTTPRoute
 // and the targetRefs AuthorizationPolicy applied with kubectl; a changed
-// route and a deleted policy arrive live.
+// route and a deleted policy arrive live. Without any DestinationRule the
+// (empty) resilience type does not hold readiness back; a DestinationRule
+// and a LocalTrafficPolicy applied later arrive as the Service's policy.
 func TestWaypoint_ConfigAndCertificateFromIstiod(t *testing.T) {
 	kube := kubetest.Start(t, kubetest.Options{})
 	crds, err := filepath.Glob(filepath.Join("..", "..", "manifests", "crds", "*.yaml"))
@@ -142,7 +162,8 @@ func TestWaypoint_ConfigAndCertificateFromIstiod(t *testing.T) {
 		}
 	}
 	if err := kube.WaitEstablished("crd/httproutes.gateway.networking.k8s.io", "crd/gateways.gateway.networking.k8s.io",
-		"crd/authorizationpolicies.security.istio.io"); err != nil {
+		"crd/authorizationpolicies.security.istio.io", "crd/destinationrules.networking.istio.io",
+		"crd/localtrafficpolicies.policy.ambientmesh.io"); err != nil {
 		t.Fatal(err)
 	}
 	if err := kube.ApplyYAML(clusterYAML + "---" + httpRoute(90, 10)); err != nil {
@@ -247,6 +268,8 @@ func TestWaypoint_ConfigAndCertificateFromIstiod(t *testing.T) {
 		`istio_agent_num_failed_outgoing_requests{request_type="csr"} `,
 		`istio_xds_message_total{url="type.googleapis.com/ambient.waypoint.v1.ServiceRoutes"}`,
 		`istio_xds_message_total{url="type.googleapis.com/ambient.waypoint.v1.AuthorizationPolicy"}`,
+		// No DestinationRule yet: the type's empty answer made it ready.
+		`istio_xds_message_total{url="type.googleapis.com/ambient.waypoint.v1.ServiceResilience"}`,
 		"istio_xds_connected 1",
 	} {
 		if !strings.Contains(metrics, want) {
@@ -272,6 +295,16 @@ func TestWaypoint_ConfigAndCertificateFromIstiod(t *testing.T) {
 	waitFor("the policy removed", func() (bool, string) {
 		_, dump := get(o.adminAddr, "/config_dump")
 		return !strings.Contains(dump, `"deny-admin"`), dump
+	})
+	// A DestinationRule and a LocalTrafficPolicy arrive as the Service's
+	// resilience policy.
+	if err := kube.ApplyYAML(resilienceYAML); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the resilience policy", func() (bool, string) {
+		_, dump := get(o.adminAddr, "/config_dump")
+		return strings.Contains(dump, `"shop/reviews-dr"`) && strings.Contains(dump, `"http2MaxRequests": 10`) &&
+			strings.Contains(dump, `"requestsPerUnit": 100`), dump
 	})
 
 	cancel()

@@ -19,6 +19,11 @@
 //	  packet mark & 0xfff == 0x539      → untouched
 //	  any TCP                           → REDIRECT to 15001 (outbound)
 //
+// Only TCP is captured: UDP passes both chains untouched, so HBONE/3
+// (QUIC on UDP 15008, internal/hbone3) reaches ztunnel's socket in the pod
+// and ztunnel's own QUIC connections leave as they are. ztunnel marks its
+// UDP sockets 0x539 all the same, like its TCP ones.
+//
 // NAT rules see only a connection's first packet; conntrack applies the
 // translation to the rest. The mark match uses Istio's mask 0xfff so
 // ztunnel's sockets (SO_MARK 0x539, see netns.WithMark) bypass capture.
@@ -55,7 +60,7 @@ import (
 const (
 	OutboundPort  = 15001 // outbound capture
 	InboundPort   = 15006 // inbound plaintext capture
-	TunnelPort    = 15008 // inbound HBONE, never redirected
+	TunnelPort    = 15008 // inbound HBONE (TCP) and HBONE/3 (UDP), never redirected
 	ZtunnelMark   = 0x539 // SO_MARK of ztunnel's own sockets
 	ZtunnelMask   = 0xfff // bits of the mark compared
 	Table         = "ambient"

@@ -77,6 +77,48 @@ func reach(t *testing.T, ns testenv.NS, addr string, opts ...netns.Option) strin
 	return string(b)
 }
 
+// udpTag answers every datagram to addr in ns with tag.
+func udpTag(t *testing.T, ns testenv.NS, addr, tag string) {
+	t.Helper()
+	c, err := netns.ListenUDP(ns.Path, addr, netns.WithMark(ZtunnelMark))
+	if err != nil {
+		t.Fatalf("listen udp %s in %s: %v", addr, ns.Name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			c.WriteTo([]byte(tag), from)
+		}
+	}()
+}
+
+// reachUDP sends a datagram to addr from ns and returns the tag answered.
+func reachUDP(t *testing.T, ns testenv.NS, addr string, opts ...netns.Option) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := netns.DialUDP(ctx, ns.Path, addr, opts...)
+	if err != nil {
+		t.Fatalf("dial udp %s from %s: %v", addr, ns.Name, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatalf("send to %s: %v", addr, err)
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no answer from udp %s: %v", addr, err)
+	}
+	return string(buf[:n])
+}
+
 func nftRuleset(t *testing.T, ns testenv.NS) string {
 	t.Helper()
 	out, err := ns.Command(context.Background(), "nft", "list", "ruleset").CombinedOutput()
@@ -165,6 +207,21 @@ func TestInPodCapture(t *testing.T) {
 		// the one the connection arrived at.
 		if od := srv.last().origDst; od.IsValid() && od.String() != a.Addr(15008) {
 			t.Errorf("15008 connection was translated (OriginalDst %s)", od)
+		}
+	})
+	t.Run("inbound HBONE/3 on UDP 15008 is neither captured nor dropped", func(t *testing.T) {
+		udpTag(t, a.NS, "0.0.0.0:15008", "a:udp15008")
+		if got := reachUDP(t, b.NS, a.Addr(15008)); got != "a:udp15008" {
+			t.Fatalf("b -> udp a:15008 answered by %q, want a:udp15008", got)
+		}
+	})
+	t.Run("outbound UDP, ztunnel's and the pod's, is not captured", func(t *testing.T) {
+		udpTag(t, b.NS, "0.0.0.0:15008", "b:udp15008")
+		if got := reachUDP(t, a.NS, b.Addr(15008), netns.WithMark(ZtunnelMark)); got != "b:udp15008" {
+			t.Fatalf("marked a -> udp b:15008 answered by %q", got)
+		}
+		if got := reachUDP(t, a.NS, b.Addr(15008)); got != "b:udp15008" {
+			t.Fatalf("a -> udp b:15008 answered by %q", got)
 		}
 	})
 	t.Run("ztunnel-marked socket bypasses capture", func(t *testing.T) {

@@ -115,13 +115,25 @@ type Endpoint struct {
 }
 
 // PickEndpoint chooses uniformly at random, using r, one endpoint of svc
-// that can serve port: healthy (or any, under the service's ALLOW_ALL health
-// policy) and with a target port for it (see [TargetPort]). Nothing else is
-// preferred yet. It fails with [ErrNoSuchPort] when svc does not expose port
-// and [ErrNoEndpoint] when no endpoint qualifies.
+// that can serve port ([View.EligibleEndpoints]). Nothing else is preferred
+// yet. It fails with [ErrNoSuchPort] when svc does not expose port and
+// [ErrNoEndpoint] when no endpoint qualifies.
 func (v *View) PickEndpoint(svc *workloadapi.Service, port uint16, r Rand) (Endpoint, error) {
+	eligible, err := v.EligibleEndpoints(svc, port)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	return eligible[r.IntN(len(eligible))], nil
+}
+
+// EligibleEndpoints returns, in uid order, the endpoints of svc that can
+// serve port: healthy (or any, under the service's ALLOW_ALL health
+// policy) and with a target port for it (see [TargetPort]). It fails with
+// [ErrNoSuchPort] when svc does not expose port and [ErrNoEndpoint] when
+// no endpoint qualifies.
+func (v *View) EligibleEndpoints(svc *workloadapi.Service, port uint16) ([]Endpoint, error) {
 	if servicePort(svc, port) == nil {
-		return Endpoint{}, fmt.Errorf("state: service %s port %d: %w", ServiceKey(svc), port, ErrNoSuchPort)
+		return nil, fmt.Errorf("state: service %s port %d: %w", ServiceKey(svc), port, ErrNoSuchPort)
 	}
 	allowUnhealthy := svc.GetLoadBalancing().GetHealthPolicy() == workloadapi.LoadBalancing_ALLOW_ALL
 	all := v.Endpoints(svc)
@@ -143,10 +155,10 @@ func (v *View) PickEndpoint(svc *workloadapi.Service, port uint16, r Rand) (Endp
 		eligible = append(eligible, ep)
 	}
 	if len(eligible) == 0 {
-		return Endpoint{}, fmt.Errorf("state: service %s port %d: %d endpoints, none healthy with a target port: %w",
+		return nil, fmt.Errorf("state: service %s port %d: %d endpoints, none healthy with a target port: %w",
 			ServiceKey(svc), port, len(all), ErrNoEndpoint)
 	}
-	return eligible[r.IntN(len(eligible))], nil
+	return eligible, nil
 }
 
 // PoliciesFor returns the authorization policies that apply to w, each once,

@@ -23,4 +23,9 @@
 //	istio_tcp_connections_closed_total
 //	istio_tcp_sent_bytes_total
 //	istio_tcp_received_bytes_total
+//
+// and, beyond Istio's, ambient_tunnel_connections_total{reporter,transport}
+// and ambient_tunnel_quic_fallbacks_total (see [Metrics]). Flow.Transport
+// names a tunnel's transport: "hbone" (HTTP/2 on TCP, Istio's) or "hbone3"
+// (HTTP/3 on QUIC).
 package telemetry

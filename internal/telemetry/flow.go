@@ -29,18 +29,30 @@ type Flow struct {
 	Decision  string // "allow" or "deny"
 	Policy    string // namespace/name of the deciding policy, if any
 	Security  string // "mutual_tls" or "none"
-	Transport string // "hbone", "passthrough", "plaintext"
+	Transport string // TransportHBONE, TransportHBONE3, "passthrough", "direct", "plaintext"
 	Error     string
 	// HTTP requests (reporter "waypoint"): one flow per request.
 	Method       string // request method
 	Path         string // request path as authorized (normalized), without the query
 	ResponseCode int    // status answered to the client; 0 when none was sent
+	// ResponseFlags are Envoy's response flags ("UO", "RL", "DI,FI", ...);
+	// empty when there are none.
+	ResponseFlags string
 }
 
 // Decisions.
 const (
 	Allow = "allow"
 	Deny  = "deny"
+)
+
+// Tunnel transports, as Flow.Transport names them.
+const (
+	// TransportHBONE is HBONE as Istio defines it: HTTP/2 CONNECT over
+	// mTLS on TCP 15008.
+	TransportHBONE = "hbone"
+	// TransportHBONE3 is HBONE over HTTP/3: CONNECT over QUIC on UDP 15008.
+	TransportHBONE3 = "hbone3"
 )
 
 // record is the JSON shape of a flow line; field names are the contract
@@ -68,6 +80,7 @@ type record struct {
 	Method     string    `json:"method,omitempty"`
 	Path       string    `json:"path,omitempty"`
 	Code       int       `json:"response_code,omitempty"`
+	Flags      string    `json:"response_flags,omitempty"`
 }
 
 // MarshalJSON renders the flow as its record line (without newline).
@@ -80,7 +93,7 @@ func (f Flow) MarshalJSON() ([]byte, error) {
 		BytesSent: f.BytesSent, BytesRecv: f.BytesRecv,
 		DurationMS: float64(f.Duration.Microseconds()) / 1000,
 		Decision:   f.Decision, Policy: f.Policy, Security: f.Security, Transport: f.Transport, Error: f.Error,
-		Method: f.Method, Path: f.Path, Code: f.ResponseCode,
+		Method: f.Method, Path: f.Path, Code: f.ResponseCode, Flags: f.ResponseFlags,
 	})
 }
 

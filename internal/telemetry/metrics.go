@@ -16,9 +16,19 @@ var tcpLabels = []string{
 	"request_protocol", "response_flags", "connection_security_policy",
 }
 
-// Metrics are the TCP metrics of a proxy, registered on an injected registry.
+// Metrics are the TCP metrics of a proxy, registered on an injected
+// registry, and two of our own about the tunnel transports:
+//
+//	ambient_tunnel_connections_total{reporter, transport}
+//	    the tunnelled connections of istio_tcp_connections_opened_total,
+//	    by the transport that carried them (TransportHBONE or
+//	    TransportHBONE3). Istio's metrics keep Istio's label set.
+//	ambient_tunnel_quic_fallbacks_total
+//	    QUIC tunnel dials that failed and were retried over HTTP/2.
 type Metrics struct {
 	opened, closed, sent, received *prometheus.CounterVec
+	tunnels                        *prometheus.CounterVec
+	fallbacks                      prometheus.Counter
 	cluster                        string
 }
 
@@ -32,9 +42,14 @@ func NewMetrics(reg prometheus.Registerer, cluster string) (*Metrics, error) {
 		closed:   counter("istio_tcp_connections_closed_total", "TCP connections closed."),
 		sent:     counter("istio_tcp_sent_bytes_total", "Bytes sent during TCP connections (source to destination)."),
 		received: counter("istio_tcp_received_bytes_total", "Bytes received during TCP connections (destination to source)."),
-		cluster:  cluster,
+		tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambient_tunnel_connections_total",
+			Help: "Tunnelled connections opened, by the transport that carried them (hbone: HTTP/2 on TCP, hbone3: HTTP/3 on QUIC)."},
+			[]string{"reporter", "transport"}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{Name: "ambient_tunnel_quic_fallbacks_total",
+			Help: "QUIC tunnel dials that failed before the peer answered and were retried over HTTP/2."}),
+		cluster: cluster,
 	}
-	for _, c := range []prometheus.Collector{m.opened, m.closed, m.sent, m.received} {
+	for _, c := range []prometheus.Collector{m.opened, m.closed, m.sent, m.received, m.tunnels, m.fallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -42,8 +57,17 @@ func NewMetrics(reg prometheus.Registerer, cluster string) (*Metrics, error) {
 	return m, nil
 }
 
-// Opened counts a connection when it is accepted (before its outcome is known).
-func (m *Metrics) Opened(f Flow) { m.opened.WithLabelValues(m.labels(f)...).Inc() }
+// Opened counts a connection when it is accepted (before its outcome is
+// known), and a tunnelled one by its transport.
+func (m *Metrics) Opened(f Flow) {
+	m.opened.WithLabelValues(m.labels(f)...).Inc()
+	if f.Transport == TransportHBONE || f.Transport == TransportHBONE3 {
+		m.tunnels.WithLabelValues(f.Reporter, f.Transport).Inc()
+	}
+}
+
+// QUICFallback counts a QUIC dial retried over HTTP/2.
+func (m *Metrics) QUICFallback() { m.fallbacks.Inc() }
 
 // Closed counts a finished connection and its bytes.
 func (m *Metrics) Closed(f Flow) {

@@ -90,3 +90,35 @@ func TestSplitService(t *testing.T) {
 		}
 	}
 }
+
+// TestMetrics_TunnelTransportsCountedApart: tunnelled connections are
+// counted by transport in a metric of our own (Istio's keep Istio's
+// labels); other connections are not; fallbacks have their own counter.
+func TestMetrics_TunnelTransportsCountedApart(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, "Kubernetes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range []string{TransportHBONE3, TransportHBONE3, TransportHBONE, "passthrough", "plaintext"} {
+		f := sample
+		f.Transport = tr
+		m.Opened(f)
+	}
+	m.QUICFallback()
+	const want = `
+# HELP ambient_tunnel_connections_total Tunnelled connections opened, by the transport that carried them (hbone: HTTP/2 on TCP, hbone3: HTTP/3 on QUIC).
+# TYPE ambient_tunnel_connections_total counter
+ambient_tunnel_connections_total{reporter="destination",transport="hbone"} 1
+ambient_tunnel_connections_total{reporter="destination",transport="hbone3"} 2
+# HELP ambient_tunnel_quic_fallbacks_total QUIC tunnel dials that failed before the peer answered and were retried over HTTP/2.
+# TYPE ambient_tunnel_quic_fallbacks_total counter
+ambient_tunnel_quic_fallbacks_total 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "ambient_tunnel_connections_total", "ambient_tunnel_quic_fallbacks_total"); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.CollectAndCount(reg, "istio_tcp_connections_opened_total"); n != 1 {
+		t.Fatalf("Istio's series = %d, want 1: the transport is not one of its labels", n)
+	}
+}

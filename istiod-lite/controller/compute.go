@@ -57,6 +57,10 @@ type Output struct {
 	// "LocalTrafficPolicy/namespace/name" (see [translate.Resilience]).
 	Resilience       map[string]*waypointapi.ServiceResilience
 	ResilienceStatus map[string][]translate.Condition
+	// InvalidTunnelTransports are the namespaces and pods whose
+	// ambientmesh.io/tunnel-transport annotation was ignored (their pods
+	// get h2), with why (see [translate.InvalidTunnelTransports]).
+	InvalidTunnelTransports map[string]string
 }
 
 // Compute translates a snapshot of the cluster into the resources
@@ -146,5 +150,6 @@ func Compute(in Input) Output {
 	for k, c := range res.LocalTrafficPolicyStatus {
 		out.ResilienceStatus["LocalTrafficPolicy/"+k] = c
 	}
+	out.InvalidTunnelTransports = translate.InvalidTunnelTransports(in.Namespaces, in.Pods)
 	return out
 }

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/authz"
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 func TestCompute_BindsSelectedPoliciesAndPeerAuthentication(t *testing.T) {
@@ -177,5 +179,68 @@ func TestCompute_ServesResiliencePerServiceWithConditions(t *testing.T) {
 		if c := out.ResilienceStatus[k]; len(c) != 1 || c[0].Status != want {
 			t.Errorf("%s: %+v, want status %s", k, c, want)
 		}
+	}
+}
+
+// TestCompute_TunnelTransportFromAnnotationsAndDefault: pods get their
+// tunnel transport from their annotation, their namespace's, or the
+// mesh-wide default; an invalid annotation gives h2 and is reported.
+func TestCompute_TunnelTransportFromAnnotationsAndDefault(t *testing.T) {
+	ambient := map[string]string{translate.LabelDataplaneMode: "ambient"}
+	quicNS := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "fast", Labels: ambient,
+		Annotations: map[string]string{translate.AnnotationTunnelTransport: "quic"}}}
+	plainNS := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: ambient}}
+	pod := func(ns, name, transport string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.5"}}
+		if transport != "" {
+			p.Annotations = map[string]string{translate.AnnotationTunnelTransport: transport}
+		}
+		return p
+	}
+	in := Input{
+		Namespaces: []*corev1.Namespace{quicNS, plainNS},
+		Pods: []*corev1.Pod{pod("fast", "a", ""), pod("fast", "b", "h2"), pod("fast", "c", "fast"),
+			pod("shop", "d", ""), pod("shop", "e", "quic")},
+		RootNamespace: "istio-system",
+	}
+	for _, def := range []workloadapi.TunnelTransport{workloadapi.TunnelTransport_H2, workloadapi.TunnelTransport_QUIC} {
+		in.Translate.DefaultTunnelTransport = def
+		out := Compute(in)
+		got := map[string]string{}
+		for _, a := range out.Addresses {
+			if w := a.GetWorkload(); w != nil {
+				got[w.GetName()] = w.GetTunnelTransport().String()
+			}
+		}
+		want := map[string]string{"a": "QUIC", "b": "H2", "c": "H2", "d": def.String(), "e": "QUIC"}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("default %v: transports (-want +got):\n%s", def, diff)
+		}
+		if diff := cmp.Diff([]string{"Pod/fast/c"}, slices.Sorted(maps.Keys(out.InvalidTunnelTransports))); diff != "" {
+			t.Errorf("invalid annotations (-want +got):\n%s", diff)
+		}
+	}
+}
+
+// TestController_WarnsOnceAboutAnInvalidAnnotation: recomputations do not
+// repeat the warning; a new problem, or one that comes back, is logged.
+func TestController_WarnsOnceAboutAnInvalidAnnotation(t *testing.T) {
+	var buf strings.Builder
+	c := &Controller{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	warnings := func() int { return strings.Count(buf.String(), "ignoring invalid annotation") }
+	bad := map[string]string{"Pod/fast/c": "pod fast/c: bad value"}
+	c.warnInvalid(bad)
+	c.warnInvalid(bad)
+	if n := warnings(); n != 1 {
+		t.Fatalf("%d warnings after two recomputations, want 1", n)
+	}
+	c.warnInvalid(nil)
+	c.warnInvalid(bad)
+	if n := warnings(); n != 2 {
+		t.Fatalf("%d warnings after the problem came back, want 2", n)
+	}
+	if !strings.Contains(buf.String(), "Pod/fast/c") {
+		t.Errorf("warning does not name the object: %s", buf.String())
 	}
 }

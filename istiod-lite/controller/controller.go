@@ -96,6 +96,9 @@ type Controller struct {
 	prevRoutes map[string][]byte
 	prevWPPols map[string][]byte
 	prevRes    map[string][]byte
+	// warned holds the invalid annotations already logged, so each is
+	// logged once per appearance rather than once per recomputation.
+	warned map[string]string
 
 	synced chan struct{} // closed after the first recomputation
 
@@ -428,6 +431,7 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 			}
 		}
 	}
+	c.warnInvalid(out.InvalidTunnelTransports)
 	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz), "routes", len(routes))
 
 	if !c.cfg.DisableStatus {
@@ -440,6 +444,17 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 		c.writeStatus(ctx, l.aps, out.Conditions)
 	}
 	return nil
+}
+
+// warnInvalid logs each invalid annotation once, when it appears or its
+// problem changes.
+func (c *Controller) warnInvalid(invalid map[string]string) {
+	for obj, msg := range invalid {
+		if c.warned[obj] != msg {
+			c.log.Warn("controller: ignoring invalid annotation", "object", obj, "err", msg)
+		}
+	}
+	c.warned = invalid
 }
 
 // update hands the cache what changed between *prev (the encodings of the

@@ -56,6 +56,7 @@ import (
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/istiod-lite/waypointctl"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 // Defaults of [Config].
@@ -90,6 +91,10 @@ type Config struct {
 	// ClusterID and RootNamespace configure the translation (see package
 	// translate and controller).
 	ClusterID, RootNamespace string
+	// DefaultTunnelTransport is the tunnel transport of captured pods that
+	// neither they nor their namespace annotate (translate.Config); H2 by
+	// default.
+	DefaultTunnelTransport workloadapi.TunnelTransport
 	// NodeProxies may impersonate workloads at the CA and read xDS; nil
 	// means istio-system/ztunnel.
 	NodeProxies []identity.Workload
@@ -109,6 +114,9 @@ type Config struct {
 	// deployment controller off.
 	WaypointImage    string
 	DisableWaypoints bool
+	// WaypointTracing is passed to every waypoint (OpenTelemetry over
+	// OTLP; off without an endpoint).
+	WaypointTracing waypointctl.Tracing
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Listening, if not nil, is called with the bound addresses once every
@@ -281,9 +289,10 @@ func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Sourc
 		return nil, nil, err
 	}
 	ctrl, err := controller.New(controller.Config{
-		RESTConfig:    s.cfg.RESTConfig,
-		Cache:         cache,
-		Translate:     translate.Config{TrustDomain: s.cfg.TrustDomain.Name(), ClusterID: s.cfg.ClusterID},
+		RESTConfig: s.cfg.RESTConfig,
+		Cache:      cache,
+		Translate: translate.Config{TrustDomain: s.cfg.TrustDomain.Name(), ClusterID: s.cfg.ClusterID,
+			DefaultTunnelTransport: s.cfg.DefaultTunnelTransport},
 		RootNamespace: s.cfg.RootNamespace,
 		Logger:        s.log,
 	})
@@ -330,6 +339,7 @@ func (s *Server) waypointController() (*waypointctl.Controller, error) {
 			XDSServerName: name,
 			TrustDomain:   s.cfg.TrustDomain.Name(),
 			ClusterID:     clusterID,
+			Tracing:       s.cfg.WaypointTracing,
 		},
 		Logger: s.log,
 	})

@@ -15,7 +15,11 @@
 //     ([CapturedByZtunnel]), Workload.services keyed "namespace/hostname"
 //     (services selecting the pod, and services whose EndpointSlices target
 //     it) with target ports resolved against the pod, locality from its
-//     node ([NodeLocality]), waypoint for workload traffic.
+//     node ([NodeLocality]), waypoint for workload traffic, and our
+//     extension tunnel_transport ([TunnelTransport]): the
+//     ambientmesh.io/tunnel-transport annotation (quic or h2) of the pod,
+//     else of its namespace, else Config.DefaultTunnelTransport; an
+//     invalid value means h2 ([InvalidTunnelTransports] lists them).
 //   - [Service]: a Service → istio.workload.Service, waypoint for service
 //     traffic.
 //   - [Resilience]: DestinationRules (networking.istio.io) and

@@ -1,6 +1,7 @@
 package translate
 
 import (
+	"fmt"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -33,6 +34,11 @@ const (
 	defaultServiceAccountName = "default"
 )
 
+// AnnotationTunnelTransport on a pod or, failing that, its namespace sets
+// Workload.tunnel_transport: "quic" or "h2" (our extension, hence not
+// under istio.io; see [TunnelTransport]).
+const AnnotationTunnelTransport = "ambientmesh.io/tunnel-transport"
+
 // HBONEPort is the port a waypoint accepts HBONE on.
 const HBONEPort = 15008
 
@@ -48,6 +54,10 @@ type Config struct {
 	// Network of workloads and service VIPs; a topology.istio.io/network
 	// label on the pod or its namespace overrides it. Default "".
 	Network string
+	// DefaultTunnelTransport is the tunnel transport of captured pods
+	// whose pod and namespace carry no AnnotationTunnelTransport. Default
+	// H2 (the zero value).
+	DefaultTunnelTransport workloadapi.TunnelTransport
 }
 
 func (c Config) withDefaults() Config {
@@ -132,6 +142,9 @@ func Workload(pod *corev1.Pod, idx *Index) *workloadapi.Workload {
 	}
 	if CapturedByZtunnel(pod, ns) {
 		w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
+		if !idx.instanceOfWaypoint(pod) { // waypoints serve HBONE over HTTP/2 only
+			w.TunnelTransport, _ = TunnelTransport(pod, ns, cfg.DefaultTunnelTransport)
+		}
 	}
 	if !idx.instanceOfWaypoint(pod) {
 		if wp := idx.waypointFor(pod.Labels, pod.Namespace, WaypointForWorkload); wp != nil {
@@ -140,6 +153,70 @@ func Workload(pod *corev1.Pod, idx *Index) *workloadapi.Workload {
 	}
 	w.Services = workloadServices(pod, idx)
 	return w
+}
+
+// TunnelTransport is the transport a captured pod asks tunnels to it to
+// use (Workload.tunnel_transport): the pod's AnnotationTunnelTransport,
+// else its namespace's, else def. An annotation whose value is not "quic"
+// or "h2" gives H2 and an error naming the object: HTTP/2 works
+// everywhere, so a typo can only ever keep today's behaviour.
+func TunnelTransport(pod *corev1.Pod, ns *corev1.Namespace, def workloadapi.TunnelTransport) (workloadapi.TunnelTransport, error) {
+	if v, ok := pod.Annotations[AnnotationTunnelTransport]; ok {
+		return annotatedTransport("pod "+pod.Namespace+"/"+pod.Name, v)
+	}
+	if ns != nil {
+		if v, ok := ns.Annotations[AnnotationTunnelTransport]; ok {
+			return annotatedTransport("namespace "+ns.Name, v)
+		}
+	}
+	return def, nil
+}
+
+func annotatedTransport(object, value string) (workloadapi.TunnelTransport, error) {
+	t, err := ParseTunnelTransport(value)
+	if err != nil {
+		return workloadapi.TunnelTransport_H2, fmt.Errorf("%s: annotation %s: %w; using h2", object, AnnotationTunnelTransport, err)
+	}
+	return t, nil
+}
+
+// ParseTunnelTransport reads a transport as annotations and flags write
+// it: "h2" or "quic".
+func ParseTunnelTransport(s string) (workloadapi.TunnelTransport, error) {
+	switch s {
+	case "h2":
+		return workloadapi.TunnelTransport_H2, nil
+	case "quic":
+		return workloadapi.TunnelTransport_QUIC, nil
+	}
+	return workloadapi.TunnelTransport_H2, fmt.Errorf("tunnel transport %q is not h2 or quic", s)
+}
+
+// InvalidTunnelTransports reports every namespace and pod whose
+// AnnotationTunnelTransport is invalid, keyed "Namespace/<name>" or
+// "Pod/<namespace>/<name>", with the problem, for the control plane to
+// warn about. The pods concerned get H2 (see [TunnelTransport]).
+func InvalidTunnelTransports(namespaces []*corev1.Namespace, pods []*corev1.Pod) map[string]string {
+	var out map[string]string
+	add := func(key, object, value string) {
+		if _, err := annotatedTransport(object, value); err != nil {
+			if out == nil {
+				out = make(map[string]string)
+			}
+			out[key] = err.Error()
+		}
+	}
+	for _, ns := range namespaces {
+		if v, ok := ns.Annotations[AnnotationTunnelTransport]; ok {
+			add("Namespace/"+ns.Name, "namespace "+ns.Name, v)
+		}
+	}
+	for _, pod := range pods {
+		if v, ok := pod.Annotations[AnnotationTunnelTransport]; ok {
+			add("Pod/"+pod.Namespace+"/"+pod.Name, "pod "+pod.Namespace+"/"+pod.Name, v)
+		}
+	}
+	return out
 }
 
 // CapturedByZtunnel reports whether ztunnel captures the pod's traffic, so

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -78,6 +80,35 @@ type Template struct {
 	// ClusterDomain makes the Service's hostname in the Gateway status;
 	// default DefaultClusterDomain.
 	ClusterDomain string
+	// Tracing turns OpenTelemetry tracing on in every waypoint when its
+	// OTLPEndpoint is set.
+	Tracing Tracing
+}
+
+// Tracing is the waypoints' OpenTelemetry tracing (package
+// waypoint/tracing), passed as cmd/waypoint's flags.
+type Tracing struct {
+	// OTLPEndpoint is the collector's OTLP/gRPC host:port
+	// (--otlp-endpoint); empty: tracing off.
+	OTLPEndpoint string
+	// OTLPInsecure speaks plaintext gRPC to it (--otlp-insecure).
+	OTLPInsecure bool
+	// SamplingPercent is the share of new traces sampled, 0 to 100
+	// (--trace-sampling). istiod-lite's flag defaults it to 1, Istio's
+	// default; here zero means zero.
+	SamplingPercent float64
+}
+
+// args are the waypoint's tracing flags (none with tracing off).
+func (t Tracing) args() []string {
+	if t.OTLPEndpoint == "" {
+		return nil
+	}
+	args := []string{"--otlp-endpoint=" + t.OTLPEndpoint, "--trace-sampling=" + strconv.FormatFloat(t.SamplingPercent, 'g', -1, 64)}
+	if t.OTLPInsecure {
+		args = append(args, "--otlp-insecure")
+	}
+	return args
 }
 
 func (t Template) withDefaults() Template {
@@ -93,6 +124,9 @@ func (t Template) withDefaults() Template {
 func (t Template) check() error {
 	if t.XDSAddress == "" || t.XDSServerName == "" || t.TrustDomain == "" || t.ClusterID == "" {
 		return errors.New("waypointctl: Template.XDSAddress, XDSServerName, TrustDomain and ClusterID are required")
+	}
+	if p := t.Tracing.SamplingPercent; math.IsNaN(p) || p < 0 || p > 100 {
+		return fmt.Errorf("waypointctl: Template.Tracing.SamplingPercent %v: want a percentage from 0 to 100", p)
 	}
 	return nil
 }
@@ -200,6 +234,7 @@ func Desired(gw *gatewayv1.Gateway, cfg Template) (*corev1ac.ServiceAccountApply
 			"--trust-domain="+cfg.TrustDomain,
 			"--cluster-id="+cfg.ClusterID,
 		).
+		WithArgs(cfg.Tracing.args()...).
 		WithEnv(
 			fieldEnv("POD_NAME", "metadata.name"),
 			fieldEnv("POD_NAMESPACE", "metadata.namespace"),

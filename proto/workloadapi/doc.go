@@ -16,8 +16,17 @@
 // ours can each read what the other's control plane sends. The test in
 // tools/wirecompat compiles Istio's published .proto files next to ours and
 // fails on any difference. Fields we add beyond Istio take numbers from 1000
-// up, where Istio will not collide with them; numbers Istio has retired stay
-// reserved.
+// up, where Istio will not collide with them, and their types live in our
+// own proto package ambient.workload.v1 (extensions.proto), never in
+// istio.workload; numbers Istio has retired stay reserved. An Istio ztunnel
+// skips our fields; their zero values mean "as Istio does it".
 //
-// The *.pb.go files are generated: edit workload.proto and run `make gen`.
+// Extensions:
+//
+//	Workload.tunnel_transport = 1000  TunnelTransport: H2 (default, HBONE
+//	                                  over HTTP/2 on TCP) or QUIC (HBONE
+//	                                  over HTTP/3 on UDP 15008, falling
+//	                                  back to H2)
+//
+// The *.pb.go files are generated: edit the .proto files and run `make gen`.
 package workloadapi

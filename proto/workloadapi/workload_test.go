@@ -132,6 +132,10 @@ func TestAddress_EncodesWithIstioFieldNumbers(t *testing.T) {
 		{"absent prefix length", &NetworkAddress{}, ""},
 		// Workload.capacity = 27 (tag 0xda 0x01) wraps UInt32Value.value = 1 (0x08).
 		{"capacity wrapper", &Workload{Capacity: wrapperspb.UInt32(2)}, "da01020802"},
+		// Our extension Workload.tunnel_transport = 1000 (tag 0xc0 0x3e).
+		// H2, the default, is not sent: an H2 workload encodes as Istio's.
+		{"tunnel transport QUIC", &Workload{TunnelTransport: TunnelTransport_QUIC}, "c03e01"},
+		{"tunnel transport H2 is not sent", &Workload{TunnelTransport: TunnelTransport_H2}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

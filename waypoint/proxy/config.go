@@ -11,12 +11,14 @@ import (
 )
 
 // L7Config is the waypoint's own configuration besides the mesh: the
-// routing tables (istiod-lite's ServiceRoutes) and the AuthorizationPolicies
-// with targetRefs. It is compiled off the request path by [Compile] and
+// routing tables (istiod-lite's ServiceRoutes), the AuthorizationPolicies
+// with targetRefs and the services' resilience policies (istiod-lite's
+// ServiceResilience). It is compiled off the request path by [Compile] and
 // swapped in atomically by [Proxy.SetL7].
 type L7Config struct {
-	Routes   []*waypointapi.ServiceRoutes
-	Policies []l7authz.Input
+	Routes     []*waypointapi.ServiceRoutes
+	Policies   []l7authz.Input
+	Resilience []*waypointapi.ServiceResilience
 }
 
 // Compiled is an immutable, compiled L7Config.
@@ -24,7 +26,11 @@ type Compiled struct {
 	src      L7Config
 	tables   map[string]*route.Table // by waypointapi.ResourceName
 	policies []*l7authz.Policy
-	errs     []error
+	// resilience holds the compiled policies by service key; a service
+	// without one has [defaultPolicy]. The state they drive lives in the
+	// Proxy (resilience.go), which carries it across configurations.
+	resilience map[string]*svcPolicy
+	errs       []error
 
 	// applicable caches l7authz.Applicable per destination (a pure
 	// function of policies and the target), filled on first use.
@@ -58,7 +64,29 @@ func Compile(c L7Config) (*Compiled, []error) {
 		}
 		out.policies = append(out.policies, p)
 	}
+	out.resilience = make(map[string]*svcPolicy, len(c.Resilience))
+	for i, r := range c.Resilience {
+		key := r.GetServiceKey()
+		if _, dup := out.resilience[key]; dup {
+			out.errs = append(out.errs, fmt.Errorf("resilience[%d] %s: duplicate policy; the first one is kept", i, key))
+			continue
+		}
+		pol, err := compilePolicy(r)
+		if err != nil {
+			out.errs = append(out.errs, fmt.Errorf("resilience[%d] %s: %w; the service has the defaults", i, key, err))
+			continue
+		}
+		out.resilience[key] = pol
+	}
 	return out, out.errs
+}
+
+// policy is the resilience policy of the service with key svcKey.
+func (c *Compiled) policy(svcKey string) *svcPolicy {
+	if p := c.resilience[svcKey]; p != nil {
+		return p
+	}
+	return defaultPolicy
 }
 
 // Errors lists what did not compile.

@@ -30,7 +30,8 @@
 //     destination Service; source = the tunnel's peer identity and address,
 //     remote address from Forwarded. The path is normalized first; a path
 //     that cannot be is answered 400. A deny is answered 403 "RBAC: access
-//     denied", as Istio answers.
+//     denied", as Istio answers. Then the destination service's local rate
+//     limit and fault injection (see Resilience).
 //  3. Routing (waypoint/route): the compiled table for (service, port,
 //     client namespace) — consumer routes, then the service's, each for the
 //     port and then for every port — else the waypoint Gateway's; without
@@ -38,8 +39,9 @@
 //     addressed workload). NotFound, Fail and Redirect are answered as the
 //     Decision says; a Gateway table that matches nothing falls back to the
 //     default route.
-//  4. Forwarding: per attempt an endpoint is picked (state.PickEndpoint); a
-//     mesh workload is reached over HBONE at its ztunnel (ip:15008,
+//  4. Forwarding, within the backend's circuit breaker limits: per attempt
+//     an endpoint is picked by the backend's load balancer, skipping the
+//     endpoints outlier detection ejected (see Resilience); a mesh workload is reached over HBONE at its ztunnel (ip:15008,
 //     :authority ip:targetPort) as the waypoint's identity, verifying the
 //     workload's, with hbone's pooled client; a workload outside the mesh
 //     over plain TCP. HTTP/1.1 upstreams use an http.Transport whose
@@ -48,15 +50,17 @@
 //     is HTTP2 or GRPC) a Transport with only UnencryptedHTTP2. The
 //     normalized (or rewritten) path is forwarded; hop-by-hop headers are
 //     dropped ("TE: trailers" kept), x-forwarded-proto and x-request-id
-//     added when missing, traceparent passed untouched, the route's header
-//     mutations applied; trailers are passed back (gRPC status).
+//     added when missing, the route's header mutations applied, then
+//     traceparent set to the waypoint's span when tracing is on (untouched
+//     when off; see Telemetry); trailers are passed back (gRPC status).
 //  5. Timeouts and retries: HTTPRouteTimeouts.request bounds the whole
 //     exchange (504 "upstream request timeout", flag UT), backendRequest
 //     each attempt. HTTPRouteRetry retries the listed status codes (any
 //     method: the user listed them) and connection failures (a failed dial
 //     for any method, other failures only for idempotent methods), waiting
 //     the backoff doubled per retry (at most 10×); without a retry stanza,
-//     Config.DefaultRetries connection-failure retries. A body is retried
+//     Config.DefaultRetries connection-failure retries; each retry needs
+//     one of the backend's http.maxRetries. A body is retried
 //     (and mirrored) only when its length is known and at most
 //     MaxRetryBody (64 KiB), buffered once; other bodies stream once.
 //  6. Mirrors are fire and forget, at most MaxMirrors in flight (more are
@@ -68,14 +72,58 @@
 // of the destination after the endpoint workload's L4 policies
 // (internal/authz) allow the tunnel's client.
 //
+// # Resilience
+//
+// Each service has a ServiceResilience (istiod-lite's DestinationRule and
+// LocalTrafficPolicy, [L7Config].Resilience), or Istio's defaults:
+// LEAST_REQUEST and nothing else. The mechanisms are waypoint/resilience's,
+// with Envoy's semantics and response flags:
+//
+//   - Local rate limit and fault injection belong to the service the
+//     request is addressed to, checked after authorization and before
+//     routing, as Envoy's filters before the router: a request beyond the
+//     token bucket is answered 429 "local_rate_limited" (RL); a fault delay
+//     holds the request (DI), a fault abort answers it with its status,
+//     "fault filter abort" (FI), each for its share of requests. A
+//     workload-addressed request has neither.
+//   - The rest belongs to the backend's cluster, one per service port as
+//     in Envoy: the circuit breaker (connectionPool), outlier detection and
+//     the load balancer. A request holds one of http2MaxRequests for its
+//     whole exchange; to an HTTP/1.1 backend each attempt holds one of
+//     maxConnections (an HTTP/1.1 connection carries one request at a
+//     time), waiting for one as a pending request, at most
+//     http1MaxPendingRequests at once. A limit reached is answered 503 at
+//     once, "upstream connect error or disconnect/reset before headers.
+//     reset reason: overflow" with x-envoy-overloaded (UO), never queued
+//     without bound. A retry refused by maxRetries returns the last
+//     answer as it is, adding UO. maxRequestsPerConnection closes an
+//     HTTP/1.1 connection after that many requests.
+//   - Outlier detection sees every attempt's outcome per endpoint: the
+//     status, or a local-origin error (connect failure, reset, timeout)
+//     counted as a 503; not a request the client gave up. The load
+//     balancer skips ejected endpoints (all ejected: 503 "no healthy
+//     upstream", UH). PASSTHROUGH keeps the mesh's own choice, uniform over
+//     the healthy endpoints (state.PickEndpoint), as does a mirror.
+//
+// The state (token buckets, circuit breaker counters, ejections,
+// round-robin positions, requests in flight per endpoint) lives in the
+// Proxy, not in a [Compiled]: [Proxy.SetL7] carries each part over to the
+// new configuration unless that part of the service's policy changed
+// (proto.Equal), so a push of unrelated routes neither refills a rate
+// limit nor brings back an ejected endpoint. A cluster is created on its
+// first request and dropped by a SetL7 after its service left the mesh.
+// Rate limits and outlier detection read the clock Config.Now, and faults
+// and load balancers draw from the seeded random source, so tests drive
+// both; waits (fault delays, backoffs, timeouts) are real timers.
+//
 // # Configuration
 //
-// The mesh comes from Config.Store. The L7 configuration (route tables and
-// AuthorizationPolicies, from istiod-lite over xDS or from a local file:
-// cmd/waypoint) is compiled by [Compile] off the request path and
-// put in force by [Proxy.SetL7] with one atomic pointer store: a request
-// reads the pointer once, so requests in flight finish under the
-// configuration they started with and none is dropped.
+// The mesh comes from Config.Store. The L7 configuration (route tables,
+// AuthorizationPolicies and resilience policies, from istiod-lite over xDS
+// or from a local file: cmd/waypoint) is compiled by [Compile] off the
+// request path and put in force by [Proxy.SetL7] with one atomic pointer
+// store: a request reads the pointer once, so requests in flight finish
+// under the configuration they started with and none is dropped.
 //
 // # Telemetry
 //
@@ -84,12 +132,37 @@
 // identity, method, normalized path, response code, bytes, duration,
 // decision and policy) and per L4 connection; Istio's request metrics
 // (telemetry.HTTPMetrics) with reporter="waypoint" and Envoy's response
-// flags (NR, UH, UF, URX, UT, DC).
+// flags (NR, UH, UF, URX, UT, DC, UO, RL, DI, FI; several joined with ","
+// in Envoy's order), which the flow record carries too.
+//
+// With Config.Tracer (waypoint/tracing) each request gets an OpenTelemetry
+// SERVER span, exported over OTLP/gRPC: the child of the caller's W3C
+// traceparent (same trace id, the caller's span id as parent; a new trace
+// without one), sampled parent-based (the caller's sampled flag decides,
+// new traces at the Tracer's ratio). The upstream request's traceparent is
+// rewritten to carry the caller's trace id with the waypoint's span id as
+// parent id (tracestate kept), also when the span is not sampled, so the
+// backend's spans hang under the waypoint's. The span has the OTel HTTP
+// attributes (http.request.method, url.path as received, url.scheme, server.address,
+// server.port, client.address, network.peer.address,
+// network.protocol.version, user_agent.original,
+// http.response.status_code, body sizes, error.type) and the mesh ones
+// (mesh.source.principal/workload/namespace,
+// mesh.destination.principal/workload/namespace/service,
+// mesh.upstream.address, mesh.response_flags, mesh.policy); its status is
+// Error for a 5xx, no response, or a response cut short. It ends, stamped
+// with the flow record's start and duration, just before the flow record
+// is written. Without a Tracer the hooks (trace.go) cost nothing and
+// traceparent passes through untouched. Mirrors carry the same
+// traceparent as the request; retries reuse the one span.
 //
 // # Not yet
 //
 // Upgrade (WebSocket) and CONNECT requests inside the tunnel are not
 // forwarded (hop-by-hop Upgrade is dropped); server-first protocols wait for
-// the client's first bytes; no outlier detection, circuit breaking or rate
-// limits.
+// the client's first bytes. Of the resilience policy: DestinationRule
+// subsets (routes cannot name them), connectTimeout and idleTimeout, and
+// for HTTP/2 backends maxConnections, http1MaxPendingRequests and
+// maxRequestsPerConnection (requests multiplex on one connection per
+// endpoint); mirrors bypass the circuit breaker and outlier detection.
 package proxy

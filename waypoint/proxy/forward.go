@@ -22,6 +22,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/waypoint/resilience"
 	"github.com/ambientmesh/ambient/waypoint/route"
 	"github.com/ambientmesh/ambient/ztunnel/outbound"
 )
@@ -30,6 +31,7 @@ import (
 // per attempt) or, for a workload-addressed request, that workload.
 type upstream struct {
 	svc      *workloadapi.Service
+	svcKey   string // svc's key, "namespace/hostname"
 	port     uint16 // service port
 	workload *workloadapi.Workload
 	addr     netip.AddrPort
@@ -47,16 +49,23 @@ func (u upstream) speaksH2() bool {
 	return false
 }
 
-// pick chooses the endpoint of one attempt.
-func (p *Proxy) pick(view *state.View, u upstream) (state.Endpoint, error) {
+// pick chooses the endpoint of one attempt: the addressed workload; else
+// the cluster's load balancer over the endpoints outlier detection has not
+// ejected; with PASSTHROUGH (or no cluster: mirrors) the mesh's own choice,
+// uniform over the healthy endpoints, as a connection to the service
+// would get. lb is the endpoint's load balancer entry, when there is one.
+func (p *Proxy) pick(view *state.View, u upstream, cl *cluster) (ep state.Endpoint, lb *resilience.Endpoint, err error) {
 	if u.workload != nil {
-		return state.Endpoint{Workload: u.workload, Port: u.addr.Port(), Addr: u.addr}, nil
+		return state.Endpoint{Workload: u.workload, Port: u.addr.Port(), Addr: u.addr}, nil, nil
 	}
-	ep, err := view.PickEndpoint(u.svc, u.port, p.rnd)
+	if cl != nil && cl.pol.lb != resilience.Passthrough {
+		return cl.pickFrom(view, u, p.rnd64)
+	}
+	ep, err = view.PickEndpoint(u.svc, u.port, p.rnd)
 	if err == nil && !ep.Addr.IsValid() {
 		err = fmt.Errorf("endpoint %s has no address", ep.Workload.GetUid())
 	}
-	return ep, err
+	return ep, nil, err
 }
 
 // hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1)
@@ -67,7 +76,8 @@ var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-A
 // upstreamHeader is the request's header as forwarded: hop-by-hop fields
 // dropped ("TE: trailers" kept, gRPC needs it), x-forwarded-proto and
 // x-request-id added when missing, the route's mutations applied;
-// traceparent and everything else passes untouched.
+// everything else passes untouched (with tracing on, forward then sets
+// traceparent to the waypoint's span: reqTrace.inject).
 func upstreamHeader(r *http.Request, muts []*route.HeaderMutation) http.Header {
 	h := r.Header.Clone()
 	if h == nil {
@@ -193,6 +203,7 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 	}
 	u.Scheme, u.RawQuery = "http", r.URL.RawQuery
 	hdr := upstreamHeader(r, dec.RequestHeaders)
+	rec.trace.inject(hdr)
 	newReq := func(ctx context.Context, ep state.Endpoint) *http.Request {
 		uc := *u
 		uc.Host = ep.Addr.String()
@@ -217,9 +228,20 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 	if up.h2 {
 		transport = p.h2
 	}
+	cl := p.cluster(up)
+	if cl != nil {
+		done, err := cl.pool.limiter.Acquire(resilience.Requests)
+		if err != nil {
+			p.overflow(rec)
+			return
+		}
+		defer done()
+	}
 
+	var at attempt
+	defer at.release()
 	for try := 0; ; try++ {
-		ep, err := p.pick(view, up)
+		ep, lb, err := p.pick(view, up, cl)
 		if err != nil {
 			rec.flow.Error = err.Error()
 			p.respond(rec, http.StatusServiceUnavailable, bodyNoUpstream, flagNoHealthy)
@@ -227,28 +249,57 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		}
 		rec.flow.Dst = p.workloadPeer(ep.Workload, ep.Addr)
 		rec.flow.Dst.Service = up.svc.GetHostname()
+		if cl != nil && !up.h2 {
+			if at.conn, err = cl.acquireConn(ctx); err != nil {
+				if errors.Is(err, resilience.ErrOverflow) {
+					p.overflow(rec)
+				} else {
+					p.timedOut(rec, r)
+				}
+				return
+			}
+		}
+		if at.ep = lb; lb != nil {
+			lb.Start()
+		}
 		actx, acancel := ctx, context.CancelFunc(func() {})
 		if perTry > 0 {
 			actx, acancel = context.WithTimeout(ctx, perTry)
 		}
-		resp, err := transport.RoundTrip(newReq(actx, ep))
+		req := newReq(actx, ep)
+		if cl != nil && !up.h2 {
+			req = limitPerConn(req, cl.pool.perConn)
+		}
+		resp, err := transport.RoundTrip(req)
+		at.releaseRetry() // the retry's outcome is known
 		if err == nil {
+			cl.observe(lb, resp.StatusCode, nil)
 			if try < rp.attempts && slices.Contains(rp.codes, uint32(resp.StatusCode)) {
-				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-				resp.Body.Close()
-				acancel()
-				if !p.backoff(ctx, rp.backoff, try) {
-					p.timedOut(rec, r)
-					return
+				if at.retry, err = cl.acquireRetry(); err == nil {
+					io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+					resp.Body.Close()
+					acancel()
+					at.releaseAttempt()
+					if !p.backoff(ctx, rp.backoff, try) {
+						p.timedOut(rec, r)
+						return
+					}
+					continue
 				}
-				continue
+				rec.flags = flagOverflow // the retry limit: the response goes back as it is
+			} else if rp.attempts > 0 && slices.Contains(rp.codes, uint32(resp.StatusCode)) {
+				rec.flags = flagRetriesExceeded
 			}
 			p.writeResponse(rec, r, resp, dec, ctx)
 			acancel()
 			return
 		}
 		acancel()
+		at.releaseAttempt()
 		rec.flow.Error = err.Error()
+		if r.Context().Err() == nil {
+			cl.observe(lb, 0, err) // a local-origin error, unless the client left
+		}
 		if ctx.Err() != nil {
 			p.timedOut(rec, r)
 			return
@@ -256,23 +307,45 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		perTryTimeout := errors.Is(err, context.DeadlineExceeded)
 		var de *dialError
 		retriable := perTryTimeout || errors.As(err, &de) || idempotent(r.Method)
+		overflowed := false
 		if try < rp.attempts && retriable {
-			if !p.backoff(ctx, rp.backoff, try) {
-				p.timedOut(rec, r)
-				return
+			if at.retry, err = cl.acquireRetry(); err == nil {
+				if !p.backoff(ctx, rp.backoff, try) {
+					p.timedOut(rec, r)
+					return
+				}
+				continue
 			}
-			continue
+			overflowed = true
 		}
-		switch {
-		case perTryTimeout:
-			p.respond(rec, http.StatusGatewayTimeout, bodyTimeout, flagTimeout)
-		case try > 0:
-			p.respond(rec, http.StatusServiceUnavailable, bodyConnFailed, flagRetriesExceeded)
-		default:
-			p.respond(rec, http.StatusServiceUnavailable, bodyConnFailed, flagConnFailure)
-		}
+		p.attemptsFailed(rec, perTryTimeout, try > 0, overflowed)
 		return
 	}
+}
+
+// attemptsFailed answers a request whose last attempt got no response:
+// 504 (UT) after a per-try timeout, else 503 (UF, or URX when retries ran
+// out); a retry the retry limit refused adds UO, as Envoy does.
+func (p *Proxy) attemptsFailed(rec *reqRecord, perTryTimeout, retried, overflowed bool) {
+	code, body, flag := http.StatusServiceUnavailable, bodyConnFailed, flagConnFailure
+	switch {
+	case perTryTimeout:
+		code, body, flag = http.StatusGatewayTimeout, bodyTimeout, flagTimeout
+	case retried && !overflowed:
+		flag = flagRetriesExceeded
+	}
+	if overflowed {
+		flag = addFlag(flag, flagOverflow)
+	}
+	p.respond(rec, code, body, flag)
+}
+
+// overflow answers a request a circuit breaker refused: 503 at once, flag
+// UO, with Envoy's body and x-envoy-overloaded header.
+func (p *Proxy) overflow(rec *reqRecord) {
+	rec.w.Header().Set("X-Envoy-Overloaded", "true")
+	rec.flow.Error = resilience.ErrOverflow.Error()
+	p.respond(rec, http.StatusServiceUnavailable, bodyOverflow, flagOverflow)
 }
 
 // timedOut answers a request whose time ran out (504, as Envoy), unless
@@ -388,7 +461,7 @@ func (p *Proxy) mirror(view *state.View, m route.Mirror, newReq func(context.Con
 	go func() {
 		defer func() { <-p.mirrors }()
 		up := upstream{svc: svc, port: uint16(m.Port)}
-		ep, err := p.pick(view, up)
+		ep, _, err := p.pick(view, up, nil)
 		if err != nil {
 			return
 		}
@@ -417,11 +490,21 @@ func shadowHost(host string) string {
 	return host + "-shadow"
 }
 
-// dialEndpoint is the upstream transports' DialContext: addr is an
-// endpoint "ip:port". A mesh workload is reached through HBONE at its
-// ztunnel (ip:15008, :authority ip:port), as the waypoint's identity,
-// verifying the workload's; a workload outside the mesh over plain TCP.
-func (p *Proxy) dialEndpoint(ctx context.Context, _, addr string) (net.Conn, error) {
+// dialEndpoint is the upstream transports' DialContext: dialConn, with
+// the connection counting its requests (maxRequestsPerConnection).
+func (p *Proxy) dialEndpoint(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := p.dialConn(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &upConn{Conn: c}, nil
+}
+
+// dialConn connects to an endpoint, addr "ip:port". A mesh workload is
+// reached through HBONE at its ztunnel (ip:15008, :authority ip:port), as
+// the waypoint's identity, verifying the workload's; a workload outside
+// the mesh over plain TCP.
+func (p *Proxy) dialConn(ctx context.Context, _, addr string) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}

@@ -11,6 +11,7 @@ import (
 	"github.com/ambientmesh/ambient/proto/waypointapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
+	"github.com/ambientmesh/ambient/waypoint/resilience"
 	"github.com/ambientmesh/ambient/waypoint/route"
 )
 
@@ -22,6 +23,9 @@ const (
 	bodyNoUpstream = "no healthy upstream"
 	bodyBadRequest = "Bad Request"
 	bodyConnFailed = "upstream connect error or disconnect/reset before headers"
+	bodyOverflow   = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+	bodyRateLimit  = "local_rate_limited"
+	bodyFaultAbort = "fault filter abort"
 )
 
 // Envoy response flags used in metrics.
@@ -33,6 +37,10 @@ const (
 	flagConnFailure     = "UF"
 	flagRetriesExceeded = "URX"
 	flagDownstreamReset = "DC"
+	flagOverflow        = resilience.FlagUpstreamOverflow
+	flagRateLimited     = resilience.FlagRateLimited
+	flagFaultInjected   = resilience.FlagFaultInjected
+	flagDelayInjected   = resilience.FlagDelayInjected
 )
 
 // reqRecord accumulates what a request's flow record and metrics say.
@@ -40,9 +48,11 @@ type reqRecord struct {
 	flow     telemetry.Flow
 	protocol string
 	flags    string
+	delayed  bool // a fault delay held the request (flag DI)
 	grpc     string
 	body     *countingBody
 	w        *countingWriter
+	trace    reqTrace // the request's span (trace.go)
 }
 
 // ServeHTTP handles one request that arrived through a tunnel: authorize,
@@ -67,6 +77,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = rec.body
 	w = rec.w
+	p.startTrace(rec, r, info)
 	defer p.finish(rec)
 
 	// The destination: what the tunnel's :authority names now.
@@ -105,6 +116,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rec.flow.Policy = az.Policy
+	if !p.admit(rec, r, l7, svcKey) {
+		return
+	}
 
 	// Routing.
 	port := uint32(info.authority.Port())
@@ -143,7 +157,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if dec.Backend == nil { // workload-addressed, default route
 		up.workload, up.addr = dst.Workload, info.authority
 	} else {
-		ns, host, _ := strings.Cut(dec.Backend.GetService(), "/")
+		up.svcKey = dec.Backend.GetService()
+		ns, host, _ := strings.Cut(up.svcKey, "/")
 		up.svc = view.Service(ns, host)
 		up.port = uint16(dec.Backend.GetPort())
 		if up.svc == nil {
@@ -162,6 +177,33 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		host = dec.Host
 	}
 	p.forward(rec, r, view, &dec, up, path, host)
+}
+
+// admit applies the local rate limit and the fault injection of the
+// destination service, as Envoy's filters before the router: a request
+// beyond the rate is answered 429 (RL); a fault delay holds it (DI), a
+// fault abort answers it (FI). It reports whether the request goes on.
+func (p *Proxy) admit(rec *reqRecord, r *http.Request, l7 *Compiled, svcKey string) bool {
+	if svcKey == "" {
+		return true
+	}
+	if b := p.res.Load().buckets[svcKey]; b != nil && !b.tb.Allow(p.now()) {
+		p.respond(rec, http.StatusTooManyRequests, bodyRateLimit, flagRateLimited)
+		return false
+	}
+	delay, abort := l7.policy(svcKey).fault.Decide(p.rnd64)
+	if delay > 0 {
+		rec.delayed = true
+		if !sleep(r.Context(), delay) {
+			rec.flags = flagDownstreamReset
+			return false
+		}
+	}
+	if abort != 0 {
+		p.respond(rec, abort, bodyFaultAbort, flagFaultInjected)
+		return false
+	}
+	return true
 }
 
 // gwKey is the waypoint Gateway's routing key, "namespace/name".
@@ -184,9 +226,16 @@ func (p *Proxy) respond(rec *reqRecord, code int, body, flags string) {
 // finish records the request.
 func (p *Proxy) finish(rec *reqRecord) {
 	f := &rec.flow
+	if rec.delayed {
+		rec.flags = addFlag(rec.flags, flagDelayInjected)
+	}
+	if rec.flags != flagNone {
+		f.ResponseFlags = rec.flags
+	}
 	f.Duration = time.Since(f.Start)
 	f.BytesSent, f.BytesRecv = rec.body.n, rec.w.n
 	f.ResponseCode = rec.w.code
+	p.endTrace(rec)
 	if p.cfg.FlowLog != nil {
 		p.cfg.FlowLog.Record(*f)
 	}

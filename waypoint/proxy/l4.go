@@ -41,7 +41,7 @@ func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
 		c.Close()
 		return
 	}
-	ep, err := p.pick(view, up)
+	ep, _, err := p.pick(view, up, nil)
 	if err != nil {
 		f.Error = err.Error()
 		c.Close()
@@ -59,7 +59,7 @@ func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
 	}
 	f.Policy = d.Policy
 	ctx, cancel := context.WithTimeout(context.Background(), l4DialTimeout)
-	upc, err := p.dialEndpoint(ctx, "tcp", ep.Addr.String())
+	upc, err := p.dialConn(ctx, "tcp", ep.Addr.String())
 	cancel()
 	if err != nil {
 		f.Error = err.Error()

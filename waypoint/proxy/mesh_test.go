@@ -125,11 +125,17 @@ type testMesh struct {
 	proxy              *proxy.Proxy
 	reg                *prometheus.Registry
 	flakyCalls         [2]atomic.Int64
+	// sick makes an app answer "/sick/..." with 503; sickCalls counts
+	// the calls. hold holds "/hold" requests (resilience_test.go).
+	sick      [2]atomic.Bool
+	sickCalls [2]atomic.Int64
+	hold      gate
 }
 
 func podUID(p *testenv.Pod) string { return fmt.Sprintf("pod-%d-%d", p.Node.Index, p.Index) }
 
-func newTestMesh(t *testing.T) *testMesh {
+// newTestMesh builds the mesh; opts adjust the waypoint's Config.
+func newTestMesh(t *testing.T, opts ...func(*proxy.Config)) *testMesh {
 	testenv.RequireRoot(t)
 	m := &testMesh{topo: testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 2}), store: state.NewStore(), wpLog: &syncBuffer{}}
 	m.client, m.wp, m.v1, m.v2 = m.topo.Pod(1, 1), m.topo.Pod(1, 2), m.topo.Pod(2, 1), m.topo.Pod(2, 2)
@@ -199,7 +205,7 @@ func newTestMesh(t *testing.T) *testMesh {
 	waitFor(t, "ztunnels ready", func() bool {
 		return zts[0].Ready() && zts[1].Ready() && len(zts[0].Pods()) == 1 && len(zts[1].Pods()) == 2
 	})
-	m.startWaypoint(t)
+	m.startWaypoint(t, opts...)
 	return m
 }
 
@@ -227,7 +233,7 @@ func (m *testMesh) startZtunnel(t *testing.T, n int, pods []*testenv.Pod, log *s
 	return z
 }
 
-func (m *testMesh) startWaypoint(t *testing.T) {
+func (m *testMesh) startWaypoint(t *testing.T, opts ...func(*proxy.Config)) {
 	svid, err := m.ca.NewSVID(spiffeid.RequireFromString(id("waypoint")), time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -243,14 +249,18 @@ func (m *testMesh) startWaypoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := m.wp.Path
-	p, err := proxy.New(proxy.Config{
+	cfg := proxy.Config{
 		Identity: svid.ID, SVIDs: src, Bundles: m.ca.Bundle(), Store: m.store,
 		GatewayNamespace: "shop", GatewayName: "waypoint", Listener: ln,
 		DialTCP: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return netns.DialTCP(ctx, path, addr)
 		},
 		FlowLog: telemetry.NewFlowLog(m.wpLog), Metrics: metrics, Seed: 1, DrainTimeout: 2 * time.Second,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	p, err := proxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,15 +282,18 @@ func (m *testMesh) startWaypoint(t *testing.T) {
 }
 
 // startApp serves, in pod p: HTTP/1.1 and h2c on 8080 (answers name,
-// "/slow" after 2s, "/flaky" 503 on every other call), gRPC health on
-// 9090, and a TCP echo on 7070.
+// "/slow" after 2s, "/flaky" 503 on every other call, "/sick/..." 503
+// while m.sick says so, "/hold" when m.hold opens), gRPC health on 9090,
+// and a TCP echo on 7070.
 func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Served-By", name)
+		w.Header().Set("X-Remote-Addr", r.RemoteAddr)
 		w.Header().Set("X-Proto", r.Proto)
 		w.Header().Set("X-Seen-Path", r.URL.EscapedPath())
 		w.Header().Set("X-Seen-Test", r.Header.Get("X-Test"))
+		w.Header().Set("X-Seen-Traceparent", r.Header.Get("Traceparent"))
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, name)
 	})
@@ -300,6 +313,18 @@ func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) 
 			http.Error(w, "flaky", http.StatusServiceUnavailable)
 			return
 		}
+		io.WriteString(w, name)
+	})
+	mux.HandleFunc("/sick/", func(w http.ResponseWriter, r *http.Request) {
+		m.sickCalls[idx].Add(1)
+		if m.sick[idx].Load() {
+			http.Error(w, "sick", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, name)
+	})
+	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
+		m.hold.wait(r.Context())
 		io.WriteString(w, name)
 	})
 	var protos http.Protocols

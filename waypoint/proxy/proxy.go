@@ -24,6 +24,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
+	"github.com/ambientmesh/ambient/waypoint/tracing"
 )
 
 // Config configures a Proxy.
@@ -54,11 +55,18 @@ type Config struct {
 	FlowLog *telemetry.FlowLog
 	// Metrics counts requests; nil counts nothing.
 	Metrics *telemetry.HTTPMetrics
+	// Tracer gives each request a server span (waypoint/tracing) and the
+	// upstream a traceparent naming it; nil traces nothing and passes the
+	// caller's traceparent through untouched.
+	Tracer *tracing.Tracer
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 	// Seed seeds the random choices (weighted backends, endpoints,
-	// mirrors); 0 seeds from the clock.
+	// mirrors, faults); 0 seeds from the clock.
 	Seed uint64
+	// Now is the clock of the resilience mechanisms (local rate limits,
+	// outlier detection); default time.Now.
+	Now func() time.Time
 
 	// MaxRetryBody is the largest request body buffered so that the
 	// request can be retried or mirrored; larger or unknown-length bodies
@@ -96,7 +104,13 @@ type Proxy struct {
 	ready   atomic.Bool
 	l4      sync.WaitGroup // L4 connections in flight
 
-	rnd *lockedRand
+	rnd   *lockedRand
+	rnd64 func() uint64 // rnd.Uint64
+	now   func() time.Time
+
+	resMu sync.Mutex // serializes SetL7 and writes of res
+	// res is the state of the resilience mechanisms (resilience.go).
+	res atomic.Pointer[resTable]
 }
 
 // lockedRand is a seeded random source shared by request goroutines.
@@ -172,8 +186,13 @@ func New(cfg Config) (*Proxy, error) {
 		mirrors: make(chan struct{}, cfg.MaxMirrors),
 		rnd:     &lockedRand{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))},
 	}
+	p.rnd64, p.now = p.rnd.Uint64, cfg.Now
+	if p.now == nil {
+		p.now = time.Now
+	}
 	empty, _ := Compile(L7Config{})
 	p.l7.Store(empty)
+	p.res.Store(&resTable{})
 
 	td := cfg.Identity.TrustDomain()
 	var err error
@@ -231,7 +250,14 @@ func New(cfg Config) (*Proxy, error) {
 
 // SetL7 puts a compiled configuration in force. Requests already routed
 // finish under the configuration they started with.
+//
+// The state of the resilience mechanisms carries over: a service's rate
+// limit, circuit breaker counters, outlier ejections and load balancer
+// keep theirs unless that part of its policy changed (proto.Equal).
 func (p *Proxy) SetL7(c *Compiled) {
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	p.res.Store(reconcile(p.res.Load(), c, p.serviceLive, p.now))
 	p.l7.Store(c)
 	p.ready.Store(true)
 }

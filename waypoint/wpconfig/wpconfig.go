@@ -28,10 +28,20 @@
 //	    targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
 //	    action: DENY
 //	    rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+//	resilience:        # ambient.waypoint.v1.ServiceResilience, protojson
+//	- service_key: shop/reviews.shop.svc.cluster.local
+//	  traffic_policy:
+//	    load_balancer: LB_ROUND_ROBIN
+//	    connection_pool: {http2_max_requests: 100}
+//	    outlier_detection: {consecutive_5xx_errors: 5, base_ejection_time: 30s}
+//	  local_policy:
+//	    rate_limit: {requests_per_unit: 100, unit: 1s}
+//	    fault: {abort: {http_status: 503, percentage: 1}}
 //
-// Route tables are the protojson form of ServiceRoutes (snake_case or
-// lowerCamelCase names, enums by name, durations as "0.5s"); unknown fields
-// are errors. A policy's spec has the CRD's fields (l7authz.Spec); unknown
+// Route tables and resilience policies are the protojson form of
+// ServiceRoutes and ServiceResilience (snake_case or lowerCamelCase names,
+// enums by name, durations as "0.5s"); unknown fields are errors. Unlike
+// istiod-lite, the file fills in no defaults: an absent limit is no limit. A policy's spec has the CRD's fields (l7authz.Spec); unknown
 // fields are errors, as with a strict apply. Errors name the item.
 package wpconfig
 
@@ -55,8 +65,9 @@ import (
 
 // The extra top-level sections of the waypoint's file.
 const (
-	SectionRoutes   = "routes"
-	SectionPolicies = "authorizationPolicies"
+	SectionRoutes     = "routes"
+	SectionPolicies   = "authorizationPolicies"
+	SectionResilience = "resilience"
 )
 
 // DryRunAnnotation marks a policy evaluated and reported, never enforced.
@@ -64,7 +75,7 @@ const DryRunAnnotation = "istio.io/dry-run"
 
 // Parse parses a waypoint local config document.
 func Parse(data []byte) (state.Snapshot, proxy.L7Config, error) {
-	snap, extra, err := localconfig.ParseSections(data, SectionRoutes, SectionPolicies)
+	snap, extra, err := localconfig.ParseSections(data, SectionRoutes, SectionPolicies, SectionResilience)
 	if err != nil {
 		return state.Snapshot{}, proxy.L7Config{}, err
 	}
@@ -76,6 +87,11 @@ func Parse(data []byte) (state.Snapshot, proxy.L7Config, error) {
 	}
 	if raw, ok := extra[SectionPolicies]; ok {
 		if l7.Policies, err = parsePolicies(raw); err != nil {
+			return state.Snapshot{}, proxy.L7Config{}, fmt.Errorf("wpconfig: %w", err)
+		}
+	}
+	if raw, ok := extra[SectionResilience]; ok {
+		if l7.Resilience, err = parseResilience(raw); err != nil {
 			return state.Snapshot{}, proxy.L7Config{}, fmt.Errorf("wpconfig: %w", err)
 		}
 	}
@@ -106,7 +122,8 @@ func Watch(ctx context.Context, path string, apply func(state.Snapshot, proxy.L7
 			return nil, nil, err
 		}
 		return func() { apply(snap, l7) }, []any{"workloads", len(snap.Workloads), "services", len(snap.Services),
-			"policies", len(snap.Policies), "routes", len(l7.Routes), "authorization_policies", len(l7.Policies)}, nil
+			"policies", len(snap.Policies), "routes", len(l7.Routes), "authorization_policies", len(l7.Policies),
+			"resilience", len(l7.Resilience)}, nil
 	}, logger)
 }
 
@@ -123,6 +140,25 @@ func parseRoutes(raw json.RawMessage) ([]*waypointapi.ServiceRoutes, error) {
 		}
 		if r.GetServiceKey() == "" {
 			return nil, fmt.Errorf("%s[%d]: no service_key; a table is named by its parent's key", SectionRoutes, i)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func parseResilience(raw json.RawMessage) ([]*waypointapi.ServiceResilience, error) {
+	var items []json.RawMessage
+	if err := json.Unmarshal(raw, &items); err != nil {
+		return nil, fmt.Errorf("%s: want a list of ServiceResilience policies: %v", SectionResilience, err)
+	}
+	out := make([]*waypointapi.ServiceResilience, 0, len(items))
+	for i, it := range items {
+		r := &waypointapi.ServiceResilience{}
+		if err := protojson.Unmarshal(it, r); err != nil {
+			return nil, fmt.Errorf("%s[%d]: %s", SectionResilience, i, strings.ReplaceAll(err.Error(), "\u00a0", " "))
+		}
+		if r.GetServiceKey() == "" {
+			return nil, fmt.Errorf("%s[%d]: no service_key; a policy is named by its service's key", SectionResilience, i)
 		}
 		out = append(out, r)
 	}

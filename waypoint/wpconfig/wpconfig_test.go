@@ -20,12 +20,20 @@ authorizationPolicies:
   kind: AuthorizationPolicy
   metadata: {name: deny, namespace: shop, annotations: {istio.io/dry-run: "true"}}
   spec: {targetRefs: [{kind: Service, name: r}], action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}
+resilience:
+- service_key: shop/r.shop.svc.cluster.local
+  traffic_policy: {load_balancer: LB_ROUND_ROBIN, outlier_detection: {consecutive_5xx_errors: 5, base_ejection_time: 30s}}
+  local_policy: {rate_limit: {requests_per_unit: 100, unit: 1s}, fault: {abort: {http_status: 418, percentage: 20}}}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(snap.Services) != 1 || len(l7.Routes) != 1 || len(l7.Policies) != 1 {
-		t.Fatalf("got %d services, %d routes, %d policies", len(snap.Services), len(l7.Routes), len(l7.Policies))
+	if len(snap.Services) != 1 || len(l7.Routes) != 1 || len(l7.Policies) != 1 || len(l7.Resilience) != 1 {
+		t.Fatalf("got %d services, %d routes, %d policies, %d resilience policies", len(snap.Services), len(l7.Routes), len(l7.Policies), len(l7.Resilience))
+	}
+	if r := l7.Resilience[0]; r.GetTrafficPolicy().GetOutlierDetection().GetBaseEjectionTime().AsDuration() != 30*time.Second ||
+		r.GetLocalPolicy().GetRateLimit().GetRequestsPerUnit() != 100 || r.GetLocalPolicy().GetFault().GetAbort().GetHttpStatus() != 418 {
+		t.Errorf("resilience %v", r)
 	}
 	if d := l7.Routes[0].GetRules()[0].GetTimeouts().GetRequest().AsDuration(); d != 200*time.Millisecond {
 		t.Errorf("request timeout %v", d)
@@ -43,6 +51,8 @@ func TestParse_RejectsWithAClearError(t *testing.T) {
 		{"authorizationPolicies:\n- {kind: PeerAuthentication, metadata: {name: a, namespace: b}}\n", "want AuthorizationPolicy"},
 		{"authorizationPolicies:\n- {kind: AuthorizationPolicy, metadata: {name: a}}\n", "name and a namespace"},
 		{"authorizationPolicies:\n- {metadata: {name: a, namespace: b}, spec: {acton: DENY}}\n", `authorizationPolicies[0] (b/a): spec: unknown field "acton"`},
+		{"resilience:\n- {traffic_policy: {}}\n", "resilience[0]: no service_key"},
+		{"resilience:\n- {service_key: a/b, local_policy: {rate_limt: {}}}\n", "resilience[0]"},
 	} {
 		_, _, err := Parse([]byte(tc.doc))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

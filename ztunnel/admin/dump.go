@@ -26,11 +26,15 @@ type Dump struct {
 
 // Workload is a workload in Istio ztunnel's dump shape.
 type Workload struct {
-	UID                   string             `json:"uid"`
-	WorkloadIPs           []string           `json:"workloadIps"`
-	Waypoint              *GatewayAddress    `json:"waypoint,omitempty"`
-	NetworkGateway        *GatewayAddress    `json:"networkGateway,omitempty"`
-	Protocol              string             `json:"protocol"`
+	UID            string          `json:"uid"`
+	WorkloadIPs    []string        `json:"workloadIps"`
+	Waypoint       *GatewayAddress `json:"waypoint,omitempty"`
+	NetworkGateway *GatewayAddress `json:"networkGateway,omitempty"`
+	Protocol       string          `json:"protocol"`
+	// TunnelTransport is our extension (not in Istio's dump, which
+	// istioctl ignores): how tunnels to an HBONE workload are carried, "H2"
+	// or "QUIC" (Workload.tunnel_transport); empty for other protocols.
+	TunnelTransport       string             `json:"tunnelTransport,omitempty"`
 	Name                  string             `json:"name"`
 	Namespace             string             `json:"namespace"`
 	ServiceAccount        string             `json:"serviceAccount"`
@@ -223,6 +227,9 @@ func workloadOf(w *workloadapi.Workload) Workload {
 	}
 	if out.TrustDomain == "" {
 		out.TrustDomain = "cluster.local"
+	}
+	if w.GetTunnelProtocol() == workloadapi.TunnelProtocol_HBONE {
+		out.TunnelTransport = w.GetTunnelTransport().String()
 	}
 	for _, a := range w.GetAddresses() {
 		out.WorkloadIPs = append(out.WorkloadIPs, ipString(a))

@@ -15,6 +15,7 @@
 //	  node: node-1
 //	  addresses: ["10.244.1.5"]
 //	  tunnel_protocol: HBONE
+//	  tunnel_transport: QUIC  # our extension: clients tunnel over HTTP/3 (default H2)
 //	  services:
 //	    shop/backend.shop.svc.cluster.local: {ports: [{service_port: 80, target_port: 8080}]}
 //	services:    # istio.workload.Service, keyed by namespace/hostname

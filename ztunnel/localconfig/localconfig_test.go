@@ -105,6 +105,16 @@ func TestParse_FriendlyForms(t *testing.T) {
 			}}},
 		},
 		{
+			name: "tunnel transport extension, by either name",
+			yaml: `workloads:
+- {uid: a, tunnel_protocol: HBONE, tunnel_transport: QUIC}
+- {uid: b, tunnelProtocol: HBONE, tunnelTransport: H2}`,
+			want: state.Snapshot{Workloads: []*workloadapi.Workload{
+				{Uid: "a", TunnelProtocol: workloadapi.TunnelProtocol_HBONE, TunnelTransport: workloadapi.TunnelTransport_QUIC},
+				{Uid: "b", TunnelProtocol: workloadapi.TunnelProtocol_HBONE, TunnelTransport: workloadapi.TunnelTransport_H2},
+			}},
+		},
+		{
 			name: "NetworkAddress as object, IP string and network/IP string",
 			yaml: `services:
 - hostname: h
@@ -164,6 +174,7 @@ func TestParse_RejectsWithAClearError(t *testing.T) {
 		{"item is not a mapping", "workloads:\n- just-a-string\n", []string{"workloads[0]", "want a mapping"}},
 		{"unknown field names the item", "workloads:\n- uid: a\n- uid: b\n  servce_account: x\n", []string{`workloads[1] (uid "b")`, `unknown field "servce_account"`}},
 		{"bad enum", "workloads:\n- {uid: a, tunnel_protocol: HBONEX}\n", []string{`workloads[0] (uid "a")`, "HBONEX"}},
+		{"bad tunnel transport", "workloads:\n- {uid: a, tunnel_transport: quic}\n", []string{`workloads[0] (uid "a")`, "quic"}},
 		{"bad workload IP", "workloads:\n- {uid: a, addresses: [10.0.0.1, 10.0.0.300]}\n", []string{`workloads[0] (uid "a")`, `addresses[1]: "10.0.0.300" is not an IP address`}},
 		{"IP with zone", "workloads:\n- {uid: a, addresses: [\"fe80::1%eth0\"]}\n", []string{`"fe80::1%eth0" is not an IP address`}},
 		{"IP as number", "workloads:\n- {uid: a, addresses: [42]}\n", []string{"addresses[0]: want an IP address as a string"}},

@@ -16,6 +16,11 @@
 // policies and picks the endpoint itself. A waypoint that cannot be
 // resolved refuses the connection: it never falls back to bypassing the
 // waypoint and its policies.
+//
+// A tunnel's transport is the tunnel peer's choice (Workload.tunnel_transport
+// of the destination pod, or of the waypoint pod when through one): HBONE
+// over HTTP/2 on TCP, or over HTTP/3 on QUIC (UDP, same port). The caller
+// falls back from QUIC to HTTP/2 when the QUIC path fails.
 package outbound
 
 import (
@@ -73,6 +78,9 @@ type Route struct {
 	// Waypoint is the waypoint pod the tunnel goes to, when the
 	// destination is bound to one; Target is then the original destination.
 	Waypoint *workloadapi.Workload
+	// Transport is how the tunnel's peer asks to be reached (Tunnel only):
+	// QUIC when its workload says so, else H2.
+	Transport workloadapi.TunnelTransport
 }
 
 // ErrNoRoute wraps every refusal: the connection is closed.
@@ -120,7 +128,18 @@ func toWorkload(w *workloadapi.Workload, svc *workloadapi.Service, target netip.
 	rt.Kind = Tunnel
 	rt.Identity = id
 	rt.TunnelAddr = netip.AddrPortFrom(target.Addr(), HBONEPort)
+	rt.Transport = TransportOf(w)
 	return rt, nil
+}
+
+// TransportOf is the transport w asks tunnels to it to use: QUIC only when
+// its tunnel_transport says so; H2 when unset and for any value this
+// version does not know (every HBONE workload serves H2).
+func TransportOf(w *workloadapi.Workload) workloadapi.TunnelTransport {
+	if w.GetTunnelTransport() == workloadapi.TunnelTransport_QUIC {
+		return workloadapi.TunnelTransport_QUIC
+	}
+	return workloadapi.TunnelTransport_H2
 }
 
 // toWaypoint completes rt (Target, and the destination's Service or
@@ -163,6 +182,7 @@ func toWaypoint(v *state.View, network string, gw *workloadapi.GatewayAddress, r
 	rt.Identity = id
 	rt.TunnelAddr = netip.AddrPortFrom(ep.Addr.Addr(), HBONEPort)
 	rt.Waypoint = ep.Workload
+	rt.Transport = TransportOf(ep.Workload)
 	return rt, nil
 }
 

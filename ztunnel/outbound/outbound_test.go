@@ -231,3 +231,57 @@ func TestPlan_Waypoint(t *testing.T) {
 		}
 	}
 }
+
+// TestPlan_TransportIsTheTunnelPeers: a tunnel uses the transport its peer
+// asks for, the destination pod's or, through a waypoint, the waypoint
+// pod's (not the destination's); unset and unknown values mean H2.
+func TestPlan_TransportIsTheTunnelPeers(t *testing.T) {
+	quic := workloadapi.TunnelTransport_QUIC
+	h2 := workloadapi.TunnelTransport_H2
+	for _, tc := range []struct {
+		name      string
+		backend   workloadapi.TunnelTransport
+		dst, want string
+		wantT     workloadapi.TunnelTransport
+	}{
+		{"pod asking for QUIC", quic, "10.244.2.7:8080", "10.244.2.7:15008", quic},
+		{"service endpoint asking for QUIC", quic, "10.96.0.10:80", "10.244.2.7:15008", quic},
+		{"pod with the default", h2, "10.244.2.7:8080", "10.244.2.7:15008", h2},
+		{"value from a newer control plane", workloadapi.TunnelTransport(7), "10.244.2.7:8080", "10.244.2.7:15008", h2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			backend := workload("backend-1", "10.244.2.7", true, map[string]uint32{"shop/backend.shop.svc.cluster.local": 8080})
+			backend.TunnelTransport = tc.backend
+			v, err := state.NewView(state.Snapshot{Workloads: []*workloadapi.Workload{backend}, Services: []*workloadapi.Service{{
+				Name: "backend", Namespace: "shop", Hostname: "backend.shop.svc.cluster.local",
+				Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.10")}},
+				Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}},
+			}}}, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt, err := Plan(v, "", netip.MustParseAddrPort(tc.dst), first{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rt.Kind != Tunnel || rt.TunnelAddr.String() != tc.want || rt.Transport != tc.wantT {
+				t.Fatalf("route %v via %s over %v, want a tunnel via %s over %v", rt.Kind, rt.TunnelAddr, rt.Transport, tc.want, tc.wantT)
+			}
+		})
+	}
+	t.Run("through a waypoint, the waypoint pod's", func(t *testing.T) {
+		wp := waypointPod()
+		wp.TunnelTransport = quic
+		rt, err := Plan(waypointView(t, wp), "", netip.MustParseAddrPort("10.96.0.40:80"), first{})
+		if err != nil || rt.Waypoint == nil || rt.Transport != quic {
+			t.Fatalf("route %+v, %v; want a QUIC tunnel to the waypoint", rt, err)
+		}
+		rt, err = Plan(waypointView(t, waypointPod()), "", netip.MustParseAddrPort("10.96.0.40:80"), first{})
+		if err != nil || rt.Transport != h2 {
+			t.Fatalf("route %+v, %v; want H2 to a waypoint that does not ask for QUIC", rt, err)
+		}
+	})
+	if rt, err := Plan(view(t), "", netip.MustParseAddrPort("10.244.2.8:9090"), first{}); err != nil || rt.Kind != Direct || rt.Transport != h2 {
+		t.Errorf("direct route %+v, %v; want no transport", rt, err)
+	}
+}

@@ -1,0 +1,473 @@
+package proxy
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/proto/waypointapi"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/waypoint/resilience"
+)
+
+// svcPolicy is the compiled resilience policy of one service: immutable,
+// built by Compile. Its src parts decide, by proto.Equal, whether a new
+// configuration keeps a mechanism's state.
+type svcPolicy struct {
+	src   *waypointapi.ServiceResilience
+	lb    resilience.Policy
+	fault *resilience.Fault // nil: none
+}
+
+// defaultPolicy is Istio's for a service without a DestinationRule:
+// LEAST_REQUEST, no limits, no outlier detection, no rate limit, no faults.
+var defaultPolicy = &svcPolicy{src: &waypointapi.ServiceResilience{}, lb: resilience.LeastRequest}
+
+func (p *svcPolicy) pool() *waypointapi.ConnectionPool {
+	return p.src.GetTrafficPolicy().GetConnectionPool()
+}
+
+func (p *svcPolicy) outlier() *waypointapi.OutlierDetection {
+	return p.src.GetTrafficPolicy().GetOutlierDetection()
+}
+
+func (p *svcPolicy) rateLimit() *waypointapi.RateLimit { return p.src.GetLocalPolicy().GetRateLimit() }
+
+// compilePolicy checks r and compiles it. istiod-lite validates policies;
+// this refuses what would make the waypoint misbehave.
+func compilePolicy(r *waypointapi.ServiceResilience) (*svcPolicy, error) {
+	if r.GetServiceKey() == "" || !strings.Contains(r.GetServiceKey(), "/") {
+		return nil, fmt.Errorf("service_key %q is not namespace/hostname", r.GetServiceKey())
+	}
+	if rl := r.GetLocalPolicy().GetRateLimit(); rl != nil && (rl.GetRequestsPerUnit() == 0 || rl.GetUnit().AsDuration() <= 0) {
+		return nil, fmt.Errorf("rate limit of %d per %v admits nothing", rl.GetRequestsPerUnit(), rl.GetUnit().AsDuration())
+	}
+	f := r.GetLocalPolicy().GetFault()
+	if d := f.GetDelay(); d != nil && (d.GetFixedDelay().AsDuration() < 0 || !validPercent(d.GetPercentage())) {
+		return nil, fmt.Errorf("fault delay %v for %v %% is out of range", d.GetFixedDelay().AsDuration(), d.GetPercentage())
+	}
+	if a := f.GetAbort(); a != nil && (a.GetHttpStatus() < 200 || a.GetHttpStatus() > 599 || !validPercent(a.GetPercentage())) {
+		return nil, fmt.Errorf("fault abort %d for %v %% is out of range (status 200-599, 0-100 %%)", a.GetHttpStatus(), a.GetPercentage())
+	}
+	if od := r.GetTrafficPolicy().GetOutlierDetection(); od.GetMaxEjectionPercent() > 100 || od.GetMinHealthPercent() > 100 {
+		return nil, errors.New("outlier detection percentages over 100")
+	}
+	return &svcPolicy{src: r, lb: resilience.PolicyFrom(r.GetTrafficPolicy().GetLoadBalancer()), fault: resilience.FaultFrom(f)}, nil
+}
+
+func validPercent(p float64) bool { return p >= 0 && p <= 100 }
+
+// resTable is the state of the resilience mechanisms in force: immutable,
+// replaced as a whole (copy on write) under Proxy.resMu.
+type resTable struct {
+	// buckets are the local rate limits, by service key.
+	buckets map[string]*bucket
+	// clusters are created on a service port's first request.
+	clusters map[destKey]*cluster
+}
+
+type bucket struct {
+	src *waypointapi.RateLimit
+	tb  *resilience.TokenBucket
+}
+
+// destKey names a cluster, as Envoy has one per service port.
+type destKey struct {
+	svc  string // service key
+	port uint16
+}
+
+// cluster is the state of one service port: circuit breaker, outlier
+// detection, load balancer and endpoint set. Its pointers are shared with
+// the cluster it was carried over from wherever the policy part is equal.
+type cluster struct {
+	pol     *svcPolicy
+	pool    *connPool
+	outlier *resilience.Outlier // nil: off
+	picker  *resilience.Picker
+	eps     *endpoints // always carried over
+}
+
+// connPool is the circuit breaker of a connection pool policy.
+type connPool struct {
+	src     *waypointapi.ConnectionPool
+	limiter *resilience.Limiter
+	// conns are the HTTP/1.1 connections in use (one per request in
+	// flight), at most maxConnections; nil: unlimited.
+	conns       chan struct{}
+	releaseConn func()
+	perConn     uint32 // maxRequestsPerConnection, 0: unlimited
+}
+
+func newConnPool(src *waypointapi.ConnectionPool) *connPool {
+	p := &connPool{src: src, limiter: resilience.NewLimiter(resilience.LimitsFrom(src)), perConn: src.GetMaxRequestsPerConnection()}
+	if n := src.GetMaxConnections(); n != 0 && n != math.MaxUint32 {
+		p.conns = make(chan struct{}, n) // zero-size elements: no memory per slot
+		p.releaseConn = func() { <-p.conns }
+	}
+	return p
+}
+
+// endpoints is a cluster's endpoint set for the mesh view it was built
+// from, rebuilt when the view changes.
+type endpoints struct {
+	mu  sync.Mutex // serializes rebuilds
+	cur atomic.Pointer[epSet]
+}
+
+type epSet struct {
+	view *state.View
+	eps  []state.Endpoint
+	lb   []*resilience.Endpoint // lb[i] is eps[i], with its requests in flight
+	err  error
+}
+
+func newCluster(pol *svcPolicy, now func() time.Time) *cluster {
+	c := &cluster{pol: pol, pool: newConnPool(pol.pool()), picker: resilience.NewPicker(pol.lb), eps: &endpoints{}}
+	c.outlier = newOutlier(pol, now)
+	return c
+}
+
+func newOutlier(pol *svcPolicy, now func() time.Time) *resilience.Outlier {
+	cfg, ok := resilience.OutlierConfigFrom(pol.outlier())
+	if !ok {
+		return nil
+	}
+	return resilience.NewOutlier(cfg, now)
+}
+
+// carry returns the cluster under pol: each mechanism whose part of the
+// policy is unchanged keeps its state (counters, ejections, round-robin
+// position); the endpoint set and its requests in flight always stay.
+func (c *cluster) carry(pol *svcPolicy, now func() time.Time) *cluster {
+	n := &cluster{pol: pol, pool: c.pool, outlier: c.outlier, picker: c.picker, eps: c.eps}
+	if !proto.Equal(c.pol.pool(), pol.pool()) {
+		n.pool = newConnPool(pol.pool())
+	}
+	if !proto.Equal(c.pol.outlier(), pol.outlier()) {
+		n.outlier = newOutlier(pol, now)
+		if s := c.eps.cur.Load(); n.outlier != nil && s != nil {
+			n.outlier.SetHosts(addrsOf(s.lb))
+		}
+	}
+	if c.pol.lb != pol.lb {
+		n.picker = resilience.NewPicker(pol.lb)
+	}
+	return n
+}
+
+// reconcile is the state table for configuration c after old: rate limits
+// and clusters whose policy part is unchanged keep their state; clusters
+// of services that exist no more (live reports false) are dropped.
+func reconcile(old *resTable, c *Compiled, live func(svcKey string) bool, now func() time.Time) *resTable {
+	next := &resTable{buckets: make(map[string]*bucket), clusters: make(map[destKey]*cluster, len(old.clusters))}
+	for key, pol := range c.resilience {
+		rl := pol.rateLimit()
+		switch b := old.buckets[key]; {
+		case rl == nil:
+		case b != nil && proto.Equal(b.src, rl):
+			next.buckets[key] = b
+		default:
+			next.buckets[key] = &bucket{src: rl, tb: resilience.TokenBucketFrom(rl, now())}
+		}
+	}
+	for k, cl := range old.clusters {
+		if live(k.svc) {
+			next.clusters[k] = cl.carry(c.policy(k.svc), now)
+		}
+	}
+	return next
+}
+
+// serviceLive reports whether the service with key svcKey is in the mesh.
+func (p *Proxy) serviceLive(svcKey string) bool {
+	ns, host, _ := strings.Cut(svcKey, "/")
+	return p.cfg.Store.Current().Service(ns, host) != nil
+}
+
+// cluster returns the state of u's service port, creating it on first use;
+// nil for a workload-addressed request or a port the service lacks.
+func (p *Proxy) cluster(u upstream) *cluster {
+	if u.svc == nil {
+		return nil
+	}
+	k := destKey{svc: u.svcKey, port: u.port}
+	if cl := p.res.Load().clusters[k]; cl != nil {
+		return cl
+	}
+	if !hasPort(u.svc, u.port) {
+		return nil
+	}
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	t := p.res.Load()
+	if cl := t.clusters[k]; cl != nil {
+		return cl
+	}
+	cl := newCluster(p.l7.Load().policy(k.svc), p.now)
+	next := &resTable{buckets: t.buckets, clusters: maps.Clone(t.clusters)}
+	if next.clusters == nil {
+		next.clusters = make(map[destKey]*cluster)
+	}
+	next.clusters[k] = cl
+	p.res.Store(next)
+	return cl
+}
+
+func hasPort(svc *workloadapi.Service, port uint16) bool {
+	for _, sp := range svc.GetPorts() {
+		if sp.GetServicePort() == uint32(port) {
+			return true
+		}
+	}
+	return false
+}
+
+// endpointSet is the cluster's endpoints in view, built once per view.
+func (c *cluster) endpointSet(view *state.View, svc *workloadapi.Service, port uint16) *epSet {
+	if s := c.eps.cur.Load(); s != nil && s.view == view {
+		return s
+	}
+	c.eps.mu.Lock()
+	defer c.eps.mu.Unlock()
+	prev := c.eps.cur.Load()
+	if prev != nil && prev.view == view {
+		return prev
+	}
+	s := buildEpSet(view, svc, port, prev)
+	c.eps.cur.Store(s)
+	if c.outlier != nil && (prev == nil || !sameAddrs(prev.lb, s.lb)) {
+		c.outlier.SetHosts(addrsOf(s.lb))
+	}
+	return s
+}
+
+// buildEpSet lists the eligible endpoints with an address, keeping the
+// load balancer's endpoints (and their requests in flight) from prev.
+func buildEpSet(view *state.View, svc *workloadapi.Service, port uint16, prev *epSet) *epSet {
+	s := &epSet{view: view}
+	eligible, err := view.EligibleEndpoints(svc, port)
+	if err != nil {
+		s.err = err
+		return s
+	}
+	for _, ep := range eligible {
+		if !ep.Addr.IsValid() {
+			continue
+		}
+		addr := ep.Addr.String()
+		var lb *resilience.Endpoint
+		if prev != nil {
+			for _, old := range prev.lb {
+				if old.Addr == addr {
+					lb = old
+					break
+				}
+			}
+		}
+		if lb == nil {
+			lb = &resilience.Endpoint{Addr: addr}
+		}
+		s.eps, s.lb = append(s.eps, ep), append(s.lb, lb)
+	}
+	if len(s.eps) == 0 {
+		s.err = fmt.Errorf("service %s port %d: no endpoint with an address: %w", state.ServiceKey(svc), port, state.ErrNoEndpoint)
+	}
+	return s
+}
+
+func addrsOf(lb []*resilience.Endpoint) []string {
+	out := make([]string, len(lb))
+	for i, e := range lb {
+		out[i] = e.Addr
+	}
+	return out
+}
+
+func sameAddrs(a, b []*resilience.Endpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Addr != b[i].Addr {
+			return false
+		}
+	}
+	return true
+}
+
+// errNoHealthy: every endpoint is ejected (and the panic threshold does
+// not put them back).
+var errNoHealthy = errors.New("every endpoint is ejected by outlier detection")
+
+// pickFrom chooses the endpoint of one attempt with the cluster's load
+// balancer, skipping ejected endpoints. lb is its load-balancer entry.
+func (c *cluster) pickFrom(view *state.View, u upstream, rnd func() uint64) (ep state.Endpoint, lb *resilience.Endpoint, err error) {
+	s := c.endpointSet(view, u.svc, u.port)
+	if s.err != nil {
+		return state.Endpoint{}, nil, s.err
+	}
+	var health resilience.HealthChecker
+	if c.outlier != nil {
+		health = c.outlier
+	}
+	i := c.picker.Pick(s.lb, health, rnd)
+	if i < 0 {
+		return state.Endpoint{}, nil, fmt.Errorf("service %s port %d: %w", u.svcKey, u.port, errNoHealthy)
+	}
+	return s.eps[i], s.lb[i], nil
+}
+
+// observe gives outlier detection one attempt's outcome at endpoint lb.
+func (c *cluster) observe(lb *resilience.Endpoint, status int, err error) {
+	if c == nil || c.outlier == nil || lb == nil {
+		return
+	}
+	c.outlier.Observe(lb.Addr, status, err)
+}
+
+// acquireConn takes one of the cluster's HTTP/1.1 connections for a
+// request. When all maxConnections are in use the request waits for one
+// as a pending request, at most http1MaxPendingRequests at once: beyond,
+// it fails with resilience.ErrOverflow at once. It returns the release
+// function (nil when nothing is held), or ctx's error.
+func (c *cluster) acquireConn(ctx context.Context) (release func(), err error) {
+	p := c.pool
+	if p.conns == nil {
+		return nil, nil
+	}
+	select {
+	case p.conns <- struct{}{}:
+		return p.releaseConn, nil
+	default:
+	}
+	done, err := p.limiter.Acquire(resilience.PendingRequests)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	select {
+	case p.conns <- struct{}{}:
+		return p.releaseConn, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// limitPerConn applies maxRequestsPerConnection to an HTTP/1.1 request:
+// with 1 every request closes its connection; with n the request that is
+// the n-th on its connection asks for it to be closed after the response.
+func limitPerConn(req *http.Request, n uint32) *http.Request {
+	if n == 0 {
+		return req
+	}
+	if n == 1 {
+		req.Close = true
+		return req
+	}
+	req.Header = req.Header.Clone() // the header is shared with other attempts and mirrors
+	h := req.Header
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if c, ok := info.Conn.(*upConn); ok && c.requests.Add(1) >= n {
+			h.Set("Connection", "close")
+		}
+	}}
+	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+}
+
+// upConn is an upstream connection, counting the requests it carried.
+type upConn struct {
+	net.Conn
+	requests atomic.Uint32
+}
+
+// acquireRetry takes one of the cluster's retries in flight
+// (http.maxRetries); nil release when there is no cluster.
+func (c *cluster) acquireRetry() (release func(), err error) {
+	if c == nil {
+		return nil, nil
+	}
+	return c.pool.limiter.Acquire(resilience.Retries)
+}
+
+// attempt is what the request's current attempt holds; the release
+// methods free it, each part once.
+type attempt struct {
+	conn  func()               // a connection of the cluster
+	ep    *resilience.Endpoint // a request in flight to the endpoint
+	retry func()               // a retry in flight, until its outcome
+}
+
+func (a *attempt) release() {
+	a.releaseAttempt()
+	a.releaseRetry()
+}
+
+func (a *attempt) releaseAttempt() {
+	if a.conn != nil {
+		a.conn()
+		a.conn = nil
+	}
+	if a.ep != nil {
+		a.ep.Done()
+		a.ep = nil
+	}
+}
+
+func (a *attempt) releaseRetry() {
+	if a.retry != nil {
+		a.retry()
+		a.retry = nil
+	}
+}
+
+// sleep waits d, or until ctx ends (false).
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Envoy's response flags in the order Envoy prints them.
+var flagOrder = [...]string{flagNoHealthy, flagTimeout, flagConnFailure, flagOverflow, flagNoRoute,
+	flagDelayInjected, flagFaultInjected, flagRateLimited, flagDownstreamReset, flagRetriesExceeded}
+
+// addFlag adds f to flags ("-" for none), in Envoy's order.
+func addFlag(flags, f string) string {
+	if flags == "" || flags == flagNone {
+		return f
+	}
+	set := strings.Split(flags, ",")
+	if slices.Contains(set, f) {
+		return flags
+	}
+	set = append(set, f)
+	slices.SortStableFunc(set, func(a, b string) int { return cmp.Compare(flagRank(a), flagRank(b)) })
+	return strings.Join(set, ",")
+}
+
+func flagRank(f string) int {
+	if i := slices.Index(flagOrder[:], f); i >= 0 {
+		return i
+	}
+	return len(flagOrder)
+}

@@ -1,0 +1,378 @@
+package proxy_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ambientmesh/ambient/waypoint/proxy"
+)
+
+// fakeClock is the waypoint's resilience clock (proxy.Config.Now), moved
+// by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// gate holds requests until opened; arrived counts them.
+type gate struct {
+	mu      sync.Mutex
+	open    chan struct{}
+	arrived atomic.Int64
+}
+
+func (g *gate) reset() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open = make(chan struct{})
+	g.arrived.Store(0)
+}
+
+func (g *gate) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.open)
+}
+
+func (g *gate) wait(ctx context.Context) {
+	g.mu.Lock()
+	ch := g.open
+	g.mu.Unlock()
+	g.arrived.Add(1)
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
+
+// resilienceFor is a local config resilience section: one policy for the
+// service named host in namespace shop.
+func resilienceFor(host, policy string) string {
+	return "resilience:\n- service_key: shop/" + host + "\n" + policy
+}
+
+// flagCount is istio_requests_total with response_flags flags and code.
+func (m *testMesh) flagCount(t *testing.T, flags, code string) float64 {
+	t.Helper()
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != "istio_requests_total" {
+			continue
+		}
+		for _, met := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range met.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["response_flags"] == flags && labels["response_code"] == code {
+				n += met.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
+}
+
+// doAsync sends a GET from the client pod on a goroutine of its own.
+func doAsync(c *http.Client, path string) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		resp, err := c.Get("http://" + serverVIP + path)
+		if err != nil {
+			ch <- result{body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		ch <- result{code: resp.StatusCode, body: string(b), header: resp.Header}
+	}()
+	return ch
+}
+
+// TestWaypoint_Resilience runs the DestinationRule and LocalTrafficPolicy
+// mechanisms end to end (client pod → ztunnel → waypoint → ztunnel →
+// server pods), with the waypoint's resilience clock in the test's hands.
+func TestWaypoint_Resilience(t *testing.T) {
+	clk := newFakeClock()
+	m := newTestMesh(t, func(c *proxy.Config) { c.Now = clk.Now })
+	c := m.httpClient(t, false)
+	defer func() { m.sick[0].Store(false); m.sick[1].Store(false) }()
+
+	t.Run("ROUND_ROBIN alternates the endpoints", func(t *testing.T) {
+		m.setL7(t, resilienceFor(serverHost, "  traffic_policy: {load_balancer: LB_ROUND_ROBIN}\n"))
+		var got []string
+		for range 10 {
+			got = append(got, do(t, c, "GET", "/rr", nil).body)
+		}
+		for i := 1; i < len(got); i++ {
+			if got[i] == got[i-1] || (got[i] != "v1" && got[i] != "v2") {
+				t.Fatalf("round robin answered %v", got)
+			}
+		}
+	})
+
+	t.Run("local rate limit of 100/s answers 429 RL beyond the bucket", func(t *testing.T) {
+		m.setL7(t, resilienceFor(serverHost, "  local_policy: {rate_limit: {requests_per_unit: 100, unit: 1s}}\n"))
+		count := func(n int) (ok, limited int) {
+			for range n {
+				switch r := do(t, c, "GET", "/limited", nil); {
+				case r.code == 200:
+					ok++
+				case r.code == 429 && r.body == "local_rate_limited":
+					limited++
+				default:
+					t.Fatalf("got %d %q", r.code, r.body)
+				}
+			}
+			return ok, limited
+		}
+		// The clock stands still: the full bucket, 100, then nothing.
+		if ok, limited := count(130); ok != 100 || limited != 30 {
+			t.Fatalf("130 requests at one instant: %d admitted, %d limited; want 100, 30", ok, limited)
+		}
+		clk.Advance(250 * time.Millisecond) // 25 tokens
+		if ok, limited := count(30); ok != 25 || limited != 5 {
+			t.Fatalf("30 requests 250ms later: %d admitted, %d limited; want 25, 5", ok, limited)
+		}
+		if n := m.flagCount(t, "RL", "429"); n != 35 {
+			t.Fatalf("istio_requests_total{response_code=429,response_flags=RL} = %v, want 35", n)
+		}
+		findFlow(t, m.wpLog, map[string]any{"path": "/limited", "response_code": 429, "response_flags": "RL"})
+	})
+
+	t.Run("fault abort of 20% of 2000 requests, and a fault delay", func(t *testing.T) {
+		m.setL7(t, resilienceFor(serverHost, "  local_policy: {fault: {abort: {http_status: 418, percentage: 20}}}\n"))
+		const n = 2000
+		aborted := 0
+		for i := range n {
+			switch r := do(t, c, "GET", "/fault", nil); {
+			case r.code == 418 && r.body == "fault filter abort":
+				aborted++
+			case r.code != 200:
+				t.Fatalf("request %d: %d %q", i, r.code, r.body)
+			}
+		}
+		pct := float64(aborted) * 100 / n
+		t.Logf("%d of %d aborted: %.2f%%", aborted, n, pct)
+		if pct < 17 || pct > 23 {
+			t.Fatalf("aborted %.2f%% of %d, want 20 ± 3", pct, n)
+		}
+		if got := m.flagCount(t, "FI", "418"); got != float64(aborted) {
+			t.Fatalf("istio_requests_total{response_flags=FI} = %v, want %d", got, aborted)
+		}
+
+		m.setL7(t, resilienceFor(serverHost, "  local_policy: {fault: {delay: {fixed_delay: 0.2s, percentage: 100}}}\n"))
+		start := time.Now()
+		if r := do(t, c, "GET", "/delayed", nil); r.code != 200 {
+			t.Fatalf("delayed request: %d %q", r.code, r.body)
+		}
+		if took := time.Since(start); took < 200*time.Millisecond {
+			t.Fatalf("a 200ms fault delay answered after %v", took)
+		}
+		findFlow(t, m.wpLog, map[string]any{"path": "/delayed", "response_code": 200, "response_flags": "DI"})
+
+		m.setL7(t, resilienceFor(serverHost, "  local_policy: {fault: {delay: {fixed_delay: 0.01s, percentage: 100}, abort: {http_status: 503, percentage: 100}}}\n"))
+		if r := do(t, c, "GET", "/both", nil); r.code != 503 || r.body != "fault filter abort" {
+			t.Fatalf("delay and abort: %d %q", r.code, r.body)
+		}
+		findFlow(t, m.wpLog, map[string]any{"path": "/both", "response_code": 503, "response_flags": "DI,FI"})
+	})
+
+	t.Run("outlier detection ejects after 5 consecutive 5xx and brings back after baseEjectionTime", func(t *testing.T) {
+		m.setL7(t, resilienceFor(serverHost, `  traffic_policy:
+    load_balancer: LB_ROUND_ROBIN
+    outlier_detection: {consecutive_5xx_errors: 5, interval: 1s, base_ejection_time: 30s, max_ejection_percent: 10}
+`))
+		m.sick[0].Store(true)
+		defer m.sick[0].Store(false)
+		m.sickCalls[0].Store(0)
+		for range 10 { // round robin: 5 to the sick v1, 5 to v2
+			do(t, c, "GET", "/sick/outlier", nil)
+		}
+		if n := m.sickCalls[0].Load(); n != 5 {
+			t.Fatalf("v1 got %d of 10 round-robin requests, want 5", n)
+		}
+		for i := range 40 {
+			if r := do(t, c, "GET", "/sick/outlier", nil); r.code != 200 || r.body != "v2" {
+				t.Fatalf("request %d after the ejection: %d %q, want 200 from v2", i, r.code, r.body)
+			}
+		}
+		if n := m.sickCalls[0].Load(); n != 5 {
+			t.Fatalf("v1 got %d requests, want 5: the ejected endpoint kept receiving", n)
+		}
+		clk.Advance(29 * time.Second)
+		for range 4 {
+			do(t, c, "GET", "/sick/outlier", nil)
+		}
+		if n := m.sickCalls[0].Load(); n != 5 {
+			t.Fatalf("v1 back after 29s of a 30s ejection (%d requests)", n)
+		}
+		clk.Advance(2 * time.Second) // past baseEjectionTime and a sweep
+		for range 4 {
+			do(t, c, "GET", "/sick/outlier", nil)
+		}
+		if n := m.sickCalls[0].Load(); n == 5 {
+			t.Fatal("v1 still ejected 31s after a 30s ejection")
+		}
+	})
+
+	t.Run("a config push keeps the rate limit and the ejections of unchanged policies", func(t *testing.T) {
+		policy := func(rps int) string {
+			return resilienceFor(serverHost, `  traffic_policy:
+    load_balancer: LB_ROUND_ROBIN
+    outlier_detection: {consecutive_5xx_errors: 5, interval: 1s, base_ejection_time: 300s, max_ejection_percent: 50}
+  local_policy: {rate_limit: {requests_per_unit: `+strconv.Itoa(rps)+`, unit: 1s}}
+`)
+		}
+		m.setL7(t, policy(12))
+		m.sick[0].Store(true)
+		defer m.sick[0].Store(false)
+		m.sickCalls[0].Store(0)
+		for range 10 { // 5 to v1, which is then ejected; 2 tokens left
+			do(t, c, "GET", "/sick/push", nil)
+		}
+		if n := m.sickCalls[0].Load(); n != 5 {
+			t.Fatalf("v1 got %d of 10 requests, want 5", n)
+		}
+		// An unrelated push: a route table for another service.
+		m.setL7(t, policy(12)+`routes:
+- service_key: shop/`+serverV2Host+`
+  port: 80
+  matches: [{rule: 0}]
+  rules: [{route: shop/server-v2, backends: [{destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 1}]}]
+`)
+		for i := range 2 {
+			if r := do(t, c, "GET", "/sick/push", nil); r.code != 200 || r.body != "v2" {
+				t.Fatalf("request %d after the push: %d %q, want 200 from v2 (v1 still ejected)", i, r.code, r.body)
+			}
+		}
+		if r := do(t, c, "GET", "/sick/push", nil); r.code != 429 {
+			t.Fatalf("the push refilled the rate limit: %d %q, want 429", r.code, r.body)
+		}
+		// A changed rate limit starts a full bucket; the ejection stays.
+		m.setL7(t, policy(13))
+		if r := do(t, c, "GET", "/sick/push", nil); r.code != 200 || r.body != "v2" {
+			t.Fatalf("after the rate limit changed: %d %q, want 200 from v2", r.code, r.body)
+		}
+		if n := m.sickCalls[0].Load(); n != 5 {
+			t.Fatalf("v1 got %d requests, want 5: a push un-ejected it", n)
+		}
+	})
+
+	t.Run("http2MaxRequests 3: of 5 concurrent requests 2 get 503 UO at once", func(t *testing.T) {
+		m.setL7(t, resilienceFor(serverHost, "  traffic_policy: {connection_pool: {http2_max_requests: 3}}\n"))
+		m.poolOverflow(t, c, 5, 2, 3)
+	})
+
+	t.Run("maxConnections 1 and http1MaxPendingRequests 2: 1 in flight, 2 wait, 2 get 503 UO at once", func(t *testing.T) {
+		m.setL7(t, resilienceFor(serverHost, "  traffic_policy: {connection_pool: {max_connections: 1, http1_max_pending_requests: 2}}\n"))
+		m.poolOverflow(t, c, 5, 2, 1)
+	})
+
+	t.Run("maxRetries 1: a second concurrent retry is refused, flag UO", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1+"    retry: {attempts: 1, codes: [503], backoff: 1s}\n")+
+			resilienceFor(serverV1Host, "  traffic_policy: {connection_pool: {max_retries: 1}}\n"))
+		m.sick[0].Store(true)
+		defer m.sick[0].Store(false)
+		a, b := doAsync(c, "/sick/retry"), doAsync(c, "/sick/retry")
+		for _, ch := range []<-chan result{a, b} {
+			if r := <-ch; r.code != 503 {
+				t.Fatalf("got %d %q, want the backend's 503", r.code, r.body)
+			}
+		}
+		findFlow(t, m.wpLog, map[string]any{"path": "/sick/retry", "response_flags": "UO"})
+		findFlow(t, m.wpLog, map[string]any{"path": "/sick/retry", "response_flags": "URX"})
+	})
+
+	t.Run("maxRequestsPerConnection", func(t *testing.T) {
+		for _, perConn := range []int{1, 2} {
+			m.setL7(t, serverRoute(toV1)+resilienceFor(serverV1Host,
+				"  traffic_policy: {connection_pool: {max_requests_per_connection: "+strconv.Itoa(perConn)+"}}\n"))
+			m.proxy.CloseIdleConnections()
+			uses := map[string]int{}
+			for range 6 {
+				r := do(t, c, "GET", "/per-conn", nil)
+				if r.code != 200 {
+					t.Fatalf("got %d %q", r.code, r.body)
+				}
+				uses[r.header.Get("X-Remote-Addr")]++
+			}
+			most := 0
+			for _, n := range uses {
+				most = max(most, n)
+			}
+			t.Logf("maxRequestsPerConnection %d: 6 requests on %d connections", perConn, len(uses))
+			if most > perConn || (perConn > 1 && most < 2) {
+				t.Fatalf("maxRequestsPerConnection %d: requests per connection %v", perConn, uses)
+			}
+		}
+	})
+}
+
+// poolOverflow sends total concurrent requests that the backend holds:
+// over of them must come back 503 UO while held are at the backend (and
+// the rest wait at the waypoint); once the backend lets go, all but the
+// over complete.
+func (m *testMesh) poolOverflow(t *testing.T, c *http.Client, total, over, held int) {
+	t.Helper()
+	m.hold.reset()
+	released := false
+	defer func() {
+		if !released {
+			m.hold.release()
+		}
+	}()
+	before := m.flagCount(t, "UO", "503")
+	results := make(chan result, total)
+	for range total {
+		go func() { results <- <-doAsync(c, "/hold") }()
+	}
+	for i := range over {
+		select {
+		case r := <-results:
+			if r.code != 503 || !strings.HasPrefix(r.body, "upstream connect error") || r.header.Get("X-Envoy-Overloaded") != "true" {
+				t.Fatalf("answer %d while the others are held: %d %q, want 503 overflow", i, r.code, r.body)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d answers while the backend holds the others, want %d at once", i, over)
+		}
+	}
+	waitFor(t, "the requests in flight at the backend", func() bool { return m.hold.arrived.Load() == int64(held) })
+	m.hold.release()
+	released = true
+	for i := range total - over {
+		if r := <-results; r.code != 200 {
+			t.Fatalf("held request %d: %d %q, want 200", i, r.code, r.body)
+		}
+	}
+	if n := m.hold.arrived.Load(); n != int64(total-over) {
+		t.Fatalf("the backend got %d requests, want %d", n, total-over)
+	}
+	if n := m.flagCount(t, "UO", "503") - before; n != float64(over) {
+		t.Fatalf("istio_requests_total{response_flags=UO} grew by %v, want %d", n, over)
+	}
+}
