@@ -186,16 +186,10 @@ func TestWaypoint_ConfigAndCertificateFromIstiod(t *testing.T) {
 	}
 	grpcAddr := "127.0.0.1:" + freePort(t)
 	startIstiod(t, kube.Kubeconfig, grpcAddr, rootFile)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if b, err := os.ReadFile(rootFile); err == nil && len(b) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("istiod-lite wrote no root certificate within 30s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	pollUntil(t, "istiod-lite writes the root certificate", 30*time.Second, func() bool {
+		b, err := os.ReadFile(rootFile)
+		return err == nil && len(b) > 0
+	})
 
 	o, err := parseFlags([]string{"--gateway", "shop/waypoint", "--xds-address", grpcAddr,
 		"--ca-root-file", rootFile, "--token-file", tokenFile, "--log-level", "debug",
@@ -412,13 +406,7 @@ func TestWaypoint_NotReadyWithoutIstiod(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for code(o.readyAddr, "/healthz/ready") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("/healthz/ready never answered")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	pollUntil(t, "/healthz/ready answers", 10*time.Second, func() bool { return code(o.readyAddr, "/healthz/ready") != 0 })
 	for range 10 {
 		if c := code(o.readyAddr, "/healthz/ready"); c != http.StatusServiceUnavailable {
 			t.Fatalf("/healthz/ready without istiod-lite: %d, want 503", c)
@@ -436,5 +424,18 @@ func TestWaypoint_NotReadyWithoutIstiod(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("run did not return within 10s of shutdown")
+	}
+}
+
+// pollUntil waits for cond, checking every 20ms, and fails the test after
+// timeout.
+func pollUntil(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting until %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
