@@ -477,11 +477,9 @@ func TestRun_SelfSignedRoot_ServesCAAndAuthenticatedXDSOverTLS(t *testing.T) {
 		}
 	})
 
-	_, body, err := httpGet("http://" + in.addrs.Monitoring.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
+	// The push counter moves after Send returns, which can be after the client
+	// has read the response: poll until every series is there.
+	wantMetrics := []string{
 		`xds_pushes_total{type="type.googleapis.com/istio.workload.Address"}`,
 		"xds_push_latency_seconds_bucket",
 		"citadel_server_csr_count 2",
@@ -489,13 +487,26 @@ func TestRun_SelfSignedRoot_ServesCAAndAuthenticatedXDSOverTLS(t *testing.T) {
 		"citadel_server_authentication_failure_count 1",
 		`citadel_server_csr_refused_count{reason="unauthenticated"} 1`,
 		"citadel_server_root_cert_expiry_timestamp",
-	} {
-		if !strings.Contains(body, want) {
-			t.Errorf("/metrics lacks %q", want)
+	}
+	var missing []string
+	var body string
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(20 * time.Millisecond) {
+		_, body, err = httpGet("http://" + in.addrs.Monitoring.String() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing = missing[:0]
+		for _, want := range wantMetrics {
+			if !strings.Contains(body, want) {
+				missing = append(missing, want)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
 		}
 	}
-	if t.Failed() {
-		t.Logf("/metrics:\n%s", body)
+	if len(missing) > 0 {
+		t.Errorf("/metrics lacks %q after %v:\n%s", missing, waitTimeout, body)
 	}
 
 	// A restart reuses the root kept in istio-ca-secret.
