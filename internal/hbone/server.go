@@ -6,11 +6,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -74,6 +76,15 @@ type ServerConfig struct {
 	// Dial connects to the stream's destination. An error answers 503, or
 	// 400 when it wraps ErrBadDestination. Defaults to TCP to Authority.
 	Dial func(ctx context.Context, st *Stream) (net.Conn, error)
+	// Serve, if set, takes the place of Dial and the splice: an authorized
+	// stream is answered 200 and handed over as a net.Conn (reads drain the
+	// client's DATA, writes send DATA, CloseWrite sends END_STREAM, Close
+	// resets a stream not finished both ways), for a proxy that serves the
+	// tunnelled bytes in-process. The stream ends, for OnStreamEnd and the
+	// concurrency limit, when that conn is closed: Serve (or whatever it
+	// hands the conn to) must close it. Serve runs on the stream's own
+	// goroutine and may block.
+	Serve func(ctx context.Context, st *Stream, tunnel net.Conn)
 	// OnStreamEnd, if set, is called once per stream when it ends.
 	OnStreamEnd func(StreamResult)
 	// OnConnRefused, if set, is called when a connection is refused before
@@ -272,12 +283,15 @@ func (h *serverHandler) serveStream(c *conn, s *stream, fields []hpack.HeaderFie
 	ss.Peer, ss.PeerAddr, ss.PeerCertificate = h.peer, h.peerAddr, h.peerCert
 	ss.s = s
 	status, up, err := h.open(c, s, fields, endStream, &ss.Stream)
-	if up == nil {
+	switch {
+	case err != nil:
 		ss.end(StreamResult{Status: status, Err: err})
-		return
+	case up == nil:
+		h.srv.cfg.Serve(h.ctx, &ss.Stream, &servedConn{stream: s, ss: ss})
+	default:
+		ss.up = up
+		SpliceAsync(s, up, ss.spliced)
 	}
-	ss.up = up
-	SpliceAsync(s, up, ss.spliced)
 }
 
 // serverStream is what a server keeps of a stream while it is open (for
@@ -306,7 +320,8 @@ func (ss *serverStream) end(res StreamResult) {
 }
 
 // open validates, authorizes and dials; it replies and returns the status
-// and, for 200, the upstream connection.
+// and, for 200, the upstream connection (none with Serve). A non-nil error
+// means the stream is over.
 func (h *serverHandler) open(c *conn, s *stream, fields []hpack.HeaderField, endStream bool, st *Stream) (int, net.Conn, error) {
 	req, err := ParseRequest(fields)
 	if err == nil && endStream {
@@ -322,18 +337,23 @@ func (h *serverHandler) open(c *conn, s *stream, fields []hpack.HeaderField, end
 		}
 		return h.refuse(c, s, 401, err)
 	}
-	dctx, cancel := context.WithTimeout(h.ctx, h.srv.cfg.DialTimeout)
-	up, err := h.srv.cfg.Dial(dctx, st)
-	cancel()
-	if err != nil {
-		if errors.Is(err, ErrBadDestination) {
-			return h.refuse(c, s, 400, err)
+	var up net.Conn
+	if h.srv.cfg.Serve == nil {
+		dctx, cancel := context.WithTimeout(h.ctx, h.srv.cfg.DialTimeout)
+		up, err = h.srv.cfg.Dial(dctx, st)
+		cancel()
+		if err != nil {
+			if errors.Is(err, ErrBadDestination) {
+				return h.refuse(c, s, 400, err)
+			}
+			return h.refuse(c, s, 503, fmt.Errorf("hbone: dial %s: %w", req.Authority, err))
 		}
-		return h.refuse(c, s, 503, fmt.Errorf("hbone: dial %s: %w", req.Authority, err))
 	}
 	s.answered.Store(true)
 	if err := c.writeHeaders(s.id, statusFields(200), false); err != nil {
-		up.Close()
+		if up != nil {
+			up.Close()
+		}
 		s.Close()
 		return 200, nil, err
 	}
@@ -360,4 +380,75 @@ func cmpOr[T comparable](v, def T) T {
 		return def
 	}
 	return v
+}
+
+// servedConn is a stream handed to ServerConfig.Serve: it counts the bytes
+// each way and ends the stream when closed.
+type servedConn struct {
+	*stream
+	ss      *serverStream
+	in, out atomic.Int64
+	closed  atomic.Bool
+}
+
+func (c *servedConn) Read(p []byte) (int, error) {
+	n, err := c.stream.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *servedConn) Write(p []byte) (int, error) {
+	n, err := c.stream.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+// ReadFrom and WriteTo keep the stream's copy-saving paths, counted.
+func (c *servedConn) ReadFrom(r io.Reader) (int64, error) {
+	n, err := c.stream.ReadFrom(r)
+	c.out.Add(n)
+	return n, err
+}
+
+func (c *servedConn) WriteTo(w io.Writer) (int64, error) {
+	n, err := c.stream.WriteTo(w)
+	c.in.Add(n)
+	return n, err
+}
+
+// Close ends the stream as closing a TCP socket ends a connection: with
+// END_STREAM when nothing received is unread, then waiting (up to
+// closeLinger, discarding what arrives) for the client's end of the stream;
+// with a reset when data is unread. The stream's end is reported once.
+func (c *servedConn) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	s := c.stream
+	s.mu.Lock()
+	cause, unread, eof := s.err, s.head < len(s.recv), s.recvEOF
+	s.mu.Unlock()
+	if cause == nil && !unread {
+		if err := s.CloseWrite(); err != nil {
+			cause = err
+		} else if !eof {
+			s.SetReadDeadline(time.Now().Add(closeLinger))
+			go func() {
+				io.Copy(io.Discard, s)
+				c.finish(nil)
+			}()
+			return nil
+		}
+	}
+	c.finish(cause)
+	return nil
+}
+
+// closeLinger bounds how long a closed served stream waits for the
+// client's END_STREAM before it is reset.
+const closeLinger = 5 * time.Second
+
+func (c *servedConn) finish(cause error) {
+	c.stream.Close()
+	c.ss.end(StreamResult{Status: 200, Err: cause, BytesIn: c.in.Load(), BytesOut: c.out.Load()})
 }

@@ -446,6 +446,9 @@ func (s *stream) SetReadDeadline(t time.Time) error {
 		}
 		s.mu.Unlock()
 	})
+	if d.expired { // a time already past wakes a blocked Read now
+		s.cond.Broadcast()
+	}
 	return nil
 }
 
@@ -469,6 +472,9 @@ func (s *stream) SetWriteDeadline(t time.Time) error {
 		}
 		s.c.mu.Unlock()
 	})
+	if d.expired {
+		s.c.sendCond.Broadcast()
+	}
 	return nil
 }
 

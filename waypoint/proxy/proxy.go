@@ -209,7 +209,7 @@ func New(cfg Config) (*Proxy, error) {
 	p.hb, err = hbone.NewServer(hbone.ServerConfig{
 		TLSConfig:    identity.ServerConfig(cfg.SVIDs, cfg.Bundles, td),
 		Authorize:    p.authorizeTunnel,
-		Dial:         p.openTunnel,
+		Serve:        p.serveStream,
 		OnStreamEnd:  p.tunnelEnded,
 		Logger:       cfg.Logger,
 		DrainTimeout: cfg.DrainTimeout,
@@ -324,18 +324,12 @@ func (p *Proxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
 	return nil
 }
 
-// openTunnel connects an accepted stream to the proxy's HTTP server (or
-// L4 forwarding): hbone splices the stream with one end of a socket pair,
-// the proxy serves the other.
-func (p *Proxy) openTunnel(_ context.Context, st *hbone.Stream) (net.Conn, error) {
-	ours, theirs, err := socketPair()
-	if err != nil {
-		return nil, err
-	}
+// serveStream serves an accepted stream in-process: the proxy's HTTP server
+// (or L4 forwarding) reads and writes the tunnel itself.
+func (p *Proxy) serveStream(_ context.Context, st *hbone.Stream, c net.Conn) {
 	info := &tunnelInfo{peer: st.Peer, authz: l7authz.PeerOf(st.Peer), peerAddr: st.PeerAddr, authority: st.Authority}
 	info.remote = forwardedFor(st.Header().Get("Forwarded"))
-	go p.serveTunnel(ours, info)
-	return theirs, nil
+	p.serveTunnel(c, info)
 }
 
 // tunnelEnded records streams refused before any request.

@@ -4,37 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
-	"os"
 	"sync"
-	"syscall"
 )
-
-// socketPair returns the two ends of a connected AF_UNIX stream socket
-// pair: real sockets, so hbone's splice moves bytes with its socket fast
-// paths and half-closes pass through.
-func socketPair() (a, b net.Conn, err error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("waypoint: socketpair: %w", err)
-	}
-	conv := func(fd int) (net.Conn, error) {
-		f := os.NewFile(uintptr(fd), "waypoint-tunnel")
-		defer f.Close()
-		return net.FileConn(f)
-	}
-	if a, err = conv(fds[0]); err != nil {
-		syscall.Close(fds[1])
-		return nil, nil, fmt.Errorf("waypoint: socketpair: %w", err)
-	}
-	if b, err = conv(fds[1]); err != nil {
-		a.Close()
-		return nil, nil, fmt.Errorf("waypoint: socketpair: %w", err)
-	}
-	return a, b, nil
-}
 
 // tunnelConn is the proxy's end of one tunnel: reads go through the reader
 // that detected the protocol, so no byte is lost.
