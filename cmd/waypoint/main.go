@@ -112,6 +112,7 @@ type options struct {
 	metricsAddr           string
 	readyAddr             string
 	flowLog               string
+	flowLogFlush          time.Duration
 	drainTimeout          time.Duration
 	logLevel              slog.Level
 
@@ -148,6 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics endpoint")
 	fs.StringVar(&o.readyAddr, "ready-addr", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.StringVar(&o.flowLog, "flow-log", "-", "file to append one JSON line per request to; - for stdout")
+	fs.DurationVar(&o.flowLogFlush, "flow-log-flush-interval", time.Second, "how long flow records may wait to be written together (as Envoy's access log flush interval); 0 writes each at once")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector HOST:PORT speaking OTLP/gRPC (e.g. otel-collector.observability:4317): each sampled request's server span is exported there and the upstream gets a W3C traceparent naming it; empty (the default) turns tracing off and passes traceparent through untouched")
 	fs.BoolVar(&o.otlpInsecure, "otlp-insecure", false, "speak plaintext gRPC to --otlp-endpoint, as most in-cluster collectors on 4317 expect; without it, TLS verified against the system roots")
@@ -176,6 +178,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if err := checkTracing(o); err != nil {
 		return o, err
+	}
+	if o.flowLogFlush < 0 {
+		return o, fmt.Errorf("--flow-log-flush-interval %v: want 0 (write each record at once) or a positive duration", o.flowLogFlush)
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

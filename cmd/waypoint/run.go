@@ -107,6 +107,8 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		defer f.Close()
 		flowOut = f
 	}
+	flowLog := telemetry.NewBufferedFlowLog(flowOut, o.flowLogFlush)
+	defer flowLog.Close() // after the drain: the last requests' records too
 
 	// Deferred before the proxy runs, so it flushes after the drain.
 	tracer, stopTracing, err := startTracing(o, logger)
@@ -206,7 +208,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	p, err := proxy.New(proxy.Config{
 		Identity: wid, SVIDs: src, Bundles: src, Store: store,
 		GatewayNamespace: o.gatewayNS, GatewayName: o.gatewayName, GatewayClass: o.gatewayClass, RootNamespace: o.rootNamespace,
-		Listener: lns[0], FlowLog: telemetry.NewFlowLog(flowOut), Metrics: metrics, Logger: logger,
+		Listener: lns[0], FlowLog: flowLog, Metrics: metrics, Logger: logger,
 		DrainTimeout: o.drainTimeout,
 		Tracer:       tracer,
 	})

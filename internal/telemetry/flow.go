@@ -98,15 +98,26 @@ func (f Flow) MarshalJSON() ([]byte, error) {
 }
 
 // FlowLog writes one JSON line per flow to w, never interleaving lines, and
-// publishes each line to an optional Feed.
+// publishes each line to an optional Feed. A buffered FlowLog gathers lines
+// and writes them at most every flush interval (or when flowLogBuffer
+// bytes are waiting), as Envoy's access logs do: one write per request
+// would cost a system call on the data path.
 type FlowLog struct {
-	feed *Feed // nil: no feed
+	feed  *Feed         // nil: no feed
+	flush time.Duration // 0: write every line at once
 
-	mu sync.Mutex // guards w
-	w  io.Writer
+	mu    sync.Mutex // guards the fields below
+	w     io.Writer
+	buf   []byte      // lines waiting (buffered only)
+	timer *time.Timer // armed while buf holds lines
+	err   error       // the last failed write of a buffered flush
 }
 
-// NewFlowLog returns a FlowLog writing to w.
+// flowLogBuffer is how many waiting bytes make a buffered FlowLog write at
+// once.
+const flowLogBuffer = 64 << 10
+
+// NewFlowLog returns a FlowLog writing each line to w at once.
 func NewFlowLog(w io.Writer) *FlowLog { return &FlowLog{w: w} }
 
 // NewFlowLogFeed returns a FlowLog writing to w that also publishes every
@@ -114,8 +125,15 @@ func NewFlowLog(w io.Writer) *FlowLog { return &FlowLog{w: w} }
 // /debug/flows. Publishing never blocks.
 func NewFlowLogFeed(w io.Writer, feed *Feed) *FlowLog { return &FlowLog{w: w, feed: feed} }
 
+// NewBufferedFlowLog returns a FlowLog that writes to w at most every
+// flush (at once when flush is 0). Close writes what is left.
+func NewBufferedFlowLog(w io.Writer, flush time.Duration) *FlowLog {
+	return &FlowLog{w: w, flush: flush}
+}
+
 // Record writes f as one line. Write errors are returned, not retried: the
-// data path never blocks on a broken log sink for longer than one write.
+// data path never blocks on a broken log sink for longer than one write. A
+// buffered FlowLog returns the error of an earlier flush, once.
 func (l *FlowLog) Record(f Flow) error {
 	b, err := f.MarshalJSON()
 	if err != nil {
@@ -127,6 +145,51 @@ func (l *FlowLog) Record(f Flow) error {
 	b = append(b, '\n')
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	_, err = l.w.Write(b)
+	if l.flush == 0 {
+		_, err = l.w.Write(b)
+		return err
+	}
+	l.buf = append(l.buf, b...)
+	if len(l.buf) >= flowLogBuffer {
+		l.writeLocked()
+	} else if l.timer == nil {
+		l.timer = time.AfterFunc(l.flush, func() { l.Flush() })
+	}
+	err, l.err = l.err, nil
 	return err
+}
+
+// Flush writes the waiting lines.
+func (l *FlowLog) Flush() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.writeLocked()
+	err := l.err
+	l.err = nil
+	return err
+}
+
+// Close writes the waiting lines; later records are written at once.
+func (l *FlowLog) Close() error {
+	l.mu.Lock()
+	l.flush = 0
+	l.mu.Unlock()
+	return l.Flush()
+}
+
+func (l *FlowLog) writeLocked() {
+	if l.timer != nil {
+		l.timer.Stop()
+		l.timer = nil
+	}
+	if len(l.buf) == 0 {
+		return
+	}
+	if _, err := l.w.Write(l.buf); err != nil {
+		l.err = err
+	}
+	l.buf = l.buf[:0]
+	if cap(l.buf) > 4*flowLogBuffer { // a burst's buffer is not kept
+		l.buf = nil
+	}
 }

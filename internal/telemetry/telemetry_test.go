@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -121,4 +122,101 @@ ambient_tunnel_quic_fallbacks_total 1
 	if n := testutil.CollectAndCount(reg, "istio_tcp_connections_opened_total"); n != 1 {
 		t.Fatalf("Istio's series = %d, want 1: the transport is not one of its labels", n)
 	}
+}
+
+// lockedBuffer counts the writes it takes.
+type lockedBuffer struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	writes int
+	err    error
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.writes++
+	if b.err != nil {
+		return 0, b.err
+	}
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) state() (lines, writes int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Count(b.buf.String(), "\n"), b.writes
+}
+
+func TestBufferedFlowLog_WritesLinesTogether(t *testing.T) {
+	var out lockedBuffer
+	log := NewBufferedFlowLog(&out, time.Hour)
+	for range 100 {
+		log.Record(sample)
+	}
+	if lines, writes := out.state(); lines != 0 || writes != 0 {
+		t.Fatalf("before the interval: %d lines in %d writes, want none", lines, writes)
+	}
+	if err := log.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if lines, writes := out.state(); lines != 100 || writes != 1 {
+		t.Fatalf("after Flush: %d lines in %d writes, want 100 in 1", lines, writes)
+	}
+	// A full buffer is written without waiting for the interval.
+	n := flowLogBuffer/len(mustJSON(t, sample)) + 1
+	for range n {
+		log.Record(sample)
+	}
+	if lines, writes := out.state(); lines != 100+n || writes != 2 {
+		t.Fatalf("after %d more: %d lines in %d writes, want %d in 2", n, lines, writes, 100+n)
+	}
+	// Close writes the rest, and later records go out at once.
+	log.Record(sample)
+	log.Close()
+	log.Record(sample)
+	if lines, _ := out.state(); lines != 102+n {
+		t.Fatalf("after Close: %d lines, want %d", lines, 102+n)
+	}
+}
+
+func TestBufferedFlowLog_FlushesAfterTheInterval(t *testing.T) {
+	var out lockedBuffer
+	log := NewBufferedFlowLog(&out, 10*time.Millisecond)
+	log.Record(sample)
+	deadline := time.Now().Add(10 * time.Second)
+	for lines, _ := out.state(); lines != 1; lines, _ = out.state() {
+		if time.Now().After(deadline) {
+			t.Fatal("the line was not written within 10 s of a 10 ms interval")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestBufferedFlowLog_ReportsAFailedWriteOnce(t *testing.T) {
+	out := lockedBuffer{err: errors.New("disk full")}
+	log := NewBufferedFlowLog(&out, time.Hour)
+	log.Record(sample)
+	if err := log.Flush(); err == nil || err.Error() != "disk full" {
+		t.Fatalf("Flush = %v, want disk full", err)
+	}
+	log.Record(sample)
+	if err := log.Flush(); err == nil {
+		t.Fatal("second failing Flush = nil")
+	}
+	out.mu.Lock()
+	out.err = nil
+	out.mu.Unlock()
+	if err := log.Record(sample); err != nil {
+		t.Fatalf("Record after the sink recovered = %v (an error is reported once)", err)
+	}
+}
+
+func mustJSON(t *testing.T, f Flow) []byte {
+	t.Helper()
+	b, err := f.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(b, '\n')
 }
