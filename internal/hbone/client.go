@@ -104,21 +104,31 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 // Dial opens a tunnel to t and returns it as a net.Conn once the server has
 // answered 200. A refusal is a *StatusError.
 func (cl *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
-	if !t.Authority.IsValid() || !t.Address.IsValid() {
-		return nil, errors.New("hbone: target needs an address and an authority")
-	}
-	key := poolKey{src: t.Source, dst: t.Destination, addr: t.Address}
 	fields, err := t.RequestFields()
 	if err != nil {
 		return nil, err
 	}
+	s, err := cl.dial(ctx, t, fields, "")
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// dial opens a stream with the request fields on a pooled connection,
+// retrying on another connection when the stream is refused unprocessed.
+func (cl *Client) dial(ctx context.Context, t Target, fields []hpack.HeaderField, protocol string) (*stream, error) {
+	if !t.Authority.IsValid() || !t.Address.IsValid() {
+		return nil, errors.New("hbone: target needs an address and an authority")
+	}
+	key := poolKey{src: t.Source, dst: t.Destination, addr: t.Address}
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
 		c, err := cl.acquire(ctx, key)
 		if err != nil {
 			return nil, err
 		}
-		s, err := cl.open(ctx, c, fields)
+		s, err := cl.open(ctx, c, fields, protocol)
 		if err == nil {
 			return s, nil
 		}
@@ -131,8 +141,15 @@ func (cl *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
 }
 
 // open sends the CONNECT on c (one slot already reserved) and waits for
-// the reply.
-func (cl *Client) open(ctx context.Context, c *conn, fields []hpack.HeaderField) (*stream, error) {
+// the reply. An extended CONNECT (protocol not "") waits for the server's
+// SETTINGS first and is never sent unless they enable it (RFC 8441 §3).
+func (cl *Client) open(ctx context.Context, c *conn, fields []hpack.HeaderField, protocol string) (*stream, error) {
+	if protocol != "" {
+		if err := cl.awaitExtendedConnect(ctx, c); err != nil {
+			c.release()
+			return nil, err
+		}
+	}
 	c.wmu.Lock()
 	c.mu.Lock()
 	if c.err != nil || c.goingAway || c.nextStreamID > maxWindow {
@@ -175,6 +192,10 @@ func (cl *Client) open(ctx context.Context, c *conn, fields []hpack.HeaderField)
 	if status != 200 {
 		s.Close()
 		return nil, &StatusError{Code: status}
+	}
+	if protocol == ProtocolConnectUDP && !hasCapsuleProtocol(resp) {
+		s.Close()
+		return nil, fmt.Errorf("hbone: %s answered connect-udp without capsule-protocol: ?1", c.nc.RemoteAddr())
 	}
 	return s, nil
 }

@@ -117,8 +117,13 @@ type conn struct {
 	resets         rateCounter
 	pings          rateCounter
 	settings       rateCounter
+	// peerConnectProtocol: the peer's SETTINGS_ENABLE_CONNECT_PROTOCOL is
+	// 1 (RFC 8441 §3); once on it stays on.
+	peerConnectProtocol bool
+	peerSettingsApplied bool // peerSettings is closed
 
-	done chan struct{} // closed when readLoop exits
+	peerSettings chan struct{} // closed when the peer's first SETTINGS is applied
+	done         chan struct{} // closed when readLoop exits
 }
 
 // readBufSize is the read buffer of a connection that is not TLS (tests,
@@ -147,6 +152,7 @@ func newConn(nc net.Conn, batch *batchConn, r role, h handler, idle time.Duratio
 		peerMaxFrame:   defaultPeerFrame,
 		peerMaxStreams: maxConcurrentStream,
 		nextStreamID:   1,
+		peerSettings:   make(chan struct{}),
 		done:           make(chan struct{}),
 	}
 	c.sendCond.L = &c.mu
@@ -185,7 +191,9 @@ func (c *conn) start() error {
 		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderListSize},
 	}
 	if c.role == roleServer {
-		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: maxConcurrentStream})
+		settings = append(settings,
+			http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: maxConcurrentStream},
+			http2.Setting{ID: http2.SettingEnableConnectProtocol, Val: 1})
 	}
 	if err := c.wfr.WriteSettings(settings...); err != nil {
 		return fmt.Errorf("hbone: write settings: %w", err)

@@ -271,6 +271,7 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 		return connError{http2.ErrCodeProtocol, err.Error()}
 	}
 	c.mu.Lock()
+	var withdrawn bool
 	f.ForeachSetting(func(s http2.Setting) error {
 		switch s.ID {
 		case http2.SettingInitialWindowSize:
@@ -283,11 +284,23 @@ func (c *conn) onSettings(f *http2.SettingsFrame) error {
 			c.peerMaxFrame = int(s.Val)
 		case http2.SettingMaxConcurrentStreams:
 			c.peerMaxStreams = int(min(s.Val, maxConcurrentStream))
+		case http2.SettingEnableConnectProtocol:
+			withdrawn = withdrawn || c.peerConnectProtocol && s.Val == 0
+			c.peerConnectProtocol = s.Val == 1
 		}
 		return nil
 	})
 	c.sendCond.Broadcast()
+	already := c.peerSettingsApplied
+	c.peerSettingsApplied = true
 	c.mu.Unlock()
+	if withdrawn {
+		// RFC 8441 §3: a sender must not turn it off once on.
+		return connError{http2.ErrCodeProtocol, "ENABLE_CONNECT_PROTOCOL withdrawn"}
+	}
+	if !already {
+		close(c.peerSettings)
+	}
 	return c.writeControl(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
 }
 

@@ -15,6 +15,10 @@ import (
 type Request struct {
 	// Authority is the original destination the tunnel is for.
 	Authority netip.AddrPort
+	// Protocol is the extended CONNECT protocol (RFC 8441 :protocol): ""
+	// for a classic CONNECT carrying a TCP connection, ProtocolConnectUDP
+	// for UDP datagrams carried as capsules (RFC 9298).
+	Protocol string
 	// Fields are the regular (non-pseudo) header fields as received. They
 	// live as long as the stream, so they are kept compact; Header builds
 	// the map form.
@@ -41,13 +45,16 @@ var (
 )
 
 // ParseRequest validates the decoded header fields of a CONNECT request
-// (RFC 9113 §8.5: only :method and :authority) and returns the request.
+// and returns the request. A classic CONNECT (RFC 9113 §8.5) has only
+// :method and :authority; an extended CONNECT (RFC 8441) adds :protocol,
+// :scheme and :path, checked by extendedFields.check (extended.go).
 // The framer has already checked field names, values and pseudo-header order.
 func ParseRequest(fields []hpack.HeaderField) (Request, error) {
 	var (
 		method, authority string
 		seenMethod        bool
 		seenAuthority     bool
+		ext               extendedFields
 		req               Request
 	)
 	for _, f := range fields {
@@ -62,6 +69,10 @@ func ParseRequest(fields []hpack.HeaderField) (Request, error) {
 				return Request{}, fmt.Errorf("%w: %s", ErrBadPseudoHeader, f.Name)
 			}
 			seenAuthority, authority = true, f.Value
+		case ":protocol", ":scheme", ":path":
+			if err := ext.set(f); err != nil {
+				return Request{}, err
+			}
 		default:
 			if strings.HasPrefix(f.Name, ":") {
 				return Request{}, fmt.Errorf("%w: %s", ErrBadPseudoHeader, f.Name)
@@ -71,6 +82,11 @@ func ParseRequest(fields []hpack.HeaderField) (Request, error) {
 			}
 			req.Fields = append(req.Fields, f)
 		}
+	}
+	if ext.any() && ext.seen&hasProtocol == 0 {
+		// :scheme or :path without :protocol: refused as before extended
+		// CONNECT existed.
+		return Request{}, fmt.Errorf("%w: %s", ErrBadPseudoHeader, ext.first)
 	}
 	if method != http.MethodConnect {
 		return Request{}, fmt.Errorf("%w: %q", ErrNotConnect, method)
@@ -83,6 +99,11 @@ func ParseRequest(fields []hpack.HeaderField) (Request, error) {
 		return Request{}, err
 	}
 	req.Authority = ap
+	if ext.any() {
+		if err := ext.check(&req); err != nil {
+			return Request{}, err
+		}
+	}
 	return req, nil
 }
 

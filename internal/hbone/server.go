@@ -54,10 +54,10 @@ func (st *Stream) Abort() {
 // StreamResult reports a finished stream (for flow logs and metrics).
 type StreamResult struct {
 	Stream
-	Status   int           // the reply sent: 200, 400, 401 or 503
+	Status   int           // the reply sent: 200, 400, 401, 501 or 503
 	Err      error         // why it was refused or how it ended, if not cleanly
-	BytesIn  int64         // bytes received from the client through the tunnel
-	BytesOut int64         // bytes sent to the client through the tunnel
+	BytesIn  int64         // bytes received from the client through the tunnel (connect-udp with Dial: UDP payload bytes)
+	BytesOut int64         // bytes sent to the client through the tunnel (likewise)
 	Start    time.Time     // when the request arrived
 	Duration time.Duration // until both directions closed
 	// Upstream is what Dial returned (closed by now), so the caller can
@@ -70,11 +70,16 @@ type ServerConfig struct {
 	// TLSConfig is the mTLS server configuration (identity.ServerConfig).
 	// Connections whose client presents no verified SPIFFE ID are closed.
 	TLSConfig *tls.Config
-	// Authorize decides whether a stream may proceed; an error refuses it
-	// with 401, or 400 when it wraps ErrBadDestination. Required.
+	// Authorize decides whether a stream may proceed (st.Protocol tells a
+	// UDP tunnel from a TCP one); an error refuses it with 401, or 400
+	// when it wraps ErrBadDestination. Required.
 	Authorize func(ctx context.Context, st *Stream) error
 	// Dial connects to the stream's destination. An error answers 503, or
-	// 400 when it wraps ErrBadDestination. Defaults to TCP to Authority.
+	// 400 when it wraps ErrBadDestination. Defaults to TCP to Authority,
+	// or UDP when st.Protocol is ProtocolConnectUDP. For connect-udp the
+	// conn must keep datagram boundaries (a connected *net.UDPConn: each
+	// Read one datagram, each Write one); the server relays capsules to
+	// and from it with BridgeDatagrams.
 	Dial func(ctx context.Context, st *Stream) (net.Conn, error)
 	// Serve, if set, takes the place of Dial and the splice: an authorized
 	// stream is answered 200 and handed over as a net.Conn (reads drain the
@@ -83,7 +88,9 @@ type ServerConfig struct {
 	// tunnelled bytes in-process. The stream ends, for OnStreamEnd and the
 	// concurrency limit, when that conn is closed: Serve (or whatever it
 	// hands the conn to) must close it. Serve runs on the stream's own
-	// goroutine and may block.
+	// goroutine and may block. For st.Protocol ProtocolConnectUDP the
+	// conn carries capsules: wrap it with connectudp.NewStreamSession, or
+	// hand it to BridgeDatagrams.
 	Serve func(ctx context.Context, st *Stream, tunnel net.Conn)
 	// OnStreamEnd, if set, is called once per stream when it ends.
 	OnStreamEnd func(StreamResult)
@@ -126,8 +133,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	cfg.DrainTimeout = cmpOr(cfg.DrainTimeout, 30*time.Second)
 	if cfg.Dial == nil {
 		cfg.Dial = func(ctx context.Context, st *Stream) (net.Conn, error) {
+			network := "tcp"
+			if st.Protocol == ProtocolConnectUDP {
+				network = "udp"
+			}
 			var d net.Dialer
-			return d.DialContext(ctx, "tcp", st.Authority.String())
+			return d.DialContext(ctx, network, st.Authority.String())
 		}
 	}
 	return &Server{cfg: cfg, conns: make(map[*conn]struct{})}, nil
@@ -288,6 +299,9 @@ func (h *serverHandler) serveStream(c *conn, s *stream, fields []hpack.HeaderFie
 		ss.end(StreamResult{Status: status, Err: err})
 	case up == nil:
 		h.srv.cfg.Serve(h.ctx, &ss.Stream, &servedConn{stream: s, ss: ss})
+	case ss.Protocol == ProtocolConnectUDP:
+		ss.up = up
+		go ss.bridge()
 	default:
 		ss.up = up
 		SpliceAsync(s, up, ss.spliced)
@@ -309,6 +323,12 @@ func (ss *serverStream) spliced(in, out int64, err error) {
 	ss.end(StreamResult{Status: 200, Err: err, BytesIn: in, BytesOut: out, Upstream: ss.up})
 }
 
+// bridge relays an accepted connect-udp stream's datagrams to and from
+// its upstream socket until either ends.
+func (ss *serverStream) bridge() {
+	ss.spliced(BridgeDatagrams(ss.s, ss.up))
+}
+
 // end reports the stream and frees its concurrency slot.
 func (ss *serverStream) end(res StreamResult) {
 	res.Stream, res.Start, res.Duration = ss.Stream, ss.start, time.Since(ss.start)
@@ -326,6 +346,9 @@ func (h *serverHandler) open(c *conn, s *stream, fields []hpack.HeaderField, end
 	req, err := ParseRequest(fields)
 	if err == nil && endStream {
 		err = ErrEmptyConnect
+	}
+	if errors.Is(err, ErrUnknownProtocol) {
+		return h.refuse(c, s, 501, fmt.Errorf("hbone: bad request: %w", err))
 	}
 	if err != nil {
 		return h.refuse(c, s, 400, fmt.Errorf("hbone: bad request: %w", err))
@@ -350,7 +373,7 @@ func (h *serverHandler) open(c *conn, s *stream, fields []hpack.HeaderField, end
 		}
 	}
 	s.answered.Store(true)
-	if err := c.writeHeaders(s.id, statusFields(200), false); err != nil {
+	if err := c.writeHeaders(s.id, responseFields(200, req.Protocol), false); err != nil {
 		if up != nil {
 			up.Close()
 		}
