@@ -212,6 +212,7 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		switch {
 		case buf != nil:
 			req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(buf)), int64(len(buf))
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
 		case replayable:
 			req.Body, req.ContentLength = http.NoBody, 0
 		default:
@@ -224,9 +225,12 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 			p.mirror(view, m, newReq, host)
 		}
 	}
-	transport := p.h1
-	if up.h2 {
+	var transport http.RoundTripper = p.h1sync
+	switch {
+	case up.h2:
 		transport = p.h2
+	case !replayable:
+		transport = p.h1 // a streamed body: written while the response is read
 	}
 	cl := p.cluster(up)
 	if cl != nil {
@@ -469,7 +473,7 @@ func (p *Proxy) mirror(view *state.View, m route.Mirror, newReq func(context.Con
 		defer cancel()
 		req := newReq(ctx, ep)
 		req.Host = shadowHost(host)
-		t := p.h1
+		var t http.RoundTripper = p.h1sync
 		if up.speaksH2() {
 			t = p.h2
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/waypoint/h1client"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 	"github.com/ambientmesh/ambient/waypoint/tracing"
 )
@@ -97,7 +98,8 @@ type Proxy struct {
 
 	hb      *hbone.Server
 	client  *hbone.Client
-	h1, h2  *http.Transport
+	h1, h2  *http.Transport  // HTTP/1.1 with a streamed body; HTTP/2 (h2c)
+	h1sync  *h1client.Client // HTTP/1.1 with no body or a buffered one: on the handler's goroutine
 	httpSrv *http.Server
 	conns   *connListener
 	mirrors chan struct{} // semaphore
@@ -217,6 +219,12 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.h1sync = &h1client.Client{
+		Dial:                   func(ctx context.Context, addr string) (net.Conn, error) { return p.dialEndpoint(ctx, "tcp", addr) },
+		IdleTimeout:            90 * time.Second,
+		MaxIdlePerHost:         100,
+		MaxResponseHeaderBytes: 64 << 10,
+	}
 	p.h1 = &http.Transport{
 		DialContext:            p.dialEndpoint,
 		MaxIdleConnsPerHost:    100,
@@ -267,6 +275,7 @@ func (p *Proxy) SetL7(c *Compiled) {
 // ztunnels).
 func (p *Proxy) CloseIdleConnections() {
 	p.h1.CloseIdleConnections()
+	p.h1sync.CloseIdleConnections()
 	p.h2.CloseIdleConnections()
 }
 
@@ -296,6 +305,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	p.l4.Wait()
 	p.h1.CloseIdleConnections()
+	p.h1sync.CloseIdleConnections()
 	p.h2.CloseIdleConnections()
 	p.client.Close()
 	return err
