@@ -445,40 +445,7 @@ func TestZtunnel_DrainServesQUICUntilTheLastConnectionEnds(t *testing.T) {
 	m := newMesh(t)
 	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
 	m.setTransport(t, server, workloadapi.TunnelTransport_QUIC)
-	m.stopZtunnel(2)
-	m.startZtunnel(t, 2, func(c *Config) { c.DrainTimeout = 20 * time.Second })
-	waitFor(t, "ztunnel 2 ready", func() bool { return m.zt[1].Ready() && len(m.zt[1].Pods()) == 2 })
-
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	open, err := alice.Dial(ctx, server.Addr(8080))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	open.SetDeadline(time.Now().Add(15 * time.Second))
-	open.Write([]byte("held"))
-	if _, err := io.ReadFull(open, make([]byte, 4)); err != nil {
-		t.Fatal(err)
-	}
-
-	stopped := make(chan struct{})
-	go func() { m.stopZtunnel(2); close(stopped) }()
-	waitFor(t, "ztunnel 2 draining", m.zt[1].Draining)
-	if err := roundTrip(t, alice, server); err != nil {
-		t.Fatalf("new connection while draining: %v", err)
-	}
-	select {
-	case <-stopped:
-		t.Fatal("ztunnel stopped before its open connection ended")
-	default:
-	}
-	open.Close()
-	select {
-	case <-stopped:
-	case <-time.After(10 * time.Second):
-		t.Fatal("ztunnel still draining 10s after its last connection ended")
-	}
+	drainWithHeldConnection(t, m, alice, server)
 	var quic int
 	for _, f := range m.logs[1].flows(t) {
 		if f["reporter"] == "destination" && f["transport"] == "hbone3" && f["decision"] == "allow" {

@@ -641,13 +641,34 @@ func TestZtunnel_DrainKeepsServingNewConnections(t *testing.T) {
 	m := newMesh(t)
 	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
 	out := outsider(t, m)
+	if d := drainWithHeldConnection(t, m, alice, server); d > 15*time.Second {
+		t.Errorf("drain took %v, want it to end with the last connection", d)
+	}
+	if !captured(t, server) {
+		t.Fatal("capture removed on exit")
+	}
+	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer dcancel()
+	if c, err := out.Dial(dctx, server.Addr(8080)); err == nil {
+		c.Close()
+		t.Fatal("after the drain, a plaintext client outside the mesh reached the server")
+	}
+}
+
+// drainWithHeldConnection restarts node 2's ztunnel with a 20 s drain
+// timeout, holds a connection from client to server open through it, stops
+// it, and checks that while it drains it is not Ready, still serves a new
+// connection and does not exit; then closes the held connection and waits
+// for the exit. It returns how long the drain took.
+func drainWithHeldConnection(t *testing.T, m *mesh, client, server *testenv.Pod) time.Duration {
+	t.Helper()
 	m.stopZtunnel(2)
 	m.startZtunnel(t, 2, func(c *Config) { c.DrainTimeout = 20 * time.Second })
 	waitFor(t, "ztunnel 2 ready", func() bool { return m.zt[1].Ready() && len(m.zt[1].Pods()) == 2 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	open, err := alice.Dial(ctx, server.Addr(8080))
+	open, err := client.Dial(ctx, server.Addr(8080))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -667,7 +688,7 @@ func TestZtunnel_DrainKeepsServingNewConnections(t *testing.T) {
 	if m.zt[1].Ready() {
 		t.Error("a draining ztunnel reports Ready")
 	}
-	if err := roundTrip(t, alice, server); err != nil {
+	if err := roundTrip(t, client, server); err != nil {
 		t.Fatalf("new connection while draining: %v", err)
 	}
 	select {
@@ -681,16 +702,5 @@ func TestZtunnel_DrainKeepsServingNewConnections(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("ztunnel still draining 10s after its last connection ended")
 	}
-	if d := time.Since(stopping); d > 15*time.Second {
-		t.Errorf("drain took %v, want it to end with the last connection", d)
-	}
-	if !captured(t, server) {
-		t.Fatal("capture removed on exit")
-	}
-	dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer dcancel()
-	if c, err := out.Dial(dctx, server.Addr(8080)); err == nil {
-		c.Close()
-		t.Fatal("after the drain, a plaintext client outside the mesh reached the server")
-	}
+	return time.Since(stopping)
 }
