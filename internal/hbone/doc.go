@@ -56,7 +56,9 @@
 // (package connectudp): each UDP payload is one DATAGRAM capsule (type 0)
 // holding Context ID 0 and the payload; other capsule types are skipped
 // and datagrams with other Context IDs dropped. END_STREAM or RST_STREAM
-// ends the flow (the server closes its UDP socket).
+// ends the flow (the server closes its UDP socket); so does a minute with
+// no datagram either way (ServerConfig.UDPIdleTimeout), with a clean
+// END_STREAM.
 //
 // The implementation sits directly on x/net/http2's Framer and hpack: it
 // speaks only CONNECT (classic and connect-udp), so it can move DATA

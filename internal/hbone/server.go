@@ -105,6 +105,12 @@ type ServerConfig struct {
 	DialTimeout      time.Duration // upstream connect; default 5s
 	IdleTimeout      time.Duration // close connections with no streams; default 5m
 	DrainTimeout     time.Duration // on shutdown, how long streams may finish; default 30s
+	// UDPIdleTimeout ends a connect-udp flow relayed by the server (Serve
+	// nil) once no datagram crossed it either way for this long: the
+	// stream gets a clean END_STREAM, the socket closes, StreamResult.Err
+	// wraps ErrUDPIdle. Default DefaultUDPIdleTimeout (60s); negative
+	// disables it.
+	UDPIdleTimeout time.Duration
 }
 
 // Server terminates HBONE tunnels.
@@ -131,6 +137,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	cfg.DialTimeout = cmpOr(cfg.DialTimeout, 5*time.Second)
 	cfg.IdleTimeout = cmpOr(cfg.IdleTimeout, 5*time.Minute)
 	cfg.DrainTimeout = cmpOr(cfg.DrainTimeout, 30*time.Second)
+	cfg.UDPIdleTimeout = cmpOr(cfg.UDPIdleTimeout, DefaultUDPIdleTimeout)
 	if cfg.Dial == nil {
 		cfg.Dial = func(ctx context.Context, st *Stream) (net.Conn, error) {
 			network := "tcp"
@@ -326,7 +333,7 @@ func (ss *serverStream) spliced(in, out int64, err error) {
 // bridge relays an accepted connect-udp stream's datagrams to and from
 // its upstream socket until either ends.
 func (ss *serverStream) bridge() {
-	ss.spliced(BridgeDatagrams(ss.s, ss.up))
+	ss.spliced(BridgeDatagrams(ss.s, ss.up, BridgeOptions{IdleTimeout: ss.h.srv.cfg.UDPIdleTimeout}))
 }
 
 // end reports the stream and frees its concurrency slot.

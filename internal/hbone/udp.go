@@ -10,7 +10,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ambientmesh/ambient/internal/connectudp"
 )
@@ -64,84 +66,221 @@ func (cl *Client) awaitExtendedConnect(ctx context.Context, c *conn) error {
 	return nil
 }
 
-// BridgeDatagrams relays datagrams between a connect-udp tunnel and a
-// datagram conn (a connected *net.UDPConn: each Read one datagram, each
-// Write one) until the tunnel ends or either side fails, then closes
-// both. It returns the UDP payload bytes carried each way. The server
-// runs it for connect-udp streams when ServerConfig.Serve is nil; a Serve
-// hook may call it too.
-func BridgeDatagrams(tunnel net.Conn, udp net.Conn) (toUDP, toTunnel int64, err error) {
-	sess := connectudp.NewStreamSession(tunnel)
-	var (
-		wg      sync.WaitGroup
-		once    sync.Once
-		stopErr error
-	)
-	stop := func(err error) {
-		once.Do(func() {
-			stopErr = err
-			udp.Close()
-			if err == nil {
-				closeWrite(tunnel) // a clean end both ways, not a reset
-			}
-			tunnel.Close()
-		})
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		toTunnel = pumpFromUDP(sess, udp, stop)
-	}()
-	toUDP = pumpToUDP(sess, udp, stop)
-	wg.Wait()
-	return toUDP, toTunnel, stopErr
+// DefaultUDPIdleTimeout is ServerConfig.UDPIdleTimeout when unset: a UDP
+// flow with no datagram either way for a minute is over. UDP has no end
+// of its own, so without it a flow whose client vanished would hold its
+// stream and socket for good. A minute is Envoy's UDP proxy default
+// (idle_timeout) and outlasts the keepalives of protocols that keep UDP
+// state alive (QUIC's 15–30 s, WireGuard's 25 s, NAT-T's 20 s). Istio
+// (ztunnel) carries no UDP, so there is no mesh precedent to match.
+const DefaultUDPIdleTimeout = 60 * time.Second
+
+// ErrUDPIdle is the StreamResult.Err (wrapped) of a connect-udp flow that
+// ended because no datagram crossed it either way for the idle timeout.
+// The tunnel was still ended cleanly (END_STREAM / FIN, not a reset).
+var ErrUDPIdle = errors.New("connect-udp flow idle")
+
+// idleEndGrace bounds how long a relay that ended a flow cleanly (idle,
+// or the socket side finished) waits for the client to end its own
+// direction before it resets the stream.
+const idleEndGrace = 5 * time.Second
+
+// BridgeOptions tune BridgeDatagramsWith and RelayDatagrams.
+type BridgeOptions struct {
+	// IdleTimeout ends the flow once neither the tunnel nor the socket
+	// has carried a datagram for this long. Zero or negative: never.
+	IdleTimeout time.Duration
 }
 
-// pumpToUDP sends each datagram from the tunnel to the socket. The
-// tunnel's clean end (the client closed it) ends the bridge without error.
-func pumpToUDP(sess *connectudp.Session, udp net.Conn, stop func(error)) int64 {
+// DatagramTunnel is the tunnel side of a UDP relay: a connect-udp
+// tunnel that can end its sending direction cleanly (END_STREAM or FIN)
+// while still reading the peer's. An Aborter is aborted on failure.
+type DatagramTunnel interface {
+	connectudp.Conn
+	CloseWrite() error
+}
+
+// BridgeDatagrams relays datagrams between a connect-udp tunnel stream
+// (capsules) and a datagram conn (a connected *net.UDPConn: each Read one
+// datagram, each Write one) until the tunnel ends, either side fails or
+// the flow is idle for opts.IdleTimeout, then closes both; see
+// RelayDatagrams. The server runs it for connect-udp streams when
+// ServerConfig.Serve is nil; a Serve hook may call it too.
+func BridgeDatagrams(tunnel net.Conn, udp net.Conn, opts BridgeOptions) (toUDP, toTunnel int64, err error) {
+	return RelayDatagrams(streamTunnel{connectudp.NewStreamSession(tunnel), tunnel}, udp, opts)
+}
+
+// streamTunnel is a capsule Session on a stream, closable one way.
+type streamTunnel struct {
+	*connectudp.Session
+	stream net.Conn
+}
+
+func (t streamTunnel) CloseWrite() error { closeWrite(t.stream); return nil }
+
+// RelayDatagrams relays datagrams between a connect-udp tunnel of any
+// transport and a datagram conn until the flow ends, then closes both and
+// returns the UDP payload bytes carried each way and why it ended:
+//
+//   - the tunnel's clean end (io.EOF): nil; the relay ends its own
+//     direction cleanly and closes the socket.
+//   - no datagram either way for opts.IdleTimeout: an error wrapping
+//     ErrUDPIdle. The socket is closed and the tunnel ended cleanly
+//     (CloseWrite); the relay then waits up to a few seconds for the
+//     peer to end its direction before closing the tunnel.
+//   - a failure of either side: that error; the tunnel is aborted.
+//
+// A datagram too large for the tunnel (errors.Is
+// connectudp.ErrDatagramTooLarge) is dropped, as a router drops a packet
+// over the path MTU; an ICMP port unreachable on the socket loses a
+// datagram, nothing more.
+func RelayDatagrams(tunnel DatagramTunnel, udp net.Conn, opts BridgeOptions) (toUDP, toTunnel int64, err error) {
+	r := &relay{tunnel: tunnel, udp: udp, start: time.Now(), timeout: opts.IdleTimeout}
+	if r.timeout > 0 {
+		r.mu.Lock()
+		r.idle = time.AfterFunc(r.timeout, r.checkIdle)
+		r.mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { toTunnel = r.pumpFromUDP() })
+	toUDP = r.pumpToUDP()
+	r.stop(nil) // the tunnel has ended; a no-op if the flow stopped first
+	r.mu.Lock()
+	for _, t := range []*time.Timer{r.idle, r.grace} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+	r.mu.Unlock()
+	tunnel.Close()
+	wg.Wait()
+	return toUDP, toTunnel, r.err
+}
+
+// relay is one UDP flow between a tunnel and a socket.
+type relay struct {
+	tunnel  DatagramTunnel
+	udp     net.Conn
+	start   time.Time
+	timeout time.Duration // idle timeout, 0 for none
+	last    atomic.Int64  // time.Since(start) at the latest datagram, either way
+
+	mu      sync.Mutex  // guards the fields below
+	idle    *time.Timer // re-arms itself for the time left; never reset per datagram
+	stopped bool
+	err     error       // why the flow ended
+	grace   *time.Timer // after a clean stop: closes the tunnel if the peer lingers
+}
+
+func (r *relay) touch() { r.last.Store(int64(time.Since(r.start))) }
+
+// checkIdle runs when the idle timer fires: it ends the flow if nothing
+// moved for the timeout, else re-arms the timer for the time left.
+func (r *relay) checkIdle() {
+	quiet := time.Since(r.start) - time.Duration(r.last.Load())
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		return
+	}
+	if quiet < r.timeout {
+		r.idle.Reset(r.timeout - quiet)
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+	r.stop(fmt.Errorf("hbone: %w: no datagram either way for %v", ErrUDPIdle, r.timeout))
+}
+
+func (r *relay) isStopped() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stopped
+}
+
+// stop ends the flow once: the socket closes, and the tunnel either ends
+// cleanly (err nil or ErrUDPIdle; closed for good after idleEndGrace if
+// the peer does not end its direction) or is aborted.
+func (r *relay) stop(err error) {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		return
+	}
+	r.stopped, r.err = true, err
+	clean := err == nil || errors.Is(err, ErrUDPIdle)
+	if clean {
+		r.grace = time.AfterFunc(idleEndGrace, func() { r.tunnel.Close() })
+	}
+	r.mu.Unlock()
+	r.udp.Close()
+	if clean {
+		r.tunnel.CloseWrite()
+		return
+	}
+	if a, ok := r.tunnel.(Aborter); ok {
+		a.Abort()
+		return
+	}
+	r.tunnel.Close()
+}
+
+// pumpToUDP sends each datagram from the tunnel to the socket until the
+// tunnel ends. After the flow stopped it only drains the tunnel, waiting
+// for the peer's end.
+func (r *relay) pumpToUDP() int64 {
 	var n int64
 	bp := getBuf(connectudp.MaxUDPPayload)
 	defer putBuf(bp)
 	buf := (*bp)[:connectudp.MaxUDPPayload]
 	for {
-		m, err := sess.ReadDatagram(buf)
+		m, err := r.tunnel.ReadDatagram(buf)
 		if err == io.EOF {
-			stop(nil)
 			return n
+		}
+		if errors.Is(err, connectudp.ErrShortBuffer) {
+			continue // cannot happen with a full-size buffer
 		}
 		if err != nil {
-			stop(fmt.Errorf("hbone: connect-udp tunnel: %w", err))
+			r.stop(fmt.Errorf("hbone: connect-udp tunnel: %w", err))
 			return n
 		}
-		if _, err := udp.Write(buf[:m]); err != nil {
+		if r.isStopped() {
+			continue
+		}
+		r.touch()
+		if _, err := r.udp.Write(buf[:m]); err != nil {
 			if isRefusedByPeer(err) {
 				continue // ICMP port unreachable: UDP datagrams may be lost
 			}
-			stop(fmt.Errorf("hbone: send UDP datagram: %w", err))
-			return n
+			r.stop(quiet(fmt.Errorf("hbone: send UDP datagram: %w", err)))
+			continue
 		}
 		n += int64(m)
 	}
 }
 
 // pumpFromUDP sends each datagram the socket receives into the tunnel.
-func pumpFromUDP(sess *connectudp.Session, udp net.Conn, stop func(error)) int64 {
+func (r *relay) pumpFromUDP() int64 {
 	var n int64
 	bp := getBuf(connectudp.MaxUDPPayload)
 	defer putBuf(bp)
 	buf := (*bp)[:connectudp.MaxUDPPayload]
 	for {
-		m, err := udp.Read(buf)
+		m, err := r.udp.Read(buf)
 		if err != nil {
 			if isRefusedByPeer(err) {
 				continue
 			}
-			stop(quiet(fmt.Errorf("hbone: receive UDP datagram: %w", err)))
+			r.stop(quiet(fmt.Errorf("hbone: receive UDP datagram: %w", err)))
 			return n
 		}
-		if err := sess.WriteDatagram(buf[:m]); err != nil {
-			stop(quiet(fmt.Errorf("hbone: connect-udp tunnel: %w", err)))
+		r.touch()
+		if err := r.tunnel.WriteDatagram(buf[:m]); err != nil {
+			if errors.Is(err, connectudp.ErrDatagramTooLarge) {
+				continue // over the tunnel's path limit: dropped
+			}
+			r.stop(quiet(fmt.Errorf("hbone: connect-udp tunnel: %w", err)))
 			return n
 		}
 		n += int64(m)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -457,5 +458,122 @@ func TestDialUDP_RequiresCapsuleProtocolInReply(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("request fields %v, want exactly %v", got, want)
+	}
+}
+
+// TestUDPIdle_SilentFlowEnds: with UDPIdleTimeout 200ms a connect-udp
+// flow with no datagram either way ends: the client reads a clean end
+// (io.EOF, the server's END_STREAM), and the stream result wraps
+// ErrUDPIdle with the bytes counted.
+func TestUDPIdle_SilentFlowEnds(t *testing.T) {
+	echoAddr := startUDPEcho(t)
+	ts, cl := meshPair(t, ServerConfig{UDPIdleTimeout: 200 * time.Millisecond})
+	sess, err := cl.DialUDP(ctxT(t), target(ts, echoAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	sess.Stream().(net.Conn).SetReadDeadline(time.Now().Add(testTimout))
+	if err := sess.WriteDatagram([]byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if n, err := sess.ReadDatagram(buf); err != nil || string(buf[:n]) != "one" {
+		t.Fatalf("echo = %q, %v", buf[:n], err)
+	}
+	start := time.Now()
+	if _, err := sess.ReadDatagram(buf); err != io.EOF {
+		t.Fatalf("silent flow: read %v, want io.EOF (a clean end)", err)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("flow ended after %v of silence, before the 200ms idle timeout", d)
+	}
+	sess.Close()
+	waitFor(t, "stream result", func() bool { return len(ts.streamResults()) == 1 })
+	r := ts.streamResults()[0]
+	if r.Status != 200 || !errors.Is(r.Err, ErrUDPIdle) || r.BytesIn != 3 || r.BytesOut != 3 {
+		t.Fatalf("result = %d in %d out %d err %v; want 200, 3 each way, ErrUDPIdle", r.Status, r.BytesIn, r.BytesOut, r.Err)
+	}
+}
+
+// TestUDPIdle_BusyFlowStays: a datagram every 50ms for a second keeps a
+// flow with a 200ms idle timeout open.
+func TestUDPIdle_BusyFlowStays(t *testing.T) {
+	echoAddr := startUDPEcho(t)
+	ts, cl := meshPair(t, ServerConfig{UDPIdleTimeout: 200 * time.Millisecond})
+	sess, err := cl.DialUDP(ctxT(t), target(ts, echoAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	sess.Stream().(net.Conn).SetReadDeadline(time.Now().Add(testTimout))
+	buf := make([]byte, 64)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); <-tick.C {
+		if err := sess.WriteDatagram([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := sess.ReadDatagram(buf); err != nil || string(buf[:n]) != "ping" {
+			t.Fatalf("echo = %q, %v (flow ended early?)", buf[:n], err)
+		}
+	}
+	if rs := ts.streamResults(); len(rs) != 0 {
+		t.Fatalf("busy flow ended: %v", rs[0].Err)
+	}
+}
+
+// TestBridgeDatagrams_IdleCountsBothDirections: datagrams arriving
+// only from the socket side count as activity too (RelayDatagrams
+// directly, over an in-memory capsule stream).
+func TestBridgeDatagrams_IdleCountsBothDirections(t *testing.T) {
+	tunnelSrv, tunnelCli := net.Pipe()
+	udpA, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udpA.Close()
+	udpB, err := net.DialUDP("udp", nil, udpA.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		in, out int64
+		err     error
+	}
+	done := make(chan result, 1)
+	go func() {
+		in, out, err := BridgeDatagrams(tunnelSrv, udpB, BridgeOptions{IdleTimeout: 200 * time.Millisecond})
+		done <- result{in, out, err}
+	}()
+	cli := connectudp.NewStreamSession(tunnelCli)
+	defer cli.Close()
+	go func() { // drain the tunnel side until it ends
+		buf := make([]byte, 64)
+		for {
+			if _, err := cli.ReadDatagram(buf); err != nil {
+				return
+			}
+		}
+	}()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); <-tick.C {
+		if _, err := udpA.WriteTo([]byte("from upstream"), udpB.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("flow with socket-side traffic ended: %v", r.err)
+		default:
+		}
+	}
+	select {
+	case r := <-done:
+		if !errors.Is(r.err, ErrUDPIdle) || r.out == 0 {
+			t.Fatalf("bridge = in %d out %d err %v; want ErrUDPIdle after traffic out", r.in, r.out, r.err)
+		}
+	case <-time.After(testTimout):
+		t.Fatal("bridge did not end after the traffic stopped")
 	}
 }

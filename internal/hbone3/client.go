@@ -100,7 +100,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	return &Client{
 		cfg:  cfg,
-		h3:   &http3.Transport{DisableCompression: true, MaxResponseHeaderBytes: 4 << 10},
+		h3:   &http3.Transport{DisableCompression: true, MaxResponseHeaderBytes: 4 << 10, EnableDatagrams: true},
 		pool: make(map[poolKey][]*pooledConn),
 		live: make(map[*pooledConn]struct{}),
 	}, nil
@@ -153,15 +153,32 @@ func connectRequest(t hbone.Target) *http.Request {
 // open sends the CONNECT on pc (a slot already reserved) and waits for the
 // reply.
 func (cl *Client) open(ctx context.Context, pc *pooledConn, req *http.Request) (net.Conn, error) {
+	rs, release, err := cl.roundTrip(ctx, pc, req)
+	if err != nil {
+		return nil, err
+	}
+	return newTunnelConn(rs.str, pc.qc.LocalAddr(), pc.qc.RemoteAddr(), release), nil
+}
+
+// openedStream is a request stream the server answered 200.
+type openedStream struct {
+	str  *http3.RequestStream
+	resp *http.Response
+}
+
+// roundTrip sends req on a new stream of pc (a slot already reserved) and
+// waits for a 200. On success the slot is freed by calling release once
+// the stream is done with; on failure it has been freed.
+func (cl *Client) roundTrip(ctx context.Context, pc *pooledConn, req *http.Request) (openedStream, func(), error) {
 	release := sync.OnceFunc(func() { cl.release(pc) })
 	rs, err := pc.cc.OpenRequestStream(ctx)
 	if err != nil {
 		cl.retire(pc)
 		release()
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("hbone3: opening a stream to %s: %w", pc.key.addr, ctx.Err())
+			return openedStream{}, nil, fmt.Errorf("hbone3: opening a stream to %s: %w", pc.key.addr, ctx.Err())
 		}
-		return nil, fmt.Errorf("%w: %w", errRetry, err)
+		return openedStream{}, nil, fmt.Errorf("%w: %w", errRetry, err)
 	}
 	// The reply wait ends with ctx: a cancelled stream unblocks ReadResponse.
 	stop := context.AfterFunc(ctx, func() {
@@ -171,7 +188,7 @@ func (cl *Client) open(ctx context.Context, pc *pooledConn, req *http.Request) (
 	resp, err := sendAndRead(rs, req)
 	if !stop() {
 		release()
-		return nil, fmt.Errorf("hbone3: waiting for tunnel reply: %w", ctx.Err())
+		return openedStream{}, nil, fmt.Errorf("hbone3: waiting for tunnel reply: %w", ctx.Err())
 	}
 	if err != nil {
 		rs.CancelRead(codeCancel)
@@ -180,17 +197,17 @@ func (cl *Client) open(ctx context.Context, pc *pooledConn, req *http.Request) (
 		var he *http3.Error
 		if errors.As(err, &he) && he.Remote && he.ErrorCode == http3.ErrCodeRequestRejected {
 			cl.retire(pc) // GOAWAY raced with the request
-			return nil, fmt.Errorf("%w: %w", errRetry, err)
+			return openedStream{}, nil, fmt.Errorf("%w: %w", errRetry, err)
 		}
-		return nil, fmt.Errorf("hbone3: CONNECT to %s: %w", pc.key.addr, err)
+		return openedStream{}, nil, fmt.Errorf("hbone3: CONNECT to %s: %w", pc.key.addr, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		rs.CancelRead(codeCancel)
 		rs.Close()
 		release()
-		return nil, &hbone.StatusError{Code: resp.StatusCode}
+		return openedStream{}, nil, &hbone.StatusError{Code: resp.StatusCode}
 	}
-	return newTunnelConn(rs, pc.qc.LocalAddr(), pc.qc.RemoteAddr(), release), nil
+	return openedStream{str: rs, resp: resp}, release, nil
 }
 
 func sendAndRead(rs *http3.RequestStream, req *http.Request) (*http.Response, error) {

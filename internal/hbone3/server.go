@@ -32,7 +32,8 @@ import (
 type Stream struct {
 	hbone.Stream
 
-	tunnel atomic.Pointer[tunnelConn] // set once the tunnel is open
+	tunnel atomic.Pointer[tunnelConn] // set once a TCP tunnel is open
+	udp    atomic.Pointer[UDPTunnel]  // set once a connect-udp tunnel is open
 	abort  atomic.Bool
 }
 
@@ -45,6 +46,9 @@ func (st *Stream) Abort() {
 	if c := st.tunnel.Load(); c != nil {
 		c.Abort()
 	}
+	if u := st.udp.Load(); u != nil {
+		u.Abort()
+	}
 }
 
 // ServerConfig configures a Server. It has the shape of hbone.ServerConfig.
@@ -56,7 +60,11 @@ type ServerConfig struct {
 	// with 401, or 400 when it wraps hbone.ErrBadDestination. Required.
 	Authorize func(ctx context.Context, st *Stream) error
 	// Dial connects to the stream's destination. An error answers 503, or
-	// 400 when it wraps hbone.ErrBadDestination. Defaults to TCP to Authority.
+	// 400 when it wraps hbone.ErrBadDestination. Defaults to TCP to
+	// Authority, or UDP when st.Protocol is hbone.ProtocolConnectUDP; for
+	// connect-udp the conn must keep datagram boundaries (a connected
+	// *net.UDPConn), the server relaying datagrams with
+	// hbone.RelayDatagrams.
 	Dial func(ctx context.Context, st *Stream) (net.Conn, error)
 	// OnStreamEnd, if set, is called once per stream when it ends.
 	OnStreamEnd func(hbone.StreamResult)
@@ -71,6 +79,11 @@ type ServerConfig struct {
 	DialTimeout      time.Duration // upstream connect; default 5s
 	IdleTimeout      time.Duration // close connections with no streams; default 5m
 	DrainTimeout     time.Duration // on shutdown, how long streams may finish; default 30s
+	// UDPIdleTimeout ends a connect-udp flow once no datagram crossed it
+	// either way for this long: a FIN on the stream, the socket closed,
+	// StreamResult.Err wrapping hbone.ErrUDPIdle. Default
+	// hbone.DefaultUDPIdleTimeout (60s, see there); negative disables it.
+	UDPIdleTimeout time.Duration
 }
 
 // Server terminates HBONE/3 tunnels.
@@ -107,10 +120,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	cfg.DialTimeout = cmpOr(cfg.DialTimeout, 5*time.Second)
 	cfg.IdleTimeout = cmpOr(cfg.IdleTimeout, 5*time.Minute)
 	cfg.DrainTimeout = cmpOr(cfg.DrainTimeout, 30*time.Second)
+	cfg.UDPIdleTimeout = cmpOr(cfg.UDPIdleTimeout, hbone.DefaultUDPIdleTimeout)
 	if cfg.Dial == nil {
 		cfg.Dial = func(ctx context.Context, st *Stream) (net.Conn, error) {
+			network := "tcp"
+			if st.Protocol == hbone.ProtocolConnectUDP {
+				network = "udp"
+			}
 			var d net.Dialer
-			return d.DialContext(ctx, "tcp", st.Authority.String())
+			return d.DialContext(ctx, network, st.Authority.String())
 		}
 	}
 	srv := &Server{cfg: cfg}
@@ -169,7 +187,8 @@ func (srv *Server) Tuning() Tuning {
 
 // quicConfig is the QUIC configuration of both ends: flow-control windows
 // sized like the HTTP/2 tunnel's (and able to grow), 0-RTT off (a replayed
-// CONNECT would open a second upstream connection).
+// CONNECT would open a second upstream connection), DATAGRAM frames
+// (RFC 9221) on for connect-udp.
 func quicConfig(handshake time.Duration, incomingStreams int64) *quic.Config {
 	return &quic.Config{
 		HandshakeIdleTimeout:           handshake,
@@ -181,6 +200,7 @@ func quicConfig(handshake time.Duration, incomingStreams int64) *quic.Config {
 		MaxConnectionReceiveWindow:     64 << 20,
 		MaxIncomingStreams:             incomingStreams,
 		MaxIncomingUniStreams:          16, // HTTP/3 needs 3 (control, QPACK encoder and decoder)
+		EnableDatagrams:                true,
 	}
 }
 
@@ -211,9 +231,10 @@ func (srv *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		return fmt.Errorf("hbone3: listen on %s: %w", pc.LocalAddr(), err)
 	}
 	h3 := &http3.Server{
-		Handler:        http.HandlerFunc(srv.serveStream),
-		MaxHeaderBytes: hbone.MaxHeaderListSize,
-		IdleTimeout:    srv.cfg.IdleTimeout,
+		Handler:         http.HandlerFunc(srv.serveStream),
+		MaxHeaderBytes:  hbone.MaxHeaderListSize,
+		IdleTimeout:     srv.cfg.IdleTimeout,
+		EnableDatagrams: true, // SETTINGS_H3_DATAGRAM; extended CONNECT is always on
 		ConnContext: func(ctx context.Context, c *quic.Conn) context.Context {
 			srv.mu.Lock()
 			info := srv.conns[c]
@@ -314,6 +335,11 @@ func (srv *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		srv.streamEnd(st, hbone.StreamResult{Status: status, Err: err}, start)
 		return
 	}
+	if t := st.udp.Load(); t != nil {
+		toUDP, toTunnel, err := hbone.RelayDatagrams(t, up, hbone.BridgeOptions{IdleTimeout: srv.cfg.UDPIdleTimeout})
+		srv.streamEnd(st, hbone.StreamResult{Status: 200, Err: err, BytesIn: toUDP, BytesOut: toTunnel, Upstream: up}, start)
+		return
+	}
 	toConn, toTunnel, err := hbone.Splice(st.tunnel.Load(), up)
 	srv.streamEnd(st, hbone.StreamResult{Status: 200, Err: err, BytesIn: toConn, BytesOut: toTunnel, Upstream: up}, start)
 }
@@ -331,6 +357,9 @@ func (srv *Server) streamEnd(st *Stream, res hbone.StreamResult, start time.Time
 func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int, net.Conn, error) {
 	w.Header()["Date"] = nil // nothing but :status
 	req, err := hbone.ParseRequest(requestFields(r))
+	if errors.Is(err, hbone.ErrUnknownProtocol) {
+		return refuse(w, 501, fmt.Errorf("hbone3: bad request: %w", err))
+	}
 	if err != nil {
 		return refuse(w, 400, fmt.Errorf("hbone3: bad request: %w", err))
 	}
@@ -351,6 +380,12 @@ func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int
 		}
 		return refuse(w, 503, fmt.Errorf("hbone3: dial %s: %w", req.Authority, err))
 	}
+	udp := req.Protocol == hbone.ProtocolConnectUDP
+	var datagrams bool
+	if udp {
+		datagrams = peerDatagrams(ctx, w, srv.cfg.DialTimeout)
+		w.Header()["Capsule-Protocol"] = []string{"?1"}
+	}
 	w.WriteHeader(200)
 	str, err := w.(http3.HTTPStreamer).HTTPStream() // sends the HEADERS frame
 	if err != nil {
@@ -363,6 +398,14 @@ func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int
 	}
 	if a, ok := r.Context().Value(http3.RemoteAddrContextKey).(net.Addr); ok {
 		remote = a
+	}
+	if udp {
+		t := newUDPTunnel(str, !datagrams, local, remote, nil)
+		st.udp.Store(t)
+		if st.abort.Load() {
+			t.Abort()
+		}
+		return 200, up, nil
 	}
 	c := newTunnelConn(str, local, remote, nil)
 	st.tunnel.Store(c)
@@ -380,12 +423,21 @@ func refuse(w http.ResponseWriter, status int, err error) (int, net.Conn, error)
 
 // requestFields rebuilds the request's header list (the pseudo-headers
 // quic-go has parsed, then the regular fields sorted by name) so that
-// hbone.ParseRequest applies the same rules to both transports.
+// hbone.ParseRequest applies the same rules to both transports. An
+// extended CONNECT (quic-go puts :protocol in r.Proto and the raw :path in
+// r.RequestURI) gets :protocol, :scheme and :path back; quic-go keeps no
+// :scheme, only requires one, so it is rebuilt as https.
 func requestFields(r *http.Request) []hpack.HeaderField {
-	fields := make([]hpack.HeaderField, 0, 2+len(r.Header))
+	fields := make([]hpack.HeaderField, 0, 5+len(r.Header))
 	fields = append(fields,
 		hpack.HeaderField{Name: ":method", Value: r.Method},
 		hpack.HeaderField{Name: ":authority", Value: r.Host})
+	if r.Method == http.MethodConnect && r.Proto != "" && r.Proto != "HTTP/3.0" {
+		fields = append(fields,
+			hpack.HeaderField{Name: ":protocol", Value: r.Proto},
+			hpack.HeaderField{Name: ":scheme", Value: "https"},
+			hpack.HeaderField{Name: ":path", Value: r.RequestURI})
+	}
 	names := make([]string, 0, len(r.Header))
 	for k := range r.Header {
 		names = append(names, k)
