@@ -435,18 +435,17 @@ func (s *stream) SetReadDeadline(t time.Time) error {
 		if t.IsZero() {
 			return nil
 		}
-		s.rdeadline = new(deadline)
-	}
-	d := s.rdeadline
-	d.set(t, func(gen uint64) {
-		s.mu.Lock()
-		if d.gen == gen {
-			d.expired = true
-			s.cond.Broadcast()
+		s.rdeadline = &deadline{}
+		d := s.rdeadline
+		d.fire = func() {
+			s.mu.Lock()
+			if d.passed() {
+				s.cond.Broadcast()
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
-	})
-	if d.expired { // a time already past wakes a blocked Read now
+	}
+	if s.rdeadline.set(t) { // a time already past wakes a blocked Read now
 		s.cond.Broadcast()
 	}
 	return nil
@@ -461,48 +460,59 @@ func (s *stream) SetWriteDeadline(t time.Time) error {
 		if t.IsZero() {
 			return nil
 		}
-		s.wdeadline = new(deadline)
-	}
-	d := s.wdeadline
-	d.set(t, func(gen uint64) {
-		s.c.mu.Lock()
-		if d.gen == gen {
-			d.expired = true
-			s.c.sendCond.Broadcast()
+		s.wdeadline = &deadline{}
+		d := s.wdeadline
+		d.fire = func() {
+			s.c.mu.Lock()
+			if d.passed() {
+				s.c.sendCond.Broadcast()
+			}
+			s.c.mu.Unlock()
 		}
-		s.c.mu.Unlock()
-	})
-	if d.expired {
+	}
+	if s.wdeadline.set(t) {
 		s.c.sendCond.Broadcast()
 	}
 	return nil
 }
 
-// deadline is a resettable timer; its owner's lock guards it.
+// deadline is a resettable deadline; its owner's lock guards it. Its timer
+// is made once and re-armed, since servers set deadlines per request.
 type deadline struct {
 	timer   *time.Timer
-	gen     uint64
+	fire    func() // the timer's function: takes the owner's lock, calls passed
+	at      time.Time
 	expired bool
 }
 
 // isExpired reports whether d (nil: never set) has passed.
 func (d *deadline) isExpired() bool { return d != nil && d.expired }
 
-func (d *deadline) set(t time.Time, fire func(gen uint64)) {
-	if d.timer != nil {
-		d.timer.Stop()
-		d.timer = nil
-	}
-	d.gen++
-	d.expired = false
-	if t.IsZero() {
-		return
-	}
+// set arms d for t (zero: none) and reports whether t has already passed.
+func (d *deadline) set(t time.Time) bool {
+	d.at, d.expired = t, false
 	wait := time.Until(t)
-	if wait <= 0 {
-		d.expired = true
-		return
+	if t.IsZero() || wait <= 0 {
+		if d.timer != nil {
+			d.timer.Stop()
+		}
+		d.expired = !t.IsZero()
+		return d.expired
 	}
-	gen := d.gen
-	d.timer = time.AfterFunc(wait, func() { fire(gen) })
+	if d.timer == nil {
+		d.timer = time.AfterFunc(wait, d.fire)
+	} else {
+		d.timer.Reset(wait)
+	}
+	return false
+}
+
+// passed is the timer's check, under the owner's lock: a timer that fired
+// for a deadline since moved or cleared finds it not passed.
+func (d *deadline) passed() bool {
+	if d.at.IsZero() || time.Now().Before(d.at) {
+		return false
+	}
+	d.expired = true
+	return true
 }
