@@ -204,6 +204,11 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 	u.Scheme, u.RawQuery = "http", r.URL.RawQuery
 	hdr := upstreamHeader(r, dec.RequestHeaders)
 	rec.trace.inject(hdr)
+	upgrade := upgradeType(r)
+	if upgrade != "" { // hop-by-hop, but the upgrade is asked of the upstream too
+		hdr["Connection"], hdr["Upgrade"] = []string{"Upgrade"}, []string{upgrade}
+		rp.attempts = 0
+	}
 	newReq := func(ctx context.Context, ep state.Endpoint) *http.Request {
 		uc := *u
 		uc.Host = ep.Addr.String()
@@ -220,7 +225,7 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		}
 		return req
 	}
-	if replayable {
+	if replayable && upgrade == "" {
 		for _, m := range dec.Mirrors {
 			p.mirror(view, m, newReq, host)
 		}
@@ -229,8 +234,8 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 	switch {
 	case up.h2:
 		transport = p.h2
-	case !replayable:
-		transport = p.h1 // a streamed body: written while the response is read
+	case !replayable, upgrade != "":
+		transport = p.h1 // a streamed body, written while the response is read; or a 101's connection
 	}
 	cl := p.cluster(up)
 	if cl != nil {
@@ -276,6 +281,12 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		}
 		resp, err := transport.RoundTrip(req)
 		at.releaseRetry() // the retry's outcome is known
+		if err == nil && resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {
+			cl.observe(lb, resp.StatusCode, nil)
+			p.switchProtocols(rec, resp, upgrade)
+			acancel()
+			return
+		}
 		if err == nil {
 			cl.observe(lb, resp.StatusCode, nil)
 			if try < rp.attempts && slices.Contains(rp.codes, uint32(resp.StatusCode)) {

@@ -167,7 +167,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		rec.flow.Dst.Service = up.svc.GetHostname()
 	}
-	up.h2 = r.ProtoMajor == 2 || up.speaksH2()
+	up.h2 = r.ProtoMajor == 2 || up.speaksH2() && upgradeType(r) == "" // an upgrade needs HTTP/1.1
 	path := az.Path
 	if dec.Path != "" {
 		path = dec.Path

@@ -323,6 +323,28 @@ func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) 
 		}
 		io.WriteString(w, name)
 	})
+	mux.HandleFunc("/upgrade", func(w http.ResponseWriter, r *http.Request) {
+		// A protocol of our own after 101: "echo", each line back upper-cased.
+		if r.Header.Get("Upgrade") != "echo" {
+			http.Error(w, "want Upgrade: echo", http.StatusBadRequest)
+			return
+		}
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		fmt.Fprintf(brw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\nX-Served-By: %s\r\n\r\n", name)
+		brw.Flush()
+		for {
+			line, err := brw.ReadString('\n')
+			if err != nil {
+				return
+			}
+			brw.WriteString(strings.ToUpper(line))
+			brw.Flush()
+		}
+	})
 	mux.HandleFunc("/hold", func(w http.ResponseWriter, r *http.Request) {
 		m.hold.wait(r.Context())
 		io.WriteString(w, name)

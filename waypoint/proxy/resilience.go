@@ -395,6 +395,15 @@ type upConn struct {
 	requests atomic.Uint32
 }
 
+// CloseWrite half-closes the connection (an upgraded one's client ended
+// its side).
+func (c *upConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
 // acquireRetry takes one of the cluster's retries in flight
 // (http.maxRetries); nil release when there is no cluster.
 func (c *cluster) acquireRetry() (release func(), err error) {
