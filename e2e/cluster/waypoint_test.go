@@ -153,6 +153,7 @@ func (e *env) waypointCanary(t *testing.T) {
 
 	t.Run("HTTP2AndGRPC", e.waypointProtocols)
 	t.Run("L7AuthorizationPolicy", e.waypointL7Policy)
+	t.Run("RetriesWithExperimentalHTTPRoute", e.waypointRetries)
 
 	// Gone: the waypoint, its label and the route. The waypoint drains and
 	// closes its pooled connections, so reviews' ztunnel records them: they
@@ -395,4 +396,84 @@ func (e *env) waypointL7Policy(t *testing.T) {
 		})
 		return ok, why
 	})
+}
+
+// waypointRetries: Gateway API's experimental HTTPRoute CRD applied
+// server-side as README.md says, then a route to reviews-v1 whose rule
+// retries 503s: a backend failing every second request with 503 answers
+// them all (without the retry, half fail).
+func (e *env) waypointRetries(t *testing.T) {
+	if out, err := e.kubectl("apply", "--server-side", "--force-conflicts", "-k", "manifests/gateway-api-experimental/"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	e.mustKubectl(t, "wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
+	file := filepath.Join(t.TempDir(), "reviews-retry.yaml")
+	apply := func(retry string) {
+		t.Helper()
+		route := `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: reviews
+  namespace: shop
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: reviews
+    port: 8080
+  rules:
+  - backendRefs:
+    - name: reviews-v1
+      port: 8080
+` + retry
+		if err := os.WriteFile(file, []byte(route), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.mustKubectl(t, "apply", "-f", file)
+	}
+	// codes sends n requests to reviews' /fail (every second one 503) in
+	// one curl, and counts the answers by status.
+	codes := func(n int) (map[string]int, error) {
+		out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "120",
+			"-o", "/dev/null", "-w", `%{http_code}\n`, fmt.Sprintf("http://reviews:8080/fail?percent=50&code=503&n=[1-%d]", n))
+		if err != nil {
+			return nil, fmt.Errorf("%v: %.300s", err, out)
+		}
+		got := map[string]int{}
+		for _, c := range strings.Fields(out) {
+			got[c]++
+		}
+		return got, nil
+	}
+
+	apply("")
+	eventually(t, "the route to reviews-v1 in force", func() (bool, string) {
+		v1, v2, err := e.reviewsVersions(10)
+		return err == nil && v1 == 10, fmt.Sprintf("v1 %d, v2 %d, %v", v1, v2, err)
+	})
+	without, err := codes(100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if without["503"] < 40 || without["503"] > 60 {
+		t.Fatalf("without a retry: %v; want about half 503", without)
+	}
+
+	apply("    retry:\n      attempts: 3\n      codes: [503]\n      backoff: 10ms\n")
+	eventually(t, "the retry in force", func() (bool, string) {
+		got, err := codes(20)
+		return err == nil && got["200"] == 20, fmt.Sprintf("%v %v", got, err)
+	})
+	with, err := codes(500)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("/fail (50 %% 503): without a retry %v; with attempts 3 on 503 %v", without, with)
+	if with["200"] < 495 {
+		t.Fatalf("with the retry: %v; want at least 99 %% 200", with)
+	}
+	// The route carried the retry: it is in the stored object, not pruned.
+	if got := e.mustKubectl(t, "get", "httproute", "reviews", "-n", "shop", "-o", "jsonpath={.spec.rules[0].retry.attempts}"); strings.TrimSpace(got) != "3" {
+		t.Fatalf("stored route's retry.attempts = %q, want 3", got)
+	}
 }

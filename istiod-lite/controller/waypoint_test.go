@@ -210,13 +210,18 @@ func TestGatewayAPICRDs_MatchModule(t *testing.T) {
 	if err := json.Unmarshal(out, &mod); err != nil || mod.Dir == "" {
 		t.Fatalf("go list -m: module directory unknown (%v): %s", err, out)
 	}
-	for _, name := range []string{"gatewayclasses", "gateways", "httproutes"} {
-		file := "gateway.networking.k8s.io_" + name + ".yaml"
-		want, err := os.ReadFile(filepath.Join(mod.Dir, "config", "crd", "standard", file))
+	for _, c := range []struct{ dir, channel, name string }{
+		{"crds", "standard", "gatewayclasses"},
+		{"crds", "standard", "gateways"},
+		{"crds", "standard", "httproutes"},
+		{"gateway-api-experimental", "experimental", "httproutes"},
+	} {
+		file := "gateway.networking.k8s.io_" + c.name + ".yaml"
+		want, err := os.ReadFile(filepath.Join(mod.Dir, "config", "crd", c.channel, file))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := os.ReadFile(filepath.Join("..", "..", "manifests", "crds", file))
+		got, err := os.ReadFile(filepath.Join("..", "..", "manifests", c.dir, file))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -228,7 +233,7 @@ func TestGatewayAPICRDs_MatchModule(t *testing.T) {
 			}
 		}
 		if !bytes.Equal(body, want) {
-			t.Errorf("manifests/crds/%s differs from %s; copy it again (with its header)", file, filepath.Join(mod.Dir, "config", "crd", "standard", file))
+			t.Errorf("manifests/%s/%s differs from %s; copy it again (with its header)", c.dir, file, filepath.Join(mod.Dir, "config", "crd", c.channel, file))
 		}
 	}
 }
