@@ -19,10 +19,52 @@
 //	  packet mark & 0xfff == 0x539      → untouched
 //	  any TCP                           → REDIRECT to 15001 (outbound)
 //
-// Only TCP is captured: UDP passes both chains untouched, so HBONE/3
-// (QUIC on UDP 15008, internal/hbone3) reaches ztunnel's socket in the pod
-// and ztunnel's own QUIC connections leave as they are. ztunnel marks its
-// UDP sockets 0x539 all the same, like its TCP ones.
+// By default only TCP is captured: UDP passes both chains untouched, so
+// HBONE/3 (QUIC on UDP 15008, internal/hbone3) reaches ztunnel's socket in
+// the pod and ztunnel's own QUIC connections leave as they are. ztunnel
+// marks its UDP sockets 0x539 all the same, like its TCP ones.
+//
+// # UDP capture (Config.CaptureUDP)
+//
+// Outbound UDP is captured with TPROXY, the standard technique for locally
+// generated traffic, since NAT would lose the original destination of
+// every datagram but a flow's first. Two more chains, and policy routing:
+//
+//	AMBIENT_UDP_OUTPUT (route output, priority mangle) — outbound UDP:
+//	  non-UDP                           → untouched
+//	  ztunnel's (0x539) datagram to lo  → ct mark 0x539 (see below), untouched
+//	  out via loopback                  → untouched
+//	  packet mark & 0xfff == 0x539      → untouched (ztunnel's own sockets)
+//	  reply in a flow with ct mark 0x539 → mark |= 0x53a (captured)
+//	  UDP to port 53                    → untouched unless Config.CaptureDNS
+//	  multicast or broadcast            → untouched
+//	  any other UDP                     → mark |= 0x53a (Config.UDPMark)
+//	ip rule fwmark 0x53a/0xfff lookup 1338; table 1338: local default dev lo
+//	  → a marked datagram is re-routed to lo (a "route" chain re-routes when
+//	    it changes the mark) and comes back in, still marked
+//	AMBIENT_UDP_PREROUTING (filter prerouting, priority mangle):
+//	  in via lo, UDP, mark & 0xfff == 0x53a → tproxy to :15001
+//	  → the datagram, addressed to its real destination, is delivered to
+//	    ztunnel's transparent socket on 15001, which learns that
+//	    destination from IP_ORIGDSTADDR (internal/udpcapture).
+//
+// The mark also makes the input route lookup local (the fwmark rule), as
+// TPROXY requires. If nothing listens on 15001 the kernel drops the
+// datagram inside the pod (silently: the app gets no ICMP error); it never
+// leaves the pod uncaptured. ztunnel answers from the original
+// destination with a transparent socket bound to it and marked 0x539,
+// which the rules leave alone (internal/udpcapture.Reply).
+//
+// The destination side uses the same chains. ztunnel delivers a datagram
+// to an app of the pod from the remote source address (a transparent
+// socket bound to it, marked 0x539, internal/udpcapture.DialApp); the
+// first rule of AMBIENT_UDP_OUTPUT sets ct mark 0x539 on that flow's
+// conntrack entry. The app's replies are that entry's reply direction:
+// they get the capture mark (DNS or not), go to lo, and TPROXY hands them
+// to ztunnel's socket, which, connected to the app, is the exact match.
+//
+// UDP capture is off by default: with it on, the pod's UDP reaches the
+// world only through whatever serves 15001/udp.
 //
 // NAT rules see only a connection's first packet; conntrack applies the
 // translation to the rest. The mark match uses Istio's mask 0xfff so
@@ -67,6 +109,9 @@ const (
 	Family        = "inet"
 	ChainInbound  = "AMBIENT_PREROUTING"
 	ChainOutbound = "AMBIENT_OUTPUT"
+	// UDP capture, with Config.CaptureUDP.
+	ChainUDPOutput     = "AMBIENT_UDP_OUTPUT"
+	ChainUDPPrerouting = "AMBIENT_UDP_PREROUTING"
 )
 
 // Config parametrizes the rules. The zero value means Istio's defaults.
@@ -83,7 +128,20 @@ type Config struct {
 	// (its CNI SNATs them to 169.254.7.127, which the in-pod rules skip).
 	// Only IPv4 addresses are used.
 	HostAddrs []netip.Addr
+
+	// CaptureUDP also captures outbound UDP to OutboundPort with TPROXY
+	// (see the package comment); someone must serve it there.
+	CaptureUDP bool
+	// CaptureDNS, with CaptureUDP, captures UDP to port 53 too. Without it
+	// DNS queries leave the pod as they are.
+	CaptureDNS bool
+	// UDPMark is the mark of captured UDP, 0x53a when zero. Under MarkMask
+	// it must differ from Mark.
+	UDPMark uint32
 }
+
+// UDPMark is the default mark of captured UDP datagrams.
+const UDPMark = 0x53a
 
 func (c Config) withDefaults() Config {
 	if c.OutboundPort == 0 {
@@ -101,6 +159,9 @@ func (c Config) withDefaults() Config {
 	if c.MarkMask == 0 {
 		c.MarkMask = ZtunnelMask
 	}
+	if c.UDPMark == 0 {
+		c.UDPMark = UDPMark
+	}
 	return c
 }
 
@@ -112,6 +173,14 @@ func (c Config) Validate() error {
 	}
 	if c.Mark&c.MarkMask != c.Mark {
 		return fmt.Errorf("redirect: mark %#x has bits outside mask %#x", c.Mark, c.MarkMask)
+	}
+	if c.CaptureUDP {
+		if c.UDPMark&c.MarkMask != c.UDPMark {
+			return fmt.Errorf("redirect: UDP mark %#x has bits outside mask %#x", c.UDPMark, c.MarkMask)
+		}
+		if c.UDPMark == c.Mark {
+			return fmt.Errorf("redirect: UDP mark %#x is ztunnel's own mark: choose another", c.UDPMark)
+		}
 	}
 	return nil
 }
@@ -141,7 +210,7 @@ func Rules(cfg Config) []string {
 	if hosts := hostSet(c.HostAddrs); hosts != "" {
 		rules = append(rules, "\t\tip saddr "+hosts+" return")
 	}
-	return append(rules,
+	rules = append(rules,
 		"\t\t"+notSYN,
 		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.InboundPort),
 		"\t}",
@@ -152,7 +221,43 @@ func Rules(cfg Config) []string {
 		"\t\t"+notSYN,
 		fmt.Sprintf("\t\tmeta l4proto tcp redirect to :%d", c.OutboundPort),
 		"\t}",
-		"}",
+	)
+	if c.CaptureUDP {
+		rules = append(rules, udpRules(c)...)
+	}
+	return append(rules, "}")
+}
+
+// udpRules are the chains of UDP capture; see the package comment.
+func udpRules(c Config) []string {
+	rules := []string{
+		fmt.Sprintf("\tchain %s {", ChainUDPOutput),
+		"\t\ttype route hook output priority mangle; policy accept;",
+		"\t\tmeta l4proto != udp return",
+		// Flows ztunnel opens to an app of the pod (inbound delivery from
+		// a remote source address) are remembered on their conntrack
+		// entry, and the app's replies to them captured like outbound.
+		fmt.Sprintf(`		oifname "lo" meta mark & %#x == %#x ct direction original ct mark set ct mark & %#x | %#x`, c.MarkMask, c.Mark, ^c.MarkMask, c.Mark),
+		`		oifname "lo" return`,
+		fmt.Sprintf("\t\tmeta mark & %#x == %#x return", c.MarkMask, c.Mark),
+		fmt.Sprintf("\t\tct direction reply ct mark & %#x == %#x meta mark set meta mark & %#x | %#x return", c.MarkMask, c.Mark, ^c.MarkMask, c.UDPMark),
+	}
+	if !c.CaptureDNS {
+		rules = append(rules, "\t\tudp dport 53 return")
+	}
+	return append(rules,
+		"\t\tip daddr { 224.0.0.0/4, 255.255.255.255 } return",
+		"\t\tip6 daddr ff00::/8 return",
+		fmt.Sprintf("\t\tmeta mark set meta mark & %#x | %#x", ^c.MarkMask, c.UDPMark),
+		"\t}",
+		fmt.Sprintf("\tchain %s {", ChainUDPPrerouting),
+		"\t\ttype filter hook prerouting priority mangle; policy accept;",
+		`		iifname != "lo" return`,
+		"\t\tmeta l4proto != udp return",
+		fmt.Sprintf("\t\tmeta mark & %#x != %#x return", c.MarkMask, c.UDPMark),
+		fmt.Sprintf("\t\tmeta l4proto udp tproxy ip to :%d", c.OutboundPort),
+		fmt.Sprintf("\t\tmeta l4proto udp tproxy ip6 to :%d", c.OutboundPort),
+		"\t}",
 	)
 }
 
@@ -223,22 +328,40 @@ func InstallScript(cfg Config) string {
 }
 
 // Install captures the traffic of the pod whose network namespace is at
-// nsPath. Installing again replaces the rules atomically.
+// nsPath. Installing again replaces the rules atomically; with
+// Config.CaptureUDP it also adds the policy routing (if missing), without
+// it it removes any left by an earlier Install.
 func Install(nsPath string, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	c := cfg.withDefaults()
+	// Routing before the rules that mark, so a marked datagram always has
+	// its route to lo (and never leaves by the default route).
+	if c.CaptureUDP {
+		if err := installRouting(nsPath, c); err != nil {
+			return fmt.Errorf("redirect: install UDP routing in %s: %w", nsPath, err)
+		}
+	}
 	if _, err := nft(nsPath, InstallScript(cfg), "-f", "-"); err != nil {
 		return fmt.Errorf("redirect: install in %s: %w", nsPath, err)
+	}
+	if !c.CaptureUDP {
+		if err := removeRouting(nsPath); err != nil {
+			return fmt.Errorf("redirect: remove UDP routing in %s: %w", nsPath, err)
+		}
 	}
 	return nil
 }
 
-// Remove deletes every rule and chain Install created. Removing from a
-// namespace without them succeeds.
+// Remove deletes every rule and chain Install created, and the UDP policy
+// routing. Removing from a namespace without them succeeds.
 func Remove(nsPath string) error {
 	if _, err := nft(nsPath, strings.Join(dropTable, "\n")+"\n", "-f", "-"); err != nil {
 		return fmt.Errorf("redirect: remove in %s: %w", nsPath, err)
+	}
+	if err := removeRouting(nsPath); err != nil {
+		return fmt.Errorf("redirect: remove UDP routing in %s: %w", nsPath, err)
 	}
 	return nil
 }

@@ -152,3 +152,69 @@ func TestParseDefaultGateways(t *testing.T) {
 		t.Errorf("gateways = %v, want [10.244.1.1]", got)
 	}
 }
+
+func TestRules_UDPCaptureMatchesGolden(t *testing.T) {
+	golden(t, "rules_udp", strings.Join(Rules(Config{CaptureUDP: true}), "\n")+"\n")
+}
+
+// TestRules_UDPCaptureIsOptIn: the default rules leave UDP alone, so a pod
+// whose ztunnel does not serve 15001/udp keeps its UDP.
+func TestRules_UDPCaptureIsOptIn(t *testing.T) {
+	got := strings.Join(Rules(Config{}), "\n")
+	for _, bad := range []string{"udp", "tproxy", "0x53a"} {
+		if strings.Contains(got, bad) {
+			t.Errorf("default rules mention %q:\n%s", bad, got)
+		}
+	}
+}
+
+func TestRules_CaptureDNSTogglesPort53Exemption(t *testing.T) {
+	const exempt = "udp dport 53 return"
+	for _, tc := range []struct {
+		cfg        Config
+		wantExempt bool
+	}{
+		{Config{CaptureUDP: true}, true},
+		{Config{CaptureUDP: true, CaptureDNS: true}, false},
+	} {
+		got := strings.Join(Rules(tc.cfg), "\n")
+		i, j := strings.Index(got, exempt), strings.LastIndex(got, "meta mark set")
+		if j < 0 {
+			t.Fatalf("%+v: no UDP marking rule:\n%s", tc.cfg, got)
+		}
+		if tc.wantExempt && (i < 0 || i > j) {
+			t.Errorf("%+v: DNS not exempt before the marking rule:\n%s", tc.cfg, got)
+		}
+		if !tc.wantExempt && i >= 0 {
+			t.Errorf("%+v: DNS exempt although CaptureDNS:\n%s", tc.cfg, got)
+		}
+	}
+}
+
+func TestRules_UDPCustomMarkAndPort(t *testing.T) {
+	got := strings.Join(Rules(Config{CaptureUDP: true, OutboundPort: 25001, Mark: 0x10, MarkMask: 0xff, UDPMark: 0x20}), "\n")
+	for _, want := range []string{
+		"meta mark set meta mark & 0xffffff00 | 0x20",
+		"meta mark & 0xff != 0x20 return",
+		"meta l4proto udp tproxy ip to :25001",
+		"meta l4proto udp tproxy ip6 to :25001",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("rules lack %q:\n%s", want, got)
+		}
+	}
+}
+
+func TestConfigValidate_RejectsUDPMarkCollision(t *testing.T) {
+	for _, c := range []Config{
+		{CaptureUDP: true, UDPMark: 0x539},
+		{CaptureUDP: true, UDPMark: 0x1539}, // outside the mask, and 0x539 under it
+	} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil, want an error", c)
+		}
+	}
+	if err := (Config{CaptureUDP: true}).Validate(); err != nil {
+		t.Errorf("UDP defaults invalid: %v", err)
+	}
+}
