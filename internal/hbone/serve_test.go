@@ -36,9 +36,9 @@ func TestServe_HTTPServerOnTheStream(t *testing.T) {
 	})}
 	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
-	var peer string
+	peers := make(chan string, 1)
 	ts, cl := serveWith(t, func(st *Stream, c net.Conn) {
-		peer = st.Peer.String()
+		peers <- st.Peer.String()
 		ln.ch <- c
 	})
 	c, err := cl.Dial(ctxT(t), target(ts, servedAuthority))
@@ -61,7 +61,7 @@ func TestServe_HTTPServerOnTheStream(t *testing.T) {
 			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
 		}
 	}
-	if peer != clientID.String() {
+	if peer := <-peers; peer != clientID.String() {
 		t.Errorf("Serve saw peer %q, want %q", peer, clientID)
 	}
 	c.Close()
