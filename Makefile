@@ -38,6 +38,8 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzServerConn$$' -fuzztime $(FUZZTIME) ./internal/hbone/
 	$(GO) test -run '^$$' -fuzz '^FuzzSelect$$' -fuzztime $(FUZZTIME) ./waypoint/route/
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./waypoint/l7authz/
+	$(GO) test -run '^$$' -fuzz '^FuzzCapsuleReader$$' -fuzztime $(FUZZTIME) ./internal/connectudp/
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./internal/connectudp/
 
 gen:
 	tools/gen.sh
