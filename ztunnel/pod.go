@@ -24,6 +24,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/internal/udpcapture"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/ztunnel/outbound"
 )
@@ -43,6 +44,7 @@ type podProxy struct {
 	client3 *hbone3.Client // tunnels over HTTP/3 (QUIC)
 	lns     []net.Listener
 	udp     *net.UDPConn // UDP 15008, HBONE/3; Serve closes it
+	udpOut  *udpOutbound // captured outbound UDP (Config.CaptureUDP), or nil
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	up      atomic.Bool
@@ -126,7 +128,14 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 	if gwErr != nil {
 		p.z.log.Warn("pod's default gateway unknown; kubelet probes will be captured", "pod", p.uid, "err", gwErr)
 	}
-	if err := redirect.Install(p.nsPath, redirect.Config{HostAddrs: hosts}); err != nil {
+	if p.z.cfg.CaptureUDP {
+		ln, err := udpcapture.Listen(p.nsPath, redirect.OutboundPort)
+		if err != nil {
+			return err
+		}
+		p.udpOut = newUDPOutbound(p, ln)
+	}
+	if err := redirect.Install(p.nsPath, redirect.Config{HostAddrs: hosts, CaptureUDP: p.z.cfg.CaptureUDP}); err != nil {
 		return err
 	}
 	pctx, cancelPod := context.WithCancel(context.WithoutCancel(ctx))
@@ -136,6 +145,10 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 	go func() { defer p.wg.Done(); p.acceptLoop(pctx, p.lns[1], p.handlePlaintext) }()
 	go func() { defer p.wg.Done(); srv.Serve(pctx, p.lns[2]) }()
 	go func() { defer p.wg.Done(); p.serveHBONE3(pctx, srv3) }()
+	if p.udpOut != nil {
+		p.wg.Add(1)
+		go func() { defer p.wg.Done(); p.udpOut.udpReadLoop(pctx) }()
+	}
 	p.up.Store(true)
 	return nil
 }
@@ -174,6 +187,8 @@ func (p *podProxy) newTunnels() (*hbone.Server, *hbone3.Server, error) {
 		OnConnRefused: p.tunnelRefused(telemetry.TransportHBONE),
 		Logger:        p.z.log,
 		DrainTimeout:  p.z.cfg.DrainTimeout,
+		// UDP flows end on the destination side as on the source side.
+		UDPIdleTimeout: p.z.cfg.UDPIdleTimeout,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -186,6 +201,8 @@ func (p *podProxy) newTunnels() (*hbone.Server, *hbone3.Server, error) {
 		OnConnRefused: p.tunnelRefused(telemetry.TransportHBONE3),
 		Logger:        p.z.log,
 		DrainTimeout:  p.z.cfg.DrainTimeout,
+		// UDP flows end on the destination side as on the source side.
+		UDPIdleTimeout: p.z.cfg.UDPIdleTimeout,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -232,6 +249,9 @@ func (p *podProxy) stop(removeCapture bool) {
 	}
 	for _, ln := range p.lns {
 		ln.Close()
+	}
+	if p.udpOut != nil {
+		p.udpOut.close() // UDP flows do not drain: they end here
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
@@ -281,6 +301,9 @@ func (p *podProxy) cleanup() {
 	}
 	if p.udp != nil {
 		p.udp.Close() // if Serve never ran; closing twice is harmless
+	}
+	if p.udpOut != nil {
+		p.udpOut.close()
 	}
 	if p.client != nil {
 		p.client.Close()
@@ -463,6 +486,9 @@ func (e *deniedError) Error() string {
 // dialApp connects an allowed stream to the app inside the pod. tunnel is
 // the stream itself (*hbone.Stream or *hbone3.Stream), st its request.
 func (p *podProxy) dialApp(ctx context.Context, st *hbone.Stream, tunnel tunnelStream) (net.Conn, error) {
+	if st.Protocol == hbone.ProtocolConnectUDP {
+		return p.dialAppUDP(st, tunnel)
+	}
 	c, err := netns.DialTCP(ctx, p.nsPath, st.Authority.String(), netns.WithMark(redirect.ZtunnelMark))
 	if err != nil {
 		return nil, err
@@ -482,6 +508,9 @@ func (p *podProxy) tunnelEnded(r hbone.StreamResult, transport string) {
 		Dst:       peerOf(p.workload(), p.id, net.TCPAddrFromAddrPort(r.Authority)),
 		BytesSent: r.BytesIn, BytesRecv: r.BytesOut,
 		Decision: telemetry.Allow, Security: "mutual_tls", Transport: transport, Error: errString(r.Err),
+	}
+	if r.Protocol == hbone.ProtocolConnectUDP {
+		flow.Protocol, flow.Error = telemetry.ProtocolUDP, udpErrString(r.Err)
 	}
 	var de *deniedError
 	if errors.As(r.Err, &de) {

@@ -8,6 +8,7 @@
 //
 //	15001/tcp  outbound: the pod's captured TCP; routed by ztunnel/outbound
 //	           and carried over HBONE as the pod's identity (or passed through)
+//	15001/udp  outbound UDP, only with Config.CaptureUDP (see UDP below)
 //	15006/tcp  inbound plaintext: refused when a STRICT policy applies
 //	15008/tcp  inbound HBONE (HTTP/2): peer verified, L4 policy
 //	           (internal/authz) evaluated, then connected to the app inside
@@ -34,9 +35,53 @@
 // ambient_tunnel_quic_fallbacks_total counts the fallbacks.
 //
 // ztunnel's own sockets, TCP and UDP, carry mark 0x539 and so bypass
-// capture (UDP is not captured at all). A policy change closes open inbound
-// connections it no longer allows, over either transport. Every connection
-// ends in one flow record and Istio's TCP metrics.
+// capture (UDP is captured only with Config.CaptureUDP, below). A policy
+// change closes open inbound connections it no longer allows, over either
+// transport. Every connection ends in one flow record and Istio's TCP
+// metrics.
+//
+// # UDP (Config.CaptureUDP, --capture-udp; off by default)
+//
+// With CaptureUDP the pods' capture rules also steer their outbound UDP,
+// DNS to port 53 excepted, to 15001/udp (internal/redirect), where a
+// transparent socket (internal/udpcapture) reads each datagram with its
+// original destination. One read loop per pod feeds a flow table keyed by
+// (app address, original destination), at most 4096 flows per pod. A new
+// flow is planned like a TCP connection (outbound.PlanUDP), except that
+// it never goes through a waypoint: waypoints proxy TCP only, as Istio's
+// do, so UDP is tunnelled straight to the endpoint's ztunnel, which
+// enforces the destination's L4 policies (an L7 policy on the waypoint
+// does not apply to UDP). The tunnel is CONNECT-UDP (RFC 9298) as the
+// source pod's identity over the peer's transport: HTTP/3 datagrams when
+// it asks for QUIC, with the same fallback to HTTP/2 and the same memory
+// of failed QUIC addresses as TCP, else capsules on an HTTP/2 stream. A
+// destination outside the mesh, or in it but not enrolled, is reached
+// from a marked socket in the pod's namespace (passthrough). Replies go
+// back to the app from a reply socket bound to the original destination,
+// one per destination, shared by its flows and closed with the last.
+// Datagrams that arrive while a flow's tunnel is dialed wait in a bounded
+// queue (256); beyond it they are dropped, as UDP may be.
+//
+// The destination's ztunnel accepts connect-udp streams on both HBONE
+// servers with the same checks as TCP: the :authority must be the pod,
+// and the pod's L4 AuthorizationPolicies are evaluated with the UDP port
+// as the port. Ports in AuthorizationPolicy are protocol-agnostic, as in
+// Istio: a rule for port 53 matches TCP and UDP alike. A DENY refuses the
+// stream (401) and is recorded with the policy's name. An allowed flow is
+// delivered to the app from a socket bound transparently to the tunnel
+// peer's IP, that is the source pod's address, on an ephemeral port (the
+// app's own source port is not carried: like the TCP path, only the
+// source IP is preserved); the app's replies come back to that socket by
+// the pod's UDP capture rules, which is why a node without CaptureUDP
+// refuses UDP tunnels (503) rather than let replies leave in plaintext.
+//
+// A UDP flow has no end of its own: it ends on either side once no
+// datagram crossed it either way for UDPIdleTimeout (60 s by default),
+// checked by one self-rearming timer per flow, never a timer per datagram.
+// Each flow ends in one flow record per side, with "protocol": "udp",
+// the bytes each way and the transport; an idle end is not an error. UDP
+// flows are not counted in Istio's TCP metrics. A policy change closes
+// open inbound UDP flows it no longer allows, like TCP connections.
 package ztunnel
 
 import (
@@ -98,6 +143,16 @@ type Config struct {
 	QUICRetryAfter time.Duration
 	// Clock times QUICRetryAfter; default time.Now.
 	Clock func() time.Time
+	// CaptureUDP carries the pods' UDP through the mesh (see the package
+	// comment): their outbound UDP is captured and tunnelled with
+	// CONNECT-UDP, and inbound UDP tunnels are accepted. Off by default:
+	// without it UDP is neither captured nor accepted through tunnels.
+	// Every node of the mesh should agree: a destination node without it
+	// refuses UDP tunnels (503).
+	CaptureUDP bool
+	// UDPIdleTimeout ends a UDP flow, on either side, once no datagram
+	// crossed it either way for this long. Default DefaultUDPIdleTimeout.
+	UDPIdleTimeout time.Duration
 }
 
 // Ztunnel serves the enrolled pods of one node.
@@ -142,6 +197,9 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
+	}
+	if cfg.UDPIdleTimeout <= 0 {
+		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
 	}
 	return &Ztunnel{
 		cfg:      cfg,
@@ -328,9 +386,10 @@ func (z *Ztunnel) Pods() []string {
 	return uids
 }
 
-// record writes a finished flow to the log and metrics.
+// record writes a finished flow to the log and metrics (Istio's TCP
+// metrics: UDP flows are only logged).
 func (z *Ztunnel) record(f telemetry.Flow) {
-	if z.cfg.Metrics != nil {
+	if z.cfg.Metrics != nil && f.Protocol == "" {
 		z.cfg.Metrics.Closed(f)
 	}
 	if z.cfg.FlowLog != nil {
@@ -341,7 +400,7 @@ func (z *Ztunnel) record(f telemetry.Flow) {
 }
 
 func (z *Ztunnel) opened(f telemetry.Flow) {
-	if z.cfg.Metrics != nil {
+	if z.cfg.Metrics != nil && f.Protocol == "" {
 		z.cfg.Metrics.Opened(f)
 	}
 }

@@ -104,6 +104,8 @@ type options struct {
 	logLevel    slog.Level
 	// removeCapture removes the pods' capture rules on exit.
 	removeCapture bool
+	// captureUDP carries the pods' UDP through the mesh.
+	captureUDP bool
 }
 
 // podFlag collects repeated --pod UID=NETNS_PATH.
@@ -155,6 +157,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.netnsDir, "netns-dir", "", "directory of named network namespaces whose names are pod uids (URL-escaped); rescanned every few seconds")
 	fs.StringVar(&o.cniSocket, "cni-socket", "", "unix socket the ambient-cni plugin hands pods over on (e.g. /var/run/ambient/ztunnel.sock); empty: off")
 	fs.BoolVar(&o.removeCapture, "remove-capture-on-exit", false, "remove every pod's capture rules on exit, so pods talk in plaintext while no ztunnel runs; by default they stay and the pods' connections are refused until the next ztunnel takes over (fail closed)")
+	fs.BoolVar(&o.captureUDP, "capture-udp", false, "also capture the pods' outbound UDP (DNS to port 53 excepted) and carry it through the mesh with CONNECT-UDP, and accept UDP tunnels for them; off by default for now: enable it on every node at once, since a node without it refuses UDP tunnels")
 	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/ambient/pods", "the plugin's pod state directory, scanned at start to recover pods after a restart (with --cni-socket)")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {

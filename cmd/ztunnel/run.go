@@ -130,7 +130,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	z, err := ztunnel.New(ztunnel.Config{
 		Node: o.node, TrustDomain: td, Store: store, Certs: mgr,
 		FlowLog: telemetry.NewFlowLogFeed(flowOut, flows), Metrics: metrics, Logger: logger,
-		RemoveCaptureOnExit: o.removeCapture,
+		RemoveCaptureOnExit: o.removeCapture, CaptureUDP: o.captureUDP,
 	})
 	if err != nil {
 		return err

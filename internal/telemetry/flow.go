@@ -30,7 +30,11 @@ type Flow struct {
 	Policy    string // namespace/name of the deciding policy, if any
 	Security  string // "mutual_tls" or "none"
 	Transport string // TransportHBONE, TransportHBONE3, "passthrough", "direct", "plaintext"
-	Error     string
+	// Protocol is the carried protocol when it is not TCP: ProtocolUDP for a
+	// UDP flow (ztunnel's CONNECT-UDP tunnels). Empty means TCP, and is left
+	// out of the record, so TCP flow lines are as before.
+	Protocol string
+	Error    string
 	// HTTP requests (reporter "waypoint"): one flow per request.
 	Method       string // request method
 	Path         string // request path as authorized (normalized), without the query
@@ -55,6 +59,9 @@ const (
 	TransportHBONE3 = "hbone3"
 )
 
+// ProtocolUDP is Flow.Protocol of a UDP flow.
+const ProtocolUDP = "udp"
+
 // record is the JSON shape of a flow line; field names are the contract
 // with `ambientctl flows`.
 type record struct {
@@ -76,6 +83,7 @@ type record struct {
 	Policy     string    `json:"policy,omitempty"`
 	Security   string    `json:"security,omitempty"`
 	Transport  string    `json:"transport,omitempty"`
+	Protocol   string    `json:"protocol,omitempty"`
 	Error      string    `json:"error,omitempty"`
 	Method     string    `json:"method,omitempty"`
 	Path       string    `json:"path,omitempty"`
@@ -92,7 +100,7 @@ func (f Flow) MarshalJSON() ([]byte, error) {
 		DstID: f.Dst.Identity, DstAddr: f.Dst.Addr,
 		BytesSent: f.BytesSent, BytesRecv: f.BytesRecv,
 		DurationMS: float64(f.Duration.Microseconds()) / 1000,
-		Decision:   f.Decision, Policy: f.Policy, Security: f.Security, Transport: f.Transport, Error: f.Error,
+		Decision:   f.Decision, Policy: f.Policy, Security: f.Security, Transport: f.Transport, Protocol: f.Protocol, Error: f.Error,
 		Method: f.Method, Path: f.Path, Code: f.ResponseCode, Flags: f.ResponseFlags,
 	})
 }

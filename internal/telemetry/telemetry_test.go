@@ -220,3 +220,31 @@ func mustJSON(t *testing.T, f Flow) []byte {
 	}
 	return append(b, '\n')
 }
+
+// TestFlow_ProtocolOnlyForUDP: a UDP flow's record says "protocol": "udp";
+// a TCP flow's record has no protocol field, as before there was one.
+func TestFlow_ProtocolOnlyForUDP(t *testing.T) {
+	tcp, err := sample.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(tcp, []byte(`"protocol"`)) {
+		t.Errorf("TCP flow record has a protocol field: %s", tcp)
+	}
+	udp := sample
+	udp.Protocol = ProtocolUDP
+	b, err := udp.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got["protocol"] != "udp" || got["transport"] != "hbone" {
+		t.Errorf("UDP flow record: %s", b)
+	}
+	if !bytes.Equal(bytes.Replace(b, []byte(`,"protocol":"udp"`), nil, 1), tcp) {
+		t.Errorf("UDP record differs from TCP's beyond the protocol:\n%s\n%s", b, tcp)
+	}
+}

@@ -21,6 +21,9 @@
 // of the destination pod, or of the waypoint pod when through one): HBONE
 // over HTTP/2 on TCP, or over HTTP/3 on QUIC (UDP, same port). The caller
 // falls back from QUIC to HTTP/2 when the QUIC path fails.
+//
+// UDP flows are planned by PlanUDP: the same, but never through a waypoint
+// (waypoints proxy TCP only).
 package outbound
 
 import (
@@ -91,10 +94,23 @@ var DefaultTrustDomain = spiffeid.RequireTrustDomainFromString(identity.DefaultT
 
 // Plan routes a connection from network to the original destination dst.
 func Plan(v *state.View, network string, dst netip.AddrPort, r state.Rand) (Route, error) {
+	return plan(v, network, dst, r, true)
+}
+
+// PlanUDP routes a UDP flow from network to the original destination dst
+// as Plan routes a TCP connection, except that it never goes through a
+// waypoint: waypoints proxy TCP only (as Istio's do), so a UDP flow to a
+// destination bound to one is tunnelled straight to the endpoint's pod,
+// where its ztunnel applies the destination's L4 policies.
+func PlanUDP(v *state.View, network string, dst netip.AddrPort, r state.Rand) (Route, error) {
+	return plan(v, network, dst, r, false)
+}
+
+func plan(v *state.View, network string, dst netip.AddrPort, r state.Rand, waypoints bool) (Route, error) {
 	d := v.Resolve(network, dst)
 	switch d.Kind {
 	case state.ToService:
-		if wp := d.Service.GetWaypoint(); wp != nil {
+		if wp := d.Service.GetWaypoint(); wp != nil && waypoints {
 			return toWaypoint(v, network, wp, Route{Target: dst, Service: d.Service}, r)
 		}
 		ep, err := v.PickEndpoint(d.Service, dst.Port(), r)
@@ -106,7 +122,7 @@ func Plan(v *state.View, network string, dst netip.AddrPort, r state.Rand) (Rout
 		}
 		return toWorkload(ep.Workload, d.Service, ep.Addr)
 	case state.ToWorkload:
-		if wp := d.Workload.GetWaypoint(); wp != nil && state.Enrolled(d.Workload) {
+		if wp := d.Workload.GetWaypoint(); wp != nil && state.Enrolled(d.Workload) && waypoints {
 			return toWaypoint(v, network, wp, Route{Target: dst, Workload: d.Workload}, r)
 		}
 		return toWorkload(d.Workload, nil, dst)

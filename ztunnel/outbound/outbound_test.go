@@ -285,3 +285,44 @@ func TestPlan_TransportIsTheTunnelPeers(t *testing.T) {
 		t.Errorf("direct route %+v, %v; want no transport", rt, err)
 	}
 }
+
+// TestPlanUDP_BypassesWaypoints: a UDP flow to a destination bound to a
+// waypoint goes straight to the endpoint's pod, as the endpoint's identity
+// (waypoints proxy TCP only), even when the waypoint cannot be resolved;
+// the rest is planned as for TCP.
+func TestPlanUDP_BypassesWaypoints(t *testing.T) {
+	v := waypointView(t, waypointPod())
+	for _, tc := range []struct {
+		name, dst, tunnel, id string
+		v                     *state.View
+	}{
+		{"service bound by hostname", "10.96.0.40:80", "10.244.2.20:15008", "sa-reviews-1", v},
+		{"service bound by address", "10.96.0.60:80", "10.244.2.21:15008", "sa-ratings-1", v},
+		{"pod bound as a workload", "10.244.2.20:8080", "10.244.2.20:15008", "sa-reviews-1", v},
+		{"waypoint unknown", "10.244.2.22:8080", "10.244.2.22:15008", "sa-orphan-1", v},
+		{"waypoint without pods", "10.96.0.40:80", "10.244.2.20:15008", "sa-reviews-1", waypointView(t)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt, err := PlanUDP(tc.v, "", netip.MustParseAddrPort(tc.dst), first{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rt.Kind != Tunnel || rt.Waypoint != nil || rt.TunnelAddr.String() != tc.tunnel ||
+				rt.Identity.String() != "spiffe://cluster.local/ns/shop/sa/"+tc.id {
+				t.Fatalf("route %v via %s (waypoint %q) as %s; want a tunnel straight to %s as %s",
+					rt.Kind, rt.TunnelAddr, rt.Waypoint.GetUid(), rt.Identity, tc.tunnel, tc.id)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		dst  string
+		want Kind
+	}{{"10.244.2.8:9090", Direct}, {"192.0.2.1:53", Passthrough}} {
+		if rt, err := PlanUDP(view(t), "", netip.MustParseAddrPort(tc.dst), first{}); err != nil || rt.Kind != tc.want {
+			t.Errorf("PlanUDP(%s) = %v, %v; want %v", tc.dst, rt.Kind, err, tc.want)
+		}
+	}
+	if _, err := PlanUDP(view(t), "", netip.MustParseAddrPort("10.96.0.30:80"), first{}); !errors.Is(err, ErrNoRoute) {
+		t.Errorf("service without endpoints: %v, want ErrNoRoute", err)
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package ztunnel
+
+const raceEnabled = false
