@@ -20,8 +20,8 @@ func BenchmarkTunnel_BulkMiB(b *testing.B) {
 		received <- n
 	})
 	p := newPKI(b, td)
-	ts := startServer(b, p.source(serverID), bundles(p), ServerConfig{})
-	cl := newClient(b, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
+	ts := startServer(b, p.Source(serverID), bundles(p), ServerConfig{})
+	cl := newClient(b, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
 
 	// The "outbound listener": each app connection is spliced into a tunnel.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -34,7 +34,7 @@ func BenchmarkTunnel_BulkMiB(b *testing.B) {
 		if err != nil {
 			return
 		}
-		t, err := cl.Dial(ctxT(b), target(ts, up.addr()))
+		t, err := cl.Dial(ctxT(b), target(ts, up.Addr()))
 		if err != nil {
 			c.Close()
 			return

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -16,109 +15,31 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/hbonetest"
 	"github.com/ambientmesh/ambient/internal/identity"
 )
 
 var (
-	td         = spiffeid.RequireTrustDomainFromString("cluster.local")
-	clientID   = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/client")
-	serverID   = spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/server")
-	otherTD    = spiffeid.RequireTrustDomainFromString("other.example")
+	td         = hbonetest.TD
+	clientID   = hbonetest.ClientID
+	serverID   = hbonetest.ServerID
+	otherTD    = hbonetest.OtherTD
 	testTimout = 20 * time.Second
 )
 
-// pki is a CA minted for one test, with helpers for SVID sources.
-type pki struct {
-	t  testing.TB
-	ca *ca.Authority
-}
+// The shared tunnel-test harness (internal/hbonetest), under this
+// package's names.
+type (
+	pki      = hbonetest.PKI
+	upstream = hbonetest.Upstream
+)
 
-func newPKI(t testing.TB, domain spiffeid.TrustDomain) *pki {
-	t.Helper()
-	a, err := ca.NewSelfSigned(domain, ca.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &pki{t: t, ca: a}
-}
-
-// source returns a static source holding a fresh SVID for id.
-func (p *pki) source(id spiffeid.ID) *identity.StaticSource {
-	p.t.Helper()
-	svid, err := p.ca.NewSVID(id, time.Hour)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return identity.NewStaticSource(svid, p.ca.Bundle())
-}
-
-// bundles trusts the given CAs.
-func bundles(ps ...*pki) x509bundle.Source {
-	set := x509bundle.NewSet()
-	for _, p := range ps {
-		set.Add(p.ca.Bundle())
-	}
-	return set
-}
-
-// upstream is a TCP server behind the tunnel; it counts what reaches it.
-type upstream struct {
-	ln       net.Listener
-	accepted atomic.Int64
-	bytes    atomic.Int64
-	wg       sync.WaitGroup
-}
-
-// startUpstream serves handle on a loopback port until the test ends.
-func startUpstream(t testing.TB, handle func(net.Conn)) *upstream {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := &upstream{ln: ln}
-	u.wg.Add(1)
-	go func() {
-		defer u.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u.accepted.Add(1)
-			u.wg.Add(1)
-			go func() {
-				defer u.wg.Done()
-				defer c.Close()
-				handle(&countingConn{Conn: c, n: &u.bytes})
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); u.wg.Wait() })
-	return u
-}
-
-func (u *upstream) addr() netip.AddrPort { return netip.MustParseAddrPort(u.ln.Addr().String()) }
-
-type countingConn struct {
-	net.Conn
-	n *atomic.Int64
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (c *countingConn) CloseWrite() error { return c.Conn.(*net.TCPConn).CloseWrite() }
-
-// echo copies everything back, half-closing when the client does.
-func echo(c net.Conn) {
-	io.Copy(c, c)
-	c.(interface{ CloseWrite() error }).CloseWrite()
-}
+var (
+	newPKI        = hbonetest.NewPKI
+	bundles       = hbonetest.Bundles
+	startUpstream = hbonetest.StartUpstream
+	echo          = hbonetest.Echo
+)
 
 // tunnelServer is a running Server with what it reported.
 type tunnelServer struct {
@@ -144,13 +65,7 @@ func (ts *tunnelServer) refusals() []error {
 // waitFor polls cond until it holds or the test times out.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	hbonetest.WaitFor(t, testTimout, what, cond)
 }
 
 // startServer runs an HBONE server for serverID trusting trust; cfg's
@@ -232,8 +147,4 @@ func target(server *tunnelServer, dest netip.AddrPort) Target {
 	return Target{Source: clientID, Destination: serverID, Address: server.addr, Authority: dest}
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), testTimout)
-	t.Cleanup(cancel)
-	return ctx
-}
+func ctxT(t testing.TB) context.Context { return hbonetest.Ctx(t, testTimout) }

@@ -32,15 +32,15 @@ func TestMain(m *testing.M) {
 // meshPair is a server for serverID and a client for clientID, one CA.
 func meshPair(t *testing.T, cfg ServerConfig) (*tunnelServer, *Client) {
 	p := newPKI(t, td)
-	ts := startServer(t, p.source(serverID), bundles(p), cfg)
-	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
+	ts := startServer(t, p.Source(serverID), bundles(p), cfg)
+	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
 	return ts, cl
 }
 
 func TestTunnel_RoundTrip(t *testing.T) {
 	up := startUpstream(t, echo)
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestTunnel_RoundTrip(t *testing.T) {
 	c.Close()
 	waitFor(t, "stream result", func() bool { return len(ts.streamResults()) == 1 })
 	r := ts.streamResults()[0]
-	if r.Status != 200 || r.Peer != clientID || r.Authority != up.addr() {
+	if r.Status != 200 || r.Peer != clientID || r.Authority != up.Addr() {
 		t.Errorf("result = status %d peer %s authority %s", r.Status, r.Peer, r.Authority)
 	}
 }
@@ -82,7 +82,7 @@ func TestTunnel_GiBTransfer_SHA256Matches(t *testing.T) {
 		c.(interface{ CloseWrite() error }).CloseWrite()
 	})
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +128,7 @@ func TestTunnel_HalfClose(t *testing.T) {
 		c.(interface{ CloseWrite() error }).CloseWrite()
 	})
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestClient_ThousandStreamsRideOnTenConnections(t *testing.T) {
 	errs := make(chan error, streams)
 	for i := range streams {
 		go func() {
-			c, err := cl.Dial(ctx, target(ts, up.addr()))
+			c, err := cl.Dial(ctx, target(ts, up.Addr()))
 			if err != nil {
 				open.Done()
 				errs <- err
@@ -204,7 +204,7 @@ func TestServer_RefusesBadClientCertificates(t *testing.T) {
 	foreign := newPKI(t, td)
 	other := newPKI(t, otherTD)
 	otherID := spiffeid.RequireFromString("spiffe://other.example/ns/shop/sa/client")
-	expired, err := p.ca.NewSVIDAt(clientID, time.Now().Add(-2*time.Hour), time.Hour)
+	expired, err := p.CA.NewSVIDAt(clientID, time.Now().Add(-2*time.Hour), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,18 +214,18 @@ func TestServer_RefusesBadClientCertificates(t *testing.T) {
 		svids  x509svid.Source
 		server error
 	}{
-		{"foreign CA", clientID, foreign.source(clientID), identity.ErrPeerUnknownAuthority},
-		{"expired", clientID, identity.NewStaticSource(expired, p.ca.Bundle()), identity.ErrPeerExpired},
-		{"other trust domain", otherID, other.source(otherID), identity.ErrPeerWrongTrustDomain},
+		{"foreign CA", clientID, foreign.Source(clientID), identity.ErrPeerUnknownAuthority},
+		{"expired", clientID, identity.NewStaticSource(expired, p.CA.Bundle()), identity.ErrPeerExpired},
+		{"other trust domain", otherID, other.Source(otherID), identity.ErrPeerWrongTrustDomain},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startUpstream(t, echo)
 			// The server trusts both domains' CAs, so only the rule under
 			// test can refuse.
-			ts := startServer(t, p.source(serverID), bundles(p, other), ServerConfig{})
+			ts := startServer(t, p.Source(serverID), bundles(p, other), ServerConfig{})
 			cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{tc.src: tc.svids})
-			tgt := target(ts, up.addr())
+			tgt := target(ts, up.Addr())
 			tgt.Source = tc.src
 			c, err := cl.Dial(ctxT(t), tgt)
 			if err == nil {
@@ -241,8 +241,8 @@ func TestServer_RefusesBadClientCertificates(t *testing.T) {
 			if got := ts.refusals()[0]; !errors.Is(got, tc.server) {
 				t.Fatalf("server refused with %v, want %v", got, tc.server)
 			}
-			if up.accepted.Load() != 0 || up.bytes.Load() != 0 {
-				t.Fatalf("upstream saw %d connections, %d bytes", up.accepted.Load(), up.bytes.Load())
+			if up.Accepted.Load() != 0 || up.Bytes.Load() != 0 {
+				t.Fatalf("upstream saw %d connections, %d bytes", up.Accepted.Load(), up.Bytes.Load())
 			}
 		})
 	}
@@ -252,13 +252,13 @@ func TestClient_RefusesServerWithWrongID(t *testing.T) {
 	p := newPKI(t, td)
 	impostor := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/impostor")
 	up := startUpstream(t, echo)
-	ts := startServer(t, p.source(impostor), bundles(p), ServerConfig{})
-	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
-	_, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	ts := startServer(t, p.Source(impostor), bundles(p), ServerConfig{})
+	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
+	_, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if !errors.Is(err, identity.ErrPeerWrongID) {
 		t.Fatalf("Dial error = %v, want %v", err, identity.ErrPeerWrongID)
 	}
-	if up.accepted.Load() != 0 {
+	if up.Accepted.Load() != 0 {
 		t.Fatal("upstream was reached")
 	}
 }
@@ -274,7 +274,7 @@ func TestServer_StatusCodes(t *testing.T) {
 	denied := netip.MustParseAddrPort("127.0.0.1:9")
 
 	p := newPKI(t, td)
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{
 		Authorize: func(_ context.Context, st *Stream) error {
 			if st.Authority == denied {
 				return errors.New("policy says no")
@@ -282,7 +282,7 @@ func TestServer_StatusCodes(t *testing.T) {
 			return nil
 		},
 	})
-	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
+	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
 
 	for _, tc := range []struct {
 		name string
@@ -302,25 +302,25 @@ func TestServer_StatusCodes(t *testing.T) {
 	}
 
 	t.Run("client refuses oversized headers", func(t *testing.T) {
-		tgt := target(ts, up.addr())
+		tgt := target(ts, up.Addr())
 		tgt.Header = http.Header{"Baggage": {strings.Repeat("k=v,", 5000)}}
 		if _, err := cl.Dial(ctxT(t), tgt); err == nil || !strings.Contains(err.Error(), "limit") {
 			t.Fatalf("Dial error = %v, want header limit error", err)
 		}
 	})
 
-	raw := dialRaw(t, ts, p.source(clientID), bundles(p))
+	raw := dialRaw(t, ts, p.Source(clientID), bundles(p))
 	for _, tc := range []struct {
 		name   string
 		fields [][2]string
 		want   int
 	}{
-		{"GET is not CONNECT", [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", up.addr().String()}, {":path", "/"}}, 400},
+		{"GET is not CONNECT", [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", up.Addr().String()}, {":path", "/"}}, 400},
 		{"authority is a host name", [][2]string{{":method", "CONNECT"}, {":authority", "example.com:80"}}, 400},
 		{"authority without port", [][2]string{{":method", "CONNECT"}, {":authority", "127.0.0.1"}}, 400},
 		{"missing authority", [][2]string{{":method", "CONNECT"}}, 400},
-		{"header list over 16 KiB", [][2]string{{":method", "CONNECT"}, {":authority", up.addr().String()}, {"x-a", strings.Repeat("a", 6000)}, {"x-b", strings.Repeat("b", 6000)}, {"x-c", strings.Repeat("c", 6000)}}, 400},
-		{"valid", [][2]string{{":method", "CONNECT"}, {":authority", up.addr().String()}}, 200},
+		{"header list over 16 KiB", [][2]string{{":method", "CONNECT"}, {":authority", up.Addr().String()}, {"x-a", strings.Repeat("a", 6000)}, {"x-b", strings.Repeat("b", 6000)}, {"x-c", strings.Repeat("c", 6000)}}, 400},
+		{"valid", [][2]string{{":method", "CONNECT"}, {":authority", up.Addr().String()}}, 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := raw.request(tc.fields); got != tc.want {
@@ -328,7 +328,7 @@ func TestServer_StatusCodes(t *testing.T) {
 			}
 		})
 	}
-	if n := up.accepted.Load(); n != 1 {
+	if n := up.Accepted.Load(); n != 1 {
 		t.Fatalf("upstream accepted %d connections, want 1 (only the valid request)", n)
 	}
 }
@@ -340,8 +340,8 @@ func TestClient_CertificateRotation(t *testing.T) {
 	src, err := identity.NewSource(ctxT(t), identity.SourceConfig{
 		ID: clientID,
 		Fetch: func(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x509bundle.Bundle, error) {
-			svid, err := p.ca.NewSVID(id, time.Hour)
-			return svid, p.ca.Bundle(), err
+			svid, err := p.CA.NewSVID(id, time.Hour)
+			return svid, p.CA.Bundle(), err
 		},
 	})
 	if err != nil {
@@ -351,7 +351,7 @@ func TestClient_CertificateRotation(t *testing.T) {
 	up := startUpstream(t, echo)
 	var mu sync.Mutex
 	var serials []string
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{
 		Authorize: func(_ context.Context, st *Stream) error {
 			mu.Lock()
 			serials = append(serials, st.PeerCertificate.SerialNumber.String())
@@ -361,7 +361,7 @@ func TestClient_CertificateRotation(t *testing.T) {
 	})
 	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: src})
 
-	old, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	old, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,7 +370,7 @@ func TestClient_CertificateRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl.Rotate(clientID)
-	fresh, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	fresh, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,8 +395,8 @@ func TestClient_CertificateRotation(t *testing.T) {
 func TestClient_ClosesIdleConnections(t *testing.T) {
 	p := newPKI(t, td)
 	up := startUpstream(t, echo)
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{})
-	src := p.source(clientID)
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{})
+	src := p.Source(clientID)
 	cl, err := NewClient(ClientConfig{
 		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
 			return identity.ClientConfig(src, bundles(p), dst), nil
@@ -408,7 +408,7 @@ func TestClient_ClosesIdleConnections(t *testing.T) {
 	}
 	defer cl.Close()
 	for i := range 2 {
-		c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+		c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 		if err != nil {
 			t.Fatal(err)
 		}

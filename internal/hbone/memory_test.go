@@ -32,7 +32,7 @@ func TestIdleState_FitsItsSizeClass(t *testing.T) {
 func TestClient_IdleTunnelKeepsNoReadBufferNorReply(t *testing.T) {
 	up := startUpstream(t, echo)
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,8 +23,8 @@ func newSplicedPair(t *testing.T) *splicedPair {
 	t.Helper()
 	up := startUpstream(t, echo)
 	p := newPKI(t, td)
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{})
-	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{})
+	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +37,7 @@ func newSplicedPair(t *testing.T) *splicedPair {
 			sp.ended <- err
 			return
 		}
-		tun, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+		tun, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 		if err != nil {
 			c.Close()
 			sp.ended <- err

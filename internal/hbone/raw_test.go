@@ -106,15 +106,15 @@ func (r *rawH2) untilGoAway() (*http2.GoAwayFrame, error) {
 func rawServer(t *testing.T) (*tunnelServer, *rawH2, *upstream) {
 	p := newPKI(t, td)
 	up := startUpstream(t, func(c net.Conn) { c.Read(make([]byte, 1)) })
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{})
-	return ts, dialRaw(t, ts, p.source(clientID), bundles(p)), up
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{})
+	return ts, dialRaw(t, ts, p.Source(clientID), bundles(p)), up
 }
 
 // TestServer_RapidResetEndsConnection: opening and cancelling streams in a
 // loop (CVE-2023-44487) gets GOAWAY ENHANCE_YOUR_CALM.
 func TestServer_RapidResetEndsConnection(t *testing.T) {
 	ts, raw, up := rawServer(t)
-	fields := [][2]string{{":method", "CONNECT"}, {":authority", up.addr().String()}}
+	fields := [][2]string{{":method", "CONNECT"}, {":authority", up.Addr().String()}}
 	go func() {
 		for range 2 * maxPeerResets {
 			id, err := raw.tryOpen(fields)
@@ -158,7 +158,7 @@ func TestServer_ContinuationFloodEndsConnection(t *testing.T) {
 // MAX_CONCURRENT_STREAMS are refused, not queued.
 func TestServer_StreamLimitRefusesExtraStreams(t *testing.T) {
 	ts, raw, up := rawServer(t)
-	fields := [][2]string{{":method", "CONNECT"}, {":authority", up.addr().String()}}
+	fields := [][2]string{{":method", "CONNECT"}, {":authority", up.Addr().String()}}
 	for range maxConcurrentStream {
 		if got := raw.request(fields); got != 200 {
 			t.Fatalf("status %d, want 200", got)

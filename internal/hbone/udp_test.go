@@ -211,14 +211,14 @@ func TestServer_ConnectUDPRequestStatuses(t *testing.T) {
 	echoAddr := startUDPEcho(t)
 	other := netip.AddrPortFrom(echoAddr.Addr(), echoAddr.Port()+1)
 	var dials atomic.Int64
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{
 		Dial: func(ctx context.Context, st *Stream) (net.Conn, error) {
 			dials.Add(1)
 			var d net.Dialer
 			return d.DialContext(ctx, "udp", st.Authority.String())
 		},
 	})
-	raw := dialRaw(t, ts, p.source(clientID), bundles(p))
+	raw := dialRaw(t, ts, p.Source(clientID), bundles(p))
 	withPath := func(path string) [][2]string { return udpRequestWith(echoAddr, ":path", path) }
 	for _, tc := range []struct {
 		name   string
@@ -327,7 +327,7 @@ func (f *fakeH2Server) seen() [][]hpack.HeaderField {
 
 func startFakeH2Server(t *testing.T, p *pki, settings []http2.Setting, response []hpack.HeaderField) *fakeH2Server {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", identity.ServerConfig(p.source(serverID), bundles(p), td))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", identity.ServerConfig(p.Source(serverID), bundles(p), td))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +395,7 @@ func (f *fakeH2Server) serve(nc net.Conn, settings []http2.Setting, response []h
 }
 
 func fakeClient(t *testing.T, p *pki) *Client {
-	return newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
+	return newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
 }
 
 // TestDialUDP_RefusesServerWithoutExtendedConnect: a server whose

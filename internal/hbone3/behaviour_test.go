@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/hbonetest"
 	"github.com/ambientmesh/ambient/internal/identity"
 )
 
@@ -37,7 +38,7 @@ func TestTunnel3_HalfClose_ClientFirst(t *testing.T) {
 		c.(closeWriter).CloseWrite()
 	})
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +73,7 @@ func TestTunnel3_HalfClose_UpstreamFirst(t *testing.T) {
 		got <- b
 	})
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,10 +106,10 @@ func TestTunnel3_UpstreamResetIsNotAnEnd(t *testing.T) {
 		// a reset racing the dial is a 503, not the case under test.
 		io.ReadFull(c, make([]byte, 2))
 		c.Write(bytes.Repeat([]byte("x"), 1<<20))
-		c.(*countingConn).Conn.(*net.TCPConn).SetLinger(0) // RST
+		c.(*hbonetest.CountingConn).Conn.(*net.TCPConn).SetLinger(0) // RST
 	})
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +128,7 @@ func TestTunnel3_UpstreamResetIsNotAnEnd(t *testing.T) {
 func TestTunnel3_Deadlines(t *testing.T) {
 	up := startUpstream(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,14 +155,14 @@ func TestTunnel3_Deadlines(t *testing.T) {
 func TestClient3_PoolsPerKey(t *testing.T) {
 	p := newPKI(t, td)
 	up := startUpstream(t, echo)
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{})
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{})
 	otherClient := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/other")
 	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{
-		clientID: p.source(clientID), otherClient: p.source(otherClient),
+		clientID: p.Source(clientID), otherClient: p.Source(otherClient),
 	})
 	var conns []net.Conn
 	dial := func(src spiffeid.ID) {
-		tgt := target(ts, up.addr())
+		tgt := target(ts, up.Addr())
 		tgt.Source = src
 		c, err := cl.Dial(ctxT(t), tgt)
 		if err != nil {
@@ -206,7 +207,7 @@ func TestClient3_ConcurrentStreams(t *testing.T) {
 	errs := make(chan error, streams)
 	for i := range streams {
 		go func() {
-			c, err := cl.Dial(ctx, target(ts, up.addr()))
+			c, err := cl.Dial(ctx, target(ts, up.Addr()))
 			if err != nil {
 				open.Done()
 				errs <- err
@@ -252,7 +253,7 @@ func TestServer3_RefusesBadClientCertificates(t *testing.T) {
 	foreign := newPKI(t, td)
 	other := newPKI(t, otherTD)
 	otherID := spiffeid.RequireFromString("spiffe://other.example/ns/shop/sa/client")
-	expired, err := p.ca.NewSVIDAt(clientID, time.Now().Add(-2*time.Hour), time.Hour)
+	expired, err := p.CA.NewSVIDAt(clientID, time.Now().Add(-2*time.Hour), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,18 +263,18 @@ func TestServer3_RefusesBadClientCertificates(t *testing.T) {
 		svids  x509svid.Source
 		server error
 	}{
-		{"foreign CA", clientID, foreign.source(clientID), identity.ErrPeerUnknownAuthority},
-		{"expired", clientID, identity.NewStaticSource(expired, p.ca.Bundle()), identity.ErrPeerExpired},
-		{"other trust domain", otherID, other.source(otherID), identity.ErrPeerWrongTrustDomain},
+		{"foreign CA", clientID, foreign.Source(clientID), identity.ErrPeerUnknownAuthority},
+		{"expired", clientID, identity.NewStaticSource(expired, p.CA.Bundle()), identity.ErrPeerExpired},
+		{"other trust domain", otherID, other.Source(otherID), identity.ErrPeerWrongTrustDomain},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startUpstream(t, echo)
 			// The server trusts both domains' CAs, so only the rule under
 			// test can refuse.
-			ts := startServer(t, p.source(serverID), bundles(p, other), ServerConfig{})
+			ts := startServer(t, p.Source(serverID), bundles(p, other), ServerConfig{})
 			cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{tc.src: tc.svids})
-			tgt := target(ts, up.addr())
+			tgt := target(ts, up.Addr())
 			tgt.Source = tc.src
 			c, err := cl.Dial(ctxT(t), tgt)
 			if err == nil {
@@ -290,8 +291,8 @@ func TestServer3_RefusesBadClientCertificates(t *testing.T) {
 			if got := ts.refusals()[0]; !errors.Is(got, tc.server) {
 				t.Fatalf("server refused with %v, want %v", got, tc.server)
 			}
-			if up.accepted.Load() != 0 || up.bytes.Load() != 0 {
-				t.Fatalf("upstream saw %d connections, %d bytes", up.accepted.Load(), up.bytes.Load())
+			if up.Accepted.Load() != 0 || up.Bytes.Load() != 0 {
+				t.Fatalf("upstream saw %d connections, %d bytes", up.Accepted.Load(), up.Bytes.Load())
 			}
 		})
 	}
@@ -301,13 +302,13 @@ func TestClient3_RefusesServerWithWrongID(t *testing.T) {
 	p := newPKI(t, td)
 	impostor := spiffeid.RequireFromString("spiffe://cluster.local/ns/shop/sa/impostor")
 	up := startUpstream(t, echo)
-	ts := startServer(t, p.source(impostor), bundles(p), ServerConfig{})
-	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
-	_, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	ts := startServer(t, p.Source(impostor), bundles(p), ServerConfig{})
+	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
+	_, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if !errors.Is(err, identity.ErrPeerWrongID) {
 		t.Fatalf("Dial error = %v, want %v", err, identity.ErrPeerWrongID)
 	}
-	if up.accepted.Load() != 0 {
+	if up.Accepted.Load() != 0 {
 		t.Fatal("upstream was reached")
 	}
 }
@@ -324,7 +325,7 @@ func TestServer3_StatusCodes(t *testing.T) {
 	notHere := netip.MustParseAddrPort("127.0.0.1:10")
 
 	p := newPKI(t, td)
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{
 		Authorize: func(_ context.Context, st *Stream) error {
 			switch st.Authority {
 			case denied:
@@ -335,7 +336,7 @@ func TestServer3_StatusCodes(t *testing.T) {
 			return nil
 		},
 	})
-	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
+	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
 
 	for _, tc := range []struct {
 		name    string
@@ -363,7 +364,7 @@ func TestServer3_StatusCodes(t *testing.T) {
 	}
 
 	t.Run("client refuses oversized headers", func(t *testing.T) {
-		tgt := target(ts, up.addr())
+		tgt := target(ts, up.Addr())
 		tgt.Header = http.Header{"Baggage": {strings.Repeat("k=v,", 5000)}}
 		if _, err := cl.Dial(ctxT(t), tgt); err == nil || !strings.Contains(err.Error(), "limit") {
 			t.Fatalf("Dial error = %v, want header limit error", err)
@@ -371,7 +372,7 @@ func TestServer3_StatusCodes(t *testing.T) {
 	})
 
 	t.Run("headers reach Authorize", func(t *testing.T) {
-		tgt := target(ts, up.addr())
+		tgt := target(ts, up.Addr())
 		tgt.Header = http.Header{"Baggage": {"k8s.namespace.name=shop"}, "Forwarded": {"for=10.0.0.1"}}
 		c, err := cl.Dial(ctxT(t), tgt)
 		if err != nil {
@@ -388,21 +389,21 @@ func TestServer3_StatusCodes(t *testing.T) {
 		})
 	})
 
-	raw := dialRaw(t, ts, p.source(clientID), bundles(p))
+	raw := dialRaw(t, ts, p.Source(clientID), bundles(p))
 	for _, tc := range []struct {
 		name string
 		req  *http.Request
 		want int
 	}{
-		{"GET is not CONNECT", rawRequest(http.MethodGet, up.addr().String(), nil), 400},
+		{"GET is not CONNECT", rawRequest(http.MethodGet, up.Addr().String(), nil), 400},
 		{"authority is a host name", rawRequest(http.MethodConnect, "example.com:80", nil), 400},
 		{"authority without port", rawRequest(http.MethodConnect, "127.0.0.1", nil), 400},
 		{"authority with zone", rawRequest(http.MethodConnect, "[fe80::1%25eth0]:80", nil), 400},
 		// Malformed at the HTTP/3 layer (RFC 9114 §4.1.2): quic-go resets
 		// the stream with H3_MESSAGE_ERROR before any handler runs.
-		{"connection-specific header", rawRequest(http.MethodConnect, up.addr().String(), http.Header{"Te": {"gzip"}}), -1},
-		{"header section over 16 KiB", rawRequest(http.MethodConnect, up.addr().String(), http.Header{"X-A": {strings.Repeat("a", 6000)}, "X-B": {strings.Repeat("b", 6000)}, "X-C": {strings.Repeat("c", 6000)}}), 431},
-		{"valid", rawRequest(http.MethodConnect, up.addr().String(), nil), 200},
+		{"connection-specific header", rawRequest(http.MethodConnect, up.Addr().String(), http.Header{"Te": {"gzip"}}), -1},
+		{"header section over 16 KiB", rawRequest(http.MethodConnect, up.Addr().String(), http.Header{"X-A": {strings.Repeat("a", 6000)}, "X-B": {strings.Repeat("b", 6000)}, "X-C": {strings.Repeat("c", 6000)}}), 431},
+		{"valid", rawRequest(http.MethodConnect, up.Addr().String(), nil), 200},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := raw.request(t, tc.req); got != tc.want {
@@ -410,7 +411,7 @@ func TestServer3_StatusCodes(t *testing.T) {
 			}
 		})
 	}
-	if n := up.accepted.Load(); n != 2 {
+	if n := up.Accepted.Load(); n != 2 {
 		t.Fatalf("upstream accepted %d connections, want 2 (the valid requests)", n)
 	}
 }
@@ -423,8 +424,8 @@ func TestClient3_CertificateRotation(t *testing.T) {
 	src, err := identity.NewSource(ctxT(t), identity.SourceConfig{
 		ID: clientID,
 		Fetch: func(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x509bundle.Bundle, error) {
-			svid, err := p.ca.NewSVID(id, time.Hour)
-			return svid, p.ca.Bundle(), err
+			svid, err := p.CA.NewSVID(id, time.Hour)
+			return svid, p.CA.Bundle(), err
 		},
 	})
 	if err != nil {
@@ -434,7 +435,7 @@ func TestClient3_CertificateRotation(t *testing.T) {
 	up := startUpstream(t, echo)
 	var mu sync.Mutex
 	var serials []string
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{
 		Authorize: func(_ context.Context, st *Stream) error {
 			mu.Lock()
 			serials = append(serials, st.PeerCertificate.SerialNumber.String())
@@ -444,7 +445,7 @@ func TestClient3_CertificateRotation(t *testing.T) {
 	})
 	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: src})
 
-	old, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	old, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +454,7 @@ func TestClient3_CertificateRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl.Rotate(clientID)
-	fresh, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	fresh, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,8 +482,8 @@ func TestClient3_CertificateRotation(t *testing.T) {
 func TestClient3_ClosesIdleConnections(t *testing.T) {
 	p := newPKI(t, td)
 	up := startUpstream(t, echo)
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{})
-	src := p.source(clientID)
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{})
+	src := p.Source(clientID)
 	cl, err := NewClient(ClientConfig{
 		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
 			return identity.ClientConfig(src, bundles(p), dst), nil
@@ -494,7 +495,7 @@ func TestClient3_ClosesIdleConnections(t *testing.T) {
 	}
 	defer cl.Close()
 	for i := range 2 {
-		c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+		c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -514,7 +515,7 @@ func TestClient3_ClosesIdleConnections(t *testing.T) {
 func TestServer3_DrainsOnShutdown(t *testing.T) {
 	up := startUpstream(t, echo)
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,13 +33,13 @@ func FuzzServer3_RequestHeaders(f *testing.F) {
 
 	var dials atomic.Int64
 	p := newPKI(f, td)
-	ts := startServer(f, p.source(serverID), bundles(p), ServerConfig{
+	ts := startServer(f, p.Source(serverID), bundles(p), ServerConfig{
 		Dial: func(context.Context, *Stream) (net.Conn, error) {
 			dials.Add(1)
 			return nil, errNoUpstream
 		},
 	})
-	raw := dialRaw(f, ts, p.source(clientID), bundles(p))
+	raw := dialRaw(f, ts, p.Source(clientID), bundles(p))
 	raw.timeout = 5 * time.Second
 
 	f.Fuzz(func(t *testing.T, method, authority, fields string) {

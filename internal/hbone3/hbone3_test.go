@@ -19,7 +19,7 @@ func TestMain(m *testing.M) {
 func TestTunnel3_RoundTrip(t *testing.T) {
 	up := startUpstream(t, echo)
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +42,7 @@ func TestTunnel3_RoundTrip(t *testing.T) {
 	c.Close()
 	waitFor(t, "stream result", func() bool { return len(ts.streamResults()) == 1 })
 	r := ts.streamResults()[0]
-	if r.Status != 200 || r.Peer != clientID || r.Authority != up.addr() || r.Err != nil {
+	if r.Status != 200 || r.Peer != clientID || r.Authority != up.Addr() || r.Err != nil {
 		t.Errorf("result = status %d peer %s authority %s err %v", r.Status, r.Peer, r.Authority, r.Err)
 	}
 	if r.BytesIn != int64(len(msg)) || r.BytesOut != int64(len(msg)) {
@@ -68,7 +68,7 @@ func TestTunnel3_GiBTransfer_SHA256Matches(t *testing.T) {
 		c.(closeWriter).CloseWrite()
 	})
 	ts, cl := meshPair(t, ServerConfig{})
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}

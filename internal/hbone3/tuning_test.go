@@ -47,7 +47,7 @@ func TestServer3_ReportsRefusedTuning(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := serveOn(t, notASocket{pc}, p.source(serverID), bundles(p), ServerConfig{
+	ts := serveOn(t, notASocket{pc}, p.Source(serverID), bundles(p), ServerConfig{
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
 	})
 	waitFor(t, "tuning report", func() bool { return ts.srv.Tuning().Err != nil })
@@ -60,8 +60,8 @@ func TestServer3_ReportsRefusedTuning(t *testing.T) {
 	}
 	// And it still serves.
 	up := startUpstream(t, echo)
-	raw := dialRaw(t, ts, p.source(clientID), bundles(p))
-	if got := raw.request(t, rawRequest("CONNECT", up.addr().String(), nil)); got != 200 {
+	raw := dialRaw(t, ts, p.Source(clientID), bundles(p))
+	if got := raw.request(t, rawRequest("CONNECT", up.Addr().String(), nil)); got != 200 {
 		t.Fatalf("status %d, want 200", got)
 	}
 }
@@ -74,7 +74,7 @@ func TestClient3_ReportsTuning(t *testing.T) {
 	if tu := cl.Tuning(); tu != (Tuning{}) {
 		t.Fatalf("Tuning() before any connection = %s", tu)
 	}
-	c, err := cl.Dial(ctxT(t), target(ts, up.addr()))
+	c, err := cl.Dial(ctxT(t), target(ts, up.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}

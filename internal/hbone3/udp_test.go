@@ -194,14 +194,14 @@ func TestServer_ConnectUDPRequestStatuses(t *testing.T) {
 	echoAddr := startUDPEcho(t)
 	other := netip.AddrPortFrom(echoAddr.Addr(), echoAddr.Port()+1)
 	var dials atomic.Int64
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{
 		Dial: func(ctx context.Context, st *Stream) (net.Conn, error) {
 			dials.Add(1)
 			var d net.Dialer
 			return d.DialContext(ctx, "udp", st.Authority.String())
 		},
 	})
-	raw := dialRaw(t, ts, p.source(clientID), bundles(p))
+	raw := dialRaw(t, ts, p.Source(clientID), bundles(p))
 	websocket := connectUDPRaw(echoAddr, "/chat", http.Header{})
 	websocket.Proto = "websocket"
 	for _, tc := range []struct {
@@ -262,8 +262,8 @@ func (rc *rawClient) open(t testing.TB, req *http.Request) (*http3.RequestStream
 func TestServer_ConnectUDPCapsulesWithoutH3Datagrams(t *testing.T) {
 	p := newPKI(t, td)
 	echoAddr := startUDPEcho(t)
-	ts := startServer(t, p.source(serverID), bundles(p), ServerConfig{})
-	raw := dialRaw(t, ts, p.source(clientID), bundles(p)) // no EnableDatagrams
+	ts := startServer(t, p.Source(serverID), bundles(p), ServerConfig{})
+	raw := dialRaw(t, ts, p.Source(clientID), bundles(p)) // no EnableDatagrams
 	rs, resp := raw.open(t, connectUDPRaw(echoAddr, "", nil))
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
@@ -303,7 +303,7 @@ func TestDialUDP_RefusesServerWithoutH3Datagrams(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr := &quic.Transport{Conn: pc}
-	tlsCfg := identity.ServerConfig(p.source(serverID), bundles(p), td, identity.WithNextProtos(identity.ALPNHTTP3))
+	tlsCfg := identity.ServerConfig(p.Source(serverID), bundles(p), td, identity.WithNextProtos(identity.ALPNHTTP3))
 	ln, err := tr.Listen(tlsCfg, &quic.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +317,7 @@ func TestDialUDP_RefusesServerWithoutH3Datagrams(t *testing.T) {
 	go func() { defer close(done); srv.ServeListener(ln) }()
 	t.Cleanup(func() { srv.Close(); ln.Close(); <-done; tr.Close(); pc.Close() })
 
-	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.source(clientID)})
+	cl := newClient(t, bundles(p), map[spiffeid.ID]x509svid.Source{clientID: p.Source(clientID)})
 	tgt := hbone.Target{Source: clientID, Destination: serverID, Address: netip.MustParseAddrPort(pc.LocalAddr().String()), Authority: netip.MustParseAddrPort("10.0.0.1:53")}
 	_, err = cl.DialUDP(ctxT(t), tgt)
 	if !errors.Is(err, ErrNoDatagrams) {
