@@ -36,6 +36,7 @@ func TestUserStories(t *testing.T) {
 		{"ZtunnelPodRestartLosesNoPod", e.ztunnelRestart},
 		{"AsOnARealCluster_LogsAndPortForward", e.asOnARealCluster},
 		{"WaypointCanaryWithHTTPRoute", e.waypointCanary},
+		{"NamespaceSwitchedToQUICTunnels", e.tunnelOverQUIC},
 	} {
 		if !t.Run(s.name, s.fn) {
 			return
@@ -349,4 +350,43 @@ func reachedRatings(reply string) bool {
 func readFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	return string(b), err
+}
+
+// tunnelOverQUIC: annotating the namespace ambientmesh.io/tunnel-transport:
+// quic moves its pods' tunnels to HBONE/3 (the flows say hbone3); removing
+// the annotation brings HTTP/2 back.
+func (e *env) tunnelOverQUIC(t *testing.T) {
+	carried := func(transport string) func(flow) bool {
+		return func(f flow) bool {
+			return f.Reporter == "destination" && strings.HasPrefix(f.DstWork, "reviews-") && f.SrcID == curlID &&
+				f.Transport == transport && f.Decision == "allow"
+		}
+	}
+	count := func(m func(flow) bool) int {
+		n := 0
+		for _, f := range e.mustFlows(t) {
+			if m(f) {
+				n++
+			}
+		}
+		return n
+	}
+	e.mustKubectl(t, "annotate", "namespace", "shop", "ambientmesh.io/tunnel-transport=quic", "--overwrite")
+	took := eventually(t, "curl -> reviews carried over HBONE/3", func() (bool, string) {
+		if out, err := e.curl("http://reviews:8080/"); err != nil {
+			return false, fmt.Sprint(err, out)
+		}
+		return e.hasFlow(t, carried("hbone3"))
+	})
+	t.Logf("QUIC tunnels %v after kubectl annotate", took.Round(time.Millisecond))
+
+	e.mustKubectl(t, "annotate", "namespace", "shop", "ambientmesh.io/tunnel-transport-")
+	before := count(carried("hbone"))
+	eventually(t, "curl -> reviews over HTTP/2 again", func() (bool, string) {
+		if out, err := e.curl("http://reviews:8080/"); err != nil {
+			return false, fmt.Sprint(err, out)
+		}
+		n := count(carried("hbone"))
+		return n > before, fmt.Sprintf("%d HTTP/2 flows curl -> reviews, %d before", n, before)
+	})
 }
