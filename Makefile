@@ -71,6 +71,7 @@ bench-tunnel: build
 bench-ztunnel:
 	hack/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./ztunnel/procbench/
+	$(GO) test -run '^$$' -bench PodToPod -benchtime 300x -timeout 10m ./ztunnel/
 
 # Needs root (network namespaces); about 5 minutes. client → ztunnel →
 # waypoint → ztunnel → server against plain and an nginx TLS reverse-proxy
