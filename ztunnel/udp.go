@@ -41,6 +41,11 @@ const (
 	// udpSmallBuf is the size of the pooled buffers queued datagrams are
 	// copied into; larger ones get a buffer of their own.
 	udpSmallBuf = 2048
+	// udpRefusedHold is how long a flow that could not be opened (refused
+	// by policy, no route, failed dial) stays in the table dropping the
+	// app's datagrams, so that a chatty app is not re-dialled, and
+	// recorded, once per datagram.
+	udpRefusedHold = 5 * time.Second
 )
 
 var udpBufs = sync.Pool{New: func() any { b := make([]byte, udpSmallBuf); return &b }}
@@ -228,13 +233,17 @@ func (f *udpFlow) udpFlowRun(ctx context.Context) {
 		flow.Protocol, flow.Error = telemetry.ProtocolUDP, udpErrString(err)
 		p.endOutbound(flow, func() {})
 	}
+	refused := func(flow telemetry.Flow, err error) {
+		end(flow, err)
+		f.dropFor(udpRefusedHold)
+	}
 	rt, err := outbound.PlanUDP(p.z.cfg.Store.Current(), p.z.cfg.Network, f.key.dst, p.z.rand)
 	if err != nil {
-		end(flow, err)
+		refused(flow, err)
 		return
 	}
 	if f.reply, err = f.u.acquireReply(f.key.dst); err != nil {
-		end(p.outboundFlow(src, srcAddr, rt, start), err)
+		refused(p.outboundFlow(src, srcAddr, rt, start), err)
 		return
 	}
 	defer f.u.releaseReply(f.key.dst)
@@ -252,7 +261,7 @@ func (f *udpFlow) udpFlowRun(ctx context.Context) {
 		if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
 			flow.Decision = telemetry.Deny
 		}
-		end(flow, err)
+		refused(flow, err)
 		return
 	}
 	flow.Protocol = telemetry.ProtocolUDP
@@ -260,6 +269,23 @@ func (f *udpFlow) udpFlowRun(ctx context.Context) {
 	toApp, fromApp, err := hbone.RelayDatagrams(tunnel, f, hbone.BridgeOptions{IdleTimeout: p.z.cfg.UDPIdleTimeout})
 	flow.BytesSent, flow.BytesRecv = fromApp, toApp
 	end(flow, err)
+}
+
+// dropFor keeps a flow that could not be opened in the table for d,
+// dropping what the app sends meanwhile, or until the flow is closed.
+func (f *udpFlow) dropFor(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case bp := <-f.queue:
+			putUDPBuf(bp)
+		case <-t.C:
+			return
+		case <-f.done:
+			return
+		}
+	}
 }
 
 // udpErrString is a UDP flow's error for its record: none for the normal

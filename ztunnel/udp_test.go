@@ -157,6 +157,39 @@ func TestZtunnel_UDPDenyPolicyBlocksFlow(t *testing.T) {
 		t.Fatalf("the app received a denied datagram from %s", src)
 	default:
 	}
+
+	// A refused flow is not re-dialled per datagram: 20 more from the same
+	// socket within the hold add no tunnel attempt and no record.
+	c, err := netns.DialUDP(context.Background(), alice.Path, udpAddr(server, 5353).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := udpAsk(c, "first", 500*time.Millisecond); err == nil {
+		t.Fatal("answered through a DENY policy")
+	}
+	denials := func() int {
+		n := 0
+		for _, f := range m.logs[1].flows(t) {
+			if f["reporter"] == "destination" && f["protocol"] == "udp" && f["decision"] == "deny" {
+				n++
+			}
+		}
+		return n
+	}
+	before := denials()
+	for i := range 20 {
+		if _, err := c.Write([]byte(fmt.Sprintf("again %d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A datagram from another socket is a new flow, refused and recorded:
+	// once it is, the 20 above had their chance to be recorded too.
+	udpQuery(t, alice, udpAddr(server, 5353), "from another socket", 100*time.Millisecond)
+	waitFor(t, "the other socket's denial recorded", func() bool { return denials() > before })
+	if got := denials() - before; got != 1 {
+		t.Fatalf("%d denials recorded at the destination after 20 datagrams of a refused flow and one new flow, want 1", got)
+	}
 }
 
 // TestZtunnel_UDPIdleFlowExpires: a flow with no datagram for the idle

@@ -60,7 +60,10 @@
 // back to the app from a reply socket bound to the original destination,
 // one per destination, shared by its flows and closed with the last.
 // Datagrams that arrive while a flow's tunnel is dialed wait in a bounded
-// queue (256); beyond it they are dropped, as UDP may be.
+// queue (256); beyond it they are dropped, as UDP may be. A flow that
+// cannot be opened (refused by policy, no route, a failed dial) stays in
+// the table for 5 s dropping the app's datagrams, so a chatty app is not
+// re-dialled and recorded once per datagram.
 //
 // The destination's ztunnel accepts connect-udp streams on both HBONE
 // servers with the same checks as TCP: the :authority must be the pod,
