@@ -131,6 +131,16 @@ func TestZtunnel_UDPRequestResponseCarriesCallerIdentity(t *testing.T) {
 			}
 			want["reporter"] = "source"
 			findFlow(t, m.logs[0], want)
+			// Counted as UDP, never as TCP, on both sides.
+			for i, reporter := range []string{"source", "destination"} {
+				labels := map[string]string{"reporter": reporter, "request_protocol": "udp", "source_principal": "cluster.local/ns/shop/sa/alice"}
+				if got := counter(t, m.regs[i], "ambient_udp_sent_bytes_total", labels); got != float64(len(query)) {
+					t.Errorf("%s ambient_udp_sent_bytes_total = %v, want %d", reporter, got, len(query))
+				}
+				if got := counter(t, m.regs[i], "istio_tcp_connections_opened_total", map[string]string{"request_protocol": "udp"}); got != 0 {
+					t.Errorf("%s counted the UDP flow as a TCP connection", reporter)
+				}
+			}
 		})
 	}
 }

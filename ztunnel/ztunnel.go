@@ -83,7 +83,8 @@
 // checked by one self-rearming timer per flow, never a timer per datagram.
 // Each flow ends in one flow record per side, with "protocol": "udp",
 // the bytes each way and the transport; an idle end is not an error. UDP
-// flows are not counted in Istio's TCP metrics. A policy change closes
+// flows are counted in ambient_udp_* metrics with Istio's TCP labels
+// (internal/telemetry), never in Istio's TCP metrics. A policy change closes
 // open inbound UDP flows it no longer allows, like TCP connections.
 package ztunnel
 
@@ -390,9 +391,9 @@ func (z *Ztunnel) Pods() []string {
 }
 
 // record writes a finished flow to the log and metrics (Istio's TCP
-// metrics: UDP flows are only logged).
+// metrics, or ours for UDP).
 func (z *Ztunnel) record(f telemetry.Flow) {
-	if z.cfg.Metrics != nil && f.Protocol == "" {
+	if z.cfg.Metrics != nil {
 		z.cfg.Metrics.Closed(f)
 	}
 	if z.cfg.FlowLog != nil {
@@ -403,7 +404,7 @@ func (z *Ztunnel) record(f telemetry.Flow) {
 }
 
 func (z *Ztunnel) opened(f telemetry.Flow) {
-	if z.cfg.Metrics != nil && f.Protocol == "" {
+	if z.cfg.Metrics != nil {
 		z.cfg.Metrics.Opened(f)
 	}
 }

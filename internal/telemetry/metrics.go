@@ -25,11 +25,18 @@ var tcpLabels = []string{
 //	    TransportHBONE3). Istio's metrics keep Istio's label set.
 //	ambient_tunnel_quic_fallbacks_total
 //	    QUIC tunnel dials that failed and were retried over HTTP/2.
+//
+// UDP flows (Flow.Protocol ProtocolUDP) are counted apart, with the same
+// labels (request_protocol "udp"), since Istio has no UDP metrics and its
+// TCP ones must keep meaning TCP: ambient_udp_flows_opened_total,
+// ambient_udp_flows_closed_total, ambient_udp_sent_bytes_total and
+// ambient_udp_received_bytes_total (UDP payload bytes).
 type Metrics struct {
-	opened, closed, sent, received *prometheus.CounterVec
-	tunnels                        *prometheus.CounterVec
-	fallbacks                      prometheus.Counter
-	cluster                        string
+	opened, closed, sent, received             *prometheus.CounterVec
+	udpOpened, udpClosed, udpSent, udpReceived *prometheus.CounterVec
+	tunnels                                    *prometheus.CounterVec
+	fallbacks                                  prometheus.Counter
+	cluster                                    string
 }
 
 // NewMetrics registers the metrics on reg. cluster fills the *_cluster labels.
@@ -38,10 +45,14 @@ func NewMetrics(reg prometheus.Registerer, cluster string) (*Metrics, error) {
 		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, tcpLabels)
 	}
 	m := &Metrics{
-		opened:   counter("istio_tcp_connections_opened_total", "TCP connections opened."),
-		closed:   counter("istio_tcp_connections_closed_total", "TCP connections closed."),
-		sent:     counter("istio_tcp_sent_bytes_total", "Bytes sent during TCP connections (source to destination)."),
-		received: counter("istio_tcp_received_bytes_total", "Bytes received during TCP connections (destination to source)."),
+		opened:      counter("istio_tcp_connections_opened_total", "TCP connections opened."),
+		closed:      counter("istio_tcp_connections_closed_total", "TCP connections closed."),
+		sent:        counter("istio_tcp_sent_bytes_total", "Bytes sent during TCP connections (source to destination)."),
+		received:    counter("istio_tcp_received_bytes_total", "Bytes received during TCP connections (destination to source)."),
+		udpOpened:   counter("ambient_udp_flows_opened_total", "UDP flows opened through the mesh."),
+		udpClosed:   counter("ambient_udp_flows_closed_total", "UDP flows ended (idle, closed or refused)."),
+		udpSent:     counter("ambient_udp_sent_bytes_total", "UDP payload bytes sent during flows (source to destination)."),
+		udpReceived: counter("ambient_udp_received_bytes_total", "UDP payload bytes received during flows (destination to source)."),
 		tunnels: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ambient_tunnel_connections_total",
 			Help: "Tunnelled connections opened, by the transport that carried them (hbone: HTTP/2 on TCP, hbone3: HTTP/3 on QUIC)."},
 			[]string{"reporter", "transport"}),
@@ -49,7 +60,8 @@ func NewMetrics(reg prometheus.Registerer, cluster string) (*Metrics, error) {
 			Help: "QUIC tunnel dials that failed before the peer answered and were retried over HTTP/2."}),
 		cluster: cluster,
 	}
-	for _, c := range []prometheus.Collector{m.opened, m.closed, m.sent, m.received, m.tunnels, m.fallbacks} {
+	for _, c := range []prometheus.Collector{m.opened, m.closed, m.sent, m.received,
+		m.udpOpened, m.udpClosed, m.udpSent, m.udpReceived, m.tunnels, m.fallbacks} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -60,6 +72,10 @@ func NewMetrics(reg prometheus.Registerer, cluster string) (*Metrics, error) {
 // Opened counts a connection when it is accepted (before its outcome is
 // known), and a tunnelled one by its transport.
 func (m *Metrics) Opened(f Flow) {
+	if f.Protocol == ProtocolUDP {
+		m.udpOpened.WithLabelValues(m.labels(f)...).Inc()
+		return
+	}
 	m.opened.WithLabelValues(m.labels(f)...).Inc()
 	if f.Transport == TransportHBONE || f.Transport == TransportHBONE3 {
 		m.tunnels.WithLabelValues(f.Reporter, f.Transport).Inc()
@@ -71,10 +87,14 @@ func (m *Metrics) QUICFallback() { m.fallbacks.Inc() }
 
 // Closed counts a finished connection and its bytes.
 func (m *Metrics) Closed(f Flow) {
+	closed, sent, received := m.closed, m.sent, m.received
+	if f.Protocol == ProtocolUDP {
+		closed, sent, received = m.udpClosed, m.udpSent, m.udpReceived
+	}
 	l := m.labels(f)
-	m.closed.WithLabelValues(l...).Inc()
-	m.sent.WithLabelValues(l...).Add(float64(f.BytesSent))
-	m.received.WithLabelValues(l...).Add(float64(f.BytesRecv))
+	closed.WithLabelValues(l...).Inc()
+	sent.WithLabelValues(l...).Add(float64(f.BytesSent))
+	received.WithLabelValues(l...).Add(float64(f.BytesRecv))
 }
 
 // labels renders f in tcpLabels order; unknown values are "unknown" as in Istio.
@@ -96,6 +116,10 @@ func (m *Metrics) labels(f Flow) []string {
 	if security == "" {
 		security = "unknown"
 	}
+	protocol := "tcp"
+	if f.Protocol != "" {
+		protocol = f.Protocol
+	}
 	return []string{
 		u(f.Reporter),
 		u(f.Src.Workload), u(f.Src.App), u(f.Src.Version),
@@ -104,7 +128,7 @@ func (m *Metrics) labels(f Flow) []string {
 		u(f.Dst.Workload), u(f.Dst.App), u(f.Dst.Version),
 		u(f.Dst.Namespace), u(trimSpiffe(f.Dst.Identity)), u(f.Dst.App), u(f.Dst.Version),
 		u(m.cluster),
-		"tcp", flags, security,
+		protocol, flags, security,
 	}
 }
 

@@ -124,6 +124,61 @@ ambient_tunnel_quic_fallbacks_total 1
 	}
 }
 
+func TestMetrics_UDPFlowsCountedApartFromTCP(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, "Kubernetes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp := sample
+	udp.Protocol, udp.Transport = ProtocolUDP, TransportHBONE3
+	m.Opened(udp)
+	m.Closed(udp)
+	m.Opened(sample)
+	m.Closed(sample)
+	for name, want := range map[string]float64{
+		"ambient_udp_flows_opened_total": 1, "ambient_udp_flows_closed_total": 1,
+		"ambient_udp_sent_bytes_total": 512, "ambient_udp_received_bytes_total": 1024,
+		"istio_tcp_connections_opened_total": 1, "istio_tcp_sent_bytes_total": 512,
+	} {
+		if got := sumOf(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	// The UDP series say so; the tunnel-connection counter is TCP's alone.
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "ambient_udp_flows_opened_total" {
+			continue
+		}
+		for _, l := range mf.GetMetric()[0].GetLabel() {
+			if l.GetName() == "request_protocol" && l.GetValue() != "udp" {
+				t.Errorf("request_protocol = %q, want udp", l.GetValue())
+			}
+		}
+	}
+	if got := sumOf(t, reg, "ambient_tunnel_connections_total"); got != 1 {
+		t.Errorf("ambient_tunnel_connections_total = %v, want 1 (the TCP connection; a UDP flow is not one)", got)
+	}
+}
+
+func sumOf(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
 // lockedBuffer counts the writes it takes.
 type lockedBuffer struct {
 	mu     sync.Mutex
