@@ -14,8 +14,11 @@
 //	                 502 when an upstream failed or did not answer 2xx
 //	                 (the chain below is broken; the body says where)
 //	GET /call?url=U  calls U (http or https, GET; grpc://host:port, a gRPC
-//	                 health check) and returns the same JSON with U's reply
-//	                 as its one upstream; 502 if the call fails
+//	                 health check; udp://host:port, one datagram) and
+//	                 returns the same JSON with U's reply as its one
+//	                 upstream; 502 if the call fails
+//	UDP              on the --listen port number: each datagram answered
+//	                 with the JSON of GET / (remoteAddr its source)
 //	GET /healthz     200 "ok"
 //	GET /fail?percent=P&code=C  C (default 503) for exactly P % (default
 //	                 50) of the requests to /fail, evenly spread; else GET /

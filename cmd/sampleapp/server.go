@@ -238,8 +238,8 @@ func checkURL(raw string) (*url.URL, error) {
 	if err != nil {
 		return nil, fmt.Errorf("url %q: %w", raw, err)
 	}
-	if (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "grpc") || u.Host == "" {
-		return nil, fmt.Errorf("url %q: want http://host[:port]/path, https://... or grpc://host:port", raw)
+	if (u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "grpc" && u.Scheme != "udp") || u.Host == "" {
+		return nil, fmt.Errorf("url %q: want http://host[:port]/path, https://..., grpc://host:port or udp://host:port", raw)
 	}
 	return u, nil
 }
@@ -254,6 +254,9 @@ func (s *Server) call(in *http.Request, target string) Upstream {
 	defer cancel()
 	if host, ok := strings.CutPrefix(target, "grpc://"); ok {
 		return s.callGRPC(ctx, in, strings.TrimSuffix(host, "/"), up)
+	}
+	if host, ok := strings.CutPrefix(target, "udp://"); ok {
+		return s.callUDP(ctx, strings.TrimSuffix(host, "/"), up)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
@@ -325,6 +328,17 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("sampleapp: listen %s (tcp echo): %w", s.cfg.TCPEcho, err)
 		}
 	}
+	pc, err := net.ListenPacket("udp", s.cfg.Listen)
+	if err != nil {
+		ln.Close()
+		if echo != nil {
+			echo.Close()
+		}
+		return fmt.Errorf("sampleapp: listen %s (udp): %w", s.cfg.Listen, err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.serveUDP(ctx, pc) }()
+	defer func() { pc.Close(); <-done }()
 	return s.Serve(ctx, ln, echo)
 }
 
