@@ -142,10 +142,12 @@ func parseOrigDst(oob []byte) (netip.AddrPort, bool) {
 // Reply sends datagrams to a pod's apps from one original destination.
 type Reply struct {
 	c    *net.UDPConn
+	raw  *rawReply // instead of c when an app holds from's port
 	from netip.AddrPort
 }
 
 // ListenReply opens, inside the network namespace at nsPath, a socket
+// (a raw one when an app of the pod holds from's port: see rawReply)
 // bound transparently to from (normally a captured datagram's original
 // destination, an address the pod does not have) and marked
 // redirect.ZtunnelMark so capture skips it. SO_REUSEADDR lets a new Reply
@@ -169,6 +171,15 @@ func ListenReply(nsPath string, from netip.AddrPort) (*Reply, error) {
 		pc, err = lc.ListenPacket(context.Background(), network, from.String())
 		return err
 	})
+	if errors.Is(err, syscall.EADDRINUSE) {
+		// An app of the pod holds the port (a wildcard bind): reply
+		// through a raw socket, which claims none.
+		raw, rerr := listenRawReply(nsPath, from)
+		if rerr == nil {
+			return &Reply{raw: raw, from: from}, nil
+		}
+		err = errors.Join(err, rerr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("udpcapture: reply socket from %s in %s: %w", from, nsPath, err)
 	}
@@ -180,11 +191,19 @@ func (r *Reply) From() netip.AddrPort { return r.from }
 
 // WriteTo sends b to the app at to. It does not allocate.
 func (r *Reply) WriteTo(b []byte, to netip.AddrPort) (int, error) {
+	if r.raw != nil {
+		return r.raw.writeTo(b, to)
+	}
 	return r.c.WriteToUDPAddrPort(b, to)
 }
 
 // Close closes the socket.
-func (r *Reply) Close() error { return r.c.Close() }
+func (r *Reply) Close() error {
+	if r.raw != nil {
+		return r.raw.close()
+	}
+	return r.c.Close()
+}
 
 // DialApp opens, inside the network namespace at nsPath, a socket bound
 // transparently to from (a remote workload's address, not the pod's) and

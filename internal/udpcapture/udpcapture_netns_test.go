@@ -2,6 +2,7 @@ package udpcapture
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"net"
 	"net/netip"
@@ -484,5 +485,60 @@ func TestOutboundUDP_WithoutListenerDoesNotLeak(t *testing.T) {
 	send(t, app(t, a.NS, b.Addr(9999), netns.WithMark(redirect.ZtunnelMark)), "sentinel")
 	if d := expect(t, at9999, "marked datagram at b"); d.payload != "sentinel" {
 		t.Fatalf("b got %q first, want sentinel (uncaptured datagram leaked)", d.payload)
+	}
+}
+
+// TestReply_WhenAnAppHoldsThePort: an app bound to the wildcard address on
+// port 9999 (a server that also calls peers on its own port) sends to a
+// peer's 9999. No UDP socket can then be bound to peer:9999 in the pod;
+// the reply goes out through a raw socket and the app receives it from
+// the peer's address and port.
+func TestReply_WhenAnAppHoldsThePort(t *testing.T) {
+	topo := testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 1})
+	a, b := topo.Pod(1, 1), topo.Pod(2, 1)
+	dst := netip.MustParseAddrPort(b.Addr(9999))
+	if err := redirect.Install(a.Path, redirect.Config{CaptureUDP: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { redirect.Remove(a.Path) })
+	l, err := Listen(a.Path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+
+	srv, err := netns.ListenUDP(a.Path, "0.0.0.0:9999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	if _, err := srv.WriteToUDPAddrPort([]byte("query"), dst); err != nil {
+		t.Fatal(err)
+	}
+	msg, src, od := capture(t, l)
+	if msg != "query" || od != dst || src.Port() != 9999 {
+		t.Fatalf("captured %q from %s to %s", msg, src, od)
+	}
+	reply, err := ListenReply(a.Path, dst)
+	if err != nil {
+		t.Fatalf("reply socket while the app holds port 9999: %v", err)
+	}
+	t.Cleanup(func() { reply.Close() })
+	if reply.raw == nil {
+		t.Fatal("expected the raw fallback: the app holds the port")
+	}
+	for i := range 3 {
+		if _, err := reply.WriteTo([]byte(fmt.Sprintf("answer %d", i)), src); err != nil {
+			t.Fatal(err)
+		}
+		srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 1500)
+		n, from, err := srv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("app: no reply: %v", err)
+		}
+		if got, want := string(buf[:n]), fmt.Sprintf("answer %d", i); got != want || netip.AddrPortFrom(from.Addr().Unmap(), from.Port()) != dst {
+			t.Fatalf("app got %q from %s, want %q from %s", got, from, want, dst)
+		}
 	}
 }
