@@ -180,6 +180,7 @@ type flow struct {
 	Decision  string `json:"decision"`
 	Transport string `json:"transport"`
 	Security  string `json:"security"`
+	Protocol  string `json:"protocol"`
 }
 
 // flows reads the shop namespace's flows from every node's ztunnel.

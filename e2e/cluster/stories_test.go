@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -37,6 +38,7 @@ func TestUserStories(t *testing.T) {
 		{"AsOnARealCluster_LogsAndPortForward", e.asOnARealCluster},
 		{"WaypointCanaryWithHTTPRoute", e.waypointCanary},
 		{"NamespaceSwitchedToQUICTunnels", e.tunnelOverQUIC},
+		{"UDPThroughTheMesh", e.udpThroughTheMesh},
 	} {
 		if !t.Run(s.name, s.fn) {
 			return
@@ -388,5 +390,42 @@ func (e *env) tunnelOverQUIC(t *testing.T) {
 		}
 		n := count(carried("hbone"))
 		return n > before, fmt.Sprintf("%d HTTP/2 flows curl -> reviews, %d before", n, before)
+	})
+}
+
+// udpThroughTheMesh: frontend sends a datagram to Service reviews' port
+// (the sample answers UDP on its HTTP port number, and listens there
+// itself); the answer comes back, reviews saw frontend's pod IP as the
+// source, and reviews' ztunnel recorded a UDP flow with frontend's
+// identity over mTLS — when the flow ended, after the 60 s idle timeout.
+func (e *env) udpThroughTheMesh(t *testing.T) {
+	frontendIPs := map[string]bool{}
+	for _, p := range e.pods(t, "shop", "app=frontend") {
+		frontendIPs[p.IP] = true
+	}
+	eventually(t, "frontend -> reviews over UDP, in the mesh", func() (bool, string) {
+		out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "10",
+			"http://frontend:8080/call?url=udp://reviews:8080")
+		if err != nil {
+			return false, fmt.Sprint(err, out)
+		}
+		var rep sampleReply
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || len(rep.Upstreams) != 1 {
+			return false, fmt.Sprintf("frontend reply %.300s: %v", out, err)
+		}
+		var answer struct {
+			Proto      string `json:"proto"`
+			RemoteAddr string `json:"remoteAddr"`
+		}
+		if err := json.Unmarshal(rep.Upstreams[0].Body, &answer); err != nil || answer.Proto != "udp" {
+			return false, fmt.Sprintf("reviews' UDP answer %.300s: %v", out, err)
+		}
+		if host, _, _ := net.SplitHostPort(answer.RemoteAddr); !frontendIPs[host] {
+			return false, fmt.Sprintf("reviews saw the datagram from %s, want a frontend pod IP %v", answer.RemoteAddr, frontendIPs)
+		}
+		return e.hasFlow(t, func(f flow) bool {
+			return f.Reporter == "destination" && f.Protocol == "udp" && strings.HasPrefix(f.DstWork, "reviews-") &&
+				f.SrcID == frontendID && f.Decision == "allow" && f.Security == "mutual_tls"
+		})
 	})
 }
