@@ -2,8 +2,8 @@ package udpcapture
 
 import (
 	"context"
-	"fmt"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
