@@ -129,20 +129,27 @@ func (m *quicFailures) len() int {
 // HTTP/2. It returns the transport that carried the tunnel, or that failed
 // last.
 func (p *podProxy) dialTunnel(ctx context.Context, rt outbound.Route, from net.Addr) (net.Conn, workloadapi.TunnelTransport, error) {
+	return dialPreferringQUIC(ctx, p, rt, from, p.client3.Dial, p.client.Dial)
+}
+
+// dialPreferringQUIC is dialTunnel's choice of transport for any kind of
+// tunnel: overQUIC and overH2 open one for a target.
+func dialPreferringQUIC[T any](ctx context.Context, p *podProxy, rt outbound.Route, from net.Addr,
+	overQUIC, overH2 func(context.Context, hbone.Target) (T, error)) (T, workloadapi.TunnelTransport, error) {
 	t := hbone.Target{
 		Source: p.id, Destination: rt.Identity, Address: rt.TunnelAddr, Authority: rt.Target,
 		Header: http.Header{"Forwarded": {"for=" + forwardedFor(from)}},
 	}
 	if rt.Transport == workloadapi.TunnelTransport_QUIC && !p.z.quicDown.avoid(rt.TunnelAddr) {
 		qctx, cancel := context.WithTimeout(ctx, quicBudget(p.z.cfg.ConnectTimeout))
-		c, err := p.client3.Dial(qctx, t)
+		c, err := overQUIC(qctx, t)
 		cancel()
 		if err == nil || !fallBackToH2(ctx, err) {
 			return c, workloadapi.TunnelTransport_QUIC, err
 		}
 		p.z.quicFailed(rt.TunnelAddr, err)
 	}
-	c, err := p.client.Dial(ctx, t)
+	c, err := overH2(ctx, t)
 	return c, workloadapi.TunnelTransport_H2, err
 }
 

@@ -344,27 +344,21 @@ func (f *udpFlow) SetWriteDeadline(time.Time) error { return errors.ErrUnsupport
 // dialUDP opens rt's UDP tunnel as the pod's identity over the transport
 // its peer asks for, falling back from QUIC to HTTP/2 as dialTunnel does.
 func (p *podProxy) dialUDP(ctx context.Context, rt outbound.Route, from net.Addr) (hbone.DatagramTunnel, workloadapi.TunnelTransport, error) {
-	t := hbone.Target{
-		Source: p.id, Destination: rt.Identity, Address: rt.TunnelAddr, Authority: rt.Target,
-		Header: http.Header{"Forwarded": {"for=" + forwardedFor(from)}},
-	}
-	if rt.Transport == workloadapi.TunnelTransport_QUIC && !p.z.quicDown.avoid(rt.TunnelAddr) {
-		qctx, cancel := context.WithTimeout(ctx, quicBudget(p.z.cfg.ConnectTimeout))
-		c, err := p.client3.DialUDP(qctx, t)
-		cancel()
-		if err == nil {
-			return c, workloadapi.TunnelTransport_QUIC, nil
+	overQUIC := func(ctx context.Context, t hbone.Target) (hbone.DatagramTunnel, error) {
+		c, err := p.client3.DialUDP(ctx, t)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
 		}
-		if !fallBackToH2(ctx, err) {
-			return nil, workloadapi.TunnelTransport_QUIC, err
+		return c, nil
+	}
+	overH2 := func(ctx context.Context, t hbone.Target) (hbone.DatagramTunnel, error) {
+		s, err := p.client.DialUDP(ctx, t)
+		if err != nil {
+			return nil, err
 		}
-		p.z.quicFailed(rt.TunnelAddr, err)
+		return h2UDPTunnel{s}, nil
 	}
-	s, err := p.client.DialUDP(ctx, t)
-	if err != nil {
-		return nil, workloadapi.TunnelTransport_H2, err
-	}
-	return h2UDPTunnel{s}, workloadapi.TunnelTransport_H2, nil
+	return dialPreferringQUIC(ctx, p, rt, from, overQUIC, overH2)
 }
 
 // h2UDPTunnel is a connect-udp Session on an HTTP/2 stream as a relay's

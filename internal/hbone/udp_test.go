@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strings"
@@ -21,38 +20,14 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambientmesh/ambient/internal/connectudp"
+	"github.com/ambientmesh/ambient/internal/hbonetest"
 	"github.com/ambientmesh/ambient/internal/identity"
 )
 
-// startUDPEcho runs a UDP echo server on loopback until the test ends.
-func startUDPEcho(t testing.TB) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { pc.Close(); <-done })
-	return netip.MustParseAddrPort(pc.LocalAddr().String())
-}
+var startUDPEcho = hbonetest.StartUDPEcho
 
-// udpPayload is datagram i of a test run: 1 to 1,400 bytes of noise.
-func udpPayload(i int) []byte {
-	p := make([]byte, 1+(i*7919)%1400)
-	rand.NewChaCha8([32]byte{byte(i), byte(i >> 8)}).Read(p)
-	return p
-}
+// udpPayload is datagram i of a test run: 1 to 1,400 bytes.
+func udpPayload(i int) []byte { return hbonetest.UDPPayload(i, 1400) }
 
 // TestDialUDP_EchoKeepsThousandDatagramsIntact: 1,000 datagrams of 1 to
 // 1,400 bytes go client Session → HBONE connect-udp stream → the server's

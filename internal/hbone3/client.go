@@ -113,30 +113,38 @@ var errRetry = errors.New("hbone3: connection is going away")
 // Dial opens a tunnel to t and returns it as a net.Conn once the server has
 // answered 200. A refusal is a *hbone.StatusError.
 func (cl *Client) Dial(ctx context.Context, t hbone.Target) (net.Conn, error) {
+	req := connectRequest(t)
+	return dialPooled(ctx, cl, t, func(pc *pooledConn) (net.Conn, error) { return cl.open(ctx, pc, req) })
+}
+
+// dialPooled checks t and runs open on a pooled connection for t's key,
+// moving to another connection (three tries in all) when open fails with
+// errRetry: the stream was refused unprocessed.
+func dialPooled[T any](ctx context.Context, cl *Client, t hbone.Target, open func(*pooledConn) (T, error)) (T, error) {
+	var zero T
 	if !t.Authority.IsValid() || !t.Address.IsValid() {
-		return nil, errors.New("hbone3: target needs an address and an authority")
+		return zero, errors.New("hbone3: target needs an address and an authority")
 	}
 	if _, err := t.RequestFields(); err != nil { // the limit every server enforces
-		return nil, err
+		return zero, err
 	}
-	req := connectRequest(t)
 	key := poolKey{src: t.Source, dst: t.Destination, addr: t.Address}
 	var lastErr error
 	for range 3 {
 		pc, err := cl.acquire(ctx, key)
 		if err != nil {
-			return nil, err
+			return zero, err
 		}
-		c, err := cl.open(ctx, pc, req)
+		v, err := open(pc)
 		if err == nil {
-			return c, nil
+			return v, nil
 		}
 		if !errors.Is(err, errRetry) || ctx.Err() != nil {
-			return nil, err
+			return zero, err
 		}
 		lastErr = err
 	}
-	return nil, lastErr
+	return zero, lastErr
 }
 
 // connectRequest is the CONNECT for t as quic-go's request writer takes it.

@@ -57,44 +57,24 @@ func (e *DatagramTooLargeError) Is(target error) bool {
 // server answered 200 with capsule-protocol: ?1. A refusal is a
 // *hbone.StatusError. Close the tunnel to end the flow.
 func (cl *Client) DialUDP(ctx context.Context, t hbone.Target) (*UDPTunnel, error) {
-	if !t.Authority.IsValid() || !t.Address.IsValid() {
-		return nil, errors.New("hbone3: target needs an address and an authority")
-	}
-	if _, err := t.RequestFields(); err != nil {
-		return nil, err
-	}
 	req := connectUDPRequest(t)
-	key := poolKey{src: t.Source, dst: t.Destination, addr: t.Address}
-	var lastErr error
-	for range 3 {
-		pc, err := cl.acquire(ctx, key)
+	return dialPooled(ctx, cl, t, func(pc *pooledConn) (*UDPTunnel, error) {
+		if err := awaitDatagramSettings(ctx, pc); err != nil {
+			cl.release(pc)
+			return nil, err
+		}
+		rs, release, err := cl.roundTrip(ctx, pc, req)
 		if err != nil {
 			return nil, err
 		}
-		if err := awaitDatagramSettings(ctx, pc); err != nil {
-			cl.release(pc)
-			if !errors.Is(err, errRetry) || ctx.Err() != nil {
-				return nil, err
-			}
-			lastErr = err
-			continue
+		if !capsuleProtocolTrue(rs.resp.Header.Get("Capsule-Protocol")) {
+			rs.str.CancelRead(codeCancel)
+			rs.str.CancelWrite(codeCancel)
+			release()
+			return nil, fmt.Errorf("hbone3: %s answered connect-udp without capsule-protocol: ?1", pc.key.addr)
 		}
-		rs, release, err := cl.roundTrip(ctx, pc, req)
-		if err == nil {
-			if !capsuleProtocolTrue(rs.resp.Header.Get("Capsule-Protocol")) {
-				rs.str.CancelRead(codeCancel)
-				rs.str.CancelWrite(codeCancel)
-				release()
-				return nil, fmt.Errorf("hbone3: %s answered connect-udp without capsule-protocol: ?1", pc.key.addr)
-			}
-			return newUDPTunnel(rs.str, false, pc.qc.LocalAddr(), pc.qc.RemoteAddr(), release), nil
-		}
-		if !errors.Is(err, errRetry) || ctx.Err() != nil {
-			return nil, err
-		}
-		lastErr = err
-	}
-	return nil, lastErr
+		return newUDPTunnel(rs.str, false, pc.qc.LocalAddr(), pc.qc.RemoteAddr(), release), nil
+	})
 }
 
 // awaitDatagramSettings waits for the server's SETTINGS on pc and checks

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -22,39 +21,14 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/connectudp"
 	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/hbonetest"
 	"github.com/ambientmesh/ambient/internal/identity"
 )
 
-// startUDPEcho runs a UDP echo server on loopback until the test ends.
-func startUDPEcho(t testing.TB) netip.AddrPort {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(buf[:n], from)
-		}
-	}()
-	t.Cleanup(func() { pc.Close(); <-done })
-	return netip.MustParseAddrPort(pc.LocalAddr().String())
-}
+var startUDPEcho = hbonetest.StartUDPEcho
 
-// udpPayload is datagram i of a test run: 1 to 1,200 bytes of noise
-// (1,200 fits an HTTP/3 datagram before path MTU discovery).
-func udpPayload(i int) []byte {
-	p := make([]byte, 1+(i*7919)%1200)
-	rand.NewChaCha8([32]byte{byte(i), byte(i >> 8)}).Read(p)
-	return p
-}
+// udpPayload is datagram i of a test run: 1 to 1,200 bytes (1,200 fits an HTTP/3 datagram before path MTU discovery).
+func udpPayload(i int) []byte { return hbonetest.UDPPayload(i, 1200) }
 
 // readWithin is ReadDatagram bounded by d (the tunnel has no deadlines).
 func readWithin(t testing.TB, u *UDPTunnel, p []byte, d time.Duration) (int, error) {

@@ -6,6 +6,7 @@ package hbonetest
 import (
 	"context"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -141,4 +142,34 @@ func Ctx(t testing.TB, timeout time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// StartUDPEcho runs a UDP echo server on loopback until the test ends.
+func StartUDPEcho(t testing.TB) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+// UDPPayload is datagram i of a test run: 1 to max bytes of noise.
+func UDPPayload(i, max int) []byte {
+	p := make([]byte, 1+(i*7919)%max)
+	rand.NewChaCha8([32]byte{byte(i), byte(i >> 8)}).Read(p)
+	return p
 }
