@@ -69,6 +69,7 @@ import (
 	"time"
 
 	"github.com/ambientmesh/ambient/internal/caclient"
+	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 )
 
 func main() {
@@ -115,6 +116,7 @@ type options struct {
 	flowLogFlush          time.Duration
 	drainTimeout          time.Duration
 	logLevel              slog.Level
+	procs                 int // pinned GOMAXPROCS; 0 sizes it to the load
 
 	// Tracing (tracing.go): off without otlpEndpoint.
 	otlpEndpoint  string
@@ -152,6 +154,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.flowLogFlush, "flow-log-flush-interval", time.Second, "how long flow records may wait to be written together (as Envoy's access log flush interval); 0 writes each at once")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
 	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector HOST:PORT speaking OTLP/gRPC (e.g. otel-collector.observability:4317): each sampled request's server span is exported there and the upstream gets a W3C traceparent naming it; empty (the default) turns tracing off and passes traceparent through untouched")
+	fs.Func("gomaxprocs", gomaxprocs.FlagHelp+" (default auto)", func(v string) (err error) {
+		o.procs, err = gomaxprocs.ParseFlag(v)
+		return err
+	})
 	fs.BoolVar(&o.otlpInsecure, "otlp-insecure", false, "speak plaintext gRPC to --otlp-endpoint, as most in-cluster collectors on 4317 expect; without it, TLS verified against the system roots")
 	fs.Float64Var(&o.traceSampling, "trace-sampling", 1, "percent (0-100) of requests without a caller's traceparent that start a sampled trace (Istio's default is 1); a caller's sampled flag is honoured whatever this says")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")

@@ -30,6 +30,7 @@ func TestParseFlags_RequiresGatewayConfigAndCA(t *testing.T) {
 		{[]string{"--gateway", "shop/waypoint", "--ca-cert", "c", "--ca-key", "k"}, "--local-config"},
 		{[]string{"--gateway", "shop/waypoint", "--local-config", "x"}, "--ca-cert"},
 		{[]string{"--gateway", "shop/waypoint", "--local-config", "x", "--ca-cert", "c", "--ca-key", "k", "--flow-log-flush-interval", "-1s"}, "--flow-log-flush-interval"},
+		{[]string{"--gateway", "shop/waypoint", "--local-config", "x", "--ca-cert", "c", "--ca-key", "k", "--gomaxprocs", "many"}, "--gomaxprocs"},
 	} {
 		_, err := parseFlags(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

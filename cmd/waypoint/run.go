@@ -24,6 +24,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/istiodconn"
 	"github.com/ambientmesh/ambient/internal/state"
@@ -178,6 +179,9 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 			}
 			return nil
 		})
+	}
+	if procs := gomaxprocs.Apply(o.procs, logger); procs != nil {
+		start("gomaxprocs", procs.Run)
 	}
 	source := "local-config " + o.localConfig
 	if ist != nil {

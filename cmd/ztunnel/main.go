@@ -45,6 +45,7 @@ import (
 	"syscall"
 
 	"github.com/ambientmesh/ambient/internal/caclient"
+	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 )
 
 // defaultGOGC is ztunnel's garbage-collection target unless $GOGC says
@@ -106,6 +107,8 @@ type options struct {
 	removeCapture bool
 	// captureUDP carries the pods' UDP through the mesh.
 	captureUDP bool
+	// procs pins GOMAXPROCS; 0 sizes it to the load.
+	procs int
 }
 
 // podFlag collects repeated --pod UID=NETNS_PATH.
@@ -159,6 +162,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.removeCapture, "remove-capture-on-exit", false, "remove every pod's capture rules on exit, so pods talk in plaintext while no ztunnel runs; by default they stay and the pods' connections are refused until the next ztunnel takes over (fail closed)")
 	fs.BoolVar(&o.captureUDP, "capture-udp", false, "also capture the pods' outbound UDP (DNS to port 53 excepted) and carry it through the mesh with CONNECT-UDP, and accept UDP tunnels for them; off by default for now: enable it on every node at once, since a node without it refuses UDP tunnels")
 	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/ambient/pods", "the plugin's pod state directory, scanned at start to recover pods after a restart (with --cni-socket)")
+	fs.Func("gomaxprocs", gomaxprocs.FlagHelp+" (default auto)", func(v string) (err error) {
+		o.procs, err = gomaxprocs.ParseFlag(v)
+		return err
+	})
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return o, err

@@ -156,6 +156,7 @@ func TestZtunnel_UsageErrorsExit2(t *testing.T) {
 		{"cert without key", []string{"--node", "n", "--local-config", cfg, "--ca-cert", cfg}, "--ca-cert and --ca-key go together"},
 		{"bad pod flag", []string{"--node", "n", "--local-config", cfg, "--pod", "nopath"}, "want UID=NETNS_PATH"},
 		{"bad log level", []string{"--node", "n", "--local-config", cfg, "--log-level", "loud"}, "log-level"},
+		{"bad gomaxprocs", []string{"--node", "n", "--local-config", cfg, "--gomaxprocs", "0"}, "want auto or a positive number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(binary, tc.args...)

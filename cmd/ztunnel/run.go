@@ -23,6 +23,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/istiodconn"
@@ -153,7 +154,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	start := func(name string, f func(context.Context) error) {
 		wg.Add(1)
 		go func() {
@@ -176,6 +177,9 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		})
 	}
 	start("admin server", srv.Run)
+	if procs := gomaxprocs.Apply(o.procs, logger); procs != nil {
+		start("gomaxprocs", procs.Run)
+	}
 	if o.netnsDir != "" {
 		start("netns dir", func(ctx context.Context) error { return watchNetnsDir(ctx, o.netnsDir, z, logger) })
 	}

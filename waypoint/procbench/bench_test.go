@@ -205,10 +205,10 @@ func BenchmarkWaypoint_MeshVsNginx(b *testing.B) {
 	var sb strings.Builder
 	writeTable(&sb, rows, v)
 	progress("\nclient pod (node 1) → server pod (node 2), HTTP/1.1 keep-alive, %d B request and response; medians of %d interleaved rounds; "+
-		"fixed rates %s over %d connections, %d s each; closed loop %d s per step; waypoint GOMAXPROCS %d = middle nginx workers, "+
-		"ztunnel GOMAXPROCS %d = edge nginx workers:\n\n%s",
+		"fixed rates %s over %d connections, %d s each; closed loop %d s per step; waypoint GOMAXPROCS %s = middle nginx workers %s, "+
+		"ztunnel GOMAXPROCS %s = edge nginx workers %s:\n\n%s",
 		cfg.Size, cfg.Rounds, ratesStr(cfg.Rates), cfg.Conns, int(cfg.Duration.Seconds()), int(cfg.MaxStep.Seconds()),
-		cfg.WaypointGo, cfg.ZtunnelGo, sb.String())
+		goProcs(cfg.WaypointGo), nginxWorkers(cfg.WaypointGo), goProcs(cfg.ZtunnelGo), nginxWorkers(cfg.ZtunnelGo), sb.String())
 	for _, r := range rows {
 		for _, rr := range r.Rates {
 			b.ReportMetric(rr.P99us, fmt.Sprintf("%s-p99-µs@%.0f", r.Path, rr.Rate))
@@ -244,4 +244,12 @@ func describe(cfg config, s sample) string {
 	}
 	bst := best(s.Steps)
 	return fmt.Sprintf("%s; max %.0f req/s at %d conns (conns:req/s %s)", strings.Join(parts, "; "), bst.RPS, bst.Conns, strings.Join(ladder, " "))
+}
+
+// goProcs names a PROCBENCH_*_PROCS value for a Go proxy.
+func goProcs(n int) string {
+	if n == 0 {
+		return "sized to the load (--gomaxprocs auto)"
+	}
+	return strconv.Itoa(n)
 }

@@ -30,8 +30,8 @@ type config struct {
 	Warmup     int           // unmeasured round trips per connection before each run
 	MaxStep    time.Duration // PROCBENCH_MAX_SECONDS: measured time per closed-loop step
 	MaxLadder  ladder        // PROCBENCH_MAX_CONNS: the closed-loop search (its Limit)
-	WaypointGo int           // PROCBENCH_WAYPOINT_PROCS: waypoint GOMAXPROCS = middle nginx workers
-	ZtunnelGo  int           // PROCBENCH_ZTUNNEL_PROCS: ztunnel GOMAXPROCS = edge nginx workers
+	WaypointGo int           // PROCBENCH_WAYPOINT_PROCS: waypoint GOMAXPROCS = middle nginx workers; 0: each's default (sized to the load / auto)
+	ZtunnelGo  int           // PROCBENCH_ZTUNNEL_PROCS: ztunnel GOMAXPROCS = edge nginx workers; 0 as above
 	Keep       string        // PROCBENCH_KEEP: a directory to keep configs and logs in
 	// PROCBENCH_PERF: a directory for `perf record -g` profiles of each
 	// path's middle proxy during round 1's fixed-rate runs (perturbs that
@@ -43,9 +43,8 @@ func defaultConfig() config {
 	return config{
 		Rounds: 3, Paths: allPaths, Rates: []float64{500, 1000, 2000},
 		Duration: 4 * time.Second, WarmupRun: time.Second, Conns: 4, Size: 1024, Warmup: 20,
-		MaxStep:    2 * time.Second,
-		MaxLadder:  ladder{Start: 8, Min: 64, Limit: 256, Patience: 1, MinGain: 0.03},
-		WaypointGo: 2, ZtunnelGo: 2,
+		MaxStep:   2 * time.Second,
+		MaxLadder: ladder{Start: 8, Min: 64, Limit: 256, Patience: 1, MinGain: 0.03},
 	}
 }
 

@@ -118,7 +118,12 @@ func (wb *wpBench) requireUncaptured() error {
 // the waypoint.
 func (wb *wpBench) startMesh(ctx context.Context, dir string) (onPath, error) {
 	p := onPath{addr: netip.AddrPortFrom(netip.MustParseAddr(serverVIP), servicePort).String(), middle: 1}
-	gomax := func(n int) []string { return []string{"GOMAXPROCS=" + strconv.Itoa(n)} }
+	gomax := func(n int) []string { // 0: the binaries' default, GOMAXPROCS sized to the load
+		if n == 0 {
+			return nil
+		}
+		return []string{"GOMAXPROCS=" + strconv.Itoa(n)}
+	}
 	ztunnel := func(pod *testenv.Pod) proxies.Proc {
 		n := pod.Node.Index
 		return nsproc.InNS(proxies.Proc{
@@ -221,9 +226,9 @@ func (wb *wpBench) startNginx(ctx context.Context, dir string, round int) (onPat
 	middle := netip.AddrPortFrom(wb.wpod.IP, port+1).String()
 	edge2 := netip.AddrPortFrom(n2.IP, port+2).String()
 	edge := proxies.DefaultTuning()
-	edge.NginxWorkers = strconv.Itoa(wb.cfg.ZtunnelGo)
+	edge.NginxWorkers = nginxWorkers(wb.cfg.ZtunnelGo)
 	mid := proxies.DefaultTuning()
-	mid.NginxWorkers = strconv.Itoa(wb.cfg.WaypointGo)
+	mid.NginxWorkers = nginxWorkers(wb.cfg.WaypointGo)
 	tools := proxies.DefaultTools()
 	// Two stream pairs' halves: node 1's client side tunnels to the middle,
 	// node 2's server side accepts from it.
@@ -426,4 +431,13 @@ func perfRecord(pids []int, out string) (stop func() error, err error) {
 		}
 		return nil
 	}, nil
+}
+
+// nginxWorkers is worker_processes for a PROCBENCH_*_PROCS value: 0 is
+// nginx's own auto, a worker per CPU.
+func nginxWorkers(n int) string {
+	if n == 0 {
+		return "auto"
+	}
+	return strconv.Itoa(n)
 }
