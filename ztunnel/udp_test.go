@@ -145,6 +145,55 @@ func TestZtunnel_UDPRequestResponseCarriesCallerIdentity(t *testing.T) {
 	}
 }
 
+// TestZtunnel_UDPBlockedQUICFallsBackToHTTP2: a UDP flow to a QUIC
+// destination with UDP 15008 dropped on the way is carried over HTTP/2
+// capsules instead, within one connect timeout, and the failure is
+// remembered for the next flow (no UDP 15008 on the link at all).
+func TestZtunnel_UDPBlockedQUICFallsBackToHTTP2(t *testing.T) {
+	const connectTimeout = 2 * time.Second
+	m := newMesh(t, func(c *Config) {
+		c.CaptureUDP, c.UDPIdleTimeout, c.ConnectTimeout = true, 500*time.Millisecond, connectTimeout
+	})
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	startResolver(t, server, 5353)
+	m.setTransport(t, server, workloadapi.TunnelTransport_QUIC)
+	waitFor(t, "server transport", func() bool {
+		return m.store.Current().Workload(podUID(server)).GetTunnelTransport() == workloadapi.TunnelTransport_QUIC
+	})
+	dropQUIC(t, m.topo.Nodes[1])
+
+	start := time.Now()
+	answer, err := udpQuery(t, alice, udpAddr(server, 5353), "first", 10*time.Second)
+	if err != nil || answer != "answer to first" {
+		t.Fatalf("query with QUIC blocked: %q, %v", answer, err)
+	}
+	took := time.Since(start)
+	t.Logf("first flow, QUIC blocked: answered in %v (QUIC budget %v, connect timeout %v)", took, quicBudget(connectTimeout), connectTimeout)
+	if took < quicBudget(connectTimeout) || took >= connectTimeout {
+		t.Errorf("answered after %v; want QUIC tried for %v, then HTTP/2, all within %v", took, quicBudget(connectTimeout), connectTimeout)
+	}
+	want := map[string]any{"src.identity": id("alice"), "protocol": "udp", "transport": "hbone", "decision": "allow"}
+	want["reporter"] = "source"
+	findFlow(t, m.logs[0], want)
+	want["reporter"] = "destination"
+	findFlow(t, m.logs[1], want)
+	if n := counter(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil); n != 1 {
+		t.Fatalf("fallbacks = %v, want 1", n)
+	}
+
+	// A new flow (another source port) goes straight to HTTP/2.
+	client := m.proxyOf(t, 1, alice).client3
+	waitFor(t, "the failed QUIC handshake to end", func() bool { conns, _ := client.PoolStats(); return conns == 0 })
+	capture := m.topo.Nodes[0].Capture(t)
+	if answer, err := udpQuery(t, alice, udpAddr(server, 5353), "second", 10*time.Second); err != nil || answer != "answer to second" {
+		t.Fatalf("second query: %q, %v", answer, err)
+	}
+	capture.Stop()
+	if udp, tcp := tunnelPackets(t, capture); udp != 0 || tcp == 0 {
+		t.Fatalf("while remembered: %d UDP and %d TCP packets of port 15008; want TCP only", udp, tcp)
+	}
+}
+
 // TestZtunnel_UDPDenyPolicyBlocksFlow: an L4 DENY for the client's
 // principal on the server refuses its UDP tunnel (ports are
 // protocol-agnostic): no answer, the app sees nothing, and both ends log
