@@ -191,9 +191,18 @@ func identityNamespace(id string) string {
 
 // WorkloadsTable renders workloads as istioctl ztunnel-config workloads.
 func WorkloadsTable(ws []admin.Workload) output.Rows {
-	t := output.Rows{Headers: []string{"NAMESPACE", "POD NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL"}}
+	t := output.Rows{Headers: []string{"NAMESPACE", "POD NAME", "ADDRESS", "NODE", "WAYPOINT", "PROTOCOL", "TRANSPORT"}}
 	for _, w := range ws {
-		t.Rows = append(t.Rows, []string{w.Namespace, w.Name, strings.Join(w.WorkloadIPs, ","), w.Node, waypointName(w.Waypoint), w.Protocol})
+		t.Rows = append(t.Rows, []string{w.Namespace, w.Name, strings.Join(w.WorkloadIPs, ","), w.Node, waypointName(w.Waypoint), w.Protocol, transportName(w.TunnelTransport)})
+	}
+	return t
+}
+
+// transportName is the TRANSPORT column, our addition to istioctl's table:
+// how tunnels to an HBONE workload are carried, "-" for other workloads.
+func transportName(t string) string {
+	if t == "" {
+		return "-"
 	}
 	return t
 }
