@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"strconv"
 	"syscall"
 	"time"
@@ -33,17 +34,26 @@ const (
 	highWater = 0.7
 	// lowWater: below this share of one P fewer, the process gives one back.
 	lowWater = 0.45
+	// queuedShare: above this share of goroutine starts that waited
+	// queuedWait or more for a P, the process gets more Ps.
+	queuedShare = 0.02
+	queuedWait  = time.Millisecond
+	// minStarts: fewer goroutine starts in an interval say nothing about
+	// queueing.
+	minStarts = 64
 )
 
 // Decide is the controller's rule. cur is the current P count, max the
-// ceiling, busy the CPU the process used in the last interval, in cores.
-// It returns the count the load asks for: double when busy > highWater×cur,
-// one fewer when busy < lowWater×(cur−1), else cur.
-func Decide(cur, max int, busy float64) int {
+// ceiling, busy the CPU the process used in the last interval, in cores,
+// and queued the share of goroutine starts in it that waited queuedWait
+// or more. It returns the count the load asks for: double when busy >
+// highWater×cur or queued > queuedShare, one fewer when busy <
+// lowWater×(cur−1), else cur.
+func Decide(cur, max int, busy, queued float64) int {
 	switch {
-	case busy > highWater*float64(cur) && cur < max:
+	case (busy > highWater*float64(cur) || queued > queuedShare) && cur < max:
 		return min(max, 2*cur)
-	case cur > 1 && busy < lowWater*float64(cur-1):
+	case cur > 1 && busy < lowWater*float64(cur-1) && queued <= queuedShare:
 		return cur - 1
 	}
 	return cur
@@ -61,6 +71,10 @@ type Config struct {
 	// CPUTime returns the process's user+system CPU time so far; default
 	// getrusage(RUSAGE_SELF).
 	CPUTime func() (time.Duration, error)
+	// Starts returns how many goroutine starts so far waited how long for
+	// a P: all of them, and those that waited queuedWait or more; default
+	// the runtime's /sched/latencies:seconds histogram (which samples).
+	Starts func() (all, queued uint64)
 	// Set applies a P count; default runtime.GOMAXPROCS.
 	Set func(n int)
 	// Logger gets a debug line per change; default slog.Default().
@@ -69,11 +83,12 @@ type Config struct {
 
 // Controller adjusts GOMAXPROCS to the load; see the package comment.
 type Controller struct {
-	cfg      Config
-	cur      int
-	fewer    int // consecutive intervals that asked for fewer Ps
-	lastCPU  time.Duration
-	lastTime time.Time
+	cfg        Config
+	cur        int
+	fewer      int // consecutive intervals that asked for fewer Ps
+	lastCPU    time.Duration
+	lastTime   time.Time
+	lastStarts [2]uint64 // all, queued
 }
 
 // New returns a Controller with cfg's defaults filled in.
@@ -89,6 +104,9 @@ func New(cfg Config) *Controller {
 	}
 	if cfg.CPUTime == nil {
 		cfg.CPUTime = processCPUTime
+	}
+	if cfg.Starts == nil {
+		cfg.Starts = newSchedLatencies().starts
 	}
 	if cfg.Set == nil {
 		cfg.Set = func(n int) { runtime.GOMAXPROCS(n) }
@@ -110,6 +128,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return nil
 	}
 	c.lastCPU, c.lastTime = cpu, time.Now()
+	c.lastStarts[0], c.lastStarts[1] = c.cfg.Starts()
 	c.apply(1)
 	t := time.NewTicker(c.cfg.Interval)
 	defer t.Stop()
@@ -123,20 +142,26 @@ func (c *Controller) Run(ctx context.Context) error {
 				c.cfg.Logger.Warn("GOMAXPROCS back at its default: the process's CPU time cannot be read", "err", err)
 				return nil
 			}
-			c.observe(cpu, now)
+			all, queued := c.cfg.Starts()
+			c.observe(cpu, all, queued, now)
 		}
 	}
 }
 
-// observe takes one sample: cpu is the process's CPU time at now.
-func (c *Controller) observe(cpu time.Duration, now time.Time) {
+// observe takes one sample: at now, the process's CPU time is cpu and
+// all goroutine starts so far number all, queued of them late.
+func (c *Controller) observe(cpu time.Duration, all, queued uint64, now time.Time) {
 	wall := now.Sub(c.lastTime)
 	if wall <= 0 {
 		return
 	}
 	busy := float64(cpu-c.lastCPU) / float64(wall)
-	c.lastCPU, c.lastTime = cpu, now
-	next := Decide(c.cur, c.cfg.Max, busy)
+	var late float64
+	if n := all - c.lastStarts[0]; n >= minStarts {
+		late = float64(queued-c.lastStarts[1]) / float64(n)
+	}
+	c.lastCPU, c.lastTime, c.lastStarts = cpu, now, [2]uint64{all, queued}
+	next := Decide(c.cur, c.cfg.Max, busy, late)
 	switch {
 	case next > c.cur:
 		c.fewer = 0
@@ -158,6 +183,44 @@ func (c *Controller) apply(n int) {
 	c.cfg.Logger.Debug("GOMAXPROCS changed", "from", c.cur, "to", n)
 	c.cur = n
 	c.cfg.Set(n)
+}
+
+// schedLatencies reads the runtime's goroutine scheduling latencies.
+type schedLatencies struct {
+	sample []metrics.Sample
+	from   int // first bucket at or above queuedWait
+}
+
+func newSchedLatencies() *schedLatencies {
+	s := &schedLatencies{sample: []metrics.Sample{{Name: "/sched/latencies:seconds"}}}
+	metrics.Read(s.sample)
+	if s.sample[0].Value.Kind() == metrics.KindFloat64Histogram {
+		h := s.sample[0].Value.Float64Histogram()
+		s.from = len(h.Counts)
+		for i := range h.Counts {
+			if h.Buckets[i] >= queuedWait.Seconds() {
+				s.from = i
+				break
+			}
+		}
+	}
+	return s
+}
+
+// starts returns the goroutine starts sampled so far, and those that
+// waited queuedWait or more.
+func (s *schedLatencies) starts() (all, queued uint64) {
+	metrics.Read(s.sample)
+	if s.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0, 0 // not in this runtime: queueing is not seen
+	}
+	for i, n := range s.sample[0].Value.Float64Histogram().Counts {
+		all += n
+		if i >= s.from {
+			queued += n
+		}
+	}
+	return all, queued
 }
 
 // processCPUTime is the user+system CPU time of the whole process.
