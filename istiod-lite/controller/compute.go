@@ -26,6 +26,7 @@ type Input struct {
 	Gateways              []*gatewayv1.Gateway
 	GatewayClasses        []*gatewayv1.GatewayClass
 	HTTPRoutes            []*gatewayv1.HTTPRoute
+	ReferenceGrants       []*gatewayv1.ReferenceGrant
 	AuthorizationPolicies []translate.AuthorizationPolicy
 	PeerAuthentications   []translate.PeerAuthentication
 	DestinationRules      []translate.DestinationRule
@@ -68,7 +69,8 @@ type Output struct {
 // authorization_policies from [translate.PolicyNames] and
 // [translate.PeerAuthenticationNames]) and per service, one Authorization per
 // AuthorizationPolicy ztunnel enforces, and the policies PeerAuthentications
-// convert to; the waypoints' routing tables from the HTTPRoutes; and each
+// convert to; the waypoints' routing tables from the HTTPRoutes (their
+// cross-namespace backendRefs permitted by the ReferenceGrants); and each
 // Service's resilience policy from DestinationRules and
 // LocalTrafficPolicies. It is a pure function.
 func Compute(in Input) Output {
@@ -84,7 +86,7 @@ func Compute(in Input) Output {
 	idx := translate.NewIndex(translate.Cluster{
 		Namespaces: in.Namespaces, Services: in.Services, Nodes: in.Nodes,
 		EndpointSlices: in.EndpointSlices, Gateways: in.Gateways, GatewayClasses: in.GatewayClasses,
-		Config: in.Translate,
+		ReferenceGrants: in.ReferenceGrants, Config: in.Translate,
 	})
 	// Deterministic order: PeerAuthenticationNames breaks creation-time ties
 	// by position.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
@@ -57,6 +59,10 @@ var (
 	Gateways       = gatewayv1.SchemeGroupVersion.WithResource("gateways")
 	GatewayClasses = gatewayv1.SchemeGroupVersion.WithResource("gatewayclasses")
 	HTTPRoutes     = gatewayv1.SchemeGroupVersion.WithResource("httproutes")
+	// ReferenceGrants are watched as v1 (Gateway API v1.5 and later);
+	// ReferenceGrantsV1beta1 when older CRDs serve only that version.
+	ReferenceGrants        = gatewayv1.SchemeGroupVersion.WithResource("referencegrants")
+	ReferenceGrantsV1beta1 = gatewayv1beta1.SchemeGroupVersion.WithResource("referencegrants")
 )
 
 // Config configures a [Controller].
@@ -184,10 +190,12 @@ type listers struct {
 	// waypoint serves) is expected to be the first reader.
 	sas      cache.GenericLister
 	aps, pas cache.GenericLister // nil without the security.istio.io CRDs
-	// Nil without the Gateway API CRDs. httpRoutes are not read by
-	// translation yet: the waypoint issue builds the waypoint's L7 config
-	// from them.
+	// Nil without the Gateway API CRDs.
 	gateways, gatewayClasses, httpRoutes cache.GenericLister
+	// refGrants: nil without the ReferenceGrant CRD; it holds
+	// *gatewayv1.ReferenceGrant or, from CRDs that serve only v1beta1,
+	// *gatewayv1beta1.ReferenceGrant (see listReferenceGrants).
+	refGrants cache.GenericLister
 	// Nil without the networking.istio.io (DestinationRule) or
 	// policy.ambientmesh.io (LocalTrafficPolicy) CRD.
 	drs, ltps cache.GenericLister
@@ -249,6 +257,13 @@ func (c *Controller) Run(ctx context.Context) error {
 			watched{gwv1.HTTPRoutes().Informer(), &l.httpRoutes, HTTPRoutes.GroupResource()},
 		); err != nil {
 			return err
+		}
+		if inf, err := c.referenceGrantInformer(gwFactory); err != nil {
+			return err
+		} else if inf != nil {
+			if err := watch(watched{inf, &l.refGrants, ReferenceGrants.GroupResource()}); err != nil {
+				return err
+			}
 		}
 	} else {
 		c.log.Warn("controller: gateway.networking.k8s.io/v1 CRDs not installed; no waypoints (install manifests/crds and restart)")
@@ -319,6 +334,30 @@ func (c *Controller) Run(ctx context.Context) error {
 	return c.loop(ctx, trigger, l)
 }
 
+// referenceGrantInformer returns the informer of ReferenceGrants: v1, or
+// v1beta1 where the CRD predates v1 (Gateway API v1.4 and older). Without
+// the CRD it logs that no cross-namespace backendRef will resolve and
+// returns nil, as the other Gateway API kinds are handled.
+func (c *Controller) referenceGrantInformer(f gwinformers.SharedInformerFactory) (cache.SharedIndexInformer, error) {
+	for _, v := range []struct {
+		gvr      schema.GroupVersionResource
+		informer func() cache.SharedIndexInformer
+	}{
+		{ReferenceGrants, func() cache.SharedIndexInformer { return f.Gateway().V1().ReferenceGrants().Informer() }},
+		{ReferenceGrantsV1beta1, func() cache.SharedIndexInformer { return f.Gateway().V1beta1().ReferenceGrants().Informer() }},
+	} {
+		ok, err := c.served(v.gvr)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return v.informer(), nil
+		}
+	}
+	c.log.Warn("controller: ReferenceGrant CRD (gateway.networking.k8s.io) not installed; HTTPRoute backendRefs to other namespaces are refused (install manifests/crds and restart)")
+	return nil, nil
+}
+
 // loop recomputes after each debounced burst of events.
 func (c *Controller) loop(ctx context.Context, trigger <-chan struct{}, l listers) error {
 	first := true
@@ -380,6 +419,7 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	in.Gateways = listTyped[*gatewayv1.Gateway](l.gateways)
 	in.GatewayClasses = listTyped[*gatewayv1.GatewayClass](l.gatewayClasses)
 	in.HTTPRoutes = listTyped[*gatewayv1.HTTPRoute](l.httpRoutes)
+	in.ReferenceGrants = listReferenceGrants(l.refGrants)
 	invalid := map[string]translate.Condition{}
 	in.AuthorizationPolicies = decodeAll[translate.AuthorizationPolicy](c.log, l.aps, invalid)
 	in.PeerAuthentications = decodeAll[translate.PeerAuthentication](c.log, l.pas, nil)
@@ -441,9 +481,32 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 		for k, cond := range invalid {
 			out.Conditions[k] = []translate.Condition{cond}
 		}
-		c.writeStatus(ctx, l.aps, out.Conditions)
+		c.writeStatus(ctx, AuthorizationPolicies, l.aps, out.Conditions)
+	}
+	if !c.cfg.DisableStatus {
+		for _, r := range []struct {
+			gvr    schema.GroupVersionResource
+			l      cache.GenericLister
+			prefix string
+		}{{DestinationRules, l.drs, "DestinationRule/"}, {LocalTrafficPolicies, l.ltps, "LocalTrafficPolicy/"}} {
+			if r.l != nil {
+				c.writeStatus(ctx, r.gvr, r.l, resilienceConditions(out.ResilienceStatus, r.prefix))
+			}
+		}
 	}
 	return nil
+}
+
+// resilienceConditions picks the conditions of one kind from
+// Output.ResilienceStatus, keyed "namespace/name" as writeStatus wants.
+func resilienceConditions(all map[string][]translate.Condition, kindPrefix string) map[string][]translate.Condition {
+	out := make(map[string][]translate.Condition)
+	for k, c := range all {
+		if key, ok := strings.CutPrefix(k, kindPrefix); ok {
+			out[key] = c
+		}
+	}
+	return out
 }
 
 // warnInvalid logs each invalid annotation once, when it appears or its
@@ -487,6 +550,25 @@ func listTyped[T any](l cache.GenericLister) []T {
 	for _, o := range objs {
 		if t, ok := o.(T); ok {
 			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// listReferenceGrants lists the ReferenceGrants of l as v1 objects: the
+// v1beta1 type is the same struct.
+func listReferenceGrants(l cache.GenericLister) []*gatewayv1.ReferenceGrant {
+	if l == nil {
+		return nil
+	}
+	objs, _ := l.List(labels.Everything())
+	out := make([]*gatewayv1.ReferenceGrant, 0, len(objs))
+	for _, o := range objs {
+		switch g := o.(type) {
+		case *gatewayv1.ReferenceGrant:
+			out = append(out, g)
+		case *gatewayv1beta1.ReferenceGrant:
+			out = append(out, (*gatewayv1.ReferenceGrant)(g))
 		}
 	}
 	return out
@@ -545,10 +627,11 @@ func (c *Controller) served(gvrs ...schema.GroupVersionResource) (bool, error) {
 	return true, nil
 }
 
-// writeStatus patches status.conditions of each AuthorizationPolicy whose
+// writeStatus patches status.conditions of each object of resource gvr
+// (AuthorizationPolicies, DestinationRules, LocalTrafficPolicies) whose
 // conditions differ from what it has. Failures are logged: the next event
 // retries.
-func (c *Controller) writeStatus(ctx context.Context, l cache.GenericLister, conds map[string][]translate.Condition) {
+func (c *Controller) writeStatus(ctx context.Context, gvr schema.GroupVersionResource, l cache.GenericLister, conds map[string][]translate.Condition) {
 	objs, _ := l.List(labels.Everything())
 	now := metav1.Now().UTC().Format(time.RFC3339)
 	for _, o := range objs {
@@ -569,10 +652,10 @@ func (c *Controller) writeStatus(ctx context.Context, l cache.GenericLister, con
 		if err != nil {
 			continue
 		}
-		_, err = c.dyn.Resource(AuthorizationPolicies).Namespace(u.GetNamespace()).
+		_, err = c.dyn.Resource(gvr).Namespace(u.GetNamespace()).
 			Patch(ctx, u.GetName(), types.MergePatchType, patch, metav1.PatchOptions{FieldManager: "istiod-lite"}, "status")
 		if err != nil && !apierrors.IsNotFound(err) {
-			c.log.Warn("controller: write policy status", "namespace", u.GetNamespace(), "name", u.GetName(), "err", err)
+			c.log.Warn("controller: write status", "resource", gvr.Resource, "namespace", u.GetNamespace(), "name", u.GetName(), "err", err)
 		}
 	}
 }

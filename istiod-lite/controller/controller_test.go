@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,33 +25,63 @@ import (
 
 const waitTimeout = 30 * time.Second
 
-// mesh is a controller and an xDS server fed from a real apiserver, and a
-// ztunnel xDS client feeding a store.
+// mesh is a controller and an xDS server fed from a real apiserver, and an
+// xDS client feeding a store (what ztunnel gets) and a routes sink (the
+// waypoints' routing tables).
 type mesh struct {
-	kube  *kubetest.Cluster
-	store *state.Store
-	ctrl  *controller.Controller
-	cache *xds.Cache
+	kube   *kubetest.Cluster
+	logs   *logBuffer
+	store  *state.Store
+	routes *routesSink
+	ctrl   *controller.Controller
+	cache  *xds.Cache
 }
 
+// meshCRDs are the CRDs of manifests/crds, by name.
+var meshCRDs = []string{
+	"authorizationpolicies.security.istio.io", "peerauthentications.security.istio.io",
+	"gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io",
+	"httproutes.gateway.networking.k8s.io", "referencegrants.gateway.networking.k8s.io",
+	"destinationrules.networking.istio.io", "localtrafficpolicies.policy.ambientmesh.io",
+}
+
+// startMesh starts a mesh on a cluster with every CRD of manifests/crds.
 func startMesh(t *testing.T) *mesh {
+	t.Helper()
+	return startMeshWithout(t)
+}
+
+// startMeshWithout starts a mesh on a cluster with the CRDs of
+// manifests/crds but those named in without.
+func startMeshWithout(t *testing.T, without ...string) *mesh {
 	t.Helper()
 	c := kubetest.Start(t, kubetest.Options{})
 	// Server-side: the HTTPRoute CRD is larger than the annotation a
 	// client-side apply records.
-	if _, err := c.Kubectl("apply", "--server-side", "-f", "../../manifests/crds"); err != nil {
-		t.Fatal(err)
+	apply := []string{"apply", "--server-side", "-f", "../../manifests/crds"}
+	var established []string
+	for _, crd := range meshCRDs {
+		if !slices.Contains(without, crd) {
+			established = append(established, "crd/"+crd)
+		}
 	}
-	if err := c.WaitEstablished(
-		"crd/authorizationpolicies.security.istio.io", "crd/peerauthentications.security.istio.io",
-		"crd/gateways.gateway.networking.k8s.io", "crd/gatewayclasses.gateway.networking.k8s.io",
-		"crd/httproutes.gateway.networking.k8s.io",
-		"crd/destinationrules.networking.istio.io", "crd/localtrafficpolicies.policy.ambientmesh.io"); err != nil {
+	if len(without) > 0 { // the files of the others only
+		apply = []string{"apply", "--server-side"}
+		for _, crd := range established {
+			plural, group, _ := strings.Cut(strings.TrimPrefix(crd, "crd/"), ".")
+			apply = append(apply, "-f", "../../manifests/crds/"+group+"_"+plural+".yaml")
+		}
+	}
+	if out, err := c.Kubectl(apply...); err != nil {
+		t.Fatalf("apply CRDs: %v: %s", err, out)
+	}
+	if err := c.WaitEstablished(established...); err != nil {
 		t.Fatal(err)
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := &logBuffer{}
+	log := slog.New(slog.NewTextHandler(testWriter{t, logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cache := xds.NewCache()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -70,12 +101,14 @@ func startMesh(t *testing.T) *mesh {
 		t.Fatal(err)
 	}
 	store := state.NewStore()
+	routes := newRoutesSink()
 	client, err := xdsclient.New(xdsclient.Config{
 		Target:      ln.Addr().String(),
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())},
 		Store:       store,
 		NodeID:      "node-1",
 		Logger:      log,
+		Extra:       []xdsclient.Extra{{TypeURL: xds.TypeServiceRoutes, Sink: routes}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -97,15 +130,40 @@ func startMesh(t *testing.T) *mesh {
 	case <-time.After(waitTimeout):
 		t.Fatal("controller did not sync")
 	}
-	return &mesh{kube: c, store: store, ctrl: ctrl, cache: cache}
+	return &mesh{kube: c, logs: logs, store: store, routes: routes, ctrl: ctrl, cache: cache}
 }
 
-// testWriter sends log lines to t.Log.
-type testWriter struct{ t *testing.T }
+// testWriter sends log lines to t.Log and, when buf is set, to buf.
+type testWriter struct {
+	t   *testing.T
+	buf *logBuffer
+}
 
 func (w testWriter) Write(p []byte) (int, error) {
+	if w.buf != nil {
+		w.buf.write(p)
+	}
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// logBuffer keeps what the mesh's components logged.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder // guarded by mu
+}
+
+func (b *logBuffer) write(p []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+}
+
+// contains reports whether s was logged.
+func (b *logBuffer) contains(s string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Contains(b.buf.String(), s)
 }
 
 // waitFor polls the store until cond holds, failing t after waitTimeout.

@@ -1,12 +1,13 @@
 // Package controller is istiod-lite's Kubernetes watcher: it keeps an
 // [xds.Cache] equal to the translation (package istiod-lite/translate) of
 // the cluster's Namespaces, Pods, Services, Nodes, EndpointSlices, Gateway
-// API Gateways and GatewayClasses, and security.istio.io
+// API Gateways, GatewayClasses, HTTPRoutes (the waypoints' L7 routes) and
+// ReferenceGrants (which permit the routes' cross-namespace backendRefs;
+// v1, or v1beta1 where older CRDs serve only that), and security.istio.io
 // AuthorizationPolicies and PeerAuthentications, networking.istio.io
 // DestinationRules and policy.ambientmesh.io LocalTrafficPolicies (each
-// watched only when its CRD is served). It also watches
-// ServiceAccounts (for workload identity) and HTTPRoutes (for the
-// waypoint's L7 routes), which translation does not read yet.
+// watched only when its CRD is served). It also watches ServiceAccounts
+// (for workload identity), which translation does not read yet.
 //
 // The controller is a thin shell around pure functions: client-go informers
 // (a SharedInformerFactory for the core types, the gateway-api module's
@@ -23,7 +24,9 @@
 //
 // When the security.istio.io/v1 CRDs are not installed the controller logs
 // a warning and serves workloads and services without policies; when the
-// gateway.networking.k8s.io/v1 CRDs are not, without waypoints. Install
+// gateway.networking.k8s.io/v1 CRDs are not, without waypoints; when only
+// the ReferenceGrant CRD is missing, without grants (every cross-namespace
+// backendRef is RefNotPermitted). Install
 // manifests/crds (kubectl apply --server-side) and restart to enable them.
 //
 // Policy status: after each recomputation the controller writes the

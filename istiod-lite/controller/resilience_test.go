@@ -46,6 +46,23 @@ func TestController_DestinationRuleAndLocalTrafficPolicy_ReachTheCache(t *testin
 	m := startMesh(t)
 	m.apply(t, resilienceYAML)
 	waitLen(t, m.cache, xds.TypeServiceResilience, 1)
+	// Their Accepted conditions reach their status; a policy whose target
+	// does not exist is refused, saying why.
+	waitAccepted(t, m, "destinationrule/reviews", "True")
+	waitAccepted(t, m, "localtrafficpolicy/reviews-limits", "True")
+	m.apply(t, `
+apiVersion: policy.ambientmesh.io/v1alpha1
+kind: LocalTrafficPolicy
+metadata: {name: orphan, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: missing}]
+  rateLimit: {requestsPerUnit: 1, unit: second}
+`)
+	waitAccepted(t, m, "localtrafficpolicy/orphan", "False")
+	if reason := m.kubectl(t, "get", "localtrafficpolicy/orphan", "-n", "shop", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].reason}`); reason != "TargetNotFound" {
+		t.Fatalf("orphan policy's reason %q, want TargetNotFound", reason)
+	}
+	m.kubectl(t, "delete", "-n", "shop", "localtrafficpolicy/orphan")
 	m.kubectl(t, "delete", "-n", "shop", "destinationrule/reviews", "localtrafficpolicy/reviews-limits")
 	waitLen(t, m.cache, xds.TypeServiceResilience, 0)
 }
@@ -58,5 +75,22 @@ func waitLen(t *testing.T, c *xds.Cache, typeURL string, n int) {
 			t.Fatalf("%s: %d resources, want %d", typeURL, c.Len(typeURL), n)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitAccepted waits until the Accepted condition of obj (kind/name in
+// shop) has status want.
+func waitAccepted(t *testing.T, m *mesh, obj, want string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		got := m.kubectl(t, "get", obj, "-n", "shop", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].status}`)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: Accepted = %q, want %q", obj, got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

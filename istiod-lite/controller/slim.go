@@ -8,6 +8,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 )
 
 // stripObject drops what the controller never reads before an object
@@ -20,7 +21,9 @@ import (
 //   - ServiceAccount: its secret references;
 //   - Gateway: status but the addresses (conditions are written by
 //     gateway controllers and read by no one here);
-//   - HTTPRoute: status.
+//   - HTTPRoute: status;
+//   - ReferenceGrant (v1 or v1beta1): its labels and annotations (only
+//     its namespace and spec are read; it has no status).
 func stripObject(obj any) (any, error) {
 	if a, err := meta.Accessor(obj); err == nil {
 		a.SetManagedFields(nil)
@@ -70,6 +73,10 @@ func stripObject(obj any) (any, error) {
 		o.Status = gatewayv1.GatewayStatus{Addresses: o.Status.Addresses}
 	case *gatewayv1.HTTPRoute:
 		o.Status = gatewayv1.HTTPRouteStatus{}
+	case *gatewayv1.ReferenceGrant:
+		o.Labels, o.Annotations = nil, nil
+	case *gatewayv1beta1.ReferenceGrant:
+		o.Labels, o.Annotations = nil, nil
 	}
 	return obj, nil
 }

@@ -3,9 +3,13 @@ package controller
 import (
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 )
 
 func strip[T any](t *testing.T, o T) T {
@@ -55,5 +59,54 @@ func TestSameForTranslation_IgnoresNodeHeartbeatsAndSliceReadiness(t *testing.T)
 	}
 	if n := node("a", 1); n.Annotations != nil || len(n.Status.Conditions) != 0 {
 		t.Errorf("stripped node keeps %v / %v", n.Annotations, n.Status)
+	}
+}
+
+func TestStripObject_ReferenceGrantKeepsNamespaceAndSpec(t *testing.T) {
+	spec := gatewayv1.ReferenceGrantSpec{
+		From: []gatewayv1.ReferenceGrantFrom{{Group: gatewayv1.GroupName, Kind: "HTTPRoute", Namespace: "shop"}},
+		To:   []gatewayv1.ReferenceGrantTo{{Kind: "Service"}},
+	}
+	meta := func() metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: "shop-routes", Namespace: "other", Labels: map[string]string{"team": "ratings"},
+			Annotations:   map[string]string{corev1.LastAppliedConfigAnnotation: "{}", "note": "x"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}}
+	}
+	want := metav1.ObjectMeta{Name: "shop-routes", Namespace: "other"}
+	v1 := strip(t, &gatewayv1.ReferenceGrant{ObjectMeta: meta(), Spec: spec})
+	if d := cmp.Diff(&gatewayv1.ReferenceGrant{ObjectMeta: want, Spec: spec}, v1); d != "" {
+		t.Errorf("stripped v1 grant (-want +got):\n%s", d)
+	}
+	v1beta1 := strip(t, &gatewayv1beta1.ReferenceGrant{ObjectMeta: meta(), Spec: spec})
+	if d := cmp.Diff(&gatewayv1beta1.ReferenceGrant{ObjectMeta: want, Spec: spec}, v1beta1); d != "" {
+		t.Errorf("stripped v1beta1 grant (-want +got):\n%s", d)
+	}
+}
+
+func TestListReferenceGrants_V1AndV1beta1AsV1(t *testing.T) {
+	if got := listReferenceGrants(nil); got != nil {
+		t.Errorf("without the CRD: %v, want nil", got)
+	}
+	spec := gatewayv1.ReferenceGrantSpec{
+		From: []gatewayv1.ReferenceGrantFrom{{Group: gatewayv1.GroupName, Kind: "HTTPRoute", Namespace: "shop"}},
+		To:   []gatewayv1.ReferenceGrantTo{{Kind: "Service"}},
+	}
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	for _, o := range []any{
+		&gatewayv1.ReferenceGrant{ObjectMeta: metav1.ObjectMeta{Name: "a", Namespace: "other"}, Spec: spec},
+		&gatewayv1beta1.ReferenceGrant{ObjectMeta: metav1.ObjectMeta{Name: "b", Namespace: "other"}, Spec: spec},
+	} {
+		if err := idx.Add(o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := listReferenceGrants(cache.NewGenericLister(idx, ReferenceGrants.GroupResource()))
+	if len(got) != 2 {
+		t.Fatalf("listed %d grants, want 2", len(got))
+	}
+	for _, g := range got {
+		if g.Namespace != "other" || !cmp.Equal(g.Spec, spec) {
+			t.Errorf("grant %s/%s spec %+v, want %+v", g.Namespace, g.Name, g.Spec, spec)
+		}
 	}
 }

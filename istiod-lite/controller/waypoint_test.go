@@ -214,6 +214,7 @@ func TestGatewayAPICRDs_MatchModule(t *testing.T) {
 		{"crds", "standard", "gatewayclasses"},
 		{"crds", "standard", "gateways"},
 		{"crds", "standard", "httproutes"},
+		{"crds", "standard", "referencegrants"},
 		{"gateway-api-experimental", "experimental", "httproutes"},
 	} {
 		file := "gateway.networking.k8s.io_" + c.name + ".yaml"

@@ -1,15 +1,17 @@
 // Package translate turns Kubernetes objects into the workload API that
 // istiod-lite serves to ztunnel (DESIGN §6, §7). Every function is pure: it
 // reads typed objects (k8s.io/api Pod, Namespace, Service, Node,
-// EndpointSlice, Gateway API Gateway and GatewayClass, and this package's
-// AuthorizationPolicy and PeerAuthentication, which decode
-// security.istio.io/v1 manifests unchanged, see [FromUnstructured]) and
+// EndpointSlice, Gateway API Gateway, GatewayClass, HTTPRoute and
+// ReferenceGrant, and this package's AuthorizationPolicy and
+// PeerAuthentication, which decode security.istio.io/v1 manifests
+// unchanged, see [FromUnstructured]) and
 // returns protos of proto/workloadapi, shaped as Istio's control plane
 // shapes them (pilot/pkg/serviceregistry/kube/controller/ambient).
 //
 //   - [NewIndex]: the cluster-wide lookups a pod's or service's
 //     translation makes ([Cluster] → [Index]): namespaces, services,
-//     EndpointSlices by the pods they target, node localities, waypoints.
+//     EndpointSlices by the pods they target, node localities, waypoints,
+//     ReferenceGrants by namespace.
 //   - [Workload]: a pod → istio.workload.Workload, uid
 //     "<cluster>//Pod/<namespace>/<name>", HBONE when the pod is captured
 //     ([CapturedByZtunnel]), Workload.services keyed "namespace/hostname"
@@ -48,7 +50,9 @@
 //   - [HTTPRoutes]: HTTPRoutes attached to Services (GAMMA) or to a
 //     waypoint Gateway → the waypoint's proto/waypointapi ServiceRoutes,
 //     one per parent, port and consumer namespace, matches in Gateway API
-//     precedence, plus each route's per-parent status conditions.
+//     precedence, plus each route's per-parent status conditions; a
+//     backendRef to another namespace resolves only when a Gateway API
+//     ReferenceGrant there permits it ([ReferencePermitted]).
 //
 // The wire semantics assumed are those of internal/authz: a group with no
 // rules matches everything, an empty match is skipped. So a clause made

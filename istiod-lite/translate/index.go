@@ -23,6 +23,9 @@ type Cluster struct {
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Gateways       []*gatewayv1.Gateway
 	GatewayClasses []*gatewayv1.GatewayClass
+	// ReferenceGrants permit references into their namespace from others
+	// (see [ReferencePermitted]): HTTPRoutes' cross-namespace backendRefs.
+	ReferenceGrants []*gatewayv1.ReferenceGrant
 
 	Config Config
 }
@@ -40,6 +43,9 @@ type Index struct {
 	// slicesByPod: the services ("namespace/name") whose EndpointSlices
 	// name the pod in an endpoint's targetRef, by (kind Pod) target.
 	slicesByPod map[targetRef][]types.NamespacedName
+	// grants: the ReferenceGrants by their namespace, the one they permit
+	// references into.
+	grants map[string][]*gatewayv1.ReferenceGrant
 }
 
 // targetRef identifies a pod the way an EndpointSlice endpoint's targetRef
@@ -58,6 +64,7 @@ func NewIndex(c Cluster) *Index {
 		svcsByNS:    make(map[string][]*corev1.Service),
 		localities:  make(map[string]*workloadapi.Locality),
 		slicesByPod: make(map[targetRef][]types.NamespacedName),
+		grants:      make(map[string][]*gatewayv1.ReferenceGrant),
 	}
 	for _, ns := range c.Namespaces {
 		if ns != nil {
@@ -86,6 +93,11 @@ func NewIndex(c Cluster) *Index {
 			}
 			ref := targetRef{namespace: ep.TargetRef.Namespace, name: ep.TargetRef.Name, uid: ep.TargetRef.UID}
 			idx.slicesByPod[ref] = append(idx.slicesByPod[ref], svc)
+		}
+	}
+	for _, g := range c.ReferenceGrants {
+		if g != nil {
+			idx.grants[g.Namespace] = append(idx.grants[g.Namespace], g)
 		}
 	}
 	idx.waypoints = waypoints(c.Gateways, c.GatewayClasses, idx)

@@ -57,9 +57,9 @@ type RouteStatus struct {
 // References: a backendRef that does not resolve stays in the table as a
 // backend answering 500 for its share of the traffic, with
 // ResolvedRefs=False: InvalidKind (not a core Service), RefNotPermitted
-// (another namespace: ReferenceGrant is not implemented yet, so no
-// cross-namespace reference is permitted), BackendNotFound (no such
-// Service, or no such port). An unresolved mirror is dropped. An
+// (a Service in another namespace that no ReferenceGrant there opens to
+// HTTPRoutes of the route's namespace, see [ReferencePermitted]; a mirror's
+// backendRef alike), BackendNotFound (no such Service, or no such port). An unresolved mirror is dropped. An
 // ExtensionRef or ExternalAuth filter cannot run at the waypoint and must
 // not be skipped, so its rule answers 500 (ResolvedRefs=False
 // InvalidKind).

@@ -456,9 +456,11 @@ func (c *ruleConverter) convertBackend(b *gatewayv1.HTTPBackendRef, allPrefix bo
 	return out, nil
 }
 
-// resolve resolves a BackendObjectReference to a Service port. References
-// to another namespace are refused: ReferenceGrant is not implemented yet,
-// so none is ever permitted.
+// resolve resolves a BackendObjectReference to a Service port. A
+// reference to another namespace must be permitted by a ReferenceGrant
+// there (see [ReferencePermitted]); whether the Service exists is only
+// looked at once it is, so that a refused reference says nothing about the
+// other namespace.
 func (c *ruleConverter) resolve(ref *gatewayv1.BackendObjectReference) (*waypointapi.Destination, *refProblem) {
 	group, kind := "", "Service"
 	if ref.Group != nil {
@@ -475,8 +477,12 @@ func (c *ruleConverter) resolve(ref *gatewayv1.BackendObjectReference) (*waypoin
 	if group != "" || kind != "Service" {
 		return nil, &refProblem{gatewayv1.RouteReasonInvalidKind, fmt.Sprintf("backend %s.%s %s: only core Services are supported", kind, group, ref.Name)}
 	}
-	if ns != c.route.Namespace {
-		return nil, &refProblem{gatewayv1.RouteReasonRefNotPermitted, fmt.Sprintf("backend %s is in another namespace, and ReferenceGrant is not supported yet", what)}
+	if !c.idx.referencePermitted(Reference{
+		FromGroup: gatewayv1.GroupName, FromKind: kindHTTPRoute, FromNamespace: c.route.Namespace,
+		ToGroup: group, ToKind: kind, ToNamespace: ns, ToName: string(ref.Name),
+	}) {
+		return nil, &refProblem{gatewayv1.RouteReasonRefNotPermitted, fmt.Sprintf(
+			"backend %s is in another namespace and no ReferenceGrant in %s allows HTTPRoutes from %s", what, ns, c.route.Namespace)}
 	}
 	svc := c.idx.services[types.NamespacedName{Namespace: ns, Name: string(ref.Name)}]
 	if svc == nil {

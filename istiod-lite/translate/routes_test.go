@@ -41,6 +41,8 @@ func routeIndex(extra ...any) *Index {
 			c.Gateways = append(c.Gateways, o)
 		case *corev1.Namespace:
 			c.Namespaces = append(c.Namespaces, o)
+		case *gatewayv1.ReferenceGrant:
+			c.ReferenceGrants = append(c.ReferenceGrants, o)
 		}
 	}
 	return NewIndex(c)
@@ -298,7 +300,7 @@ func TestHTTPRoutes_UnresolvedBackendRefs(t *testing.T) {
 	}{
 		{"missing", backendRef("nope", 9080), "BackendNotFound", "backend Service default/nope not found"},
 		{"no-such-port", backendRef("reviews-v1", 1234), "BackendNotFound", "backend Service default/reviews-v1 has no port 1234"},
-		{"cross-namespace", crossNS, "RefNotPermitted", "backend Service other/ratings is in another namespace, and ReferenceGrant is not supported yet"},
+		{"cross-namespace", crossNS, "RefNotPermitted", "backend Service other/ratings is in another namespace and no ReferenceGrant in other allows HTTPRoutes from default"},
 		{"wrong-kind", wrongKind, "InvalidKind", "backend ServiceImport.multicluster.x-k8s.io reviews-v1: only core Services are supported"},
 	}
 	var routes []*gatewayv1.HTTPRoute
