@@ -32,7 +32,9 @@ type Client struct {
 	// by RoundTrip unchanged.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// IdleTimeout closes a pooled connection left idle this long; zero
-	// means DefaultIdleTimeout.
+	// means DefaultIdleTimeout, a negative value never (an idle
+	// connection then stays until the server closes it, MaxIdlePerHost
+	// or CloseIdleConnections).
 	IdleTimeout time.Duration
 	// MaxIdlePerHost bounds the idle connections kept per address; zero
 	// or less means DefaultMaxIdlePerHost.
@@ -179,9 +181,13 @@ func (c *Client) release(pc *conn, stop func() bool, keep bool) {
 	pc.close()
 }
 
+// idleTimeout is how long a connection may stay idle; 0: forever.
 func (c *Client) idleTimeout() time.Duration {
-	if c.IdleTimeout > 0 {
+	switch {
+	case c.IdleTimeout > 0:
 		return c.IdleTimeout
+	case c.IdleTimeout < 0:
+		return 0
 	}
 	return DefaultIdleTimeout
 }

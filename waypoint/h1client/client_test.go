@@ -406,6 +406,33 @@ func TestIdleTimeout_ReusedConnectionIsNotExpiredEarly(t *testing.T) {
 	}
 }
 
+func TestIdleTimeout_NegativeNeverExpires(t *testing.T) {
+	s := newTestServer(t, echoPath)
+	c, d := newClient(t)
+	c.IdleTimeout = -1
+	get(t, c, s.url)
+	c.mu.Lock()
+	idle, timers := 0, 0
+	for _, h := range c.hosts {
+		for _, pc := range h.idle {
+			idle++
+			if pc.idleTimer != nil {
+				timers++
+			}
+		}
+	}
+	c.mu.Unlock()
+	if idle != 1 || timers != 0 {
+		t.Fatalf("%d idle connections, %d with an expiry timer; want one without", idle, timers)
+	}
+	get(t, c, s.url)
+	c.CloseIdleConnections() // no timer to stop
+	s.waitClosed(t, 1)
+	if d.dials() != 1 {
+		t.Errorf("dials = %d, want 1", d.dials())
+	}
+}
+
 func TestCloseIdleConnections(t *testing.T) {
 	s := newTestServer(t, echoPath)
 	c, d := newClient(t)

@@ -36,7 +36,7 @@ type conn struct {
 	// Client.mu guards the fields below.
 	host      *host
 	idleSince time.Time
-	idleTimer *time.Timer // closes the connection once idle too long
+	idleTimer *time.Timer // closes the connection once idle too long; nil without IdleTimeout
 }
 
 // host is an address's connections. It is in Client.hosts while it has
@@ -136,7 +136,9 @@ func (c *Client) takeIdle(addr string) (*conn, time.Duration) {
 	pc := h.idle[n]
 	h.idle[n] = nil
 	h.idle = h.idle[:n]
-	pc.idleTimer.Stop() // should it have fired, expire will not find pc
+	if pc.idleTimer != nil {
+		pc.idleTimer.Stop() // should it have fired, expire will not find pc
+	}
 	return pc, time.Since(pc.idleSince)
 }
 
@@ -151,10 +153,12 @@ func (c *Client) putIdle(pc *conn) {
 	}
 	h.idle = append(h.idle, pc)
 	pc.idleSince = time.Now()
-	if pc.idleTimer == nil {
-		pc.idleTimer = time.AfterFunc(c.idleTimeout(), func() { c.expire(pc) })
-	} else {
-		pc.idleTimer.Reset(c.idleTimeout())
+	switch d := c.idleTimeout(); {
+	case d == 0: // never expires
+	case pc.idleTimer == nil:
+		pc.idleTimer = time.AfterFunc(d, func() { c.expire(pc) })
+	default:
+		pc.idleTimer.Reset(d)
 	}
 	c.mu.Unlock()
 }
@@ -182,7 +186,9 @@ func (c *Client) CloseIdleConnections() {
 	c.mu.Lock()
 	for _, h := range c.hosts {
 		for i, pc := range h.idle {
-			pc.idleTimer.Stop()
+			if pc.idleTimer != nil {
+				pc.idleTimer.Stop()
+			}
 			idle = append(idle, pc)
 			h.idle[i] = nil
 		}

@@ -27,7 +27,7 @@
 // delimited by the connection's end) or the server sent bytes beyond the
 // response. A body closed before EOF closes the connection: it is not
 // drained. The pool is LIFO per address, at most MaxIdlePerHost deep, and
-// closes a connection left idle for IdleTimeout.
+// closes a connection left idle for IdleTimeout (never, when it is negative).
 //
 // # Context
 //

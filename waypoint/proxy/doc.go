@@ -98,6 +98,24 @@
 //     without bound. A retry refused by maxRetries returns the last
 //     answer as it is, adding UO. maxRequestsPerConnection closes an
 //     HTTP/1.1 connection after that many requests.
+//   - connectTimeout and idleTimeout belong to the backend service too
+//     (upstream.go). connectTimeout bounds the establishing of a new
+//     upstream connection: the whole HBONE connect (TCP and TLS to the
+//     endpoint's ztunnel when hbone has no pooled connection there, then
+//     the CONNECT answered 200), or the plain TCP dial; a reused pooled
+//     connection costs nothing. hbone's own 10s handshake timeout still
+//     bounds TCP and TLS, so a connectTimeout above 10s is 10s for them.
+//     Expired, the attempt is a connect failure: retried as one, else 503
+//     "upstream connect error or disconnect/reset before headers. reset
+//     reason: connection timeout" (UF; "retried and the latest reset
+//     reason" after retries, URX), and a local-origin error for outlier
+//     detection. idleTimeout closes a pooled upstream connection (h1client
+//     or http.Transport, HTTP/1.1 or h2c) left without a request that
+//     long; 0 never. A service without them has Config.DefaultConnectTimeout
+//     (10s) and DefaultIdleTimeout (90s), so no connect waits forever.
+//     Each distinct pair has its own upstream clients, shared by the
+//     services that have it; SetL7 keeps those still used and closes the
+//     others' connections once idle.
 //   - Outlier detection sees every attempt's outcome per endpoint: the
 //     status, or a local-origin error (connect failure, reset, timeout)
 //     counted as a 503; not a request the client gave up. The load
@@ -161,8 +179,7 @@
 // Upgrade (WebSocket) and CONNECT requests inside the tunnel are not
 // forwarded (hop-by-hop Upgrade is dropped); server-first protocols wait for
 // the client's first bytes. Of the resilience policy: DestinationRule
-// subsets (routes cannot name them), connectTimeout and idleTimeout, and
-// for HTTP/2 backends maxConnections, http1MaxPendingRequests and
+// subsets (routes cannot name them), and for HTTP/2 backends maxConnections, http1MaxPendingRequests and
 // maxRequestsPerConnection (requests multiplex on one connection per
 // endpoint); mirrors bypass the circuit breaker and outlier detection.
 package proxy

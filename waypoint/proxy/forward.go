@@ -19,7 +19,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/resilience"
@@ -230,14 +229,17 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 			p.mirror(view, m, newReq, host)
 		}
 	}
-	var transport http.RoundTripper = p.h1sync
+	cl := p.cluster(up)
+	ups := cl.upstreams(p.defUp) // the clients of the service's connection settings
+	ups.acquire()
+	defer ups.release()
+	var transport http.RoundTripper = ups.h1sync
 	switch {
 	case up.h2:
-		transport = p.h2
+		transport = ups.h2
 	case !replayable, upgrade != "":
-		transport = p.h1 // a streamed body, written while the response is read; or a 101's connection
+		transport = ups.h1 // a streamed body, written while the response is read; or a 101's connection
 	}
-	cl := p.cluster(up)
 	if cl != nil {
 		done, err := cl.pool.limiter.Acquire(resilience.Requests)
 		if err != nil {
@@ -320,6 +322,7 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 			return
 		}
 		perTryTimeout := errors.Is(err, context.DeadlineExceeded)
+		connectTimeout := errors.Is(err, errConnectTimeout)
 		var de *dialError
 		retriable := perTryTimeout || errors.As(err, &de) || idempotent(r.Method)
 		overflowed := false
@@ -333,26 +336,34 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 			}
 			overflowed = true
 		}
-		p.attemptsFailed(rec, perTryTimeout, try > 0, overflowed)
+		code, body, flag := attemptsFailed(perTryTimeout, connectTimeout, try > 0, overflowed)
+		p.respond(rec, code, body, flag)
 		return
 	}
 }
 
-// attemptsFailed answers a request whose last attempt got no response:
-// 504 (UT) after a per-try timeout, else 503 (UF, or URX when retries ran
-// out); a retry the retry limit refused adds UO, as Envoy does.
-func (p *Proxy) attemptsFailed(rec *reqRecord, perTryTimeout, retried, overflowed bool) {
-	code, body, flag := http.StatusServiceUnavailable, bodyConnFailed, flagConnFailure
+// attemptsFailed is the answer to a request whose last attempt got no
+// response: 504 (UT) after a per-try timeout, else 503 (UF, or URX when
+// retries ran out), with Envoy's reset reason when the last attempt's
+// connect timed out; a retry the retry limit refused adds UO, as Envoy
+// does.
+func attemptsFailed(perTryTimeout, connectTimeout, retried, overflowed bool) (code int, body, flag string) {
+	code, body, flag = http.StatusServiceUnavailable, bodyConnFailed, flagConnFailure
 	switch {
 	case perTryTimeout:
 		code, body, flag = http.StatusGatewayTimeout, bodyTimeout, flagTimeout
-	case retried && !overflowed:
+	case connectTimeout && retried:
+		body = bodyConnTimeoutRetried
+	case connectTimeout:
+		body = bodyConnTimeout
+	}
+	if retried && !overflowed && !perTryTimeout {
 		flag = flagRetriesExceeded
 	}
 	if overflowed {
 		flag = addFlag(flag, flagOverflow)
 	}
-	p.respond(rec, code, body, flag)
+	return code, body, flag
 }
 
 // overflow answers a request a circuit breaker refused: 503 at once, flag
@@ -468,18 +479,21 @@ func (p *Proxy) mirror(view *state.View, m route.Mirror, newReq func(context.Con
 	}
 	go func() {
 		defer func() { <-p.mirrors }()
-		up := upstream{svc: svc, port: uint16(m.Port)}
+		up := upstream{svc: svc, svcKey: m.Service, port: uint16(m.Port)}
 		ep, _, err := p.pick(view, up, nil)
 		if err != nil {
 			return
 		}
+		ups := p.cluster(up).upstreams(p.defUp)
+		ups.acquire()
+		defer ups.release()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		req := newReq(ctx, ep)
 		req.Host = shadowHost(host)
-		var t http.RoundTripper = p.h1sync
+		var t http.RoundTripper = ups.h1sync
 		if up.speaksH2() {
-			t = p.h2
+			t = ups.h2
 		}
 		resp, err := t.RoundTrip(req)
 		if err != nil {
@@ -496,45 +510,6 @@ func shadowHost(host string) string {
 		return net.JoinHostPort(h+"-shadow", port)
 	}
 	return host + "-shadow"
-}
-
-// dialEndpoint is the upstream transports' DialContext: dialConn, with
-// the connection counting its requests (maxRequestsPerConnection).
-func (p *Proxy) dialEndpoint(ctx context.Context, network, addr string) (net.Conn, error) {
-	c, err := p.dialConn(ctx, network, addr)
-	if err != nil {
-		return nil, err
-	}
-	return &upConn{Conn: c}, nil
-}
-
-// dialConn connects to an endpoint, addr "ip:port". A mesh workload is
-// reached through HBONE at its ztunnel (ip:15008, :authority ip:port), as
-// the waypoint's identity, verifying the workload's; a workload outside
-// the mesh over plain TCP.
-func (p *Proxy) dialConn(ctx context.Context, _, addr string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}
-	}
-	w := p.cfg.Store.Current().WorkloadByAddr(p.cfg.Network, ap.Addr().Unmap())
-	if w == nil || !state.Enrolled(w) {
-		c, err := p.cfg.DialTCP(ctx, "tcp", addr)
-		if err != nil {
-			return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}
-		}
-		return c, nil
-	}
-	id, err := workloadID(w)
-	if err != nil {
-		return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}
-	}
-	c, err := p.client.Dial(ctx, hbone.Target{Source: p.cfg.Identity, Destination: id,
-		Address: netip.AddrPortFrom(ap.Addr(), outbound.HBONEPort), Authority: ap})
-	if err != nil {
-		return nil, &dialError{fmt.Errorf("waypoint: HBONE to %s as %s: %w", addr, id, err)}
-	}
-	return c, nil
 }
 
 // workloadID is the SPIFFE identity of w.

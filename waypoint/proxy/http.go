@@ -23,9 +23,13 @@ const (
 	bodyNoUpstream = "no healthy upstream"
 	bodyBadRequest = "Bad Request"
 	bodyConnFailed = "upstream connect error or disconnect/reset before headers"
-	bodyOverflow   = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
-	bodyRateLimit  = "local_rate_limited"
-	bodyFaultAbort = "fault filter abort"
+	// A connect that took longer than connectTimeout, with the reason
+	// Envoy gives (a retried request: its latest).
+	bodyConnTimeout        = bodyConnFailed + ". reset reason: connection timeout"
+	bodyConnTimeoutRetried = bodyConnFailed + ". retried and the latest reset reason: connection timeout"
+	bodyOverflow           = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+	bodyRateLimit          = "local_rate_limited"
+	bodyFaultAbort         = "fault filter abort"
 )
 
 // Envoy response flags used in metrics.

@@ -130,6 +130,8 @@ type testMesh struct {
 	sick      [2]atomic.Bool
 	sickCalls [2]atomic.Int64
 	hold      gate
+	// appConns follows the HTTP connections of each app (v1, v2).
+	appConns [2]connTracker
 }
 
 func podUID(p *testenv.Pod) string { return fmt.Sprintf("pod-%d-%d", p.Node.Index, p.Index) }
@@ -352,7 +354,7 @@ func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) 
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: mux, Protocols: &protos}
+	srv := &http.Server{Handler: mux, Protocols: &protos, ConnState: m.appConns[idx].state}
 	ln, err := p.Listen("0.0.0.0:8080")
 	if err != nil {
 		t.Fatal(err)

@@ -23,7 +23,6 @@ import (
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
-	"github.com/ambientmesh/ambient/waypoint/h1client"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 	"github.com/ambientmesh/ambient/waypoint/tracing"
 )
@@ -86,6 +85,16 @@ type Config struct {
 	// DrainTimeout is how long in-flight requests may finish on shutdown.
 	// Default 30s.
 	DrainTimeout time.Duration
+	// DefaultConnectTimeout bounds the connect to an endpoint (the whole
+	// HBONE connect, or a plain TCP dial) of a service whose resilience
+	// policy sets no connectTimeout. Default 10s (Istio's; also hbone's
+	// handshake timeout, which bounds TCP and TLS to a ztunnel whatever
+	// the connectTimeout).
+	DefaultConnectTimeout time.Duration
+	// DefaultIdleTimeout closes a pooled upstream connection left idle
+	// this long, for a service whose policy sets no idleTimeout. Default
+	// 90s; negative: never.
+	DefaultIdleTimeout time.Duration
 }
 
 // Proxy is the waypoint's data plane.
@@ -96,10 +105,12 @@ type Proxy struct {
 
 	l7 atomic.Pointer[Compiled]
 
-	hb      *hbone.Server
-	client  *hbone.Client
-	h1, h2  *http.Transport  // HTTP/1.1 with a streamed body; HTTP/2 (h2c)
-	h1sync  *h1client.Client // HTTP/1.1 with no body or a buffered one: on the handler's goroutine
+	hb     *hbone.Server
+	client *hbone.Client
+	// defConn are the connection settings of a service without its own;
+	// defUp their upstream clients, always in the table (upstream.go).
+	defConn connSettings
+	defUp   *upstreams
 	httpSrv *http.Server
 	conns   *connListener
 	mirrors chan struct{} // semaphore
@@ -111,7 +122,8 @@ type Proxy struct {
 	now   func() time.Time
 
 	resMu sync.Mutex // serializes SetL7 and writes of res
-	// res is the state of the resilience mechanisms (resilience.go).
+	// res is the state of the resilience mechanisms (resilience.go) and
+	// the upstream clients (upstream.go).
 	res atomic.Pointer[resTable]
 }
 
@@ -177,6 +189,15 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 30 * time.Second
 	}
+	if cfg.DefaultConnectTimeout <= 0 {
+		cfg.DefaultConnectTimeout = 10 * time.Second
+	}
+	switch {
+	case cfg.DefaultIdleTimeout == 0:
+		cfg.DefaultIdleTimeout = 90 * time.Second
+	case cfg.DefaultIdleTimeout < 0:
+		cfg.DefaultIdleTimeout = 0 // never
+	}
 	seed := cfg.Seed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
@@ -194,7 +215,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	empty, _ := Compile(L7Config{})
 	p.l7.Store(empty)
-	p.res.Store(&resTable{})
+	p.defConn = connSettings{connect: cfg.DefaultConnectTimeout, idle: cfg.DefaultIdleTimeout}
+	p.defUp = p.newUpstreams(p.defConn)
+	p.res.Store(&resTable{ups: map[connSettings]*upstreams{p.defConn: p.defUp}})
 
 	td := cfg.Identity.TrustDomain()
 	var err error
@@ -219,28 +242,6 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.h1sync = &h1client.Client{
-		Dial:                   func(ctx context.Context, addr string) (net.Conn, error) { return p.dialEndpoint(ctx, "tcp", addr) },
-		IdleTimeout:            90 * time.Second,
-		MaxIdlePerHost:         100,
-		MaxResponseHeaderBytes: 64 << 10,
-	}
-	p.h1 = &http.Transport{
-		DialContext:            p.dialEndpoint,
-		MaxIdleConnsPerHost:    100,
-		IdleConnTimeout:        90 * time.Second,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: 64 << 10,
-	}
-	var h2only http.Protocols
-	h2only.SetUnencryptedHTTP2(true)
-	p.h2 = &http.Transport{
-		DialContext:            p.dialEndpoint,
-		Protocols:              &h2only,
-		IdleConnTimeout:        90 * time.Second,
-		DisableCompression:     true,
-		MaxResponseHeaderBytes: 64 << 10,
-	}
 	var both http.Protocols
 	both.SetHTTP1(true)
 	both.SetUnencryptedHTTP2(true)
@@ -261,22 +262,32 @@ func New(cfg Config) (*Proxy, error) {
 //
 // The state of the resilience mechanisms carries over: a service's rate
 // limit, circuit breaker counters, outlier ejections and load balancer
-// keep theirs unless that part of its policy changed (proto.Equal).
+// keep theirs unless that part of its policy changed (proto.Equal). So do
+// the upstream connections of unchanged connection settings; new
+// settings (connectTimeout, idleTimeout) apply to new connections, and
+// the connections of settings no longer used are closed once idle.
 func (p *Proxy) SetL7(c *Compiled) {
 	p.resMu.Lock()
 	defer p.resMu.Unlock()
-	p.res.Store(reconcile(p.res.Load(), c, p.serviceLive, p.now))
+	old := p.res.Load()
+	ups, retired := p.upstreamsFor(c, old.ups)
+	next := reconcile(old, c, p.serviceLive, p.now, func(pol *svcPolicy) *upstreams { return p.upstreamsIn(ups, pol) })
+	next.ups = ups
+	p.res.Store(next)
 	p.l7.Store(c)
 	p.ready.Store(true)
+	for _, u := range retired {
+		u.retire()
+	}
 }
 
 // CloseIdleConnections closes the idle upstream connections (and with
 // them their tunnels, which then end and are logged by the endpoints'
 // ztunnels).
 func (p *Proxy) CloseIdleConnections() {
-	p.h1.CloseIdleConnections()
-	p.h1sync.CloseIdleConnections()
-	p.h2.CloseIdleConnections()
+	for _, u := range p.res.Load().ups {
+		u.closeIdle()
+	}
 }
 
 // L7 is the configuration in force.
@@ -304,9 +315,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		err = herr
 	}
 	p.l4.Wait()
-	p.h1.CloseIdleConnections()
-	p.h1sync.CloseIdleConnections()
-	p.h2.CloseIdleConnections()
+	p.CloseIdleConnections()
 	p.client.Close()
 	return err
 }

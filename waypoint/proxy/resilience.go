@@ -66,6 +66,9 @@ func compilePolicy(r *waypointapi.ServiceResilience) (*svcPolicy, error) {
 	if od := r.GetTrafficPolicy().GetOutlierDetection(); od.GetMaxEjectionPercent() > 100 || od.GetMinHealthPercent() > 100 {
 		return nil, errors.New("outlier detection percentages over 100")
 	}
+	if err := checkConnSettings(r.GetTrafficPolicy().GetConnectionPool()); err != nil {
+		return nil, err
+	}
 	return &svcPolicy{src: r, lb: resilience.PolicyFrom(r.GetTrafficPolicy().GetLoadBalancer()), fault: resilience.FaultFrom(f)}, nil
 }
 
@@ -78,6 +81,9 @@ type resTable struct {
 	buckets map[string]*bucket
 	// clusters are created on a service port's first request.
 	clusters map[destKey]*cluster
+	// ups are the upstream clients by connection settings (upstream.go):
+	// the default ones and those of the configuration's policies.
+	ups map[connSettings]*upstreams
 }
 
 type bucket struct {
@@ -100,6 +106,7 @@ type cluster struct {
 	outlier *resilience.Outlier // nil: off
 	picker  *resilience.Picker
 	eps     *endpoints // always carried over
+	up      *upstreams // the clients of pol's connection settings; nil: the default ones
 }
 
 // connPool is the circuit breaker of a connection pool policy.
@@ -136,8 +143,8 @@ type epSet struct {
 	err  error
 }
 
-func newCluster(pol *svcPolicy, now func() time.Time) *cluster {
-	c := &cluster{pol: pol, pool: newConnPool(pol.pool()), picker: resilience.NewPicker(pol.lb), eps: &endpoints{}}
+func newCluster(pol *svcPolicy, now func() time.Time, up *upstreams) *cluster {
+	c := &cluster{pol: pol, pool: newConnPool(pol.pool()), picker: resilience.NewPicker(pol.lb), eps: &endpoints{}, up: up}
 	c.outlier = newOutlier(pol, now)
 	return c
 }
@@ -150,11 +157,12 @@ func newOutlier(pol *svcPolicy, now func() time.Time) *resilience.Outlier {
 	return resilience.NewOutlier(cfg, now)
 }
 
-// carry returns the cluster under pol: each mechanism whose part of the
-// policy is unchanged keeps its state (counters, ejections, round-robin
-// position); the endpoint set and its requests in flight always stay.
-func (c *cluster) carry(pol *svcPolicy, now func() time.Time) *cluster {
-	n := &cluster{pol: pol, pool: c.pool, outlier: c.outlier, picker: c.picker, eps: c.eps}
+// carry returns the cluster under pol, using the upstream clients up:
+// each mechanism whose part of the policy is unchanged keeps its state
+// (counters, ejections, round-robin position); the endpoint set and its
+// requests in flight always stay.
+func (c *cluster) carry(pol *svcPolicy, now func() time.Time, up *upstreams) *cluster {
+	n := &cluster{pol: pol, pool: c.pool, outlier: c.outlier, picker: c.picker, eps: c.eps, up: up}
 	if !proto.Equal(c.pol.pool(), pol.pool()) {
 		n.pool = newConnPool(pol.pool())
 	}
@@ -172,8 +180,10 @@ func (c *cluster) carry(pol *svcPolicy, now func() time.Time) *cluster {
 
 // reconcile is the state table for configuration c after old: rate limits
 // and clusters whose policy part is unchanged keep their state; clusters
-// of services that exist no more (live reports false) are dropped.
-func reconcile(old *resTable, c *Compiled, live func(svcKey string) bool, now func() time.Time) *resTable {
+// of services that exist no more (live reports false) are dropped. upFor
+// gives a cluster's upstream clients (nil: none, the default ones); the
+// caller sets the table's ups.
+func reconcile(old *resTable, c *Compiled, live func(svcKey string) bool, now func() time.Time, upFor func(*svcPolicy) *upstreams) *resTable {
 	next := &resTable{buckets: make(map[string]*bucket), clusters: make(map[destKey]*cluster, len(old.clusters))}
 	for key, pol := range c.resilience {
 		rl := pol.rateLimit()
@@ -187,7 +197,12 @@ func reconcile(old *resTable, c *Compiled, live func(svcKey string) bool, now fu
 	}
 	for k, cl := range old.clusters {
 		if live(k.svc) {
-			next.clusters[k] = cl.carry(c.policy(k.svc), now)
+			pol := c.policy(k.svc)
+			var up *upstreams
+			if upFor != nil {
+				up = upFor(pol)
+			}
+			next.clusters[k] = cl.carry(pol, now, up)
 		}
 	}
 	return next
@@ -218,8 +233,9 @@ func (p *Proxy) cluster(u upstream) *cluster {
 	if cl := t.clusters[k]; cl != nil {
 		return cl
 	}
-	cl := newCluster(p.l7.Load().policy(k.svc), p.now)
-	next := &resTable{buckets: t.buckets, clusters: maps.Clone(t.clusters)}
+	pol := p.l7.Load().policy(k.svc)
+	cl := newCluster(pol, p.now, p.upstreamsIn(t.ups, pol))
+	next := &resTable{buckets: t.buckets, clusters: maps.Clone(t.clusters), ups: t.ups}
 	if next.clusters == nil {
 		next.clusters = make(map[destKey]*cluster)
 	}
@@ -330,6 +346,15 @@ func (c *cluster) pickFrom(view *state.View, u upstream, rnd func() uint64) (ep 
 		return state.Endpoint{}, nil, fmt.Errorf("service %s port %d: %w", u.svcKey, u.port, errNoHealthy)
 	}
 	return s.eps[i], s.lb[i], nil
+}
+
+// upstreams is the cluster's upstream clients: its own, else def (no
+// cluster, or one built without).
+func (c *cluster) upstreams(def *upstreams) *upstreams {
+	if c == nil || c.up == nil {
+		return def
+	}
+	return c.up
 }
 
 // observe gives outlier detection one attempt's outcome at endpoint lb.

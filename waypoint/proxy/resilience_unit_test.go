@@ -37,8 +37,8 @@ func TestReconcile_KeepsTheStateOfUnchangedPartsOnly(t *testing.T) {
 	live := func(string) bool { return true }
 	k := destKey{svc: reviews, port: 9080}
 	c1 := mustCompile(t, L7Config{Resilience: []*waypointapi.ServiceResilience{policyOf(10, 5, 100)}})
-	t1 := reconcile(&resTable{}, c1, live, now)
-	t1.clusters = map[destKey]*cluster{k: newCluster(c1.policy(reviews), now)}
+	t1 := reconcile(&resTable{}, c1, live, now, nil)
+	t1.clusters = map[destKey]*cluster{k: newCluster(c1.policy(reviews), now, nil)}
 	b1, cl1 := t1.buckets[reviews], t1.clusters[k]
 	if b1 == nil || cl1.outlier == nil || cl1.picker.Policy() != resilience.RoundRobin {
 		t.Fatalf("state of the first configuration: bucket %v, cluster %+v", b1, cl1)
@@ -47,7 +47,7 @@ func TestReconcile_KeepsTheStateOfUnchangedPartsOnly(t *testing.T) {
 	// Unrelated routes, the same policy (a fresh but equal proto): all kept.
 	c2 := mustCompile(t, L7Config{Routes: []*waypointapi.ServiceRoutes{{ServiceKey: "shop/other"}},
 		Resilience: []*waypointapi.ServiceResilience{policyOf(10, 5, 100)}})
-	t2 := reconcile(t1, c2, live, now)
+	t2 := reconcile(t1, c2, live, now, nil)
 	cl2 := t2.clusters[k]
 	if t2.buckets[reviews] != b1 || cl2.pool != cl1.pool || cl2.outlier != cl1.outlier || cl2.picker != cl1.picker || cl2.eps != cl1.eps {
 		t.Fatal("an unrelated push replaced state")
@@ -67,7 +67,7 @@ func TestReconcile_KeepsTheStateOfUnchangedPartsOnly(t *testing.T) {
 		{"connection pool", policyOf(10, 5, 101), true, false, true},
 	} {
 		c := mustCompile(t, L7Config{Resilience: []*waypointapi.ServiceResilience{tc.p}})
-		next := reconcile(t2, c, live, now)
+		next := reconcile(t2, c, live, now, nil)
 		if (next.buckets[reviews] == b1) != tc.bucket || (next.clusters[k].pool == cl1.pool) != tc.pool ||
 			(next.clusters[k].outlier == cl1.outlier) != tc.outlierSame || next.clusters[k].eps != cl1.eps {
 			t.Errorf("%s changed: bucket kept %v, pool kept %v, outlier kept %v; want %v %v %v", tc.name,
@@ -78,11 +78,11 @@ func TestReconcile_KeepsTheStateOfUnchangedPartsOnly(t *testing.T) {
 
 	// Without a policy the service has Istio's defaults; a service gone
 	// from the mesh loses its state.
-	none := reconcile(t2, mustCompile(t, L7Config{}), live, now)
+	none := reconcile(t2, mustCompile(t, L7Config{}), live, now, nil)
 	if cl := none.clusters[k]; len(none.buckets) != 0 || cl.outlier != nil || cl.picker.Policy() != resilience.LeastRequest || cl.eps != cl1.eps {
 		t.Fatalf("without a policy: buckets %v, cluster %+v", none.buckets, cl)
 	}
-	if gone := reconcile(t2, c2, func(string) bool { return false }, now); len(gone.clusters) != 0 {
+	if gone := reconcile(t2, c2, func(string) bool { return false }, now, nil); len(gone.clusters) != 0 {
 		t.Fatal("the cluster of a service that left the mesh was kept")
 	}
 }
