@@ -3,9 +3,11 @@ package controller_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -166,16 +168,30 @@ func (b *logBuffer) contains(s string) bool {
 	return strings.Contains(b.buf.String(), s)
 }
 
-// waitFor polls the store until cond holds, failing t after waitTimeout.
-func (m *mesh) waitFor(t *testing.T, what string, cond func(*state.View) bool) {
+// eventually polls cond every 20 ms until it holds, failing t after
+// waitTimeout with what and cond's last word on what it saw.
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
-	for !cond(m.store.Current()) {
+	for {
+		ok, saw := cond()
+		if ok {
+			return
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; store has %+v", waitTimeout, what, m.store.Current().Snapshot())
+			t.Fatalf("timed out after %v waiting for %s; %s", waitTimeout, what, saw)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// waitFor polls the store until cond holds, failing t after waitTimeout.
+func (m *mesh) waitFor(t *testing.T, what string, cond func(*state.View) bool) {
+	t.Helper()
+	eventually(t, what, func() (bool, string) {
+		v := m.store.Current()
+		return cond(v), fmt.Sprintf("store has %+v", v.Snapshot())
+	})
 }
 
 func (m *mesh) kubectl(t *testing.T, args ...string) string {
@@ -299,18 +315,11 @@ func TestController_PodServiceLabelPolicyDelete_ReachZtunnel(t *testing.T) {
 			slices.Contains(v.Workload(webUID).GetAuthorizationPolicies(), "shop/allow-sleep")
 	})
 	// The ZtunnelAccepted condition reaches the policy's status.
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	eventually(t, "the policy's ZtunnelAccepted=True", func() (bool, string) {
 		out := m.kubectl(t, "get", "authorizationpolicy", "allow-sleep", "-n", "shop",
 			"-o", `jsonpath={.status.conditions[?(@.type=="ZtunnelAccepted")].status}`)
-		if out == "True" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("policy status ZtunnelAccepted = %q, want True", out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return out == "True", "ZtunnelAccepted = " + strconv.Quote(out)
+	})
 
 	m.kubectl(t, "delete", "authorizationpolicy", "allow-sleep", "-n", "shop")
 	m.waitFor(t, "authorization removed and unbound", func(v *state.View) bool {

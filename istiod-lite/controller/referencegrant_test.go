@@ -3,9 +3,9 @@ package controller_test
 import (
 	"fmt"
 	"maps"
+	"strconv"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -133,22 +133,15 @@ func TestController_ReferenceGrantPermitsCrossNamespaceBackend(t *testing.T) {
 	// wantBackend.
 	wait := func(what, wantCond string, wantBackend *waypointapi.Backend) {
 		t.Helper()
-		deadline := time.Now().Add(waitTimeout)
-		for {
+		eventually(t, what, func() (bool, string) {
 			gotCond := resolvedRefs(t, m)
 			var gotBackends []*waypointapi.Backend
 			if rules := m.routes.get(table).GetRules(); len(rules) == 1 {
 				gotBackends = rules[0].GetBackends()
 			}
-			if gotCond == wantCond && len(gotBackends) == 1 && proto.Equal(gotBackends[0], wantBackend) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: timed out after %v; ResolvedRefs %q, want %q; served backends %v, want [%v]",
-					what, waitTimeout, gotCond, wantCond, gotBackends, wantBackend)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return gotCond == wantCond && len(gotBackends) == 1 && proto.Equal(gotBackends[0], wantBackend),
+				fmt.Sprintf("ResolvedRefs %q, want %q; served backends %v, want [%v]", gotCond, wantCond, gotBackends, wantBackend)
+		})
 	}
 
 	wait("no grant: refused, the backend answers 500", refused, answers500)
@@ -174,15 +167,8 @@ func TestController_WithoutReferenceGrantCRD_RefusesCrossNamespaceBackends(t *te
 		t.Error("the missing ReferenceGrant CRD was not logged")
 	}
 	m.apply(t, crossNamespaceRouteYAML)
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	eventually(t, "ResolvedRefs "+refused, func() (bool, string) {
 		got := resolvedRefs(t, m)
-		if got == refused {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: ResolvedRefs %q, want %q", waitTimeout, got, refused)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return got == refused, "ResolvedRefs " + strconv.Quote(got)
+	})
 }

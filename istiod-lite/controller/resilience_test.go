@@ -1,8 +1,9 @@
 package controller_test
 
 import (
+	"fmt"
+	"strconv"
 	"testing"
-	"time"
 
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
 )
@@ -69,28 +70,17 @@ spec:
 
 func waitLen(t *testing.T, c *xds.Cache, typeURL string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for c.Len(typeURL) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d resources, want %d", typeURL, c.Len(typeURL), n)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	eventually(t, fmt.Sprintf("%d %s resources", n, typeURL), func() (bool, string) {
+		return c.Len(typeURL) == n, fmt.Sprintf("%d resources", c.Len(typeURL))
+	})
 }
 
 // waitAccepted waits until the Accepted condition of obj (kind/name in
 // shop) has status want.
 func waitAccepted(t *testing.T, m *mesh, obj, want string) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	eventually(t, obj+" Accepted="+want, func() (bool, string) {
 		got := m.kubectl(t, "get", obj, "-n", "shop", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].status}`)
-		if got == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: Accepted = %q, want %q", obj, got, want)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return got == want, "Accepted = " + strconv.Quote(got)
+	})
 }
