@@ -154,6 +154,7 @@ func (e *env) waypointCanary(t *testing.T) {
 	t.Run("HTTP2AndGRPC", e.waypointProtocols)
 	t.Run("L7AuthorizationPolicy", e.waypointL7Policy)
 	t.Run("RetriesWithExperimentalHTTPRoute", e.waypointRetries)
+	t.Run("LocalTrafficPolicyAndDestinationRule", e.waypointResilience)
 
 	// Gone: the waypoint, its label and the route. The waypoint drains and
 	// closes its pooled connections, so reviews' ztunnel records them: they
@@ -476,4 +477,81 @@ spec:
 	if got := e.mustKubectl(t, "get", "httproute", "reviews", "-n", "shop", "-o", "jsonpath={.spec.rules[0].retry.attempts}"); strings.TrimSpace(got) != "3" {
 		t.Fatalf("stored route's retry.attempts = %q, want 3", got)
 	}
+}
+
+// waypointResilience: a LocalTrafficPolicy and a DestinationRule applied
+// with kubectl are accepted (status written by istiod-lite) and enforced by
+// the waypoint: a fault abort answers every request with its status, a
+// local rate limit answers 429 beyond its bucket, and deleting the policy
+// lets every request through again.
+func (e *env) waypointResilience(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "reviews-resilience.yaml")
+	apply := func(policy string) {
+		t.Helper()
+		doc := `apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: reviews
+  namespace: shop
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 1s, baseEjectionTime: 30s}
+---
+apiVersion: policy.ambientmesh.io/v1alpha1
+kind: LocalTrafficPolicy
+metadata:
+  name: reviews-limits
+  namespace: shop
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+` + policy
+		if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.mustKubectl(t, "apply", "-f", file)
+	}
+	// codes sends n requests to reviews in one curl and counts the
+	// answers by status.
+	codes := func(n int) (map[string]int, error) {
+		out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "60",
+			"-o", "/dev/null", "-w", `%{http_code}\n`, fmt.Sprintf("http://reviews:8080/?n=[1-%d]", n))
+		if err != nil {
+			return nil, fmt.Errorf("%v: %.300s", err, out)
+		}
+		got := map[string]int{}
+		for _, c := range strings.Fields(out) {
+			got[c]++
+		}
+		return got, nil
+	}
+	accepted := func(kind, name string) (bool, string) {
+		out, err := e.kubectl("get", kind, name, "-n", "shop", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].status}`)
+		return err == nil && strings.TrimSpace(out) == "True", fmt.Sprintf("Accepted=%q %v", strings.TrimSpace(out), err)
+	}
+
+	apply("  fault:\n    abort: {httpStatus: 418, percentage: {value: 100}}\n")
+	eventually(t, "the LocalTrafficPolicy accepted", func() (bool, string) { return accepted("localtrafficpolicy", "reviews-limits") })
+	eventually(t, "the DestinationRule accepted", func() (bool, string) { return accepted("destinationrule", "reviews") })
+	took := eventually(t, "every request aborted with 418", func() (bool, string) {
+		got, err := codes(20)
+		return err == nil && got["418"] == 20, fmt.Sprintf("%v %v", got, err)
+	})
+	t.Logf("fault abort in force %v after kubectl apply", took.Round(time.Millisecond))
+
+	apply("  rateLimit: {requestsPerUnit: 5, unit: second, burst: 5}\n")
+	var limited map[string]int
+	eventually(t, "requests beyond 5 per second answered 429", func() (bool, string) {
+		got, err := codes(60)
+		limited = got
+		return err == nil && got["418"] == 0 && got["429"] >= 30 && got["200"] >= 5, fmt.Sprintf("%v %v", got, err)
+	})
+	t.Logf("60 requests in one burst against 5 per second (burst 5): %v", limited)
+
+	e.mustKubectl(t, "delete", "-f", file)
+	eventually(t, "every request answered 200 without the policy", func() (bool, string) {
+		got, err := codes(60)
+		return err == nil && got["200"] == 60, fmt.Sprintf("%v %v", got, err)
+	})
 }
