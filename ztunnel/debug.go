@@ -31,11 +31,13 @@ type PodDebug struct {
 	Connections []ConnDebug `json:"connections"`
 }
 
-// ConnDebug describes one open tracked connection of a pod: for inbound
-// ones, the connection from ztunnel to the app; for outbound ones, the
-// upstream connection (tunnel or passthrough).
+// ConnDebug describes one open connection or UDP flow of a pod: for
+// inbound ones, the connection (or UDP socket) from ztunnel to the app;
+// for outbound TCP, the upstream connection (tunnel or passthrough); for
+// outbound UDP, the app's socket and the original destination.
 type ConnDebug struct {
 	Direction string `json:"direction"` // "inbound" or "outbound"
+	Protocol  string `json:"protocol"`  // "tcp" or "udp"
 	Local     string `json:"local"`
 	Remote    string `json:"remote"`
 	// Peer is the verified identity of an inbound connection's source
@@ -91,7 +93,7 @@ func (p *podProxy) debug() PodDebug {
 		}
 	}
 	for _, t := range open {
-		c := ConnDebug{Direction: "outbound", Local: addrString(t.LocalAddr()), Remote: addrString(t.RemoteAddr())}
+		c := ConnDebug{Direction: "outbound", Protocol: protocolOf(t.LocalAddr()), Local: addrString(t.LocalAddr()), Remote: addrString(t.RemoteAddr())}
 		if in, ok := t.inbound(); ok {
 			c.Direction = "inbound"
 			c.Port = in.port
@@ -104,10 +106,25 @@ func (p *podProxy) debug() PodDebug {
 		}
 		d.Connections = append(d.Connections, c)
 	}
+	// Outbound UDP flows are not tracked connections (they end at the pod's
+	// shutdown, not by policy); the flow table lists them. udpOut is set
+	// by start before up, which serving reads.
+	if p.serving() && p.udpOut != nil {
+		d.Connections = p.udpOut.debugFlows(d.Connections)
+	}
 	slices.SortFunc(d.Connections, func(a, b ConnDebug) int {
-		return cmp.Or(cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Remote, b.Remote), cmp.Compare(a.Local, b.Local))
+		return cmp.Or(cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Protocol, b.Protocol),
+			cmp.Compare(a.Remote, b.Remote), cmp.Compare(a.Local, b.Local))
 	})
 	return d
+}
+
+// protocolOf names the transport protocol of a connection's address.
+func protocolOf(a net.Addr) string {
+	if _, ok := a.(*net.UDPAddr); ok {
+		return "udp"
+	}
+	return "tcp"
 }
 
 func addrString(a net.Addr) string {

@@ -207,6 +207,17 @@ func (u *udpOutbound) releaseReply(dst netip.AddrPort) {
 	}
 }
 
+// debugFlows appends the open flows to conns, as /debug/connections shows
+// them: from the app's socket to the original destination.
+func (u *udpOutbound) debugFlows(conns []ConnDebug) []ConnDebug {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for k := range u.flows {
+		conns = append(conns, ConnDebug{Direction: "outbound", Protocol: "udp", Local: k.app.String(), Remote: k.dst.String()})
+	}
+	return conns
+}
+
 // udpFlow is one outbound UDP flow. To hbone.RelayDatagrams it is the
 // app's side, a datagram conn: Read returns the app's next datagram,
 // Write answers the app from the original destination.

@@ -194,6 +194,43 @@ func TestZtunnel_UDPBlockedQUICFallsBackToHTTP2(t *testing.T) {
 	}
 }
 
+// TestZtunnel_UDPFlowsInDebugConnections: an open UDP flow is listed by
+// /debug/connections on both sides: outbound on the client's node from
+// the app's socket to the destination, inbound on the server's with the
+// caller's identity.
+func TestZtunnel_UDPFlowsInDebugConnections(t *testing.T) {
+	m := udpMesh(t, time.Minute)
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	startResolver(t, server, 5353)
+	c, err := netns.DialUDP(context.Background(), alice.Path, udpAddr(server, 5353).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if answer, err := udpAsk(c, "ping", 10*time.Second); err != nil || answer != "answer to ping" {
+		t.Fatalf("query: %q, %v", answer, err)
+	}
+	app := c.LocalAddr().String()
+	conns := func(i int, dir string) []ConnDebug {
+		var out []ConnDebug
+		for _, pd := range m.zt[i].Debug().Pods {
+			for _, cd := range pd.Connections {
+				if cd.Direction == dir && cd.Protocol == "udp" {
+					out = append(out, cd)
+				}
+			}
+		}
+		return out
+	}
+	if out := conns(0, "outbound"); len(out) != 1 || out[0].Local != app || out[0].Remote != udpAddr(server, 5353).String() {
+		t.Fatalf("client node's outbound UDP flows = %+v; want one from %s to %s", out, app, udpAddr(server, 5353))
+	}
+	in := conns(1, "inbound")
+	if len(in) != 1 || in[0].Peer != id("alice") || in[0].SrcIP != alice.IP.String() || in[0].Port != 5353 {
+		t.Fatalf("server node's inbound UDP flows = %+v; want one from %s (%s) to port 5353", in, id("alice"), alice.IP)
+	}
+}
+
 // TestZtunnel_UDPDenyPolicyBlocksFlow: an L4 DENY for the client's
 // principal on the server refuses its UDP tunnel (ports are
 // protocol-agnostic): no answer, the app sees nothing, and both ends log
