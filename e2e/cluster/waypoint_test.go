@@ -432,19 +432,9 @@ spec:
 		}
 		e.mustKubectl(t, "apply", "-f", file)
 	}
-	// codes sends n requests to reviews' /fail (every second one 503) in
-	// one curl, and counts the answers by status.
+	// codes sends n requests to reviews' /fail (every second one 503).
 	codes := func(n int) (map[string]int, error) {
-		out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "120",
-			"-o", "/dev/null", "-w", `%{http_code}\n`, fmt.Sprintf("http://reviews:8080/fail?percent=50&code=503&n=[1-%d]", n))
-		if err != nil {
-			return nil, fmt.Errorf("%v: %.300s", err, out)
-		}
-		got := map[string]int{}
-		for _, c := range strings.Fields(out) {
-			got[c]++
-		}
-		return got, nil
+		return e.statusCodes(fmt.Sprintf("http://reviews:8080/fail?percent=50&code=503&n=[1-%d]", n))
 	}
 
 	apply("")
@@ -512,19 +502,8 @@ spec:
 		}
 		e.mustKubectl(t, "apply", "-f", file)
 	}
-	// codes sends n requests to reviews in one curl and counts the
-	// answers by status.
 	codes := func(n int) (map[string]int, error) {
-		out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "60",
-			"-o", "/dev/null", "-w", `%{http_code}\n`, fmt.Sprintf("http://reviews:8080/?n=[1-%d]", n))
-		if err != nil {
-			return nil, fmt.Errorf("%v: %.300s", err, out)
-		}
-		got := map[string]int{}
-		for _, c := range strings.Fields(out) {
-			got[c]++
-		}
-		return got, nil
+		return e.statusCodes(fmt.Sprintf("http://reviews:8080/?n=[1-%d]", n))
 	}
 	accepted := func(kind, name string) (bool, string) {
 		out, err := e.kubectl("get", kind, name, "-n", "shop", "-o", `jsonpath={.status.conditions[?(@.type=="Accepted")].status}`)
@@ -554,4 +533,20 @@ spec:
 		got, err := codes(60)
 		return err == nil && got["200"] == 60, fmt.Sprintf("%v %v", got, err)
 	})
+}
+
+// statusCodes sends the requests of url (with curl's [1-n] globbing, one
+// request per value) from the curl pod in one curl, and counts the
+// answers by status.
+func (e *env) statusCodes(url string) (map[string]int, error) {
+	out, err := e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "120",
+		"-o", "/dev/null", "-w", `%{http_code}\n`, url)
+	if err != nil {
+		return nil, fmt.Errorf("%v: %.300s", err, out)
+	}
+	got := map[string]int{}
+	for _, c := range strings.Fields(out) {
+		got[c]++
+	}
+	return got, nil
 }
