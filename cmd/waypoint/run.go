@@ -372,29 +372,7 @@ func asMessages[T proto.Message](xs []T) []proto.Message {
 
 // loadCA loads the CA of --ca-cert/--ca-key (and --ca-root).
 func loadCA(o options, td spiffeid.TrustDomain) (*ca.Authority, error) {
-	read := func(flagName, path string) ([]byte, error) {
-		if path == "" {
-			return nil, nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", flagName, err)
-		}
-		return b, nil
-	}
-	cert, err := read("--ca-cert", o.caCert)
-	if err != nil {
-		return nil, err
-	}
-	key, err := read("--ca-key", o.caKey)
-	if err != nil {
-		return nil, err
-	}
-	root, err := read("--ca-root", o.caRoot)
-	if err != nil {
-		return nil, err
-	}
-	a, err := ca.Load(cert, key, root, td, ca.Options{})
+	a, err := ca.LoadFiles(o.caCert, o.caKey, o.caRoot, td, ca.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("loading the CA from --ca-cert %s and --ca-key %s: %w", o.caCert, o.caKey, err)
 	}

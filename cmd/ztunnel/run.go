@@ -287,29 +287,7 @@ const rootFileName = "ztunnel-ca-root.pem"
 // and writes its root next to the local config.
 func loadCA(o options, td spiffeid.TrustDomain, logger *slog.Logger) (*ca.Authority, error) {
 	if o.caCert != "" {
-		read := func(flagName, path string) ([]byte, error) {
-			if path == "" {
-				return nil, nil
-			}
-			b, err := os.ReadFile(path)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", flagName, err)
-			}
-			return b, nil
-		}
-		cert, err := read("--ca-cert", o.caCert)
-		if err != nil {
-			return nil, err
-		}
-		key, err := read("--ca-key", o.caKey)
-		if err != nil {
-			return nil, err
-		}
-		root, err := read("--ca-root", o.caRoot)
-		if err != nil {
-			return nil, err
-		}
-		a, err := ca.Load(cert, key, root, td, ca.Options{})
+		a, err := ca.LoadFiles(o.caCert, o.caKey, o.caRoot, td, ca.Options{})
 		if err != nil {
 			return nil, fmt.Errorf("loading the CA from --ca-cert %s and --ca-key %s: %w", o.caCert, o.caKey, err)
 		}

@@ -47,6 +47,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/url"
+	"os"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -185,6 +186,24 @@ func NewSelfSigned(td spiffeid.TrustDomain, opts Options) (*Authority, error) {
 		roots:    []*x509.Certificate{cert},
 		notAfter: cert.NotAfter,
 	}, nil
+}
+
+// LoadFiles is [Load] with the PEM read from files: the signing
+// certificate (and chain), its key, and the roots when rootFile is not
+// empty. A file that cannot be read is named in the error.
+func LoadFiles(certFile, keyFile, rootFile string, td spiffeid.TrustDomain, opts Options) (*Authority, error) {
+	var pems [3][]byte
+	for i, f := range []string{certFile, keyFile, rootFile} {
+		if f == "" && i == 2 {
+			break
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("ca: %w", err)
+		}
+		pems[i] = b
+	}
+	return Load(pems[0], pems[1], pems[2], td, opts)
 }
 
 // Load builds an Authority from a user-provided root or intermediate.

@@ -13,6 +13,8 @@ import (
 	"errors"
 	"math/big"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -314,5 +316,36 @@ func TestLoad_Refuses(t *testing.T) {
 	}
 	if _, err := ca.Load(certsPEM(good), intKeyPEM(intKey), rootPEM, td, opts); err != nil {
 		t.Fatalf("control: Load(good) = %v", err)
+	}
+}
+
+// TestLoadFiles: a CA written with MarshalPEM loads back from its files;
+// a missing file is named in the error.
+func TestLoadFiles(t *testing.T) {
+	a, err := ca.NewSelfSigned(td, ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := a.MarshalPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	for f, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := ca.LoadFiles(certFile, keyFile, "", td, ca.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.Certificate().Equal(a.Certificate()) {
+		t.Fatal("loaded a different certificate")
+	}
+	missing := filepath.Join(dir, "missing.key")
+	if _, err := ca.LoadFiles(certFile, missing, "", td, ca.Options{}); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("missing key file: %v; want an error naming %s", err, missing)
 	}
 }
