@@ -70,6 +70,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/caclient"
 	"github.com/ambientmesh/ambient/internal/gomaxprocs"
+	"github.com/ambientmesh/ambient/internal/istiodconn"
 )
 
 func main() {
@@ -209,35 +210,16 @@ func defaultGateway() string {
 }
 
 // checkConfigSource checks that exactly one config source is given and that
-// the flags given belong to it; set holds the flags given explicitly.
+// the flags given belong to it; set holds the flags given explicitly. With
+// --local-config the waypoint needs the CA the ztunnels trust.
 func checkConfigSource(o options, set map[string]bool) error {
-	switch {
-	case o.localConfig == "" && o.xdsAddress == "":
-		return errors.New("no config source: give --xds-address HOST:PORT (istiod-lite, e.g. istiod.istio-system.svc:15012) or --local-config FILE (a YAML mesh with routes and policies)")
-	case o.localConfig != "" && o.xdsAddress != "":
-		return errors.New("--local-config and --xds-address are exclusive: the configuration comes either from a YAML file or from istiod-lite; give one")
+	if err := istiodconn.CheckSource(istiodconn.SourceFlags{
+		LocalConfig: o.localConfig, XDSAddress: o.xdsAddress,
+		CARootFile: o.caRootFile, TokenFile: o.tokenFile, XDSServerName: o.xdsServerName, Set: set,
+	}); err != nil {
+		return err
 	}
-	if o.xdsAddress != "" {
-		for _, name := range []string{"ca-cert", "ca-key", "ca-root"} {
-			if set[name] {
-				return fmt.Errorf("--%s configures the in-process CA of --local-config; with --xds-address the certificate comes from istiod-lite (--ca-address, --ca-root-file, --token-file): drop --%s", name, name)
-			}
-		}
-		for _, f := range []struct{ name, value string }{
-			{"ca-root-file", o.caRootFile}, {"token-file", o.tokenFile}, {"xds-server-name", o.xdsServerName},
-		} {
-			if f.value == "" {
-				return fmt.Errorf("--%s is empty; it is needed with --xds-address", f.name)
-			}
-		}
-		return nil
-	}
-	for _, name := range []string{"ca-address", "ca-root-file", "token-file", "xds-server-name"} {
-		if set[name] {
-			return fmt.Errorf("--%s is for --xds-address; with --local-config the certificate comes from the in-process CA (--ca-cert, --ca-key)", name)
-		}
-	}
-	if o.caCert == "" || o.caKey == "" {
+	if o.xdsAddress == "" && (o.caCert == "" || o.caKey == "") {
 		return errors.New("--ca-cert and --ca-key are required with --local-config: the waypoint's certificate must come from the CA the ztunnels trust")
 	}
 	return nil
