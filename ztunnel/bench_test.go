@@ -90,17 +90,26 @@ func benchPodToPod(b *testing.B, mode string, lossy bool) {
 	}
 }
 
-// dropOnLink drops 1 % of the packets leaving n's link interface, at
-// random. tc netem would be the usual tool, but this machine's kernel has
-// no sch_netem; nftables' numgen random drops the same share. The rule
-// lives in n's namespace and goes with the topology.
+// dropOnLink drops 1 % of the packets arriving at n from the link, at
+// random, one wire-sized packet at a time as a lossy network would: tc
+// netem would be the usual tool, but this machine's kernel has no
+// sch_netem, so nftables' numgen random drops the same share in n's
+// prerouting. Segmentation offloads are turned off on n's link interface,
+// so what n sends crosses the link as wire-sized packets (it is called for
+// both nodes): with them TCP's segments and QUIC's GSO batches would cross
+// the veth whole, up to 64 KiB each, and one drop would take dozens of
+// packets at once. Both settings go with the topology.
 func dropOnLink(b *testing.B, n *testenv.Node) {
 	b.Helper()
+	off := n.Command(context.Background(), "ethtool", "-K", n.LinkIf, "tso", "off", "gso", "off", "tx-udp-segmentation", "off", "gro", "off")
+	if out, err := off.CombinedOutput(); err != nil {
+		b.Fatalf("offloads off on node %d: %v: %s", n.Index, err, out)
+	}
 	cmd := n.Command(context.Background(), "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(fmt.Sprintf(`table inet benchloss {
-	chain egress {
-		type filter hook postrouting priority 0; policy accept;
-		oifname %q numgen random mod 100 0 drop
+	chain ingress {
+		type filter hook prerouting priority -500; policy accept;
+		iifname %q numgen random mod 100 0 drop
 	}
 }
 `, n.LinkIf))
