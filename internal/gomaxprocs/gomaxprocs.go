@@ -5,16 +5,20 @@
 // idle thread to look for that work. The thread finds nothing and sleeps
 // again: two context switches and a futex per wake-up. On a small VM that is
 // about a third of a proxy's CPU per request (docs/benchmarks.md). With one
-// P none of it happens, but one P caps the proxy at one core. The
-// Controller starts at one P and doubles the count while the process is
-// busier than highWater of its Ps. It takes one P away after Settle
-// intervals below lowWater of one P fewer, never going past Max, the count
-// Go chose at start from the CPUs and the cgroup CPU limit.
+// P none of it happens, but one P caps the proxy at one core.
+//
+// The Controller starts at one P and doubles the count while the process
+// is busier than highWater of its Ps, or while goroutines queue for a P
+// (more than queuedShare of them waited queuedWait or more to run: a burst
+// of CPU-heavy work, or a machine so loaded that the process gets less CPU
+// than it could use). It takes one P away after Settle intervals below
+// lowWater of one P fewer without queueing, never going past Max, the
+// count Go chose at start from the CPUs and the cgroup CPU limit.
 //
 // Istio's ztunnel and waypoint instead run a fixed number of worker threads
 // (2 by default). Linkerd's proxy runs one unless it is given a CPU limit.
 // A GOMAXPROCS set in the environment pins the count, and the Controller is
-// then not used (see Auto).
+// then not used (see Apply).
 package gomaxprocs
 
 import (
@@ -48,7 +52,7 @@ const (
 // and queued the share of goroutine starts in it that waited queuedWait
 // or more. It returns the count the load asks for: double when busy >
 // highWater×cur or queued > queuedShare, one fewer when busy <
-// lowWater×(cur−1), else cur.
+// lowWater×(cur−1) and queued ≤ queuedShare, else cur.
 func Decide(cur, max int, busy, queued float64) int {
 	switch {
 	case (busy > highWater*float64(cur) || queued > queuedShare) && cur < max:
