@@ -3,8 +3,11 @@ package telemetry
 import (
 	"encoding/json"
 	"io"
+	"math"
+	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Peer describes one end of a flow.
@@ -105,6 +108,141 @@ func (f Flow) MarshalJSON() ([]byte, error) {
 	})
 }
 
+// appendJSON appends the flow's record line to b: the bytes MarshalJSON
+// gives (encoding/json's rendering of record: field order, omitempty,
+// HTML-safe string escaping, float format), without reflection or
+// allocations. ok is false when the start time has no RFC 3339 form (a
+// year outside 0-9999), which MarshalJSON reports as an error.
+func (f *Flow) appendJSON(b []byte) (_ []byte, ok bool) {
+	b = append(b, `{"start":"`...)
+	b, err := f.Start.UTC().AppendText(b)
+	if err != nil {
+		return b, false
+	}
+	b = append(b, '"')
+	b = appendField(b, "reporter", f.Reporter, false)
+	b = appendField(b, "src.workload", f.Src.Workload, true)
+	b = appendField(b, "src.namespace", f.Src.Namespace, true)
+	b = appendField(b, "src.identity", f.Src.Identity, true)
+	b = appendField(b, "src.addr", f.Src.Addr, true)
+	b = appendField(b, "dst.workload", f.Dst.Workload, true)
+	b = appendField(b, "dst.namespace", f.Dst.Namespace, true)
+	b = appendField(b, "dst.service", f.Dst.Service, true)
+	b = appendField(b, "dst.identity", f.Dst.Identity, true)
+	b = appendField(b, "dst.addr", f.Dst.Addr, true)
+	b = append(b, `,"bytes_sent":`...)
+	b = strconv.AppendInt(b, f.BytesSent, 10)
+	b = append(b, `,"bytes_received":`...)
+	b = strconv.AppendInt(b, f.BytesRecv, 10)
+	b = append(b, `,"duration_ms":`...)
+	b = appendJSONFloat(b, float64(f.Duration.Microseconds())/1000)
+	b = appendField(b, "decision", f.Decision, false)
+	b = appendField(b, "policy", f.Policy, true)
+	b = appendField(b, "security", f.Security, true)
+	b = appendField(b, "transport", f.Transport, true)
+	b = appendField(b, "protocol", f.Protocol, true)
+	b = appendField(b, "error", f.Error, true)
+	b = appendField(b, "method", f.Method, true)
+	b = appendField(b, "path", f.Path, true)
+	if f.ResponseCode != 0 {
+		b = append(b, `,"response_code":`...)
+		b = strconv.AppendInt(b, int64(f.ResponseCode), 10)
+	}
+	b = appendField(b, "response_flags", f.ResponseFlags, true)
+	return append(b, '}'), true
+}
+
+// appendField appends `,"name":"value"`; nothing for an empty value when
+// omitEmpty. name needs no escaping.
+func appendField(b []byte, name, value string, omitEmpty bool) []byte {
+	if omitEmpty && value == "" {
+		return b
+	}
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	b = append(b, '"', ':')
+	return appendJSONString(b, value)
+}
+
+// appendJSONString appends s as encoding/json.Marshal renders a string:
+// quoted; '"', '\\' and the control characters escaped (\b \f \n \r \t
+// by name); '<', '>' and '&' escaped for HTML; invalid UTF-8 as \ufffd;
+// U+2028 and U+2029 escaped.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '\\', '"':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// appendJSONFloat appends a finite f as encoding/json.Marshal renders a
+// float64 (ES6 number to string: %f, or %e without exponent padding for
+// very small and very large magnitudes).
+func appendJSONFloat(b []byte, f float64) []byte {
+	format := byte('f')
+	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
+		format = 'e'
+	}
+	b = strconv.AppendFloat(b, f, format, -1, 64)
+	if format == 'e' { // e-09 → e-9
+		n := len(b)
+		if n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
+}
+
+// lineBufs are the scratch buffers Record renders lines into.
+var lineBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledLine bounds the scratch buffers kept for reuse.
+const maxPooledLine = 16 << 10
+
 // FlowLog writes one JSON line per flow to w, never interleaving lines, and
 // publishes each line to an optional Feed. A buffered FlowLog gathers lines
 // and writes them at most every flush interval (or when flowLogBuffer
@@ -143,14 +281,34 @@ func NewBufferedFlowLog(w io.Writer, flush time.Duration) *FlowLog {
 // data path never blocks on a broken log sink for longer than one write. A
 // buffered FlowLog returns the error of an earlier flush, once.
 func (l *FlowLog) Record(f Flow) error {
-	b, err := f.MarshalJSON()
-	if err != nil {
-		return err
-	}
 	if l.feed != nil {
+		// The feed keeps the line: it gets a buffer of its own.
+		b, ok := f.appendJSON(make([]byte, 0, 512))
+		if !ok {
+			_, err := f.MarshalJSON()
+			return err
+		}
 		l.feed.Publish(b[:len(b):len(b)]) // the newline appended below never reaches it
+		return l.write(append(b, '\n'))
 	}
-	b = append(b, '\n')
+	bp := lineBufs.Get().(*[]byte)
+	b, ok := f.appendJSON((*bp)[:0])
+	var err error
+	if ok {
+		err = l.write(append(b, '\n'))
+	} else {
+		_, err = f.MarshalJSON()
+	}
+	if cap(b) <= maxPooledLine {
+		*bp = b[:0]
+		lineBufs.Put(bp)
+	}
+	return err
+}
+
+// write writes the line b, or buffers a copy of it.
+func (l *FlowLog) write(b []byte) error {
+	var err error
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.flush == 0 {

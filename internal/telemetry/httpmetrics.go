@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,10 +23,49 @@ var httpLabels = []string{
 
 // HTTPMetrics are Istio's request metrics (the waypoint's), registered on an
 // injected registry.
+//
+// Observe finds the four series of a request through a cache keyed by
+// the fields its labels are made of, so a request of a known kind renders
+// no label and hashes no label value: at most maxCachedSeries kinds are
+// cached, the others looked up by their labels each time. (No series is
+// ever deleted from the vectors, so a cached one stays theirs.)
 type HTTPMetrics struct {
 	requests                      *prometheus.CounterVec
 	duration, reqBytes, respBytes *prometheus.HistogramVec
 	cluster                       string
+
+	mu     sync.RWMutex // guards series
+	series map[seriesKey]*httpSeries
+}
+
+// maxCachedSeries bounds HTTPMetrics' cache of series.
+const maxCachedSeries = 4096
+
+// seriesKey is what the labels of a request are made of (the cluster
+// aside, which is the HTTPMetrics'): the Request's fields as they are,
+// before "unknown" and the other defaults are filled in.
+type seriesKey struct {
+	reporter                                                  string
+	srcWorkload, srcApp, srcVersion, srcNamespace, srcID      string
+	dstService, dstWorkload, dstApp, dstVersion, dstNamespace string
+	dstID, protocol, grpcStatus, flags, security              string
+	code                                                      int
+}
+
+func keyOf(r *Request) seriesKey {
+	return seriesKey{
+		reporter:    r.Reporter,
+		srcWorkload: r.Src.Workload, srcApp: r.Src.App, srcVersion: r.Src.Version, srcNamespace: r.Src.Namespace, srcID: r.Src.Identity,
+		dstService: r.Dst.Service, dstWorkload: r.Dst.Workload, dstApp: r.Dst.App, dstVersion: r.Dst.Version, dstNamespace: r.Dst.Namespace,
+		dstID: r.Dst.Identity, protocol: r.Protocol, grpcStatus: r.GRPCStatus, flags: r.Flags, security: r.Security,
+		code: r.ResponseCode,
+	}
+}
+
+// httpSeries are the four series of one label set.
+type httpSeries struct {
+	requests                      prometheus.Counter
+	duration, reqBytes, respBytes prometheus.Observer
 }
 
 // Request is one finished HTTP request for [HTTPMetrics.Observe]: its flow
@@ -58,6 +98,7 @@ func NewHTTPMetrics(reg prometheus.Registerer, cluster string) (*HTTPMetrics, er
 		reqBytes:  hist("istio_request_bytes", "Request body sizes in bytes.", sizeBuckets),
 		respBytes: hist("istio_response_bytes", "Response body sizes in bytes.", sizeBuckets),
 		cluster:   cluster,
+		series:    make(map[seriesKey]*httpSeries),
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.reqBytes, m.respBytes} {
 		if err := reg.Register(c); err != nil {
@@ -69,11 +110,33 @@ func NewHTTPMetrics(reg prometheus.Registerer, cluster string) (*HTTPMetrics, er
 
 // Observe counts one finished request.
 func (m *HTTPMetrics) Observe(r Request) {
-	l := m.labels(r)
-	m.requests.WithLabelValues(l...).Inc()
-	m.duration.WithLabelValues(l...).Observe(float64(r.Duration) / float64(time.Millisecond))
-	m.reqBytes.WithLabelValues(l...).Observe(float64(r.BytesSent))
-	m.respBytes.WithLabelValues(l...).Observe(float64(r.BytesRecv))
+	s := m.seriesOf(&r)
+	s.requests.Inc()
+	s.duration.Observe(float64(r.Duration) / float64(time.Millisecond))
+	s.reqBytes.Observe(float64(r.BytesSent))
+	s.respBytes.Observe(float64(r.BytesRecv))
+}
+
+// seriesOf returns r's series, from the cache when they are there.
+func (m *HTTPMetrics) seriesOf(r *Request) *httpSeries {
+	k := keyOf(r)
+	m.mu.RLock()
+	s := m.series[k]
+	m.mu.RUnlock()
+	if s != nil {
+		return s
+	}
+	l := m.labels(*r)
+	s = &httpSeries{
+		requests: m.requests.WithLabelValues(l...),
+		duration: m.duration.WithLabelValues(l...), reqBytes: m.reqBytes.WithLabelValues(l...), respBytes: m.respBytes.WithLabelValues(l...),
+	}
+	m.mu.Lock()
+	if len(m.series) < maxCachedSeries {
+		m.series[k] = s
+	}
+	m.mu.Unlock()
+	return s
 }
 
 func (m *HTTPMetrics) labels(r Request) []string {

@@ -75,7 +75,7 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 
-	pc, idle := c.takeIdle(addr)
+	pc, idleSince := c.takeIdle(addr)
 	reused := pc != nil
 	if !reused {
 		if pc, err = c.dial(ctx, addr); err != nil {
@@ -83,7 +83,7 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
-	resp, stale, err := c.send(ctx, req, pc, reused, idle)
+	resp, stale, err := c.send(ctx, req, pc, reused, idleSince)
 	if !stale || ctx.Err() != nil {
 		return resp, err
 	}
@@ -103,11 +103,15 @@ func (c *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// send makes one exchange of req on pc. On failure pc is closed and stale
-// reports whether pc, if reused, looked closed by the server before our
-// request reached it.
-func (c *Client) send(ctx context.Context, req *http.Request, pc *conn, reused bool, idle time.Duration) (resp *http.Response, stale bool, err error) {
+// send makes one exchange of req on pc, pooled since idleSince (monoNow)
+// if reused. On failure pc is closed and stale reports whether pc, if
+// reused, looked closed by the server before our request reached it.
+func (c *Client) send(ctx context.Context, req *http.Request, pc *conn, reused bool, idleSince time.Duration) (resp *http.Response, stale bool, err error) {
 	if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.GotConn != nil {
+		var idle time.Duration
+		if reused {
+			idle = monoNow() - idleSince
+		}
 		trace.GotConn(httptrace.GotConnInfo{Conn: pc.nc, Reused: reused, WasIdle: reused, IdleTime: idle})
 	}
 	// After GotConn: its hook may ask for the connection to be closed.

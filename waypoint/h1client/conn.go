@@ -35,9 +35,23 @@ type conn struct {
 
 	// Client.mu guards the fields below.
 	host      *host
-	idleSince time.Time
-	idleTimer *time.Timer // closes the connection once idle too long; nil without IdleTimeout
+	idleSince time.Duration // monoNow when last pooled
+	// idleTimer closes the connection once idle too long; nil without
+	// IdleTimeout. It is armed lazily: taking the connection leaves it
+	// running and pooling it again arms it only when it is not, so a busy
+	// connection costs no timer operation per request. When it fires on a
+	// connection in use, or idle for less than IdleTimeout, it stops, or
+	// is armed again for the rest (expire).
+	idleTimer *time.Timer
+	timerOn   bool // idleTimer is armed
 }
+
+// epoch is the origin of monoNow.
+var epoch = time.Now()
+
+// monoNow reads the monotonic clock alone: one clock read where
+// time.Now takes two (the wall clock too).
+func monoNow() time.Duration { return time.Since(epoch) }
 
 // host is an address's connections. It is in Client.hosts while it has
 // any, so that addresses no longer used take no room.
@@ -77,6 +91,10 @@ func (pc *conn) close() {
 	c.mu.Lock()
 	if pc.host.conns--; pc.host.conns == 0 {
 		delete(c.hosts, pc.addr)
+	}
+	if pc.timerOn {
+		pc.idleTimer.Stop()
+		pc.timerOn = false
 	}
 	c.mu.Unlock()
 	pc.nc.Close()
@@ -123,8 +141,9 @@ func (pc *conn) errorf(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("h1client: %s %s: %w", op, pc.addr, err)
 }
 
-// takeIdle takes addr's most recently used idle connection, and how long
-// it was idle; nil when there is none.
+// takeIdle takes addr's most recently used idle connection, and when it
+// became idle (monoNow); nil when there is none. Its idle timer keeps
+// running: should it fire, expire will not find pc idle.
 func (c *Client) takeIdle(addr string) (*conn, time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -136,10 +155,7 @@ func (c *Client) takeIdle(addr string) (*conn, time.Duration) {
 	pc := h.idle[n]
 	h.idle[n] = nil
 	h.idle = h.idle[:n]
-	if pc.idleTimer != nil {
-		pc.idleTimer.Stop() // should it have fired, expire will not find pc
-	}
-	return pc, time.Since(pc.idleSince)
+	return pc, pc.idleSince
 }
 
 // putIdle pools pc, or closes it when its address has enough idle ones.
@@ -152,28 +168,38 @@ func (c *Client) putIdle(pc *conn) {
 		return
 	}
 	h.idle = append(h.idle, pc)
-	pc.idleSince = time.Now()
+	pc.idleSince = monoNow()
 	switch d := c.idleTimeout(); {
 	case d == 0: // never expires
 	case pc.idleTimer == nil:
 		pc.idleTimer = time.AfterFunc(d, func() { c.expire(pc) })
-	default:
+		pc.timerOn = true
+	case !pc.timerOn:
 		pc.idleTimer.Reset(d)
+		pc.timerOn = true
 	}
 	c.mu.Unlock()
 }
 
-// expire closes pc if it is still idle and has been for IdleTimeout. It
-// runs from pc's idle timer, which may fire as pc is taken (and maybe
-// pooled again, with a later deadline).
+// expire runs from pc's idle timer. It closes pc if it is idle and has
+// been for IdleTimeout; if it is idle for less (it was taken and pooled
+// again since the timer was armed), it arms the timer for the rest; if
+// it is in use, it leaves the timer stopped for putIdle to arm.
 func (c *Client) expire(pc *conn) {
 	c.mu.Lock()
 	h := pc.host
 	i := slices.Index(h.idle, pc)
-	if i < 0 || time.Since(pc.idleSince) < c.idleTimeout() {
+	if i < 0 {
+		pc.timerOn = false
 		c.mu.Unlock()
 		return
 	}
+	if rest := c.idleTimeout() - (monoNow() - pc.idleSince); rest > 0 {
+		pc.idleTimer.Reset(rest)
+		c.mu.Unlock()
+		return
+	}
+	pc.timerOn = false
 	h.idle = slices.Delete(h.idle, i, i+1)
 	c.mu.Unlock()
 	pc.close()
@@ -186,8 +212,9 @@ func (c *Client) CloseIdleConnections() {
 	c.mu.Lock()
 	for _, h := range c.hosts {
 		for i, pc := range h.idle {
-			if pc.idleTimer != nil {
+			if pc.timerOn {
 				pc.idleTimer.Stop()
+				pc.timerOn = false
 			}
 			idle = append(idle, pc)
 			h.idle[i] = nil

@@ -33,8 +33,10 @@ type Compiled struct {
 	errs       []error
 
 	// applicable caches l7authz.Applicable per destination (a pure
-	// function of policies and the target), filled on first use.
-	applicable sync.Map // string → []*l7authz.Policy
+	// function of policies and the target), filled on first use, by
+	// "namespace/name" of the destination Service ("/" for a workload).
+	applicableMu sync.RWMutex // guards applicable
+	applicable   map[string][]*l7authz.Policy
 }
 
 // Compile compiles c. An item that does not compile is left out (a route
@@ -104,31 +106,42 @@ var errNoTable = errors.New("no routing table")
 // then the service's own, each for the port and then for every port; then
 // the waypoint Gateway's. gateway says the table found is the Gateway's.
 func (c *Compiled) table(svcKey string, port uint32, clientNS, gwKey string) (t *route.Table, gateway bool) {
+	if len(c.tables) == 0 {
+		return nil, false
+	}
 	if svcKey != "" {
 		if clientNS != "" {
-			if t := c.tables[waypointapi.ResourceName(svcKey, port, clientNS)]; t != nil {
+			if t := c.lookup(svcKey, port, clientNS); t != nil {
 				return t, false
 			}
-			if t := c.tables[waypointapi.ResourceName(svcKey, 0, clientNS)]; t != nil {
+			if t := c.lookup(svcKey, 0, clientNS); t != nil {
 				return t, false
 			}
 		}
-		if t := c.tables[waypointapi.ResourceName(svcKey, port, "")]; t != nil {
+		if t := c.lookup(svcKey, port, ""); t != nil {
 			return t, false
 		}
-		if t := c.tables[waypointapi.ResourceName(svcKey, 0, "")]; t != nil {
+		if t := c.lookup(svcKey, 0, ""); t != nil {
 			return t, false
 		}
 	}
 	if gwKey != "" {
-		if t := c.tables[waypointapi.ResourceName(gwKey, port, "")]; t != nil {
+		if t := c.lookup(gwKey, port, ""); t != nil {
 			return t, true
 		}
-		if t := c.tables[waypointapi.ResourceName(gwKey, 0, "")]; t != nil {
+		if t := c.lookup(gwKey, 0, ""); t != nil {
 			return t, true
 		}
 	}
 	return nil, false
+}
+
+// lookup is c.tables[waypointapi.ResourceName(key, port, consumerNS)],
+// the name built on the stack (a map index by string(bytes) copies
+// nothing).
+func (c *Compiled) lookup(key string, port uint32, consumerNS string) *route.Table {
+	var buf [128]byte
+	return c.tables[string(appendTableName(buf[:0], key, port, consumerNS))]
 }
 
 // policiesFor returns the policies that apply at this waypoint to a
@@ -138,16 +151,25 @@ func (c *Compiled) policiesFor(t targets, svcNS, svcName string) []*l7authz.Poli
 	if len(c.policies) == 0 {
 		return nil
 	}
-	key := svcNS + "/" + svcName
-	if v, ok := c.applicable.Load(key); ok {
-		return v.([]*l7authz.Policy)
+	var buf [128]byte
+	key := append(append(append(buf[:0], svcNS...), '/'), svcName...)
+	c.applicableMu.RLock()
+	ps, ok := c.applicable[string(key)] // no copy of key
+	c.applicableMu.RUnlock()
+	if ok {
+		return ps
 	}
 	refs := []l7authz.TargetRef{l7authz.GatewayTarget(t.gatewayNS, t.gatewayName), l7authz.GatewayClassTarget(t.gatewayClass)}
 	if svcName != "" {
 		refs = append(refs, l7authz.ServiceTarget(svcNS, svcName))
 	}
-	ps := l7authz.Applicable(c.policies, t.rootNS, refs...)
-	c.applicable.Store(key, ps)
+	ps = l7authz.Applicable(c.policies, t.rootNS, refs...)
+	c.applicableMu.Lock()
+	if c.applicable == nil {
+		c.applicable = make(map[string][]*l7authz.Policy)
+	}
+	c.applicable[string(key)] = ps
+	c.applicableMu.Unlock()
 	return ps
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/resilience"
 	"github.com/ambientmesh/ambient/waypoint/route"
@@ -34,7 +35,8 @@ type upstream struct {
 	port     uint16 // service port
 	workload *workloadapi.Workload
 	addr     netip.AddrPort
-	h2       bool // speak HTTP/2 (h2c) to it
+	addrStr  string // addr as a string
+	h2       bool   // speak HTTP/2 (h2c) to it
 }
 
 // speaksH2 reports whether the service port declares HTTP/2 or gRPC.
@@ -52,10 +54,16 @@ func (u upstream) speaksH2() bool {
 // the cluster's load balancer over the endpoints outlier detection has not
 // ejected; with PASSTHROUGH (or no cluster: mirrors) the mesh's own choice,
 // uniform over the healthy endpoints, as a connection to the service
-// would get. lb is the endpoint's load balancer entry, when there is one.
-func (p *Proxy) pick(view *state.View, u upstream, cl *cluster) (ep state.Endpoint, lb *resilience.Endpoint, err error) {
+// would get. peer describes the endpoint (its address as a string too);
+// lb is its load balancer entry, when there is one.
+func (p *Proxy) pick(view *state.View, memo *viewMemo, u upstream, cl *cluster) (ep state.Endpoint, peer telemetry.Peer, lb *resilience.Endpoint, err error) {
 	if u.workload != nil {
-		return state.Endpoint{Workload: u.workload, Port: u.addr.Port(), Addr: u.addr}, nil, nil
+		addr := u.addrStr
+		if addr == "" {
+			addr = u.addr.String()
+		}
+		return state.Endpoint{Workload: u.workload, Port: u.addr.Port(), Addr: u.addr},
+			endpointPeer(u.workload, addr, memo.identity(u.workload)), nil, nil
 	}
 	if cl != nil && cl.pol.lb != resilience.Passthrough {
 		return cl.pickFrom(view, u, p.rnd64)
@@ -64,7 +72,10 @@ func (p *Proxy) pick(view *state.View, u upstream, cl *cluster) (ep state.Endpoi
 	if err == nil && !ep.Addr.IsValid() {
 		err = fmt.Errorf("endpoint %s has no address", ep.Workload.GetUid())
 	}
-	return ep, nil, err
+	if err != nil {
+		return ep, peer, nil, err
+	}
+	return ep, endpointPeer(ep.Workload, ep.Addr.String(), memo.identity(ep.Workload)), nil, nil
 }
 
 // hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1)
@@ -77,33 +88,64 @@ var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-A
 // x-request-id added when missing, the route's mutations applied;
 // everything else passes untouched (with tracing on, forward then sets
 // traceparent to the waypoint's span: reqTrace.inject).
+//
+// The copy is made as http.Header.Clone makes it (each value slice its own
+// part of one array, capped; nil values kept), with room in that array
+// for the fields added, and without the hop-by-hop fields.
 func upstreamHeader(r *http.Request, muts []*route.HeaderMutation) http.Header {
-	h := r.Header.Clone()
-	if h == nil {
-		h = http.Header{}
+	const added = 3 // Te, X-Forwarded-Proto, X-Request-Id
+	nv := added
+	for _, vv := range r.Header {
+		nv += len(vv)
+	}
+	sv := make([]string, nv)
+	h := make(http.Header, len(r.Header)+added-1)
+	for k, vv := range r.Header {
+		switch {
+		case isHopByHop(k):
+		case vv == nil:
+			h[k] = nil
+		default:
+			n := copy(sv, vv)
+			h[k] = sv[:n:n]
+			sv = sv[n:]
+		}
+	}
+	// one returns v as a header value, from the array.
+	one := func(v string) []string {
+		sv[0] = v
+		vv := sv[:1:1]
+		sv = sv[1:]
+		return vv
 	}
 	for _, c := range r.Header.Values("Connection") {
 		for _, name := range strings.Split(c, ",") {
 			h.Del(strings.TrimSpace(name))
 		}
 	}
-	trailers := slices.ContainsFunc(r.Header.Values("Te"), func(v string) bool { return strings.Contains(strings.ToLower(v), "trailers") })
-	for _, k := range hopByHop {
-		delete(h, k)
-	}
-	if trailers {
-		h["Te"] = []string{"trailers"}
+	if slices.ContainsFunc(r.Header.Values("Te"), func(v string) bool { return strings.Contains(strings.ToLower(v), "trailers") }) {
+		h["Te"] = one("trailers")
 	}
 	if _, ok := h["X-Forwarded-Proto"]; !ok {
-		h["X-Forwarded-Proto"] = []string{"http"}
+		h["X-Forwarded-Proto"] = one("http")
 	}
 	if _, ok := h["X-Request-Id"]; !ok {
-		h["X-Request-Id"] = []string{newRequestID()}
+		h["X-Request-Id"] = one(newRequestID())
 	}
 	for _, m := range muts {
 		m.Apply(h)
 	}
 	return h
+}
+
+// isHopByHop reports whether k is one of hopByHop.
+func isHopByHop(k string) bool {
+	switch k {
+	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
 }
 
 // newRequestID is a random UUID (version 4), as Envoy generates them.
@@ -163,9 +205,100 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// upReq is what the upstream requests of one request are made of: every
+// attempt's and every mirror's. It lives in the request's pooled
+// reqRecord, with the parts the attempts through the synchronous HTTP/1.1
+// client reuse (that client is done with a request when RoundTrip
+// returns); the other transports and the mirrors, which may read a
+// request after that, get parts of their own.
+type upReq struct {
+	method, host string
+	url          url.URL // the target, without Host
+	hdr          http.Header
+	// The body: buf, buffered (nil: none, or streamed); else body and
+	// length, streamed once, when replayable is false.
+	buf        []byte
+	bufEntry   *[]byte // buf's bodyBufs entry; nil: not pooled
+	replayable bool
+	body       io.ReadCloser
+	length     int64
+
+	// Reused by the synchronous client's attempts, made once per pooled
+	// record: url with the endpoint's Host, a reader over buf wrapped in
+	// an io.NopCloser (which net/http knows to be in memory, so that
+	// headers and body leave in one write), and GetBody.
+	attemptURL url.URL
+	reader     bytes.Reader
+	readCloser io.ReadCloser
+	getBody    func() (io.ReadCloser, error)
+}
+
+// init makes o's reused parts; once per pooled record.
+func (o *upReq) init() {
+	o.readCloser = io.NopCloser(&o.reader)
+	o.getBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(o.buf)), nil }
+}
+
+// request is the upstream request to the endpoint at addr, with context
+// ctx. reuse says the caller is done with the previous one (the
+// synchronous client): the request is made of o's reused parts; else of
+// its own. A streamed body is handed over in either case.
+func (o *upReq) request(ctx context.Context, addr string, reuse bool) *http.Request {
+	r := http.Request{Method: o.method, Header: o.hdr, Host: o.host, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+	if reuse {
+		o.attemptURL = o.url
+		r.URL = &o.attemptURL
+	} else {
+		u := o.url
+		r.URL = &u
+	}
+	r.URL.Host = addr
+	switch {
+	case o.buf != nil && reuse:
+		o.reader.Reset(o.buf)
+		r.Body, r.GetBody, r.ContentLength = o.readCloser, o.getBody, int64(len(o.buf))
+	case o.buf != nil:
+		buf := o.buf
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(buf)), int64(len(buf))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+	case o.replayable:
+		r.Body, r.ContentLength = http.NoBody, 0
+	default:
+		r.Body, r.ContentLength = o.body, o.length
+	}
+	return r.WithContext(ctx)
+}
+
+// setURL sets o.url to the upstream target: path (the normalized or
+// rewritten path) with the request's query. It reports false for a path
+// that is not a plain path: it has a host or a scheme, or does not parse.
+func (o *upReq) setURL(path, rawQuery string) bool {
+	if plainPath(path) {
+		o.url = url.URL{Path: path} // what url.Parse would give
+	} else {
+		u, err := url.Parse(path)
+		if err != nil || u.Host != "" || u.Scheme != "" {
+			return false
+		}
+		o.url = *u
+	}
+	o.url.Scheme, o.url.RawQuery = "http", rawQuery
+	return true
+}
+
+// reuseAfter says what of a request's parts may be reused once its
+// handler has returned: its record (reqRecord.recycle), unless a
+// transport streams the body, which it reads through the record maybe
+// after the handler, or mirrors read the record's upReq; its buffered
+// body, only when nothing but the synchronous client (done with a request
+// when RoundTrip returns) reads it: no other transport, no mirror.
+func reuseAfter(streamed, mirrored, sync bool) (record, bodyBuffer bool) {
+	return !streamed && !mirrored, sync && !mirrored && !streamed
+}
+
 // forward sends the request to up, with the route's timeouts, retries and
 // mirrors, and streams the response back.
-func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *route.Decision, up upstream, path, host string) {
+func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, memo *viewMemo, dec *route.Decision, up upstream, path, host string) {
 	ctx := r.Context()
 	if dec.Timeouts.RequestSet && dec.Timeouts.Request > 0 {
 		var cancel context.CancelFunc
@@ -180,11 +313,20 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 
 	// A body up to MaxRetryBody of known length is buffered, so that it
 	// can be sent again (retries, mirrors); any other is streamed once.
-	var buf []byte
+	// The buffer goes back to bodyBufs unless something may read it
+	// after the handler (reuseAfter).
+	o := &rec.out
+	recycleBuf := false
+	defer func() {
+		if recycleBuf {
+			putBodyBuf(o.bufEntry)
+		}
+	}()
 	replayable := r.ContentLength == 0 || r.Body == http.NoBody
 	if !replayable && r.ContentLength > 0 && r.ContentLength <= p.cfg.MaxRetryBody {
-		buf = make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, buf); err != nil {
+		o.buf, o.bufEntry = getBodyBuf(r.ContentLength)
+		recycleBuf = true
+		if _, err := io.ReadFull(r.Body, o.buf); err != nil {
 			rec.flow.Error = "reading the request body: " + err.Error()
 			p.respond(rec, http.StatusBadRequest, bodyBadRequest, flagDownstreamReset)
 			return
@@ -195,12 +337,10 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		rp.attempts = 0
 	}
 
-	u, err := url.Parse(path)
-	if err != nil || u.Host != "" || u.Scheme != "" {
+	if !o.setURL(path, r.URL.RawQuery) {
 		p.respond(rec, http.StatusBadRequest, bodyBadRequest, flagNone)
 		return
 	}
-	u.Scheme, u.RawQuery = "http", r.URL.RawQuery
 	hdr := upstreamHeader(r, dec.RequestHeaders)
 	rec.trace.inject(hdr)
 	upgrade := upgradeType(r)
@@ -208,25 +348,14 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		hdr["Connection"], hdr["Upgrade"] = []string{"Upgrade"}, []string{upgrade}
 		rp.attempts = 0
 	}
-	newReq := func(ctx context.Context, ep state.Endpoint) *http.Request {
-		uc := *u
-		uc.Host = ep.Addr.String()
-		req := (&http.Request{Method: r.Method, URL: &uc, Header: hdr, Host: host,
-			Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}).WithContext(ctx)
-		switch {
-		case buf != nil:
-			req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(buf)), int64(len(buf))
-			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
-		case replayable:
-			req.Body, req.ContentLength = http.NoBody, 0
-		default:
-			req.Body, req.ContentLength = r.Body, r.ContentLength
-		}
-		return req
+	o.method, o.host, o.hdr, o.replayable = r.Method, host, hdr, replayable
+	if !replayable {
+		o.body, o.length = r.Body, r.ContentLength
 	}
-	if replayable && upgrade == "" {
+	mirrored := replayable && upgrade == "" && len(dec.Mirrors) > 0
+	if mirrored {
 		for _, m := range dec.Mirrors {
-			p.mirror(view, m, newReq, host)
+			p.mirror(view, memo, m, o, host)
 		}
 	}
 	cl := p.cluster(up)
@@ -240,6 +369,8 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 	case !replayable, upgrade != "":
 		transport = ups.h1 // a streamed body, written while the response is read; or a 101's connection
 	}
+	reuse := transport == http.RoundTripper(ups.h1sync) // done with a request when RoundTrip returns
+	rec.recycle, recycleBuf = reuseAfter(!replayable, mirrored, reuse)
 	if cl != nil {
 		done, err := cl.pool.limiter.Acquire(resilience.Requests)
 		if err != nil {
@@ -252,13 +383,13 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 	var at attempt
 	defer at.release()
 	for try := 0; ; try++ {
-		ep, lb, err := p.pick(view, up, cl)
+		_, peer, lb, err := p.pick(view, memo, up, cl)
 		if err != nil {
 			rec.flow.Error = err.Error()
 			p.respond(rec, http.StatusServiceUnavailable, bodyNoUpstream, flagNoHealthy)
 			return
 		}
-		rec.flow.Dst = p.workloadPeer(ep.Workload, ep.Addr)
+		rec.flow.Dst = peer
 		rec.flow.Dst.Service = up.svc.GetHostname()
 		if cl != nil && !up.h2 {
 			if at.conn, err = cl.acquireConn(ctx); err != nil {
@@ -277,7 +408,7 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, dec *
 		if perTry > 0 {
 			actx, acancel = context.WithTimeout(ctx, perTry)
 		}
-		req := newReq(actx, ep)
+		req := o.request(actx, peer.Addr, reuse)
 		if cl != nil && !up.h2 {
 			req = limitPerConn(req, cl.pool.perConn)
 		}
@@ -424,7 +555,7 @@ func (p *Proxy) writeResponse(rec *reqRecord, r *http.Request, resp *http.Respon
 		h.Add("Trailer", k)
 	}
 	rec.w.WriteHeader(resp.StatusCode)
-	rc := http.NewResponseController(rec.w)
+	rc := http.NewResponseController(&rec.w)
 	flush := resp.ContentLength < 0 || r.ProtoMajor == 2
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
@@ -466,7 +597,7 @@ func (p *Proxy) writeResponse(rec *reqRecord, r *http.Request, resp *http.Respon
 // mirror sends a copy of the request to m's service, fire and forget,
 // with Host suffixed "-shadow" as Envoy does; dropped when MaxMirrors are
 // already in flight.
-func (p *Proxy) mirror(view *state.View, m route.Mirror, newReq func(context.Context, state.Endpoint) *http.Request, host string) {
+func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upReq, host string) {
 	ns, hostname, _ := strings.Cut(m.Service, "/")
 	svc := view.Service(ns, hostname)
 	if svc == nil {
@@ -480,7 +611,7 @@ func (p *Proxy) mirror(view *state.View, m route.Mirror, newReq func(context.Con
 	go func() {
 		defer func() { <-p.mirrors }()
 		up := upstream{svc: svc, svcKey: m.Service, port: uint16(m.Port)}
-		ep, _, err := p.pick(view, up, nil)
+		_, peer, _, err := p.pick(view, memo, up, nil)
 		if err != nil {
 			return
 		}
@@ -489,7 +620,7 @@ func (p *Proxy) mirror(view *state.View, m route.Mirror, newReq func(context.Con
 		defer ups.release()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		req := newReq(ctx, ep)
+		req := o.request(ctx, peer.Addr, false)
 		req.Host = shadowHost(host)
 		var t http.RoundTripper = ups.h1sync
 		if up.speaksH2() {

@@ -4,12 +4,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
-	"github.com/ambientmesh/ambient/proto/waypointapi"
-	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 	"github.com/ambientmesh/ambient/waypoint/resilience"
 	"github.com/ambientmesh/ambient/waypoint/route"
@@ -47,16 +46,52 @@ const (
 	flagDelayInjected   = resilience.FlagDelayInjected
 )
 
-// reqRecord accumulates what a request's flow record and metrics say.
+// reqRecord accumulates what a request's flow record and metrics say,
+// and holds what the request's forwarding reuses (forward.go). Records
+// are pooled (recPool): one is put back when the request is done unless
+// something that may outlive the handler still points into it (recycle
+// false: the request body, counted through body, streamed by a
+// transport's own goroutine).
 type reqRecord struct {
 	flow     telemetry.Flow
 	protocol string
 	flags    string
 	delayed  bool // a fault delay held the request (flag DI)
 	grpc     string
-	body     *countingBody
-	w        *countingWriter
+	body     countingBody
+	w        countingWriter
 	trace    reqTrace // the request's span (trace.go)
+
+	out     upReq // the upstream requests' parts (forward.go)
+	recycle bool  // the record may go back to recPool when the request is done
+}
+
+var recPool = sync.Pool{New: func() any {
+	rec := &reqRecord{}
+	rec.out.init()
+	return rec
+}}
+
+// newRecord takes a record from the pool, reset.
+func newRecord() *reqRecord {
+	rec := recPool.Get().(*reqRecord)
+	rec.recycle = true
+	return rec
+}
+
+// release puts rec back into the pool when nothing points into it any
+// more, first giving r its own body back.
+func (rec *reqRecord) release(r *http.Request) {
+	if !rec.recycle {
+		return
+	}
+	if r.Body == &rec.body {
+		r.Body = rec.body.rc
+	}
+	rc, getBody := rec.out.readCloser, rec.out.getBody // bound to rec.out: still good
+	*rec = reqRecord{}
+	rec.out.readCloser, rec.out.getBody = rc, getBody
+	recPool.Put(rec)
 }
 
 // ServeHTTP handles one request that arrived through a tunnel: authorize,
@@ -68,31 +103,31 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	view := p.cfg.Store.Current()
+	memo := p.memoFor(view)
 	l7 := p.l7.Load()
-	rec := &reqRecord{
-		flow: telemetry.Flow{Start: time.Now(), Reporter: "waypoint", Decision: telemetry.Allow,
-			Security: "mutual_tls", Transport: "hbone", Method: r.Method, Src: p.srcPeer(view, info)},
-		protocol: "http", flags: flagNone,
-		body: &countingBody{rc: r.Body},
-		w:    &countingWriter{ResponseWriter: w},
-	}
+	rec := newRecord()
+	rec.flow = telemetry.Flow{Start: time.Now(), Reporter: "waypoint", Decision: telemetry.Allow,
+		Security: "mutual_tls", Transport: "hbone", Method: r.Method, Src: p.srcPeer(view, info)}
+	rec.protocol, rec.flags = "http", flagNone
+	rec.body.rc = r.Body
+	rec.w.ResponseWriter = w
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		rec.protocol = "grpc"
 	}
-	r.Body = rec.body
-	w = rec.w
+	r.Body = &rec.body
+	w = &rec.w
 	p.startTrace(rec, r, info)
-	defer p.finish(rec)
+	defer p.finish(rec, r)
 
 	// The destination: what the tunnel's :authority names now.
 	dst := view.Resolve(p.cfg.Network, info.authority)
 	var svcNS, svcName, svcKey string
 	switch dst.Kind {
 	case state.ToService:
-		svcNS, svcName, svcKey = dst.Service.GetNamespace(), dst.Service.GetName(), state.ServiceKey(dst.Service)
+		svcNS, svcName, svcKey = dst.Service.GetNamespace(), dst.Service.GetName(), memo.serviceKey(dst.Service)
 		rec.flow.Dst.Service = dst.Service.GetHostname()
 	case state.ToWorkload:
-		rec.flow.Dst = p.workloadPeer(dst.Workload, info.authority)
+		rec.flow.Dst = endpointPeer(dst.Workload, info.authorityString(), memo.identity(dst.Workload))
 	default:
 		p.respond(rec, http.StatusServiceUnavailable, bodyNoUpstream, flagNoRoute)
 		return
@@ -128,18 +163,23 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	port := uint32(info.authority.Port())
 	var dec route.Decision
 	routed := false
-	if t, gateway := l7.table(svcKey, port, info.authz.Namespace, p.gwKey()); t != nil {
+	if t, gateway := l7.table(svcKey, port, info.authz.Namespace, p.gwKey); t != nil {
 		dec = t.Select(&route.RequestView{Method: r.Method, Scheme: "http", Host: r.Host, Port: port,
 			Path: az.Path, RawQuery: r.URL.RawQuery, Header: r.Header}, p.rnd.Uint64)
 		// A Gateway table that matches nothing leaves the request to its
 		// destination; a Service table's 404 is the route's answer.
 		routed = !(gateway && dec.Action == route.NotFound)
 	}
-	if !routed {
+	// The backend: the route's, else (the default route) the destination
+	// service itself, or none for a workload.
+	var backend string // service key
+	backendPort, hasBackend := port, false
+	switch {
+	case !routed:
 		dec = route.Decision{Action: route.Forward}
-		if svcKey != "" {
-			dec.Backend = &waypointapi.Destination{Service: svcKey, Port: port}
-		}
+		backend, hasBackend = svcKey, svcKey != ""
+	case dec.Backend != nil:
+		backend, backendPort, hasBackend = dec.Backend.GetService(), dec.Backend.GetPort(), true
 	}
 	switch dec.Action {
 	case route.NotFound:
@@ -158,13 +198,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	up := upstream{port: uint16(port)}
-	if dec.Backend == nil { // workload-addressed, default route
-		up.workload, up.addr = dst.Workload, info.authority
+	if !hasBackend { // workload-addressed, default route
+		up.workload, up.addr, up.addrStr = dst.Workload, info.authority, info.authorityString()
 	} else {
-		up.svcKey = dec.Backend.GetService()
-		ns, host, _ := strings.Cut(up.svcKey, "/")
-		up.svc = view.Service(ns, host)
-		up.port = uint16(dec.Backend.GetPort())
+		up.svcKey = backend
+		up.svc = memo.service(up.svcKey)
+		up.port = uint16(backendPort)
 		if up.svc == nil {
 			p.respond(rec, http.StatusServiceUnavailable, bodyNoUpstream, flagNoHealthy)
 			return
@@ -180,7 +219,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if dec.Host != "" {
 		host = dec.Host
 	}
-	p.forward(rec, r, view, &dec, up, path, host)
+	p.forward(rec, r, view, memo, &dec, up, path, host)
 }
 
 // admit applies the local rate limit and the fault injection of the
@@ -210,9 +249,6 @@ func (p *Proxy) admit(rec *reqRecord, r *http.Request, l7 *Compiled, svcKey stri
 	return true
 }
 
-// gwKey is the waypoint Gateway's routing key, "namespace/name".
-func (p *Proxy) gwKey() string { return p.cfg.GatewayNamespace + "/" + p.cfg.GatewayName }
-
 // respond sends a local reply.
 func (p *Proxy) respond(rec *reqRecord, code int, body, flags string) {
 	h := rec.w.Header()
@@ -227,8 +263,9 @@ func (p *Proxy) respond(rec *reqRecord, code int, body, flags string) {
 	rec.flags = flags
 }
 
-// finish records the request.
-func (p *Proxy) finish(rec *reqRecord) {
+// finish records the request, then releases rec.
+func (p *Proxy) finish(rec *reqRecord, r *http.Request) {
+	defer rec.release(r)
 	f := &rec.flow
 	if rec.delayed {
 		rec.flags = addFlag(rec.flags, flagDelayInjected)
@@ -250,13 +287,23 @@ func (p *Proxy) finish(rec *reqRecord) {
 
 // srcPeer describes the tunnel's client: its verified identity, and the
 // workload at its address (with ztunnel's in-pod tunnels, the source pod).
+// It is derived once per tunnel and view.
 func (p *Proxy) srcPeer(view *state.View, info *tunnelInfo) telemetry.Peer {
+	if m := info.src.Load(); m != nil && m.view == view {
+		return m.peer
+	}
+	peer := p.deriveSrcPeer(view, info)
+	info.src.Store(&srcMemo{view: view, peer: peer})
+	return peer
+}
+
+func (p *Proxy) deriveSrcPeer(view *state.View, info *tunnelInfo) telemetry.Peer {
 	var peer telemetry.Peer
 	if !info.peer.IsZero() {
 		peer.Identity = info.peer.String()
 	}
 	if info.peerAddr.IsValid() {
-		peer.Addr = info.peerAddr.String()
+		peer.Addr = info.peerAddrString()
 		if w := view.WorkloadByAddr(p.cfg.Network, info.peerAddr.Addr().Unmap()); w != nil {
 			peer.Workload, peer.Namespace = w.GetName(), w.GetNamespace()
 			peer.App, peer.Version = w.GetCanonicalName(), w.GetCanonicalRevision()
@@ -264,16 +311,6 @@ func (p *Proxy) srcPeer(view *state.View, info *tunnelInfo) telemetry.Peer {
 	}
 	if peer.Namespace == "" {
 		peer.Namespace = info.authz.Namespace
-	}
-	return peer
-}
-
-// workloadPeer describes an endpoint.
-func (p *Proxy) workloadPeer(w *workloadapi.Workload, addr interface{ String() string }) telemetry.Peer {
-	peer := telemetry.Peer{Workload: w.GetName(), Namespace: w.GetNamespace(),
-		App: w.GetCanonicalName(), Version: w.GetCanonicalRevision(), Addr: addr.String()}
-	if id, err := workloadID(w); err == nil {
-		peer.Identity = id.String()
 	}
 	return peer
 }

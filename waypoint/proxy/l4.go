@@ -41,13 +41,13 @@ func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
 		c.Close()
 		return
 	}
-	ep, _, err := p.pick(view, up, nil)
+	ep, peer, _, err := p.pick(view, p.memoFor(view), up, nil)
 	if err != nil {
 		f.Error = err.Error()
 		c.Close()
 		return
 	}
-	f.Dst = p.workloadPeer(ep.Workload, ep.Addr)
+	f.Dst = peer
 	f.Dst.Service = up.svc.GetHostname()
 	d := authz.Evaluate(authz.Connection{SrcIdentity: info.peer, SrcIP: info.peerAddr.Addr().Unmap(),
 		DstIP: ep.Addr.Addr().Unmap(), DstPort: ep.Port, DstNamespace: ep.Workload.GetNamespace()},

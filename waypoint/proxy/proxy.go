@@ -101,9 +101,11 @@ type Config struct {
 type Proxy struct {
 	cfg     Config
 	targets targets
+	gwKey   string // the waypoint Gateway's routing key, "namespace/name"
 	log     *slog.Logger
 
-	l7 atomic.Pointer[Compiled]
+	l7   atomic.Pointer[Compiled]
+	memo atomic.Pointer[viewMemo] // of the current mesh view (memo.go)
 
 	hb     *hbone.Server
 	client *hbone.Client
@@ -205,6 +207,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{
 		cfg: cfg, log: cfg.Logger,
 		targets: targets{gatewayNS: cfg.GatewayNamespace, gatewayName: cfg.GatewayName, gatewayClass: cfg.GatewayClass, rootNS: cfg.RootNamespace},
+		gwKey:   cfg.GatewayNamespace + "/" + cfg.GatewayName,
 		conns:   newConnListener(),
 		mirrors: make(chan struct{}, cfg.MaxMirrors),
 		rnd:     &lockedRand{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))},
@@ -327,6 +330,21 @@ type tunnelInfo struct {
 	peerAddr  netip.AddrPort // the tunnel's client (the source pod's address, in-pod ztunnel)
 	remote    netip.Addr     // Forwarded for=, when given
 	authority netip.AddrPort // the original destination
+
+	// Derived once per tunnel (memo.go): peerAddr and authority as
+	// strings, and the source peer in the latest view a request saw.
+	peerAddrStr, authorityStr string
+	src                       atomic.Pointer[srcMemo]
+}
+
+// newTunnelInfo describes a tunnel from peer at peerAddr to authority.
+func newTunnelInfo(peer spiffeid.ID, peerAddr, authority netip.AddrPort) *tunnelInfo {
+	info := &tunnelInfo{peer: peer, authz: l7authz.PeerOf(peer), peerAddr: peerAddr, authority: authority,
+		authorityStr: authority.String()}
+	if peerAddr.IsValid() {
+		info.peerAddrStr = peerAddr.String()
+	}
+	return info
 }
 
 // authorizeTunnel accepts a stream whose :authority is a service VIP with
@@ -346,7 +364,7 @@ func (p *Proxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
 // serveStream serves an accepted stream in-process: the proxy's HTTP server
 // (or L4 forwarding) reads and writes the tunnel itself.
 func (p *Proxy) serveStream(_ context.Context, st *hbone.Stream, c net.Conn) {
-	info := &tunnelInfo{peer: st.Peer, authz: l7authz.PeerOf(st.Peer), peerAddr: st.PeerAddr, authority: st.Authority}
+	info := newTunnelInfo(st.Peer, st.PeerAddr, st.Authority)
 	info.remote = forwardedFor(st.Header().Get("Forwarded"))
 	p.serveTunnel(c, info)
 }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/waypointapi"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/resilience"
@@ -137,10 +138,11 @@ type endpoints struct {
 }
 
 type epSet struct {
-	view *state.View
-	eps  []state.Endpoint
-	lb   []*resilience.Endpoint // lb[i] is eps[i], with its requests in flight
-	err  error
+	view  *state.View
+	eps   []state.Endpoint
+	lb    []*resilience.Endpoint // lb[i] is eps[i], with its requests in flight
+	peers []telemetry.Peer       // peers[i] describes eps[i] (no Service)
+	err   error
 }
 
 func newCluster(pol *svcPolicy, now func() time.Time, up *upstreams) *cluster {
@@ -299,6 +301,7 @@ func buildEpSet(view *state.View, svc *workloadapi.Service, port uint16, prev *e
 			lb = &resilience.Endpoint{Addr: addr}
 		}
 		s.eps, s.lb = append(s.eps, ep), append(s.lb, lb)
+		s.peers = append(s.peers, endpointPeer(ep.Workload, addr, workloadIDString(ep.Workload)))
 	}
 	if len(s.eps) == 0 {
 		s.err = fmt.Errorf("service %s port %d: no endpoint with an address: %w", state.ServiceKey(svc), port, state.ErrNoEndpoint)
@@ -331,11 +334,12 @@ func sameAddrs(a, b []*resilience.Endpoint) bool {
 var errNoHealthy = errors.New("every endpoint is ejected by outlier detection")
 
 // pickFrom chooses the endpoint of one attempt with the cluster's load
-// balancer, skipping ejected endpoints. lb is its load-balancer entry.
-func (c *cluster) pickFrom(view *state.View, u upstream, rnd func() uint64) (ep state.Endpoint, lb *resilience.Endpoint, err error) {
+// balancer, skipping ejected endpoints. peer describes it; lb is its
+// load-balancer entry.
+func (c *cluster) pickFrom(view *state.View, u upstream, rnd func() uint64) (ep state.Endpoint, peer telemetry.Peer, lb *resilience.Endpoint, err error) {
 	s := c.endpointSet(view, u.svc, u.port)
 	if s.err != nil {
-		return state.Endpoint{}, nil, s.err
+		return state.Endpoint{}, peer, nil, s.err
 	}
 	var health resilience.HealthChecker
 	if c.outlier != nil {
@@ -343,9 +347,9 @@ func (c *cluster) pickFrom(view *state.View, u upstream, rnd func() uint64) (ep 
 	}
 	i := c.picker.Pick(s.lb, health, rnd)
 	if i < 0 {
-		return state.Endpoint{}, nil, fmt.Errorf("service %s port %d: %w", u.svcKey, u.port, errNoHealthy)
+		return state.Endpoint{}, peer, nil, fmt.Errorf("service %s port %d: %w", u.svcKey, u.port, errNoHealthy)
 	}
-	return s.eps[i], s.lb[i], nil
+	return s.eps[i], s.peers[i], s.lb[i], nil
 }
 
 // upstreams is the cluster's upstream clients: its own, else def (no

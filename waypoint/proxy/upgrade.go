@@ -40,7 +40,7 @@ func (p *Proxy) switchProtocols(rec *reqRecord, resp *http.Response, want string
 		return
 	}
 	defer upConn.Close()
-	down, brw, err := http.NewResponseController(rec.w).Hijack()
+	down, brw, err := http.NewResponseController(&rec.w).Hijack()
 	if err != nil {
 		rec.flow.Error = "taking over the client's connection: " + err.Error()
 		p.respond(rec, http.StatusInternalServerError, "", flagNone)
