@@ -84,6 +84,7 @@ bench-ztunnel:
 bench-waypoint:
 	hack/install-deps.sh bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./waypoint/procbench/
+	$(GO) test -run '^$$' -bench Waypoint_Request -benchmem -count 3 ./waypoint/proxy/
 
 # istiod-lite as a process against a real apiserver: 5,000 pods, 50 services,
 # one ztunnel xDS client per node; about 1.5 minutes, no root. Knob:
