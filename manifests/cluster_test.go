@@ -32,7 +32,7 @@ func TestCluster_InstallAppliesAndIstiodRunsUnderItsRBAC(t *testing.T) {
 	// OpenShift), so the waypoint controller's RBAC is tested against it.
 	c := kubetest.Start(t, kubetest.Options{APIServerArgs: []string{"--enable-admission-plugins=OwnerReferencesPermissionEnforcement"}})
 
-	for _, dir := range []string{installDir, shopDir} {
+	for _, dir := range []string{installDir, shopDir, tracingDir} {
 		abs, _ := filepath.Abs(dir)
 		if out, err := c.Kubectl("apply", "-k", abs, "--server-side"); err != nil {
 			t.Fatalf("apply -k %s: %v\n%s", dir, err, out)

@@ -18,6 +18,7 @@ import (
 const (
 	installDir = "."
 	shopDir    = "samples/shop"
+	tracingDir = "samples/tracing"
 	system     = "istio-system"
 )
 
@@ -61,9 +62,11 @@ func TestKustomization_IncludesEveryCRD(t *testing.T) {
 }
 
 // The rendered install (CRDs aside: they have their own files) and the
-// sample are golden files, so a change to what users apply shows in review.
+// samples are golden files, so a change to what users apply shows in review.
 func TestRender_MatchesGolden(t *testing.T) {
-	for _, tc := range []struct{ dir, golden string }{{installDir, "install.golden.yaml"}, {shopDir, "shop.golden.yaml"}} {
+	for _, tc := range []struct{ dir, golden string }{
+		{installDir, "install.golden.yaml"}, {shopDir, "shop.golden.yaml"}, {tracingDir, "tracing.golden.yaml"},
+	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			var buf bytes.Buffer
 			for _, o := range render(t, tc.dir).objs {
@@ -88,7 +91,7 @@ func TestRender_MatchesGolden(t *testing.T) {
 func TestManifests_FlagsAreAcceptedByBinaries(t *testing.T) {
 	bin := buildBinaries(t)
 	checked := map[string]bool{}
-	for _, dir := range []string{installDir, shopDir} {
+	for _, dir := range []string{installDir, shopDir, tracingDir} {
 		for key, tmpl := range podSpecs(t, render(t, dir)) {
 			for _, c := range tmpl.Spec.Containers {
 				name, ok := binaryOf(c.Image)
@@ -123,7 +126,7 @@ func TestManifests_FlagsAreAcceptedByBinaries(t *testing.T) {
 
 func TestImages_HaveDockerfiles(t *testing.T) {
 	images := map[string]bool{}
-	for _, dir := range []string{installDir, shopDir} {
+	for _, dir := range []string{installDir, shopDir, tracingDir} {
 		for _, tmpl := range podSpecs(t, render(t, dir)) {
 			for _, c := range tmpl.Spec.Containers {
 				images[c.Image] = true

@@ -5,12 +5,14 @@
 //
 //	sampleapp [--listen :8080] [--name NAME] [--version v1]
 //	          [--upstream URL]... [--tcp-echo :9000] [--call-timeout 5s]
+//	          [--otlp-sink-addr :4317] [--otlp-sink-spans 1000]
 //
 // Endpoints:
 //
 //	GET /            JSON: service, version, pod, namespace, node (from
 //	                 $POD_NAME, $POD_NAMESPACE, $NODE_NAME), the caller's
-//	                 remote address, and the replies of every --upstream;
+//	                 remote address, the traceparent header received, and
+//	                 the replies of every --upstream;
 //	                 502 when an upstream failed or did not answer 2xx
 //	                 (the chain below is broken; the body says where)
 //	GET /call?url=U  calls U (http or https, GET; grpc://host:port, a gRPC
@@ -24,6 +26,8 @@
 //	                 50) of the requests to /fail, evenly spread; else GET /
 //	GET /delay?d=D   GET / after D (at most 30s)
 //	gRPC             grpc.health.v1.Health on the same port (h2c)
+//	GET /spans       with --otlp-sink-addr only: the spans received, JSON
+//	                 (?traceId=<32 hex> for one trace's)
 //
 // It speaks HTTP/1.1 and HTTP/2 by prior knowledge (h2c). Upstream calls
 // carry the request's trace context, x-request-id, x-user and end-user
@@ -33,6 +37,14 @@
 // preserves it, which is how the sample shows who talked to whom.
 //
 // With --tcp-echo it also echoes every byte received on a raw TCP port.
+//
+// With --otlp-sink-addr it is also a trace sink: it serves the
+// OpenTelemetry collector's OTLP/gRPC TraceService on that address
+// (plaintext, as an in-cluster collector on 4317) and keeps the last
+// --otlp-sink-spans spans it receives, shown by GET /spans: trace, span and
+// parent span ids in hex, name, kind, the sender's service.name and every
+// attribute as a string (manifests/samples/tracing runs it as the
+// waypoints' collector).
 // Logs are JSON on stderr. SIGINT or SIGTERM shuts down gracefully.
 package main
 
@@ -101,6 +113,8 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 	fs.Var(&ups, "upstream", "`URL` called on every GET / and included in the reply (repeatable)")
 	fs.StringVar(&cfg.TCPEcho, "tcp-echo", "", "if set, also echo raw TCP on this `address`")
 	fs.DurationVar(&cfg.CallTimeout, "call-timeout", DefaultCallTimeout, "timeout of one outbound call")
+	fs.StringVar(&cfg.OTLPSink, "otlp-sink-addr", "", "if set, also receive OpenTelemetry spans over OTLP/gRPC on this `address` (e.g. :4317) and show them on GET /spans")
+	fs.IntVar(&cfg.SinkSpans, "otlp-sink-spans", DefaultSinkSpans, "how many received spans the trace sink keeps (the last ones)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -108,6 +122,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (Co
 		return cfg, fmt.Errorf("unexpected arguments %q; every setting is a flag (see -help)", fs.Args())
 	}
 	cfg.Upstreams = ups
+	if cfg.SinkSpans <= 0 {
+		return cfg, fmt.Errorf("--otlp-sink-spans %d: want 1 to %d", cfg.SinkSpans, maxSinkSpans)
+	}
 	if err := cfg.validate(); err != nil {
 		return cfg, err
 	}
@@ -124,6 +141,9 @@ func (c Config) validate() error {
 	}
 	if c.CallTimeout <= 0 || c.CallTimeout > time.Minute {
 		return fmt.Errorf("--call-timeout %v: want (0, 1m]", c.CallTimeout)
+	}
+	if c.SinkSpans < 0 || c.SinkSpans > maxSinkSpans {
+		return fmt.Errorf("--otlp-sink-spans %d: want 1 to %d", c.SinkSpans, maxSinkSpans)
 	}
 	for _, u := range c.Upstreams {
 		if _, err := checkURL(u); err != nil {

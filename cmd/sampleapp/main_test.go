@@ -255,7 +255,7 @@ func TestServe_HTTPAndTCPEchoUntilCancelled(t *testing.T) {
 	s := newServer(t, Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, echo) }()
+	go func() { done <- s.Serve(ctx, Listeners{HTTP: ln, Echo: echo}) }()
 
 	getReply(t, "http://"+ln.Addr().String()+"/", http.StatusOK)
 
@@ -325,7 +325,7 @@ func TestServe_H2CAndGRPCHealth(t *testing.T) {
 	s := newServer(t, Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln, nil) }()
+	go func() { done <- s.Serve(ctx, Listeners{HTTP: ln}) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {

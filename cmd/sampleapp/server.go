@@ -43,6 +43,12 @@ type Config struct {
 	// Upstreams are called on every GET /.
 	Upstreams   []string
 	CallTimeout time.Duration
+	// OTLPSink is the listen address of the OTLP/gRPC trace sink (sink.go);
+	// empty: none, and no GET /spans.
+	OTLPSink string
+	// SinkSpans is how many received spans the sink keeps; 0:
+	// DefaultSinkSpans.
+	SinkSpans int
 	// Client makes the outbound calls; nil: a client with CallTimeout.
 	Client *http.Client
 	Logger *slog.Logger // nil: discard
@@ -61,6 +67,10 @@ type Server struct {
 	log    *slog.Logger
 	grpc   *grpc.Server  // the gRPC health service, on the HTTP port (h2c)
 	failN  atomic.Uint64 // requests to /fail so far
+	// sink and sinkGRPC are the trace sink and its gRPC server; nil
+	// without Config.OTLPSink.
+	sink     *spanSink
+	sinkGRPC *grpc.Server
 }
 
 // New checks cfg and returns a Server.
@@ -68,11 +78,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.CallTimeout == 0 {
 		cfg.CallTimeout = DefaultCallTimeout
 	}
+	if cfg.SinkSpans == 0 {
+		cfg.SinkSpans = DefaultSinkSpans
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("sampleapp: %w", err)
 	}
 	s := &Server{cfg: cfg, client: cfg.Client, log: cfg.Logger, grpc: grpc.NewServer()}
 	healthpb.RegisterHealthServer(s.grpc, health.NewServer()) // "" is SERVING
+	if cfg.OTLPSink != "" {
+		s.sink = newSpanSink(cfg.SinkSpans)
+		s.sinkGRPC = newSinkServer(s.sink)
+	}
 	if s.client == nil {
 		s.client = &http.Client{Timeout: cfg.CallTimeout}
 	}
@@ -84,15 +101,18 @@ func New(cfg Config) (*Server, error) {
 
 // Reply is the JSON body of GET / and GET /call.
 type Reply struct {
-	Service    string     `json:"service"`
-	Version    string     `json:"version"`
-	Pod        string     `json:"pod,omitempty"`
-	Namespace  string     `json:"namespace,omitempty"`
-	Node       string     `json:"node,omitempty"`
-	RemoteAddr string     `json:"remoteAddr"`
-	Host       string     `json:"host,omitempty"`
-	Proto      string     `json:"proto,omitempty"` // the request's, e.g. HTTP/2.0
-	Upstreams  []Upstream `json:"upstreams,omitempty"`
+	Service    string `json:"service"`
+	Version    string `json:"version"`
+	Pod        string `json:"pod,omitempty"`
+	Namespace  string `json:"namespace,omitempty"`
+	Node       string `json:"node,omitempty"`
+	RemoteAddr string `json:"remoteAddr"`
+	Host       string `json:"host,omitempty"`
+	Proto      string `json:"proto,omitempty"` // the request's, e.g. HTTP/2.0
+	// TraceParent is the request's W3C traceparent header as it arrived
+	// (a proxy that traces, such as the waypoint, names its own span in it).
+	TraceParent string     `json:"traceparent,omitempty"`
+	Upstreams   []Upstream `json:"upstreams,omitempty"`
 }
 
 // Upstream is the outcome of one outbound call.
@@ -138,6 +158,9 @@ func (s *Server) api() http.Handler {
 		}
 		s.write(w, code, rep)
 	})
+	if s.sink != nil {
+		mux.HandleFunc("GET /spans", s.sink.serveSpans)
+	}
 	mux.HandleFunc("GET /fail", s.fail)
 	mux.HandleFunc("GET /delay", s.delay)
 	mux.HandleFunc("GET /call", func(w http.ResponseWriter, r *http.Request) {
@@ -216,6 +239,7 @@ func (s *Server) reply(r *http.Request) Reply {
 		Service: s.cfg.Name, Version: s.cfg.Version,
 		Pod: s.cfg.Pod, Namespace: s.cfg.Namespace, Node: s.cfg.Node,
 		RemoteAddr: r.RemoteAddr, Host: r.Host, Proto: r.Proto,
+		TraceParent: r.Header.Get("Traceparent"),
 	}
 }
 
@@ -315,35 +339,65 @@ func (s *Server) callGRPC(ctx context.Context, in *http.Request, host string, up
 	return up
 }
 
+// Listeners are what Serve serves on; Echo and OTLP may be nil.
+type Listeners struct {
+	HTTP net.Listener // the HTTP API and gRPC health (h2c)
+	Echo net.Listener // the raw TCP echo
+	OTLP net.Listener // the trace sink; needs Config.OTLPSink
+}
+
 // Run serves until ctx ends, then shuts down gracefully and returns nil.
-func (s *Server) Run(ctx context.Context) error {
-	ln, err := net.Listen("tcp", s.cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("sampleapp: listen %s: %w", s.cfg.Listen, err)
+func (s *Server) Run(ctx context.Context) (err error) {
+	var l Listeners
+	var closers []io.Closer
+	defer func() {
+		if err != nil {
+			for _, c := range closers {
+				c.Close()
+			}
+		}
+	}()
+	listen := func(addr, what string) (net.Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("sampleapp: listen %s%s: %w", addr, what, err)
+		}
+		closers = append(closers, ln)
+		return ln, nil
 	}
-	var echo net.Listener
+	if l.HTTP, err = listen(s.cfg.Listen, ""); err != nil {
+		return err
+	}
 	if s.cfg.TCPEcho != "" {
-		if echo, err = net.Listen("tcp", s.cfg.TCPEcho); err != nil {
-			ln.Close()
-			return fmt.Errorf("sampleapp: listen %s (tcp echo): %w", s.cfg.TCPEcho, err)
+		if l.Echo, err = listen(s.cfg.TCPEcho, " (tcp echo)"); err != nil {
+			return err
+		}
+	}
+	if s.sink != nil {
+		if l.OTLP, err = listen(s.cfg.OTLPSink, " (otlp sink)"); err != nil {
+			return err
 		}
 	}
 	pc, err := net.ListenPacket("udp", s.cfg.Listen)
 	if err != nil {
-		ln.Close()
-		if echo != nil {
-			echo.Close()
-		}
 		return fmt.Errorf("sampleapp: listen %s (udp): %w", s.cfg.Listen, err)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); s.serveUDP(ctx, pc) }()
 	defer func() { pc.Close(); <-done }()
-	return s.Serve(ctx, ln, echo)
+	return s.Serve(ctx, l)
 }
 
-// Serve is Run on given listeners; echo may be nil. It closes both.
-func (s *Server) Serve(ctx context.Context, ln, echo net.Listener) error {
+// Serve is Run on given listeners. It closes them all.
+func (s *Server) Serve(ctx context.Context, l Listeners) error {
+	if l.OTLP != nil && s.sinkGRPC == nil {
+		l.OTLP.Close()
+		l.HTTP.Close()
+		if l.Echo != nil {
+			l.Echo.Close()
+		}
+		return errors.New("sampleapp: an OTLP listener without Config.OTLPSink")
+	}
 	hs := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -353,23 +407,36 @@ func (s *Server) Serve(ctx context.Context, ln, echo net.Listener) error {
 	}
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true) // h2c by prior knowledge, and gRPC
-	s.log.Info("serving", "service", s.cfg.Name, "version", s.cfg.Version, "http", ln.Addr().String(), "pod", s.cfg.Pod)
+	attrs := []any{"service", s.cfg.Name, "version", s.cfg.Version, "http", l.HTTP.Addr().String(), "pod", s.cfg.Pod}
+	if l.OTLP != nil {
+		attrs = append(attrs, "otlp_sink", l.OTLP.Addr().String(), "sink_spans", s.cfg.SinkSpans)
+	}
+	s.log.Info("serving", attrs...)
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := hs.Serve(l.HTTP); !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("sampleapp: serve http: %w", err)
 		}
 	}()
 	var conns sync.WaitGroup
-	if echo != nil {
+	if l.Echo != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.echoLoop(ctx, echo, &conns); err != nil {
+			if err := s.echoLoop(ctx, l.Echo, &conns); err != nil {
 				errc <- err
+			}
+		}()
+	}
+	if l.OTLP != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.sinkGRPC.Serve(l.OTLP); err != nil {
+				errc <- fmt.Errorf("sampleapp: serve otlp sink: %w", err)
 			}
 		}()
 	}
@@ -383,8 +450,14 @@ func (s *Server) Serve(ctx context.Context, ln, echo net.Listener) error {
 	hs.Shutdown(sctx) //nolint:errcheck // best effort; Close follows
 	hs.Close()
 	s.grpc.Stop()
-	if echo != nil {
-		echo.Close()
+	if s.sinkGRPC != nil {
+		s.sinkGRPC.Stop() // closes l.OTLP
+	}
+	if l.OTLP != nil {
+		l.OTLP.Close() // in case Serve had not started on it yet
+	}
+	if l.Echo != nil {
+		l.Echo.Close()
 	}
 	wg.Wait()
 	conns.Wait()

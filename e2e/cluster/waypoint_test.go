@@ -155,6 +155,7 @@ func (e *env) waypointCanary(t *testing.T) {
 	t.Run("L7AuthorizationPolicy", e.waypointL7Policy)
 	t.Run("RetriesWithExperimentalHTTPRoute", e.waypointRetries)
 	t.Run("LocalTrafficPolicyAndDestinationRule", e.waypointResilience)
+	t.Run("TracesToOTLP", e.waypointTracing)
 
 	// Gone: the waypoint, its label and the route. The waypoint drains and
 	// closes its pooled connections, so reviews' ztunnel records them: they
