@@ -354,40 +354,28 @@ func TestLoopMesh_RequestsRecordedAsBefore(t *testing.T) {
 		})
 	}
 
-	mfs, err := m.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var total float64
-	for _, mf := range mfs {
-		if mf.GetName() != "istio_requests_total" {
-			continue
+	for _, s := range requestsTotal(t, m.reg) {
+		labels := s.labels
+		want := map[string]string{"reporter": "waypoint", "source_workload": "client-1", "source_canonical_service": "client",
+			"source_canonical_revision": "v1", "source_workload_namespace": "shop", "source_principal": "cluster.local/ns/shop/sa/client",
+			"source_app": "client", "source_version": "v1", "source_cluster": "Kubernetes",
+			"destination_service_namespace": "shop", "destination_workload_namespace": "shop",
+			"destination_canonical_service": "server", "destination_app": "server",
+			"destination_principal": "cluster.local/ns/shop/sa/server", "destination_cluster": "Kubernetes",
+			"request_protocol": "http", "response_code": "200", "grpc_response_status": "unknown",
+			"response_flags": "-", "connection_security_policy": "mutual_tls"}
+		for k, v := range want {
+			if labels[k] != v {
+				t.Errorf("istio_requests_total%v: %s=%q, want %q", labels, k, labels[k], v)
+			}
 		}
-		for _, met := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range met.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			want := map[string]string{"reporter": "waypoint", "source_workload": "client-1", "source_canonical_service": "client",
-				"source_canonical_revision": "v1", "source_workload_namespace": "shop", "source_principal": "cluster.local/ns/shop/sa/client",
-				"source_app": "client", "source_version": "v1", "source_cluster": "Kubernetes",
-				"destination_service_namespace": "shop", "destination_workload_namespace": "shop",
-				"destination_canonical_service": "server", "destination_app": "server",
-				"destination_principal": "cluster.local/ns/shop/sa/server", "destination_cluster": "Kubernetes",
-				"request_protocol": "http", "response_code": "200", "grpc_response_status": "unknown",
-				"response_flags": "-", "connection_security_policy": "mutual_tls"}
-			for k, v := range want {
-				if labels[k] != v {
-					t.Errorf("istio_requests_total%v: %s=%q, want %q", labels, k, labels[k], v)
-				}
-			}
-			svc, wl, ver := labels["destination_service"], labels["destination_workload"], labels["destination_version"]
-			name, _, _ := strings.Cut(svc, ".")
-			if labels["destination_service_name"] != name || wl != "server-"+ver+"-1" || labels["destination_canonical_revision"] != ver {
-				t.Errorf("istio_requests_total%v: destination labels disagree", labels)
-			}
-			total += met.GetCounter().GetValue()
+		svc, wl, ver := labels["destination_service"], labels["destination_workload"], labels["destination_version"]
+		name, _, _ := strings.Cut(svc, ".")
+		if labels["destination_service_name"] != name || wl != "server-"+ver+"-1" || labels["destination_canonical_revision"] != ver {
+			t.Errorf("istio_requests_total%v: destination labels disagree", labels)
 		}
+		total += s.value
 	}
 	if total != 40 {
 		t.Errorf("istio_requests_total sums to %v, want 40", total)

@@ -425,17 +425,23 @@ func do(t *testing.T, c *http.Client, method, rawPath string, hdr map[string]str
 	if i := strings.Index(rawPath, "%"); i >= 0 {
 		req.URL.Path = strings.ReplaceAll(rawPath, "%2F", "/")
 	}
+	return roundTrip(t, c, req, hdr)
+}
+
+// roundTrip sends req with the headers hdr set and reads the whole answer.
+func roundTrip(t *testing.T, c *http.Client, req *http.Request, hdr map[string]string) result {
+	t.Helper()
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, rawPath, err)
+		t.Fatalf("%s %s: %v", req.Method, req.URL.RequestURI(), err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("%s %s: reading the body: %v", method, rawPath, err)
+		t.Fatalf("%s %s: reading the body: %v", req.Method, req.URL.RequestURI(), err)
 	}
 	return result{code: resp.StatusCode, body: string(b), header: resp.Header, proto: resp.ProtoMajor}
 }

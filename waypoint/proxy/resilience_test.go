@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ambientmesh/ambient/waypoint/proxy"
 )
 
@@ -75,26 +77,42 @@ func resilienceFor(host, policy string) string {
 // flagCount is istio_requests_total with response_flags flags and code.
 func (m *testMesh) flagCount(t *testing.T, flags, code string) float64 {
 	t.Helper()
-	mfs, err := m.reg.Gather()
+	var n float64
+	for _, s := range requestsTotal(t, m.reg) {
+		if s.labels["response_flags"] == flags && s.labels["response_code"] == code {
+			n += s.value
+		}
+	}
+	return n
+}
+
+// series is one series of a counter: its labels and value.
+type series struct {
+	labels map[string]string
+	value  float64
+}
+
+// requestsTotal is every series of istio_requests_total in reg.
+func requestsTotal(t *testing.T, reg prometheus.Gatherer) []series {
+	t.Helper()
+	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var n float64
+	var out []series
 	for _, mf := range mfs {
 		if mf.GetName() != "istio_requests_total" {
 			continue
 		}
 		for _, met := range mf.GetMetric() {
-			labels := map[string]string{}
+			s := series{labels: map[string]string{}, value: met.GetCounter().GetValue()}
 			for _, l := range met.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
+				s.labels[l.GetName()] = l.GetValue()
 			}
-			if labels["response_flags"] == flags && labels["response_code"] == code {
-				n += met.GetCounter().GetValue()
-			}
+			out = append(out, s)
 		}
 	}
-	return n
+	return out
 }
 
 // doAsync sends a GET from the client pod on a goroutine of its own.

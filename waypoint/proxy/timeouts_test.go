@@ -115,19 +115,7 @@ func send(t *testing.T, c *http.Client, method, path string, body io.Reader, hdr
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatalf("%s %s: reading the body: %v", method, path, err)
-	}
-	return result{code: resp.StatusCode, body: string(b), header: resp.Header, proto: resp.ProtoMajor}
+	return roundTrip(t, c, req, hdr)
 }
 
 // TestWaypoint_ConnectionPoolTimeouts runs a DestinationRule's
