@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ambientmesh/ambient/internal/cputime"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
@@ -69,7 +69,7 @@ func benchPodToPod(b *testing.B, mode string, lossy bool) {
 	}
 	buf := make([]byte, 1<<20)
 	b.SetBytes(int64(len(buf)))
-	cpu0 := processCPU()
+	cpu0 := cpuTime(b)
 	b.ResetTimer()
 	for b.Loop() {
 		if _, err := c.Write(buf); err != nil {
@@ -79,7 +79,7 @@ func benchPodToPod(b *testing.B, mode string, lossy bool) {
 	c.CloseWrite()
 	n := <-got
 	b.StopTimer()
-	b.ReportMetric((processCPU()-cpu0).Seconds()/(float64(n)/1e9), "cpu-s/GB")
+	b.ReportMetric((cpuTime(b)-cpu0).Seconds()/(float64(n)/1e9), "cpu-s/GB")
 	c.Close()
 	if n != int64(b.N)*int64(len(buf)) {
 		b.Fatalf("sink got %d bytes, want %d", n, int64(b.N)*int64(len(buf)))
@@ -118,11 +118,11 @@ func dropOnLink(b *testing.B, n *testenv.Node) {
 	}
 }
 
-// processCPU is this process's user+system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		panic(fmt.Sprint("getrusage: ", err))
+// cpuTime is this process's CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	d, err := cputime.Self()
+	if err != nil {
+		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }

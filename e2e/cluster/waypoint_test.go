@@ -17,10 +17,10 @@ const (
 	frontendID = "spiffe://cluster.local/ns/shop/sa/frontend"
 )
 
-// reviewsRoute is the canary HTTPRoute on Service reviews: requests with
-// x-user: beta to v2, the rest to v1 and v2 by weight.
-func reviewsRoute(v1, v2 int) string {
-	return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+// reviewsHTTPRoute is the HTTPRoute "reviews" attached to Service reviews
+// with the given rules (YAML list items under rules:).
+func reviewsHTTPRoute(rules string) string {
+	return `apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
   name: reviews
@@ -32,7 +32,13 @@ spec:
     name: reviews
     port: 8080
   rules:
-  - matches:
+` + rules
+}
+
+// reviewsRoute is the canary HTTPRoute on Service reviews: requests with
+// x-user: beta to v2, the rest to v1 and v2 by weight.
+func reviewsRoute(v1, v2 int) string {
+	return reviewsHTTPRoute(fmt.Sprintf(`  - matches:
     - headers:
       - name: x-user
         value: beta
@@ -46,7 +52,17 @@ spec:
     - name: reviews-v2
       port: 8080
       weight: %d
-`, v1, v2)
+`, v1, v2))
+}
+
+// applyFile writes doc to file and applies it with kubectl, as a user
+// would; file can be deleted with kubectl delete -f afterwards.
+func (e *env) applyFile(t *testing.T, file, doc string) {
+	t.Helper()
+	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.mustKubectl(t, "apply", "-f", file)
 }
 
 // waypointCanary: `ambientctl waypoint apply --enroll-namespace --wait`
@@ -98,10 +114,7 @@ func (e *env) waypointCanary(t *testing.T) {
 	routeFile := filepath.Join(t.TempDir(), "reviews-route.yaml")
 	apply := func(v1, v2 int) {
 		t.Helper()
-		if err := os.WriteFile(routeFile, []byte(reviewsRoute(v1, v2)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		e.mustKubectl(t, "apply", "-f", routeFile)
+		e.applyFile(t, routeFile, reviewsRoute(v1, v2))
 	}
 	apply(90, 10)
 	// The route is in force once x-user: beta always reaches v2 (without
@@ -352,10 +365,7 @@ spec:
 // 404 says so).
 func (e *env) waypointL7Policy(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "reviews-admin.yaml")
-	if err := os.WriteFile(file, []byte(reviewsAdminPolicy), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.mustKubectl(t, "apply", "-f", file)
+	e.applyFile(t, file, reviewsAdminPolicy)
 	defer e.mustKubectl(t, "delete", "-f", file)
 	code := func(method, url string) (string, error) {
 		return e.kubectl("exec", "-n", "shop", "deploy/curl", "--", "curl", "-sS", "--max-time", "5",
@@ -412,26 +422,7 @@ func (e *env) waypointRetries(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "reviews-retry.yaml")
 	apply := func(retry string) {
 		t.Helper()
-		route := `apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata:
-  name: reviews
-  namespace: shop
-spec:
-  parentRefs:
-  - group: ""
-    kind: Service
-    name: reviews
-    port: 8080
-  rules:
-  - backendRefs:
-    - name: reviews-v1
-      port: 8080
-` + retry
-		if err := os.WriteFile(file, []byte(route), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		e.mustKubectl(t, "apply", "-f", file)
+		e.applyFile(t, file, reviewsHTTPRoute("  - backendRefs:\n    - name: reviews-v1\n      port: 8080\n"+retry))
 	}
 	// codes sends n requests to reviews' /fail (every second one 503).
 	codes := func(n int) (map[string]int, error) {
@@ -498,10 +489,7 @@ metadata:
 spec:
   targetRefs: [{kind: Service, name: reviews}]
 ` + policy
-		if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		e.mustKubectl(t, "apply", "-f", file)
+		e.applyFile(t, file, doc)
 	}
 	codes := func(n int) (map[string]int, error) {
 		return e.statusCodes(fmt.Sprintf("http://reviews:8080/?n=[1-%d]", n))

@@ -29,8 +29,9 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/cputime"
 )
 
 const (
@@ -107,7 +108,7 @@ func New(cfg Config) *Controller {
 		cfg.Settle = 8
 	}
 	if cfg.CPUTime == nil {
-		cfg.CPUTime = processCPUTime
+		cfg.CPUTime = cputime.Self
 	}
 	if cfg.Starts == nil {
 		cfg.Starts = newSchedLatencies().starts
@@ -225,15 +226,6 @@ func (s *schedLatencies) starts() (all, queued uint64) {
 		}
 	}
 	return all, queued
-}
-
-// processCPUTime is the user+system CPU time of the whole process.
-func processCPUTime() (time.Duration, error) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, err
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // FlagHelp describes a --gomaxprocs flag for the commands that take one.

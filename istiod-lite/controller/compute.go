@@ -53,11 +53,12 @@ type Output struct {
 	WaypointPolicies map[string]*waypointapi.AuthorizationPolicy
 	// Resilience is each Service's resilience policy (DestinationRules and
 	// LocalTrafficPolicies), keyed by its name, the service key;
-	// ResilienceStatus the conditions of those rules and policies, keyed
-	// "DestinationRule/namespace/name" and
-	// "LocalTrafficPolicy/namespace/name" (see [translate.Resilience]).
-	Resilience       map[string]*waypointapi.ServiceResilience
-	ResilienceStatus map[string][]translate.Condition
+	// DestinationRuleStatus and LocalTrafficPolicyStatus the conditions of
+	// those rules and policies, keyed "namespace/name" (see
+	// [translate.Resilience]).
+	Resilience               map[string]*waypointapi.ServiceResilience
+	DestinationRuleStatus    map[string][]translate.Condition
+	LocalTrafficPolicyStatus map[string][]translate.Condition
 	// InvalidTunnelTransports are the namespaces and pods whose
 	// ambientmesh.io/tunnel-transport annotation was ignored (their pods
 	// get h2), with why (see [translate.InvalidTunnelTransports]).
@@ -81,7 +82,6 @@ func Compute(in Input) Output {
 		Routes:           make(map[string]*waypointapi.ServiceRoutes),
 		WaypointPolicies: make(map[string]*waypointapi.AuthorizationPolicy),
 		Resilience:       make(map[string]*waypointapi.ServiceResilience),
-		ResilienceStatus: make(map[string][]translate.Condition),
 	}
 	idx := translate.NewIndex(translate.Cluster{
 		Namespaces: in.Namespaces, Services: in.Services, Nodes: in.Nodes,
@@ -146,12 +146,7 @@ func Compute(in Input) Output {
 	for _, p := range res.Policies {
 		out.Resilience[p.Name()] = p
 	}
-	for k, c := range res.DestinationRuleStatus {
-		out.ResilienceStatus["DestinationRule/"+k] = c
-	}
-	for k, c := range res.LocalTrafficPolicyStatus {
-		out.ResilienceStatus["LocalTrafficPolicy/"+k] = c
-	}
+	out.DestinationRuleStatus, out.LocalTrafficPolicyStatus = res.DestinationRuleStatus, res.LocalTrafficPolicyStatus
 	out.InvalidTunnelTransports = translate.InvalidTunnelTransports(in.Namespaces, in.Pods)
 	return out
 }

@@ -172,12 +172,17 @@ func TestCompute_ServesResiliencePerServiceWithConditions(t *testing.T) {
 	if r.GetTrafficPolicy().GetOutlierDetection().GetConsecutive_5XxErrors() != 5 || r.GetLocalPolicy().GetRateLimit().GetRequestsPerUnit() != 100 {
 		t.Fatalf("policy %v", r)
 	}
-	for k, want := range map[string]metav1.ConditionStatus{
-		"DestinationRule/shop/reviews": metav1.ConditionTrue, "DestinationRule/shop/broken": metav1.ConditionFalse,
-		"LocalTrafficPolicy/shop/limit": metav1.ConditionTrue,
+	for _, tc := range []struct {
+		status map[string][]translate.Condition
+		key    string
+		want   metav1.ConditionStatus
+	}{
+		{out.DestinationRuleStatus, "shop/reviews", metav1.ConditionTrue},
+		{out.DestinationRuleStatus, "shop/broken", metav1.ConditionFalse},
+		{out.LocalTrafficPolicyStatus, "shop/limit", metav1.ConditionTrue},
 	} {
-		if c := out.ResilienceStatus[k]; len(c) != 1 || c[0].Status != want {
-			t.Errorf("%s: %+v, want status %s", k, c, want)
+		if c := tc.status[tc.key]; len(c) != 1 || c[0].Status != tc.want {
+			t.Errorf("%s: %+v, want status %s", tc.key, c, tc.want)
 		}
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -464,10 +463,14 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	if err := c.update(xds.TypeServiceResilience, res, &c.prevRes); err != nil {
 		return err
 	}
-	for k, conds := range out.ResilienceStatus {
-		for _, cond := range conds {
-			if cond.Status != metav1.ConditionTrue {
-				c.log.Debug("controller: resilience policy not applied", "policy", k, "reason", cond.Reason, "message", cond.Message)
+	for kind, status := range map[string]map[string][]translate.Condition{
+		"DestinationRule": out.DestinationRuleStatus, "LocalTrafficPolicy": out.LocalTrafficPolicyStatus,
+	} {
+		for k, conds := range status {
+			for _, cond := range conds {
+				if cond.Status != metav1.ConditionTrue {
+					c.log.Debug("controller: resilience policy not applied", "kind", kind, "policy", k, "reason", cond.Reason, "message", cond.Message)
+				}
 			}
 		}
 	}
@@ -487,26 +490,14 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 		for _, r := range []struct {
 			gvr    schema.GroupVersionResource
 			l      cache.GenericLister
-			prefix string
-		}{{DestinationRules, l.drs, "DestinationRule/"}, {LocalTrafficPolicies, l.ltps, "LocalTrafficPolicy/"}} {
+			status map[string][]translate.Condition
+		}{{DestinationRules, l.drs, out.DestinationRuleStatus}, {LocalTrafficPolicies, l.ltps, out.LocalTrafficPolicyStatus}} {
 			if r.l != nil {
-				c.writeStatus(ctx, r.gvr, r.l, resilienceConditions(out.ResilienceStatus, r.prefix))
+				c.writeStatus(ctx, r.gvr, r.l, r.status)
 			}
 		}
 	}
 	return nil
-}
-
-// resilienceConditions picks the conditions of one kind from
-// Output.ResilienceStatus, keyed "namespace/name" as writeStatus wants.
-func resilienceConditions(all map[string][]translate.Condition, kindPrefix string) map[string][]translate.Condition {
-	out := make(map[string][]translate.Condition)
-	for k, c := range all {
-		if key, ok := strings.CutPrefix(k, kindPrefix); ok {
-			out[key] = c
-		}
-	}
-	return out
 }
 
 // warnInvalid logs each invalid annotation once, when it appears or its

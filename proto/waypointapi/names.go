@@ -10,14 +10,22 @@ const TypeURL = "type.googleapis.com/ambient.waypoint.v1.ServiceRoutes"
 // table for every port without its own) and a consumer namespace (empty:
 // producer routes): "key", "key:port", "key@ns" or "key:port@ns".
 func ResourceName(key string, port uint32, consumerNamespace string) string {
-	n := key
+	return string(AppendResourceName(make([]byte, 0, len(key)+len(consumerNamespace)+12), key, port, consumerNamespace))
+}
+
+// AppendResourceName appends [ResourceName] to b: a lookup by name can
+// build it in a buffer of its own and allocate nothing.
+func AppendResourceName(b []byte, key string, port uint32, consumerNamespace string) []byte {
+	b = append(b, key...)
 	if port != 0 {
-		n += ":" + strconv.FormatUint(uint64(port), 10)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, uint64(port), 10)
 	}
 	if consumerNamespace != "" {
-		n += "@" + consumerNamespace
+		b = append(b, '@')
+		b = append(b, consumerNamespace...)
 	}
-	return n
+	return b
 }
 
 // Name is [ResourceName] of the table.

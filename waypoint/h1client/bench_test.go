@@ -7,9 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/cputime"
 )
 
 // BenchmarkRoundTrip compares Client with net/http.Transport on one
@@ -94,9 +95,9 @@ func reportCPU(b *testing.B) func() {
 }
 
 func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := cputime.Self()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }

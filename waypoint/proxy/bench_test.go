@@ -3,11 +3,11 @@
 package proxy_test
 
 import (
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ambientmesh/ambient/bench/load"
+	"github.com/ambientmesh/ambient/internal/cputime"
 )
 
 // BenchmarkWaypoint_Request sends sequential 1 KB POST /echo requests
@@ -55,9 +55,9 @@ func reportCPU(b *testing.B) func() {
 }
 
 func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+	d, err := cputime.Self()
+	if err != nil {
 		b.Fatal(err)
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return d
 }

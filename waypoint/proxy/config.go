@@ -141,7 +141,7 @@ func (c *Compiled) table(svcKey string, port uint32, clientNS, gwKey string) (t 
 // nothing).
 func (c *Compiled) lookup(key string, port uint32, consumerNS string) *route.Table {
 	var buf [128]byte
-	return c.tables[string(appendTableName(buf[:0], key, port, consumerNS))]
+	return c.tables[string(waypointapi.AppendResourceName(buf[:0], key, port, consumerNS))]
 }
 
 // policiesFor returns the policies that apply at this waypoint to a

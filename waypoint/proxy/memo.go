@@ -1,7 +1,7 @@
 package proxy
 
 import (
-	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/ambientmesh/ambient/internal/state"
@@ -86,7 +86,7 @@ func (m *viewMemo) service(svcKey string) *workloadapi.Service {
 	if ok {
 		return svc
 	}
-	ns, host := splitKey(svcKey)
+	ns, host, _ := strings.Cut(svcKey, "/")
 	svc = m.view.Service(ns, host)
 	m.mu.Lock()
 	if len(m.services) < maxMemoEntries {
@@ -121,16 +121,6 @@ func workloadIDString(w *workloadapi.Workload) string {
 	return ""
 }
 
-// splitKey splits a service key "namespace/hostname" (strings.Cut).
-func splitKey(svcKey string) (ns, host string) {
-	for i := 0; i < len(svcKey); i++ {
-		if svcKey[i] == '/' {
-			return svcKey[:i], svcKey[i+1:]
-		}
-	}
-	return svcKey, ""
-}
-
 // endpointPeer describes endpoint workload w at addr, whose identity is id.
 func endpointPeer(w *workloadapi.Workload, addr, id string) telemetry.Peer {
 	return telemetry.Peer{Workload: w.GetName(), Namespace: w.GetNamespace(),
@@ -141,21 +131,6 @@ func endpointPeer(w *workloadapi.Workload, addr, id string) telemetry.Peer {
 type srcMemo struct {
 	view *state.View
 	peer telemetry.Peer
-}
-
-// appendTableName appends waypointapi.ResourceName(key, port,
-// consumerNamespace) to b.
-func appendTableName(b []byte, key string, port uint32, consumerNamespace string) []byte {
-	b = append(b, key...)
-	if port != 0 {
-		b = append(b, ':')
-		b = strconv.AppendUint(b, uint64(port), 10)
-	}
-	if consumerNamespace != "" {
-		b = append(b, '@')
-		b = append(b, consumerNamespace...)
-	}
-	return b
 }
 
 // plainPath reports whether url.Parse(path) is &url.URL{Path: path}: an

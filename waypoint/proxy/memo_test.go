@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ambientmesh/ambient/proto/waypointapi"
 	"github.com/ambientmesh/ambient/waypoint/route"
 )
 
@@ -62,19 +61,6 @@ func TestUpReq_SetURLAsURLParse(t *testing.T) {
 		u.Scheme, u.RawQuery = "http", "q=1"
 		if !reflect.DeepEqual(&o.url, u) {
 			t.Errorf("setURL(%q): %#v, want %#v", p, o.url, *u)
-		}
-	}
-}
-
-func TestAppendTableName_IsResourceName(t *testing.T) {
-	for _, key := range []string{"", "shop/reviews.shop.svc.cluster.local", "gw/waypoint", strings.Repeat("k", 200)} {
-		for _, port := range []uint32{0, 1, 80, 65535, 1<<32 - 1} {
-			for _, ns := range []string{"", "shop", "a@b"} {
-				want := waypointapi.ResourceName(key, port, ns)
-				if got := string(appendTableName(nil, key, port, ns)); got != want {
-					t.Errorf("appendTableName(%q, %d, %q) = %q, want %q", key, port, ns, got, want)
-				}
-			}
 		}
 	}
 }

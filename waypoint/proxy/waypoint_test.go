@@ -10,24 +10,13 @@ import (
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/ambientmesh/ambient/waypoint/proxy"
-	"github.com/ambientmesh/ambient/waypoint/wpconfig"
 )
 
 // setL7 compiles the routes and policies of a waypoint local config
 // document and puts them in force.
 func (m *testMesh) setL7(t *testing.T, doc string) {
 	t.Helper()
-	_, l7, err := wpconfig.Parse([]byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, errs := proxy.Compile(l7)
-	if len(errs) > 0 {
-		t.Fatalf("compile: %v", errs)
-	}
-	m.proxy.SetL7(c)
+	m.proxy.SetL7(mustCompileL7(t, doc))
 }
 
 // route is a one-rule table for the server service on port 80.
