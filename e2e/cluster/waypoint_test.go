@@ -513,7 +513,10 @@ spec:
 	eventually(t, "requests beyond 5 per second answered 429", func() (bool, string) {
 		got, err := codes(60)
 		limited = got
-		return err == nil && got["418"] == 0 && got["429"] >= 30 && got["200"] >= 5, fmt.Sprintf("%v %v", got, err)
+		// Each try drains the bucket and the next comes a fraction of a
+		// second later, so only the first full try may see all 5 tokens:
+		// ask for some answered and most refused, nothing else.
+		return err == nil && got["200"] >= 1 && got["429"] >= 30 && got["200"]+got["429"] == 60, fmt.Sprintf("%v %v", got, err)
 	})
 	t.Logf("60 requests in one burst against 5 per second (burst 5): %v", limited)
 
