@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambientmesh/ambient/internal/authzapi"
 )
 
 // Group is the API group of Istio's security CRDs.
@@ -22,98 +24,28 @@ type AuthorizationPolicy struct {
 	Spec              AuthorizationPolicySpec `json:"spec"`
 }
 
-// AuthorizationPolicySpec is istio.security.v1beta1.AuthorizationPolicy.
-type AuthorizationPolicySpec struct {
-	Selector *WorkloadSelector `json:"selector,omitempty"`
-	// TargetRef is the deprecated single form of TargetRefs.
-	TargetRef  *PolicyTargetReference  `json:"targetRef,omitempty"`
-	TargetRefs []PolicyTargetReference `json:"targetRefs,omitempty"`
-	Rules      []Rule                  `json:"rules,omitempty"`
-	// Action is ALLOW (the default when empty), DENY, AUDIT or CUSTOM.
-	Action   string    `json:"action,omitempty"`
-	Provider *Provider `json:"provider,omitempty"`
-}
+// The spec's types are internal/authzapi's, shared with the waypoint
+// (waypoint/l7authz), which decodes the spec istiod-lite marshals for it.
+type (
+	AuthorizationPolicySpec = authzapi.Spec
+	WorkloadSelector        = authzapi.WorkloadSelector
+	PolicyTargetReference   = authzapi.TargetRef
+	Provider                = authzapi.Provider
+	Rule                    = authzapi.Rule
+	From                    = authzapi.From
+	To                      = authzapi.To
+	Source                  = authzapi.Source
+	Operation               = authzapi.Operation
+	WhenCondition           = authzapi.Condition
+)
 
 // Actions of an AuthorizationPolicy.
 const (
-	ActionAllow  = "ALLOW"
-	ActionDeny   = "DENY"
-	ActionAudit  = "AUDIT"
-	ActionCustom = "CUSTOM"
+	ActionAllow  = authzapi.ActionAllow
+	ActionDeny   = authzapi.ActionDeny
+	ActionAudit  = authzapi.ActionAudit
+	ActionCustom = authzapi.ActionCustom
 )
-
-// WorkloadSelector is istio.type.v1beta1.WorkloadSelector.
-type WorkloadSelector struct {
-	MatchLabels map[string]string `json:"matchLabels,omitempty"`
-}
-
-// PolicyTargetReference is istio.type.v1beta1.PolicyTargetReference.
-type PolicyTargetReference struct {
-	Group     string `json:"group,omitempty"`
-	Kind      string `json:"kind,omitempty"`
-	Name      string `json:"name,omitempty"`
-	Namespace string `json:"namespace,omitempty"`
-}
-
-// Provider names the extension provider of a CUSTOM policy.
-type Provider struct {
-	Name string `json:"name,omitempty"`
-}
-
-// Rule matches requests from a list of sources that perform a list of
-// operations subject to a list of conditions; the lists are ANDed, the
-// entries of each list ORed.
-type Rule struct {
-	From []From          `json:"from,omitempty"`
-	To   []To            `json:"to,omitempty"`
-	When []WhenCondition `json:"when,omitempty"`
-}
-
-// From wraps a Source.
-type From struct {
-	Source Source `json:"source"`
-}
-
-// To wraps an Operation.
-type To struct {
-	Operation Operation `json:"operation"`
-}
-
-// Source is istio.security.v1beta1.Source.
-type Source struct {
-	Principals           []string `json:"principals,omitempty"`
-	NotPrincipals        []string `json:"notPrincipals,omitempty"`
-	RequestPrincipals    []string `json:"requestPrincipals,omitempty"`
-	NotRequestPrincipals []string `json:"notRequestPrincipals,omitempty"`
-	Namespaces           []string `json:"namespaces,omitempty"`
-	NotNamespaces        []string `json:"notNamespaces,omitempty"`
-	ServiceAccounts      []string `json:"serviceAccounts,omitempty"`
-	NotServiceAccounts   []string `json:"notServiceAccounts,omitempty"`
-	IPBlocks             []string `json:"ipBlocks,omitempty"`
-	NotIPBlocks          []string `json:"notIpBlocks,omitempty"`
-	RemoteIPBlocks       []string `json:"remoteIpBlocks,omitempty"`
-	NotRemoteIPBlocks    []string `json:"notRemoteIpBlocks,omitempty"`
-}
-
-// Operation is istio.security.v1beta1.Operation.
-type Operation struct {
-	Hosts      []string `json:"hosts,omitempty"`
-	NotHosts   []string `json:"notHosts,omitempty"`
-	Ports      []string `json:"ports,omitempty"`
-	NotPorts   []string `json:"notPorts,omitempty"`
-	Methods    []string `json:"methods,omitempty"`
-	NotMethods []string `json:"notMethods,omitempty"`
-	Paths      []string `json:"paths,omitempty"`
-	NotPaths   []string `json:"notPaths,omitempty"`
-}
-
-// WhenCondition is istio.security.v1beta1.Condition, an entry of Rule.When.
-// (The name Condition is taken by the status condition this package reports.)
-type WhenCondition struct {
-	Key       string   `json:"key"`
-	Values    []string `json:"values,omitempty"`
-	NotValues []string `json:"notValues,omitempty"`
-}
 
 // PeerAuthentication is security.istio.io/v1 PeerAuthentication.
 type PeerAuthentication struct {

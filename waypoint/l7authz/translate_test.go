@@ -1,8 +1,6 @@
 package l7authz_test
 
 import (
-	"reflect"
-	"slices"
 	"strings"
 	"testing"
 
@@ -12,62 +10,6 @@ import (
 	"github.com/ambientmesh/ambient/proto/waypointapi"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 )
-
-// The spec types mirror translate's; these conversions stop compiling if a
-// leaf type changes on either side.
-var (
-	_ = l7authz.Source(translate.Source{})
-	_ = l7authz.Operation(translate.Operation{})
-	_ = l7authz.Condition(translate.WhenCondition{})
-	_ = l7authz.TargetRef(translate.PolicyTargetReference{})
-	_ = l7authz.WorkloadSelector(translate.WorkloadSelector{})
-	_ = l7authz.Provider(translate.Provider{})
-)
-
-// jsonFields lists the JSON field paths of a type, recursively.
-func jsonFields(t reflect.Type, prefix string, out *[]string) {
-	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
-		t = t.Elem()
-	}
-	if t.Kind() != reflect.Struct {
-		return
-	}
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name := f.Tag.Get("json")
-		if i := len(name); i > 0 {
-			if j := indexComma(name); j >= 0 {
-				name = name[:j]
-			}
-		}
-		p := prefix + "." + name
-		*out = append(*out, p)
-		jsonFields(f.Type, p, out)
-	}
-}
-
-func indexComma(s string) int {
-	for i := range len(s) {
-		if s[i] == ',' {
-			return i
-		}
-	}
-	return -1
-}
-
-// TestSpecMirrorsTranslate: every JSON field translate decodes, l7authz
-// decodes too, and the reverse, so a spec the control plane marshals
-// arrives whole.
-func TestSpecMirrorsTranslate(t *testing.T) {
-	var a, b []string
-	jsonFields(reflect.TypeFor[translate.AuthorizationPolicySpec](), "spec", &a)
-	jsonFields(reflect.TypeFor[l7authz.Spec](), "spec", &b)
-	slices.Sort(a)
-	slices.Sort(b)
-	if !slices.Equal(a, b) {
-		t.Errorf("translate fields %q\nl7authz fields %q", a, b)
-	}
-}
 
 // TestCompile_FromTranslate: an Istio manifest, decoded by translate as
 // istiod-lite decodes it, marshalled as the spec travels, compiles and

@@ -12,8 +12,9 @@
 // ztunnel presents the source pod's identity, and its Forwarded header's
 // for= carries the original client address.
 //
-// hbone splices each accepted stream with one end of an AF_UNIX socket
-// pair; the proxy serves the other end. The first bytes decide how: an
+// hbone hands each accepted stream over as a net.Conn
+// (hbone.ServerConfig.Serve: no socket pair, no splice), and the proxy
+// serves it on the stream's goroutine. The first bytes decide how: an
 // upper-case token and a space (an HTTP/1.x request line, or the HTTP/2
 // preface "PRI * HTTP/2.0") make it HTTP, anything else L4. HTTP tunnels
 // go to one net/http Server that speaks HTTP/1.1 and, by prior knowledge,
@@ -189,9 +190,10 @@
 //
 // # Not yet
 //
-// Upgrade (WebSocket) and CONNECT requests inside the tunnel are not
-// forwarded (hop-by-hop Upgrade is dropped); server-first protocols wait for
-// the client's first bytes. Of the resilience policy: DestinationRule
+// HTTP/2 clients' extended CONNECT (RFC 8441 WebSocket) and CONNECT
+// requests inside the tunnel are not forwarded (HTTP/1.1 upgrades are:
+// upgrade.go); server-first protocols wait for the client's first bytes.
+// Of the resilience policy: DestinationRule
 // subsets (routes cannot name them), and for HTTP/2 backends maxConnections, http1MaxPendingRequests and
 // maxRequestsPerConnection (requests multiplex on one connection per
 // endpoint); mirrors bypass the circuit breaker and outlier detection.
