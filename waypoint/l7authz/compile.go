@@ -59,6 +59,9 @@ type Policy struct {
 	key     string
 	targets []TargetRef // group normalized ("core" → ""), namespace defaulted
 	rules   []rule
+	// tcpRules are the rules as they apply to a connection that does not
+	// carry HTTP (see [EvaluateConnection]).
+	tcpRules []rule
 }
 
 // Key returns "namespace/name", the form [Decision].Policy uses.
@@ -155,10 +158,14 @@ func Compile(in Input) (*Policy, error) {
 		p.targets = append(p.targets, t)
 	}
 	c := &compiler{widen: p.Action != ActionAllow, namespace: in.Namespace}
+	tcp := &compiler{widen: c.widen, namespace: in.Namespace, tcp: true}
 	for i, r := range in.Spec.Rules {
 		c.at = fmt.Sprintf("rules[%d]", i)
 		p.rules = append(p.rules, c.rule(r))
+		p.tcpRules = append(p.tcpRules, tcp.rule(r))
 	}
+	// The TCP view's own warnings would only repeat the rule that HTTP
+	// fields do not apply to TCP, which the package doc states.
 	p.Warnings = c.warnings
 	return p, nil
 }
@@ -203,7 +210,11 @@ func normalizeRef(r TargetRef, policyNS string) (TargetRef, error) {
 
 // compiler compiles the rules of one policy and collects warnings.
 type compiler struct {
-	widen     bool // DENY or AUDIT: fail by matching more
+	widen bool // DENY or AUDIT: fail by matching more
+	// tcp compiles the rules for a connection that does not carry HTTP:
+	// the HTTP-only fields (hosts, methods, paths, request.headers) are
+	// unsupported there, and fail closed as unsupported fields do.
+	tcp       bool
 	namespace string
 	at        string // where in the policy, for warnings
 	warnings  []string
@@ -275,6 +286,12 @@ func (c *compiler) source(s Source) (source, bool) {
 
 func (c *compiler) operation(o Operation) (operation, bool) {
 	var out operation
+	if c.tcp && len(o.Hosts)+len(o.NotHosts)+len(o.Methods)+len(o.NotMethods)+len(o.Paths)+len(o.NotPaths) > 0 {
+		if !c.widen {
+			return out, false
+		}
+		o = Operation{Ports: o.Ports, NotPorts: o.NotPorts}
+	}
 	ok := list(c, "hosts", o.Hosts, o.NotHosts, parseHost, &out.hosts, &out.notHosts) &&
 		list(c, "ports", o.Ports, o.NotPorts, parsePort, &out.ports, &out.notPorts) &&
 		list(c, "methods", o.Methods, o.NotMethods, parseMethod, &out.methods, &out.notMethods) &&
@@ -289,6 +306,9 @@ func (c *compiler) condition(w Condition) (cond condition, keep, ok bool) {
 	k := w.Key
 	switch {
 	case strings.HasPrefix(k, "request.headers[") && strings.HasSuffix(k, "]") && len(k) > len("request.headers[]"):
+		if c.tcp {
+			return cond, false, c.widen
+		}
 		cond.key = keyHeader
 		cond.header = canonicalHeader(k[len("request.headers[") : len(k)-1])
 	case k == "source.ip":

@@ -7,12 +7,11 @@
 //
 // The waypoint enforces the AuthorizationPolicies that have targetRefs;
 // ztunnel enforces the others (internal/authz). [Input] carries one policy
-// in the shape of istiod-lite/translate's AuthorizationPolicySpec (same
-// fields, same JSON names; this package may not import translate, which
-// links k8s.io/apimachinery). [Compile] turns it into an immutable
-// [Policy], once per config change; [Applicable] picks the policies
-// attached to a target; [Evaluate] decides, per request, without
-// allocating in the common case.
+// with its spec in internal/authzapi's types, the ones istiod-lite decodes
+// the CRD into. [Compile] turns it into an immutable [Policy], once per
+// config change; [Applicable] picks the policies attached to a target;
+// [Evaluate] decides, per request, without allocating in the common case;
+// [EvaluateConnection] decides a tunnel that does not carry HTTP.
 //
 // Compile refuses, with an error for the policy's status: CUSTOM (no
 // external authorizer here) and unknown actions; a selector together with
@@ -94,6 +93,18 @@
 // dropped, so the policy matches more. Both only ever refuse more than the
 // author asked, the rule istiod-lite/translate applies for ztunnel.
 // Policy.Warnings lists each case.
+//
+// # Connections without HTTP
+//
+// The same policies judge the tunnels the waypoint forwards as bytes, as
+// Istio applies an AuthorizationPolicy to TCP traffic: hosts, methods,
+// paths (and their not forms) and request.headers conditions are HTTP-only
+// and fail closed as unsupported fields do. An ALLOW rule using them never
+// matches; a DENY or AUDIT rule matches without them. So an ALLOW of
+// "GET /public" refuses a connection that is not HTTP, and a DENY of
+// "POST /admin" from other namespaces refuses their every connection on
+// the rule's ports. Compile prepares this view beside the HTTP one; it
+// adds no warning.
 //
 // # Decision
 //

@@ -128,13 +128,46 @@ func EvaluateWith(policies []*Policy, req *Request, mode Normalization) Decision
 		return Decision{Status: http.StatusBadRequest, Reason: ReasonBadMethod, Path: path}
 	}
 	e := newEvalReq(req, path)
-	d := Decision{Path: path}
+	return e.decide(policies, false, Decision{Path: path})
+}
+
+// Connection is what the waypoint knows about a tunnel that does not carry
+// HTTP when it authorizes it: Request without the HTTP fields.
+type Connection struct {
+	Source          Peer
+	SourceIP        netip.Addr
+	RemoteIP        netip.Addr
+	DestinationIP   netip.Addr
+	DestinationPort uint16
+}
+
+// EvaluateConnection decides a connection that does not carry HTTP under
+// policies, in [EvaluateWith]'s order, as Istio applies an
+// AuthorizationPolicy to TCP traffic: the HTTP-only fields (hosts,
+// methods, paths and their not forms, request.headers conditions, besides
+// the JWT fields) cannot hold, so an ALLOW rule using them never matches
+// and a DENY or AUDIT rule matches without them. A connection can thus be
+// refused more than its HTTP requests would be, never less. A refused
+// connection has Status 403.
+func EvaluateConnection(policies []*Policy, c *Connection) Decision {
+	e := newEvalReq(&Request{Source: c.Source, SourceIP: c.SourceIP, RemoteIP: c.RemoteIP,
+		DestinationIP: c.DestinationIP, DestinationPort: c.DestinationPort}, "")
+	return e.decide(policies, true, Decision{})
+}
+
+// decide completes d with the verdict of policies, matched by their rules
+// (their TCP view with tcp).
+func (e *evalReq) decide(policies []*Policy, tcp bool, d Decision) Decision {
 	var enforced, withDryRun verdict
 	for _, p := range policies {
 		if p == nil {
 			continue
 		}
-		matched := e.policy(p)
+		rules := p.rules
+		if tcp {
+			rules = p.tcpRules
+		}
+		matched := e.anyRule(rules)
 		if p.DryRun {
 			if matched {
 				d.DryRun = append(d.DryRun, p.key+": would "+strings.ToLower(p.Action.String()))
@@ -211,7 +244,7 @@ func Matches(p *Policy, req *Request, mode Normalization) bool {
 		return false
 	}
 	e := newEvalReq(req, path)
-	return e.policy(p)
+	return e.anyRule(p.rules)
 }
 
 // newEvalReq prepares req, whose path normalizes to path, for matching:
@@ -231,10 +264,11 @@ type evalReq struct {
 	srcIP, remoteIP, dstIP netip.Addr
 }
 
-// policy: a policy matches when any rule matches; no rules match nothing.
-func (e *evalReq) policy(p *Policy) bool {
-	for i := range p.rules {
-		if e.rule(&p.rules[i]) {
+// anyRule: a policy matches when any of its rules matches; no rules
+// match nothing.
+func (e *evalReq) anyRule(rules []rule) bool {
+	for i := range rules {
+		if e.rule(&rules[i]) {
 			return true
 		}
 	}

@@ -493,3 +493,57 @@ func TestEvaluate_DoesNotAllocate(t *testing.T) {
 		t.Errorf("Evaluate allocates %v times per request, want 0", allocs)
 	}
 }
+
+// A connection that does not carry HTTP is judged as Istio judges TCP
+// traffic: HTTP-only fields cannot hold, so ALLOW rules with them never
+// match and DENY rules match without them.
+func TestEvaluateConnection_HTTPFieldsFailClosed(t *testing.T) {
+	conn := func(peer string, port uint16) *Connection {
+		return &Connection{Source: PeerOf(spiffeid.RequireFromString(peer)),
+			SourceIP: netip.MustParseAddr("10.244.1.5"), DestinationIP: netip.MustParseAddr("10.244.2.7"), DestinationPort: port}
+	}
+	const frontend, other = "spiffe://cluster.local/ns/shop/sa/frontend", "spiffe://cluster.local/ns/other/sa/x"
+	allowGetPublic := pol(t, "allow-get-public", "ALLOW", Rule{To: to(Operation{Methods: []string{"GET"}, Paths: []string{"/public"}})})
+	allowFrontend := pol(t, "allow-frontend", "ALLOW", Rule{From: from(Source{Namespaces: []string{"shop"}}), To: to(Operation{Ports: []string{"8080"}})})
+	allowByHeader := pol(t, "allow-header", "ALLOW", Rule{When: []Condition{{Key: "request.headers[x-user]", Values: []string{"beta"}}}})
+	denyPostAdmin := pol(t, "deny-post-admin", "DENY", Rule{
+		From: from(Source{NotNamespaces: []string{"shop"}}),
+		To:   to(Operation{Methods: []string{"POST"}, Paths: []string{"/admin"}, Ports: []string{"8080"}}),
+	})
+	denyByHeader := pol(t, "deny-header", "DENY", Rule{When: []Condition{{Key: "request.headers[x-evil]", Values: []string{"*"}}}})
+	for _, tc := range []struct {
+		name     string
+		policies []*Policy
+		c        *Connection
+		allow    bool
+		policy   string
+	}{
+		{"no policy", nil, conn(frontend, 8080), true, ""},
+		{"ALLOW with methods and paths never matches", []*Policy{allowGetPublic}, conn(frontend, 8080), false, ""},
+		{"ALLOW by header never matches", []*Policy{allowByHeader}, conn(frontend, 8080), false, ""},
+		{"ALLOW by namespace and port matches", []*Policy{allowGetPublic, allowFrontend}, conn(frontend, 8080), true, "shop/allow-frontend"},
+		{"ALLOW by port: other port", []*Policy{allowFrontend}, conn(frontend, 9090), false, ""},
+		{"DENY widened to its source and port", []*Policy{denyPostAdmin}, conn(other, 8080), false, "shop/deny-post-admin"},
+		{"DENY widened, source excluded", []*Policy{denyPostAdmin}, conn(frontend, 8080), true, ""},
+		{"DENY widened, other port", []*Policy{denyPostAdmin}, conn(other, 9090), true, ""},
+		{"DENY by header widened to everything", []*Policy{denyByHeader, allowFrontend}, conn(frontend, 8080), false, "shop/deny-header"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := EvaluateConnection(tc.policies, tc.c)
+			if d.Allow != tc.allow || d.Policy != tc.policy {
+				t.Fatalf("EvaluateConnection = allow %v policy %q (%s), want allow %v policy %q", d.Allow, d.Policy, d.Reason, tc.allow, tc.policy)
+			}
+			if !d.Allow && d.Status != http.StatusForbidden {
+				t.Fatalf("status %d, want 403", d.Status)
+			}
+		})
+	}
+	// The same policies still judge HTTP requests by their HTTP fields, and
+	// the TCP view adds no warning to the policy's status.
+	if d := Evaluate([]*Policy{allowGetPublic}, req()); !d.Allow {
+		t.Fatalf("GET /public over HTTP: %+v", d)
+	}
+	if len(allowGetPublic.Warnings)+len(denyPostAdmin.Warnings) > 0 {
+		t.Fatalf("warnings %q %q", allowGetPublic.Warnings, denyPostAdmin.Warnings)
+	}
+}

@@ -70,8 +70,12 @@
 // # L4
 //
 // A tunnel that does not carry HTTP is forwarded as bytes to an endpoint
-// of the destination after the endpoint workload's L4 policies
-// (internal/authz) allow the tunnel's client.
+// of the destination after two checks. First the waypoint's own policies
+// (those step 2 above applies) judge it as Istio judges TCP traffic
+// (l7authz.EvaluateConnection): an ALLOW rule with HTTP fields never
+// matches and a DENY rule matches without them, so bytes the proxy does
+// not parse as HTTP cannot pass an L7 ALLOW. Then the endpoint workload's
+// L4 policies (internal/authz) must allow the tunnel's client.
 //
 // # Resilience
 //

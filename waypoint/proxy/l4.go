@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"time"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/waypoint/l7authz"
 )
 
 // l4DialTimeout bounds the upstream connect of an L4 tunnel.
@@ -15,7 +17,9 @@ const l4DialTimeout = 10 * time.Second
 
 // serveL4 forwards a tunnel that does not carry HTTP as bytes: to an
 // endpoint of the destination service (or the addressed workload), after
-// the destination workload's L4 policies (internal/authz) allow the
+// the waypoint's own policies (those targeting its Gateway, GatewayClass
+// or the Service, judged as TCP traffic: l7authz.EvaluateConnection) and
+// then the destination workload's L4 policies (internal/authz) allow the
 // tunnel's client. The endpoint's ztunnel then sees the waypoint's
 // identity and applies its own policies too.
 func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
@@ -30,14 +34,25 @@ func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
 	}()
 	dst := view.Resolve(p.cfg.Network, info.authority)
 	up := upstream{port: info.authority.Port()}
+	var svcNS, svcName string
 	switch dst.Kind {
 	case state.ToService:
 		up.svc = dst.Service
+		svcNS, svcName = dst.Service.GetNamespace(), dst.Service.GetName()
 		f.Dst.Service = dst.Service.GetHostname()
 	case state.ToWorkload:
 		up.workload, up.addr = dst.Workload, info.authority
 	default:
 		f.Error = "destination is no longer in the mesh"
+		c.Close()
+		return
+	}
+	az := l7authz.EvaluateConnection(p.l7.Load().policiesFor(p.targets, svcNS, svcName), &l7authz.Connection{
+		Source: info.authz, SourceIP: info.peerAddr.Addr().Unmap(), RemoteIP: info.remote,
+		DestinationIP: info.authority.Addr().Unmap(), DestinationPort: info.authority.Port(),
+	})
+	if !az.Allow {
+		f.Decision, f.Policy, f.Error = telemetry.Deny, az.Policy, "denied: "+az.Reason
 		c.Close()
 		return
 	}
@@ -57,7 +72,7 @@ func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
 		c.Close()
 		return
 	}
-	f.Policy = d.Policy
+	f.Policy = cmp.Or(d.Policy, az.Policy)
 	ctx, cancel := context.WithTimeout(context.Background(), l4DialTimeout)
 	upc, err := p.dialConn(ctx, "tcp", ep.Addr.String())
 	cancel()

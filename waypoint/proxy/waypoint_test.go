@@ -10,6 +10,8 @@ import (
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ambientmesh/ambient/waypoint/l7authz"
 )
 
 // setL7 compiles the routes and policies of a waypoint local config
@@ -252,6 +254,67 @@ authorizationPolicies:
 		if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
 			t.Fatalf("echo %q, %v; want %q", got, err, msg)
 		}
+	})
+
+	t.Run("the waypoint's policies judge tunnels that are not HTTP as TCP", func(t *testing.T) {
+		echo := func(addr, msg string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := m.client.Dial(ctx, addr)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.WriteString(conn, msg); err != nil {
+				return err
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(conn, got); err != nil {
+				return err
+			}
+			if string(got) != msg {
+				return fmt.Errorf("echo %q, want %q", got, msg)
+			}
+			return nil
+		}
+		const allowGetPublic = `
+authorizationPolicies:
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: allow-get-public, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, group: "", name: server}]
+    rules: [{to: [{operation: {methods: [GET], paths: ["/public"]}}]}]
+`
+		m.setL7(t, serverRoute(toV1)+allowGetPublic)
+		if r := do(t, c, "GET", "/public", nil); r.code != 200 || r.body != "v1" {
+			t.Fatalf("GET /public: got %d %q, want 200 v1", r.code, r.body)
+		}
+		// An ALLOW with HTTP fields never matches a connection: bytes that
+		// are not HTTP, or HTTP the proxy does not parse (a lower-case
+		// method), cannot slip past it at L4.
+		if err := echo(serverVIP+":7070", "\x00\x01binary hello"); err == nil {
+			t.Fatal("an L4 tunnel passed an ALLOW of GET /public")
+		}
+		if err := echo(serverVIP+":80", "get /admin HTTP/1.1\r\nHost: x\r\n\r\n"); err == nil {
+			t.Fatal("a lower-case request passed an ALLOW of GET /public at L4")
+		}
+		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "decision": "deny", "dst.service": serverHost,
+			"error": "denied: " + l7authz.ReasonNoAllowMatched, "src.identity": id("client")})
+
+		// A rule without HTTP fields allows the connection.
+		m.setL7(t, serverRoute(toV1)+allowGetPublic+`- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: allow-echo-port, namespace: shop}
+  spec:
+    targetRefs: [{kind: Service, group: "", name: server}]
+    rules: [{to: [{operation: {ports: ["7070"]}}]}]
+`)
+		if err := echo(serverVIP+":7070", "\x00\x01binary hello"); err != nil {
+			t.Fatalf("an L4 tunnel an ALLOW of its port admits: %v", err)
+		}
+		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "decision": "allow", "dst.service": serverHost, "policy": "shop/allow-echo-port"})
 	})
 
 	t.Run("metrics", func(t *testing.T) {
