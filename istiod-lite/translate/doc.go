@@ -23,7 +23,10 @@
 //     else of its namespace, else Config.DefaultTunnelTransport; an
 //     invalid value means h2 ([InvalidTunnelTransports] lists them).
 //   - [Service]: a Service → istio.workload.Service, waypoint for service
-//     traffic.
+//     traffic, each port with the protocol it declares as Istio's protocol
+//     selection reads it (appProtocol, else the port name's
+//     "<protocol>[-suffix]": http, http2, grpc, grpc-web, tcp, tls, https,
+//     mysql, mongo, redis; else UNKNOWN, left to detection).
 //   - [Resilience]: DestinationRules (networking.istio.io) and
 //     LocalTrafficPolicies (policy.ambientmesh.io), decoded by
 //     [FromUnstructured], → one waypointapi.ServiceResilience per Service

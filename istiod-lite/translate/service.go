@@ -93,31 +93,41 @@ func ipFamilies(fams []corev1.IPFamily) workloadapi.IPFamilies {
 	return workloadapi.IPFamilies_AUTOMATIC
 }
 
-// appProtocol infers a port's protocol as Istio does: appProtocol first,
-// then the port name's prefix ("http-web", "grpc").
+// appProtocol infers a port's protocol as Istio's protocol selection does
+// (https://istio.io/latest/docs/ops/configuration/traffic-management/protocol-selection/):
+// appProtocol first, else the port name, "<protocol>" or
+// "<protocol>-<suffix>" ("http-web", "grpc", "tcp-db"). UNKNOWN leaves the
+// waypoint to detect HTTP from the client's first bytes, which a
+// server-first protocol (MySQL, SMTP) never sends: such ports need tcp (or
+// mysql, mongo, redis) declared.
 func appProtocol(sp corev1.ServicePort) workloadapi.AppProtocol {
 	if sp.Protocol != "" && sp.Protocol != corev1.ProtocolTCP {
 		return workloadapi.AppProtocol_UNKNOWN
 	}
 	if sp.AppProtocol != nil {
-		switch strings.ToLower(*sp.AppProtocol) {
-		case "http":
-			return workloadapi.AppProtocol_HTTP11
-		case "http2", "kubernetes.io/h2c":
-			return workloadapi.AppProtocol_HTTP2
-		case "grpc":
-			return workloadapi.AppProtocol_GRPC
-		}
-		return workloadapi.AppProtocol_UNKNOWN
+		return declaredProtocol(strings.ToLower(*sp.AppProtocol))
 	}
 	prefix, _, _ := strings.Cut(strings.ToLower(sp.Name), "-")
-	switch prefix {
-	case "http":
+	if prefix == "grpc" && strings.HasPrefix(strings.ToLower(sp.Name), "grpc-web") {
+		prefix = "grpc-web"
+	}
+	return declaredProtocol(prefix)
+}
+
+// declaredProtocol maps one of Istio's protocol names, or a Kubernetes
+// appProtocol of the kubernetes.io prefix, to the workload API's.
+func declaredProtocol(name string) workloadapi.AppProtocol {
+	switch name {
+	case "http", "grpc-web", "kubernetes.io/ws":
 		return workloadapi.AppProtocol_HTTP11
-	case "http2":
+	case "http2", "kubernetes.io/h2c":
 		return workloadapi.AppProtocol_HTTP2
 	case "grpc":
 		return workloadapi.AppProtocol_GRPC
+	case "tcp", "mongo", "mysql", "redis":
+		return workloadapi.AppProtocol_TCP
+	case "tls", "https", "kubernetes.io/wss":
+		return workloadapi.AppProtocol_TLS
 	}
 	return workloadapi.AppProtocol_UNKNOWN
 }

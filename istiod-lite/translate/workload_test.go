@@ -305,7 +305,7 @@ func TestService(t *testing.T) {
 			Ports: []*workloadapi.Port{
 				{ServicePort: 80, TargetPort: 0, AppProtocol: workloadapi.AppProtocol_HTTP11},
 				{ServicePort: 9000, TargetPort: 9001, AppProtocol: workloadapi.AppProtocol_HTTP2},
-				{ServicePort: 5432, TargetPort: 5432},
+				{ServicePort: 5432, TargetPort: 5432, AppProtocol: workloadapi.AppProtocol_TCP},
 			},
 			Waypoint: wp,
 		}
@@ -478,5 +478,44 @@ func TestPolicyNames(t *testing.T) {
 	want := []string{"default/by-app", "default/empty-selector", "istio-system/root-selector"}
 	if diff := cmp.Diff(want, PolicyNames(testPod(nil), pols, "istio-system")); diff != "" {
 		t.Errorf("PolicyNames mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// Istio's protocol selection: appProtocol first, then the port name's
+// "<protocol>" or "<protocol>-<suffix>"; server-first and TLS protocols
+// declared, so the waypoint does not wait for the client to speak.
+func TestAppProtocol(t *testing.T) {
+	ap := func(s string) *string { return &s }
+	for _, tc := range []struct {
+		port corev1.ServicePort
+		want workloadapi.AppProtocol
+	}{
+		{corev1.ServicePort{Name: "http"}, workloadapi.AppProtocol_HTTP11},
+		{corev1.ServicePort{Name: "http-web"}, workloadapi.AppProtocol_HTTP11},
+		{corev1.ServicePort{Name: "HTTP2-api"}, workloadapi.AppProtocol_HTTP2},
+		{corev1.ServicePort{Name: "grpc"}, workloadapi.AppProtocol_GRPC},
+		{corev1.ServicePort{Name: "grpc-web"}, workloadapi.AppProtocol_HTTP11},
+		{corev1.ServicePort{Name: "grpc-api"}, workloadapi.AppProtocol_GRPC},
+		{corev1.ServicePort{Name: "tcp-db"}, workloadapi.AppProtocol_TCP},
+		{corev1.ServicePort{Name: "mysql"}, workloadapi.AppProtocol_TCP},
+		{corev1.ServicePort{Name: "mongo-main"}, workloadapi.AppProtocol_TCP},
+		{corev1.ServicePort{Name: "redis"}, workloadapi.AppProtocol_TCP},
+		{corev1.ServicePort{Name: "https"}, workloadapi.AppProtocol_TLS},
+		{corev1.ServicePort{Name: "tls-passthrough"}, workloadapi.AppProtocol_TLS},
+		{corev1.ServicePort{Name: "web"}, workloadapi.AppProtocol_UNKNOWN},
+		{corev1.ServicePort{Name: "httpx"}, workloadapi.AppProtocol_UNKNOWN},
+		{corev1.ServicePort{}, workloadapi.AppProtocol_UNKNOWN},
+		{corev1.ServicePort{Name: "database", AppProtocol: ap("mysql")}, workloadapi.AppProtocol_TCP},
+		{corev1.ServicePort{Name: "http", AppProtocol: ap("tcp")}, workloadapi.AppProtocol_TCP}, // appProtocol wins
+		{corev1.ServicePort{Name: "tcp", AppProtocol: ap("HTTP")}, workloadapi.AppProtocol_HTTP11},
+		{corev1.ServicePort{AppProtocol: ap("kubernetes.io/h2c")}, workloadapi.AppProtocol_HTTP2},
+		{corev1.ServicePort{AppProtocol: ap("kubernetes.io/ws")}, workloadapi.AppProtocol_HTTP11},
+		{corev1.ServicePort{AppProtocol: ap("kubernetes.io/wss")}, workloadapi.AppProtocol_TLS},
+		{corev1.ServicePort{Name: "http", AppProtocol: ap("example.com/custom")}, workloadapi.AppProtocol_UNKNOWN},
+		{corev1.ServicePort{Name: "tcp-dns", Protocol: corev1.ProtocolUDP}, workloadapi.AppProtocol_UNKNOWN},
+	} {
+		if got := appProtocol(tc.port); got != tc.want {
+			t.Errorf("port name %q appProtocol %v protocol %q: %v, want %v", tc.port.Name, tc.port.AppProtocol, tc.port.Protocol, got, tc.want)
+		}
 	}
 }

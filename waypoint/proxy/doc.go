@@ -14,9 +14,13 @@
 //
 // hbone hands each accepted stream over as a net.Conn
 // (hbone.ServerConfig.Serve: no socket pair, no splice), and the proxy
-// serves it on the stream's goroutine. The first bytes decide how: an
-// upper-case token and a space (an HTTP/1.x request line, or the HTTP/2
-// preface "PRI * HTTP/2.0") make it HTTP, anything else L4. HTTP tunnels
+// serves it on the stream's goroutine. The protocol the destination
+// Service's port declares (appProtocol or port name, Istio's protocol
+// selection, translated by istiod-lite) decides how: http, http2 and grpc
+// make it HTTP; tcp (mysql, mongo, redis) and tls make it L4 at once, so a
+// server that speaks first is not kept waiting. Otherwise the first bytes
+// decide: an upper-case token and a space (an HTTP/1.x request line, or
+// the HTTP/2 preface "PRI * HTTP/2.0") make it HTTP, anything else L4. HTTP tunnels
 // go to one net/http Server that speaks HTTP/1.1 and, by prior knowledge,
 // h2c (http.Protocols with UnencryptedHTTP2, the x/net/http2 server bundled
 // in net/http), so gRPC works; each request learns its tunnel through the
@@ -196,7 +200,10 @@
 //
 // HTTP/2 clients' extended CONNECT (RFC 8441 WebSocket) and CONNECT
 // requests inside the tunnel are not forwarded (HTTP/1.1 upgrades are:
-// upgrade.go); server-first protocols wait for the client's first bytes.
+// upgrade.go); on a port that does not declare its protocol, a
+// server-first protocol waits for the client's first bytes, as Istio's
+// default protocol detection does (no timeout: a slow HTTP client must
+// not fall to L4).
 // Of the resilience policy: DestinationRule
 // subsets (routes cannot name them), and for HTTP/2 backends maxConnections, http1MaxPendingRequests and
 // maxRequestsPerConnection (requests multiplex on one connection per

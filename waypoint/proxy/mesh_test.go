@@ -152,7 +152,8 @@ func newTestMesh(t *testing.T, opts ...func(*proxy.Config)) *testMesh {
 		}
 		return out
 	}
-	httpPorts := []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090, TargetPort: 9090, AppProtocol: workloadapi.AppProtocol_GRPC}, {ServicePort: 7070, TargetPort: 7070}}
+	httpPorts := []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090, TargetPort: 9090, AppProtocol: workloadapi.AppProtocol_GRPC}, {ServicePort: 7070, TargetPort: 7070},
+		{ServicePort: 2525, TargetPort: 2525, AppProtocol: workloadapi.AppProtocol_TCP}}
 	workload := func(p *testenv.Pod, name, sa, version string, hbone bool, svcs map[string]*workloadapi.PortList) *workloadapi.Workload {
 		w := &workloadapi.Workload{Uid: podUID(p), Name: name, Namespace: "shop", ServiceAccount: sa,
 			Node: fmt.Sprintf("node-%d", p.Node.Index), Addresses: [][]byte{p.IP.AsSlice()},
@@ -286,7 +287,8 @@ func (m *testMesh) startWaypoint(t *testing.T, opts ...func(*proxy.Config)) {
 // startApp serves, in pod p: HTTP/1.1 and h2c on 8080 (answers name,
 // "/slow" after 2s, "/flaky" 503 on every other call, "/sick/..." 503
 // while m.sick says so, "/hold" when m.hold opens), gRPC health on 9090,
-// and a TCP echo on 7070.
+// a TCP echo on 7070, and on 2525 a server-first protocol: a greeting
+// line ("220 <name> ready"), then an echo.
 func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -385,6 +387,24 @@ func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) 
 				return
 			}
 			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	sln, err := p.Listen("0.0.0.0:2525")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sln.Close() })
+	go func() {
+		for {
+			c, err := sln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, "220 "+name+" ready\r\n")
+				io.Copy(c, c)
+			}()
 		}
 	}()
 }

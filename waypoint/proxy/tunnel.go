@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
 // tunnelConn is the proxy's end of one tunnel: reads go through the reader
@@ -62,7 +65,8 @@ const maxMethodLen = 20
 // request line; the HTTP/2 preface "PRI * HTTP/2.0" is one too), else L4.
 // It reads only as far as needed: a byte that cannot be part of a method
 // decides at once. A tunnel that ends before deciding is L4 (nothing to
-// serve). Server-first protocols wait here until the client speaks.
+// serve). A server-first protocol on a port that does not declare its
+// protocol waits here until the client speaks.
 func detect(r *bufio.Reader) (protocol, error) {
 	for i := 1; i <= maxMethodLen+1; i++ {
 		b, err := r.Peek(i)
@@ -84,13 +88,43 @@ func detect(r *bufio.Reader) (protocol, error) {
 	return protoL4, nil
 }
 
-// serveTunnel detects the tunnel's protocol and hands it on.
+// declaredProtocol is the protocol the destination Service's port declares
+// (appProtocol or port name, as istiod-lite translates them), when that
+// settles how to serve the tunnel without reading it: HTTP for http, http2
+// and grpc; L4 for tcp (mysql, mongo, redis) and tls, whose server may
+// speak first, so no byte is awaited. Otherwise (undeclared, or a tunnel
+// to a workload) the first bytes decide (detect).
+func (p *Proxy) declaredProtocol(info *tunnelInfo) (protocol, bool) {
+	dst := p.cfg.Store.Current().Resolve(p.cfg.Network, info.authority)
+	if dst.Kind != state.ToService {
+		return protoL4, false
+	}
+	for _, sp := range dst.Service.GetPorts() {
+		if sp.GetServicePort() != uint32(info.authority.Port()) {
+			continue
+		}
+		switch sp.GetAppProtocol() {
+		case workloadapi.AppProtocol_HTTP11, workloadapi.AppProtocol_HTTP2, workloadapi.AppProtocol_GRPC:
+			return protoHTTP, true
+		case workloadapi.AppProtocol_TCP, workloadapi.AppProtocol_TLS:
+			return protoL4, true
+		}
+		break
+	}
+	return protoL4, false
+}
+
+// serveTunnel serves a tunnel by its declared protocol, else by the one
+// its first bytes show, and hands it on.
 func (p *Proxy) serveTunnel(c net.Conn, info *tunnelInfo) {
 	r := bufio.NewReaderSize(c, 4096)
-	kind, err := detect(r)
-	if err != nil {
-		c.Close()
-		return
+	kind, declared := p.declaredProtocol(info)
+	if !declared {
+		var err error
+		if kind, err = detect(r); err != nil {
+			c.Close()
+			return
+		}
 	}
 	tc := &tunnelConn{Conn: c, r: r, info: info}
 	if kind == protoHTTP {

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -253,6 +254,24 @@ authorizationPolicies:
 		got := make([]byte, len(msg))
 		if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
 			t.Fatalf("echo %q, %v; want %q", got, err, msg)
+		}
+	})
+
+	t.Run("a server-first protocol on a port declared tcp", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1))
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := m.client.Dial(ctx, serverVIP+":2525")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		// The client waits for the greeting: the waypoint must not wait
+		// for the client's first bytes to choose HTTP or L4.
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, "220 ") {
+			t.Fatalf("greeting %q, %v; want 220 …", line, err)
 		}
 	})
 
