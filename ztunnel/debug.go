@@ -96,7 +96,7 @@ func (p *podProxy) debug() PodDebug {
 		c := ConnDebug{Direction: "outbound", Protocol: protocolOf(t.LocalAddr()), Local: addrString(t.LocalAddr()), Remote: addrString(t.RemoteAddr())}
 		if in, ok := t.inbound(); ok {
 			c.Direction = "inbound"
-			c.Port = in.port
+			c.Port = in.dst.Port()
 			if !in.peer.IsZero() {
 				c.Peer = in.peer.String()
 			}

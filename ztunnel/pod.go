@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -36,8 +37,8 @@ type podProxy struct {
 	nsPath string
 
 	// Set by start, then read-only.
-	nsFile  *os.File // our own handle on the pod's netns: nsPath stays valid while we serve
-	ip      netip.Addr
+	nsFile  *os.File     // our own handle on the pod's netns: nsPath stays valid while we serve
+	ips     []netip.Addr // the pod's addresses (IPv4 and IPv6 when dual-stack), unmapped
 	id      spiffeid.ID
 	src     *identity.Source
 	client  *hbone.Client  // tunnels over HTTP/2
@@ -79,11 +80,13 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 	if len(w.GetAddresses()) == 0 {
 		return errors.New("workload has no address")
 	}
-	ip, ok := netip.AddrFromSlice(w.GetAddresses()[0])
-	if !ok {
-		return errors.New("workload address is not an IP")
+	for _, a := range w.GetAddresses() {
+		ip, ok := netip.AddrFromSlice(a)
+		if !ok {
+			return fmt.Errorf("workload address %x is not an IP", a)
+		}
+		p.ips = append(p.ips, ip.Unmap())
 	}
-	p.ip = ip.Unmap()
 	if p.id, err = outbound.WorkloadID(w); err != nil {
 		return err
 	}
@@ -452,24 +455,25 @@ func (p *podProxy) endOutbound(flow telemetry.Flow, done func()) {
 // authorizeTunnel checks an inbound HBONE stream: it must be for this pod,
 // and the pod's policies must allow it.
 func (p *podProxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
-	if st.Authority.Addr() != p.ip {
-		return fmt.Errorf("%w: %s is not pod %s", hbone.ErrBadDestination, st.Authority, p.ip)
+	if !slices.Contains(p.ips, st.Authority.Addr().Unmap()) {
+		return fmt.Errorf("%w: %s is not an address of pod %s %v", hbone.ErrBadDestination, st.Authority, p.uid, p.ips)
 	}
-	if d := p.evaluate(st.Peer, st.PeerAddr.Addr(), st.Authority.Port()); !d.Allowed {
+	if d := p.evaluate(st.Peer, st.PeerAddr.Addr(), st.Authority); !d.Allowed {
 		return &deniedError{d}
 	}
 	return nil
 }
 
-// evaluate runs the pod's L4 policies for a connection.
-func (p *podProxy) evaluate(peer spiffeid.ID, srcIP netip.Addr, port uint16) authz.Decision {
+// evaluate runs the pod's L4 policies for a connection to dst, one of the
+// pod's addresses.
+func (p *podProxy) evaluate(peer spiffeid.ID, srcIP netip.Addr, dst netip.AddrPort) authz.Decision {
 	view := p.z.cfg.Store.Current()
 	w := view.Workload(p.uid)
 	if w == nil {
 		w = p.workload()
 	}
 	return authz.Evaluate(authz.Connection{
-		SrcIdentity: peer, SrcIP: srcIP.Unmap(), DstIP: p.ip, DstPort: port, DstNamespace: w.GetNamespace(),
+		SrcIdentity: peer, SrcIP: srcIP.Unmap(), DstIP: dst.Addr().Unmap(), DstPort: dst.Port(), DstNamespace: w.GetNamespace(),
 	}, view.PoliciesFor(w))
 }
 
@@ -547,7 +551,7 @@ func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn, done fun
 	}
 	flow.Dst = peerOf(p.workload(), p.id, net.TCPAddrFromAddrPort(dst))
 	src := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr()
-	if d := p.evaluate(spiffeid.ID{}, src, dst.Port()); !d.Allowed {
+	if d := p.evaluate(spiffeid.ID{}, src, dst); !d.Allowed {
 		flow.Decision, flow.Policy, flow.Error = telemetry.Deny, d.Policy, (&deniedError{d}).Error()
 		abort(c)
 		return
@@ -561,7 +565,7 @@ func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn, done fun
 		return
 	}
 	p.z.opened(flow)
-	t := p.track(app, &inboundInfo{srcIP: src, port: dst.Port()})
+	t := p.track(app, &inboundInfo{srcIP: src, dst: dst})
 	defer p.untrack(t)
 	toApp, fromApp, err := hbone.Splice(c, t)
 	flow.BytesSent, flow.BytesRecv, flow.Error = toApp, fromApp, errString(err)
@@ -571,7 +575,7 @@ func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn, done fun
 type inboundInfo struct {
 	peer  spiffeid.ID
 	srcIP netip.Addr
-	port  uint16
+	dst   netip.AddrPort
 }
 
 // tunnelStream is an inbound tunnel stream: *hbone.Stream (HTTP/2) or
@@ -606,7 +610,7 @@ func (t *trackedConn) inbound() (inboundInfo, bool) {
 	default:
 		return inboundInfo{}, false
 	}
-	return inboundInfo{peer: st.Peer, srcIP: st.PeerAddr.Addr(), port: st.Authority.Port()}, true
+	return inboundInfo{peer: st.Peer, srcIP: st.PeerAddr.Addr(), dst: st.Authority}, true
 }
 
 func (p *podProxy) track(c net.Conn, origin any) *trackedConn {
@@ -687,7 +691,7 @@ func (p *podProxy) enforce(view *state.View) {
 		if !ok || t.closedBy.Load() != nil { // outbound, or closing already
 			return false
 		}
-		d := p.evaluate(in.peer, in.srcIP, in.port)
+		d := p.evaluate(in.peer, in.srcIP, in.dst)
 		if d.Allowed {
 			return false
 		}

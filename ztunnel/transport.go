@@ -156,18 +156,27 @@ func dialPreferringQUIC[T any](ctx context.Context, p *podProxy, rt outbound.Rou
 // listenQUIC opens the UDP socket of one outbound QUIC connection inside
 // the pod's namespace, from the pod's address and marked as ztunnel's own.
 func (p *podProxy) listenQUIC(_ context.Context, _ spiffeid.ID, dst netip.AddrPort) (net.PacketConn, error) {
-	local := netip.AddrPortFrom(p.ip, 0)
-	if dst.Addr().Unmap().Is4() != p.ip.Is4() {
-		local = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
-		if dst.Addr().Unmap().Is4() {
-			local = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
-		}
-	}
+	local := netip.AddrPortFrom(p.addrFor(dst.Addr()), 0)
 	c, err := netns.ListenUDP(p.nsPath, local.String(), netns.WithMark(redirect.ZtunnelMark))
 	if err != nil {
 		return nil, err // not a typed nil in the interface
 	}
 	return c, nil
+}
+
+// addrFor is the pod's address of dst's family, else that family's
+// unspecified address (the kernel picks).
+func (p *podProxy) addrFor(dst netip.Addr) netip.Addr {
+	v4 := dst.Unmap().Is4()
+	for _, a := range p.ips {
+		if a.Is4() == v4 {
+			return a
+		}
+	}
+	if v4 {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
 }
 
 // transportName names a tunnel transport in flow records and metrics.

@@ -86,8 +86,14 @@ func podUID(p *testenv.Pod) string { return fmt.Sprintf("pod-%d-%d", p.Node.Inde
 
 // opts adjust both ztunnels' Config.
 func newMesh(t testing.TB, opts ...func(*Config)) *mesh {
+	return newMeshOn(t, testenv.Spec{Nodes: 2, PodsPerNode: 2}, opts...)
+}
+
+// newMeshOn is newMesh on a topology of spec's shape (2 × 2 or larger);
+// with spec.DualStack each workload has its IPv6 address too.
+func newMeshOn(t testing.TB, spec testenv.Spec, opts ...func(*Config)) *mesh {
 	testenv.RequireRoot(t)
-	m := &mesh{topo: testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 2}), store: state.NewStore(),
+	m := &mesh{topo: testenv.NewTopology(t, spec), store: state.NewStore(),
 		sa: map[*testenv.Pod]string{}}
 	authority, err := ca.NewSelfSigned(td, ca.Options{})
 	if err != nil {
@@ -99,9 +105,13 @@ func newMesh(t testing.TB, opts ...func(*Config)) *mesh {
 		for _, p := range n.Pods {
 			sa := serviceAccounts[[2]int{n.Index, p.Index}]
 			m.sa[p] = sa
+			addrs := [][]byte{p.IP.AsSlice()}
+			if p.IP6.IsValid() {
+				addrs = append(addrs, p.IP6.AsSlice())
+			}
 			workloads = append(workloads, &workloadapi.Workload{
 				Uid: podUID(p), Name: fmt.Sprintf("%s-%d", sa, p.Index), Namespace: "shop", ServiceAccount: sa,
-				Node: fmt.Sprintf("node-%d", n.Index), Addresses: [][]byte{p.IP.AsSlice()},
+				Node: fmt.Sprintf("node-%d", n.Index), Addresses: addrs,
 				TunnelProtocol: workloadapi.TunnelProtocol_HBONE, Status: workloadapi.WorkloadStatus_HEALTHY,
 			})
 			startEcho(t, p)
@@ -190,9 +200,15 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 // captured) and checks the echo.
 func roundTrip(t *testing.T, from, to *testenv.Pod) error {
 	t.Helper()
+	return roundTripAddr(t, from, to.Addr(8080))
+}
+
+// roundTripAddr is roundTrip to an address of the app (an IPv6 one, say).
+func roundTripAddr(t *testing.T, from *testenv.Pod, addr string) error {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := from.Dial(ctx, to.Addr(8080))
+	c, err := from.Dial(ctx, addr)
 	if err != nil {
 		return err
 	}

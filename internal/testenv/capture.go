@@ -11,14 +11,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Packet is one captured IPv4 TCP or UDP packet.
+// Packet is one captured TCP or UDP packet, IPv4 or IPv6.
 type Packet struct {
 	Proto    uint8 // unix.IPPROTO_TCP or unix.IPPROTO_UDP
 	Src, Dst netip.AddrPort
 	Payload  []byte
 }
 
-// Capture records the IPv4 TCP and UDP packets crossing a node's link, as
+// Capture records the TCP and UDP packets crossing a node's link, as
 // tcpdump on that interface would (both directions), until Stop.
 type Capture struct {
 	fd   int           // owned by loop, which closes it
@@ -96,25 +96,50 @@ func (c *Capture) loop() {
 	}
 }
 
-// parseFrame decodes an Ethernet frame carrying IPv4 TCP or UDP.
+// parseFrame decodes an Ethernet frame carrying TCP or UDP over IPv4, or
+// over IPv6 without extension headers (the only IPv6 TCP and UDP these
+// topologies carry).
 func parseFrame(f []byte) (Packet, bool) {
-	if len(f) < 14+20 || binary.BigEndian.Uint16(f[12:14]) != unix.ETH_P_IP {
+	if len(f) < 14+20 {
 		return Packet{}, false
 	}
-	ip := f[14:]
-	ihl := int(ip[0]&0x0f) * 4
-	total := int(binary.BigEndian.Uint16(ip[2:4]))
-	if ihl < 20 || total > len(ip) || total < ihl+8 {
+	var p Packet
+	var src, dst netip.Addr
+	var l4 []byte
+	switch ip := f[14:]; binary.BigEndian.Uint16(f[12:14]) {
+	case unix.ETH_P_IP:
+		ihl := int(ip[0]&0x0f) * 4
+		total := int(binary.BigEndian.Uint16(ip[2:4]))
+		if ihl < 20 || total > len(ip) || total < ihl+8 {
+			return Packet{}, false
+		}
+		src, _ = netip.AddrFromSlice(ip[12:16])
+		dst, _ = netip.AddrFromSlice(ip[16:20])
+		p.Proto, l4 = ip[9], ip[ihl:total]
+	case unix.ETH_P_IPV6:
+		if len(ip) < 40+8 {
+			return Packet{}, false
+		}
+		total := 40 + int(binary.BigEndian.Uint16(ip[4:6]))
+		if total > len(ip) {
+			return Packet{}, false
+		}
+		src, _ = netip.AddrFromSlice(ip[8:24])
+		dst, _ = netip.AddrFromSlice(ip[24:40])
+		p.Proto, l4 = ip[6], ip[40:total]
+	default:
 		return Packet{}, false
 	}
-	ip = ip[:total]
-	src, _ := netip.AddrFromSlice(ip[12:16])
-	dst, _ := netip.AddrFromSlice(ip[16:20])
-	l4 := ip[ihl:]
+	if len(l4) < 8 {
+		return Packet{}, false
+	}
 	sport, dport := binary.BigEndian.Uint16(l4[0:2]), binary.BigEndian.Uint16(l4[2:4])
-	p := Packet{Proto: ip[9], Src: netip.AddrPortFrom(src, sport), Dst: netip.AddrPortFrom(dst, dport)}
+	p.Src, p.Dst = netip.AddrPortFrom(src, sport), netip.AddrPortFrom(dst, dport)
 	switch p.Proto {
 	case unix.IPPROTO_TCP:
+		if len(l4) < 20 {
+			return Packet{}, false
+		}
 		off := int(l4[12]>>4) * 4
 		if off < 20 || off > len(l4) {
 			return Packet{}, false

@@ -28,7 +28,8 @@ var (
 )
 
 func guardCIDRs() []string {
-	return []string{PodCIDR.String(), ServiceCIDR.String(), NodeCIDR.String()}
+	return []string{PodCIDR.String(), ServiceCIDR.String(), NodeCIDR.String(),
+		PodCIDR6.String(), NodeCIDR6.String()}
 }
 
 func acquireGuard() error {

@@ -25,11 +25,22 @@
 //     route, so a packet for an address outside the topology is answered by
 //     the node with ICMP unreachable and the dial fails at once.
 //
+// With Spec.DualStack every node and pod also has an IPv6 address, with
+// the same shape: node n at fd00:172:30::<n>/64 on eth0, pod m of node n at
+// fd00:10:244:<n>::<m+1>/128 with the gateway fd00:10:244:<n>::1/128 on
+// every pod veth of the node, a default route via it in the pod (there is
+// no IPv6 service range: service VIPs stay IPv4), net.ipv6 forwarding on
+// in the node, and fd00:10:244:<k>::/64 via fd00:172:30::<k> for every
+// other node k. Duplicate address detection is off on these addresses, so
+// they are usable at once.
+//
 // The root namespace holds no link of the topology (every veth is created
 // directly inside its namespaces), unless Spec.HostLink asks for one; see
 // Host links below. While any topology of this
 // process lives, the root namespace also has `unreachable` routes for
-// 10.244.0.0/16, 10.96.0.0/16 and 172.30.0.0/16 (protocol 167, metric =
+// 10.244.0.0/16, 10.96.0.0/16 and 172.30.0.0/16, and for their IPv6
+// counterparts fd00:10:244::/48 and fd00:172:30::/48
+// (protocol 167, metric =
 // this process's pid, so concurrent test binaries each own theirs), so a
 // misrouted packet can never leave by the machine's default route.
 //
@@ -83,6 +94,9 @@ var (
 	PodCIDR     = netip.MustParsePrefix("10.244.0.0/16")
 	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
 	NodeCIDR    = netip.MustParsePrefix("172.30.0.0/16")
+	// The IPv6 plan of a Spec.DualStack topology (unique local addresses).
+	PodCIDR6  = netip.MustParsePrefix("fd00:10:244::/48")
+	NodeCIDR6 = netip.MustParsePrefix("fd00:172:30::/48")
 )
 
 // Spec sizes a topology.
@@ -92,6 +106,9 @@ type Spec struct {
 	// HostLink connects the root namespace to the node link at HostIP; see
 	// the package comment.
 	HostLink bool
+	// DualStack gives every node and pod an IPv6 address beside its IPv4
+	// one, with the same routes; see the package comment.
+	DualStack bool
 }
 
 // HostIP is the root namespace's address on the node link of a topology
@@ -138,6 +155,11 @@ type Node struct {
 	Gateway netip.Addr   // 10.244.<Index>.1, the pods' next hop
 	LinkIf  string       // the node's interface on the shared link, in Path
 	Pods    []*Pod
+	// With Spec.DualStack (else zero): fd00:172:30::<Index>,
+	// fd00:10:244:<Index>::/64 and fd00:10:244:<Index>::1.
+	IP6      netip.Addr
+	PodCIDR6 netip.Prefix
+	Gateway6 netip.Addr
 }
 
 // Pod is a simulated pod.
@@ -148,10 +170,14 @@ type Pod struct {
 	IP     netip.Addr // 10.244.<node>.<Index+1>
 	Iface  string     // eth0 inside the pod
 	HostIf string     // the node end of the pod's veth, in Node.Path
+	IP6    netip.Addr // fd00:10:244:<node>::<Index+1> with Spec.DualStack, else zero
 }
 
 // Addr is the pod's IP with port.
 func (p *Pod) Addr(port uint16) string { return netip.AddrPortFrom(p.IP, port).String() }
+
+// Addr6 is the pod's IPv6 address with port (Spec.DualStack).
+func (p *Pod) Addr6(port uint16) string { return netip.AddrPortFrom(p.IP6, port).String() }
 
 // Topology is a set of nodes and pods; see the package comment.
 type Topology struct {
@@ -281,6 +307,11 @@ func (tp *Topology) build(spec Spec) error {
 			Gateway: netip.AddrFrom4([4]byte{10, 244, byte(n), 1}),
 			LinkIf:  "eth0",
 		}
+		if spec.DualStack {
+			node.IP6 = v6(NodeCIDR6, 0, uint16(n))
+			node.PodCIDR6 = netip.PrefixFrom(v6(PodCIDR6, uint16(n), 0), 64)
+			node.Gateway6 = v6(PodCIDR6, uint16(n), 1)
+		}
 		if node.NS, err = tp.addNS(fmt.Sprintf("n%d", n)); err != nil {
 			return err
 		}
@@ -298,9 +329,19 @@ func (tp *Topology) build(spec Spec) error {
 			return err
 		}
 		if err := node.Exec(func() error {
+			if spec.DualStack {
+				if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1\n"), 0o644); err != nil {
+					return err
+				}
+			}
 			return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)
 		}); err != nil {
-			return fmt.Errorf("enable ip_forward in %s: %w", node.Name, err)
+			return fmt.Errorf("enable forwarding in %s: %w", node.Name, err)
+		}
+		if spec.DualStack {
+			if err := ipBatch(node.Name, fmt.Sprintf("addr add %s/64 dev %s nodad", node.IP6, node.LinkIf)); err != nil {
+				return err
+			}
 		}
 		for m := 1; m <= spec.PodsPerNode; m++ {
 			pod := &Pod{
@@ -309,6 +350,9 @@ func (tp *Topology) build(spec Spec) error {
 				IP:     netip.AddrFrom4([4]byte{10, 244, byte(n), byte(m + 1)}),
 				Iface:  "eth0",
 				HostIf: fmt.Sprintf("p%d", m),
+			}
+			if spec.DualStack {
+				pod.IP6 = v6(PodCIDR6, uint16(n), uint16(m+1))
 			}
 			if pod.NS, err = tp.addNS(fmt.Sprintf("n%dp%d", n, m)); err != nil {
 				return err
@@ -330,6 +374,21 @@ func (tp *Topology) build(spec Spec) error {
 			); err != nil {
 				return err
 			}
+			if spec.DualStack {
+				if err := ipBatch(node.Name,
+					fmt.Sprintf("addr add %s/128 dev %s nodad", node.Gateway6, pod.HostIf),
+					fmt.Sprintf("route add %s/128 dev %s src %s", pod.IP6, pod.HostIf, node.Gateway6),
+				); err != nil {
+					return err
+				}
+				if err := ipBatch(pod.Name,
+					fmt.Sprintf("addr add %s/128 dev %s nodad", pod.IP6, pod.Iface),
+					fmt.Sprintf("route add %s/128 dev %s", node.Gateway6, pod.Iface),
+					fmt.Sprintf("route add default via %s dev %s src %s", node.Gateway6, pod.Iface, pod.IP6),
+				); err != nil {
+					return err
+				}
+			}
 			node.Pods = append(node.Pods, pod)
 		}
 		tp.Nodes = append(tp.Nodes, node)
@@ -345,6 +404,9 @@ func (tp *Topology) build(spec Spec) error {
 		for _, other := range tp.Nodes {
 			if other != node {
 				cmds = append(cmds, fmt.Sprintf("route add %s via %s dev %s", other.PodCIDR, other.IP, node.LinkIf))
+				if spec.DualStack {
+					cmds = append(cmds, fmt.Sprintf("route add %s via %s dev %s", other.PodCIDR6, other.IP6, node.LinkIf))
+				}
 			}
 		}
 		if err := ipBatch(node.Name, cmds...); err != nil {
@@ -352,6 +414,15 @@ func (tp *Topology) build(spec Spec) error {
 		}
 	}
 	return nil
+}
+
+// v6 is the address of prefix p (a /48) with hextets 4 and 8 set:
+// p:<subnet>::<host>.
+func v6(p netip.Prefix, subnet, host uint16) netip.Addr {
+	b := p.Addr().As16()
+	b[6], b[7] = byte(subnet>>8), byte(subnet)
+	b[14], b[15] = byte(host>>8), byte(host)
+	return netip.AddrFrom16(b)
 }
 
 // hostLockPath serializes host-linked topologies across processes.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -53,8 +54,12 @@ func roundTrip(t *testing.T, from *Pod, to string) {
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
 		t.Fatalf("%s -> %s: echo %q, %v", from.Name, to, buf, err)
 	}
-	if got := c.LocalAddr().(*net.TCPAddr).IP.String(); got != from.IP.String() {
-		t.Errorf("source address %s, want the pod IP %s", got, from.IP)
+	want := from.IP
+	if netip.MustParseAddrPort(to).Addr().Is6() {
+		want = from.IP6
+	}
+	if got := c.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); got != want {
+		t.Errorf("source address %s, want the pod IP %s", got, want)
 	}
 }
 
@@ -79,6 +84,45 @@ func TestTopology_PodToPodSameNodeAndAcrossNodes(t *testing.T) {
 	t.Run("across nodes", func(t *testing.T) {
 		roundTrip(t, topo.Pod(1, 1), topo.Pod(2, 2).Addr(8080))
 		roundTrip(t, topo.Pod(2, 1), topo.Pod(1, 2).Addr(8080))
+	})
+}
+
+func TestTopology_DualStack(t *testing.T) {
+	topo := NewTopology(t, Spec{Nodes: 2, PodsPerNode: 2, DualStack: true})
+	if got, want := topo.Pod(2, 1).IP6.String(), "fd00:10:244:2::2"; got != want {
+		t.Fatalf("pod(2,1) IPv6 = %s, want %s", got, want)
+	}
+	if got, want := topo.Nodes[1].IP6.String(), "fd00:172:30::2"; got != want {
+		t.Fatalf("node 2 IPv6 = %s, want %s", got, want)
+	}
+	for _, n := range topo.Nodes {
+		for _, p := range n.Pods {
+			l, err := p.Listen("[::]:8080") // both families
+			if err != nil {
+				t.Fatal(err)
+			}
+			echo(t, l)
+		}
+	}
+	t.Run("IPv6 same node", func(t *testing.T) { roundTrip(t, topo.Pod(1, 1), topo.Pod(1, 2).Addr6(8080)) })
+	t.Run("IPv6 across nodes", func(t *testing.T) {
+		roundTrip(t, topo.Pod(1, 1), topo.Pod(2, 2).Addr6(8080))
+		roundTrip(t, topo.Pod(2, 1), topo.Pod(1, 2).Addr6(8080))
+	})
+	t.Run("IPv4 beside it", func(t *testing.T) { roundTrip(t, topo.Pod(1, 1), topo.Pod(2, 2).Addr(8080)) })
+	t.Run("nothing outside the IPv6 plan", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if c, err := topo.Pod(1, 1).Dial(ctx, "[fd00:10:244:9::9]:80"); err == nil {
+			c.Close()
+			t.Fatal("dial fd00:10:244:9::9 succeeded")
+		} else if errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("dial fd00:10:244:9::9 timed out instead of failing as unreachable: %v", err)
+		}
+		out, err := exec.Command("ip", "-6", "route", "get", "fd00:10:244:9::9").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "No route to host") && !strings.Contains(string(out), "unreachable") {
+			t.Errorf("root: ip -6 route get fd00:10:244:9::9 = %q, %v; want unreachable", out, err)
+		}
 	})
 }
 
