@@ -114,6 +114,23 @@ type Endpoint struct {
 	Addr netip.AddrPort
 }
 
+// AddrFor is the endpoint's address of dst's family, with Port: a client
+// that asked for a service's IPv6 address reaches the endpoint's IPv6
+// address on a dual-stack cluster, as Istio's ztunnel chooses. Without an
+// address of that family, Addr.
+func (e Endpoint) AddrFor(dst netip.Addr) netip.AddrPort {
+	v4 := dst.Unmap().Is4()
+	if !e.Addr.IsValid() || e.Addr.Addr().Is4() == v4 {
+		return e.Addr
+	}
+	for _, b := range e.Workload.GetAddresses() {
+		if a, ok := addrOf(b); ok && a.Is4() == v4 {
+			return netip.AddrPortFrom(a, e.Port)
+		}
+	}
+	return e.Addr
+}
+
 // PickEndpoint chooses uniformly at random, using r, one endpoint of svc
 // that can serve port ([View.EligibleEndpoints]). Nothing else is preferred
 // yet. It fails with [ErrNoSuchPort] when svc does not expose port and

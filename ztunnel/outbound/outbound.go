@@ -120,7 +120,7 @@ func plan(v *state.View, network string, dst netip.AddrPort, r state.Rand, waypo
 		if !ep.Addr.IsValid() {
 			return Route{}, fmt.Errorf("%w to %s: endpoint %s has no address", ErrNoRoute, dst, ep.Workload.GetUid())
 		}
-		return toWorkload(ep.Workload, d.Service, ep.Addr)
+		return toWorkload(ep.Workload, d.Service, ep.AddrFor(dst.Addr()))
 	case state.ToWorkload:
 		if wp := d.Workload.GetWaypoint(); wp != nil && state.Enrolled(d.Workload) && waypoints {
 			return toWaypoint(v, network, wp, Route{Target: dst, Workload: d.Workload}, r)

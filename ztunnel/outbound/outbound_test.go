@@ -37,9 +37,11 @@ func view(t *testing.T) *state.View {
 	t.Helper()
 	backend := &workloadapi.Service{
 		Name: "backend", Namespace: "shop", Hostname: "backend.shop.svc.cluster.local",
-		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.10")}},
+		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.10")}, {Address: ip("fd00:10:96::10")}},
 		Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}},
 	}
+	backend1 := workload("backend-1", "10.244.2.7", true, map[string]uint32{"shop/backend.shop.svc.cluster.local": 8080})
+	backend1.Addresses = append(backend1.Addresses, ip("fd00:10:244:2::7")) // dual-stack
 	legacy := &workloadapi.Service{
 		Name: "legacy", Namespace: "shop", Hostname: "legacy.shop.svc.cluster.local",
 		Addresses: []*workloadapi.NetworkAddress{{Address: ip("10.96.0.20")}},
@@ -52,7 +54,7 @@ func view(t *testing.T) *state.View {
 	}
 	v, err := state.NewView(state.Snapshot{
 		Workloads: []*workloadapi.Workload{
-			workload("backend-1", "10.244.2.7", true, map[string]uint32{"shop/backend.shop.svc.cluster.local": 8080}),
+			backend1,
 			workload("legacy-1", "10.244.2.8", false, map[string]uint32{"shop/legacy.shop.svc.cluster.local": 9090}),
 		},
 		Services: []*workloadapi.Service{backend, legacy, empty},
@@ -79,6 +81,12 @@ func TestPlan(t *testing.T) {
 		{name: "service VIP of an enrolled workload tunnels to its pod", dst: "10.96.0.10:80", kind: Tunnel,
 			target: "10.244.2.7:8080", tunnel: "10.244.2.7:15008",
 			identity: "spiffe://cluster.local/ns/shop/sa/sa-backend-1", service: "backend"},
+		{name: "a dual-stack service's IPv6 VIP tunnels to the pod's IPv6 address", dst: "[fd00:10:96::10]:80", kind: Tunnel,
+			target: "[fd00:10:244:2::7]:8080", tunnel: "[fd00:10:244:2::7]:15008",
+			identity: "spiffe://cluster.local/ns/shop/sa/sa-backend-1", service: "backend"},
+		{name: "enrolled pod IPv6 address tunnels there", dst: "[fd00:10:244:2::7]:8080", kind: Tunnel,
+			target: "[fd00:10:244:2::7]:8080", tunnel: "[fd00:10:244:2::7]:15008",
+			identity: "spiffe://cluster.local/ns/shop/sa/sa-backend-1"},
 		{name: "enrolled pod IP tunnels with the original port", dst: "10.244.2.7:8080", kind: Tunnel,
 			target: "10.244.2.7:8080", tunnel: "10.244.2.7:15008",
 			identity: "spiffe://cluster.local/ns/shop/sa/sa-backend-1"},
