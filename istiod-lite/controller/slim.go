@@ -21,7 +21,9 @@ import (
 //   - ServiceAccount: its secret references;
 //   - Gateway: status but the addresses (conditions are written by
 //     gateway controllers and read by no one here);
-//   - HTTPRoute: status;
+//   - HTTPRoute and GRPCRoute: nothing more (their status is kept: the
+//     controller merges its own parents into it, keeping the other
+//     controllers' entries and the unchanged conditions' times);
 //   - ReferenceGrant (v1 or v1beta1): its labels and annotations (only
 //     its namespace and spec are read; it has no status).
 func stripObject(obj any) (any, error) {
@@ -71,8 +73,6 @@ func stripObject(obj any) (any, error) {
 		o.ImagePullSecrets = nil
 	case *gatewayv1.Gateway:
 		o.Status = gatewayv1.GatewayStatus{Addresses: o.Status.Addresses}
-	case *gatewayv1.HTTPRoute:
-		o.Status = gatewayv1.HTTPRouteStatus{}
 	case *gatewayv1.ReferenceGrant:
 		o.Labels, o.Annotations = nil, nil
 	case *gatewayv1beta1.ReferenceGrant:
