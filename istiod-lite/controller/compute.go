@@ -26,6 +26,7 @@ type Input struct {
 	Gateways              []*gatewayv1.Gateway
 	GatewayClasses        []*gatewayv1.GatewayClass
 	HTTPRoutes            []*gatewayv1.HTTPRoute
+	GRPCRoutes            []*gatewayv1.GRPCRoute
 	ReferenceGrants       []*gatewayv1.ReferenceGrant
 	AuthorizationPolicies []translate.AuthorizationPolicy
 	PeerAuthentications   []translate.PeerAuthentication
@@ -134,7 +135,11 @@ func Compute(in Input) Output {
 	for _, p := range translate.PeerAuthentications(pas, in.RootNamespace) {
 		out.Authorizations[xds.AuthorizationName(p)] = p
 	}
-	tables, status := translate.HTTPRoutes(in.HTTPRoutes, idx)
+	routes := slices.Clip(in.HTTPRoutes)
+	for _, g := range in.GRPCRoutes {
+		routes = append(routes, translate.GRPCRouteAsHTTP(g))
+	}
+	tables, status := translate.HTTPRoutes(routes, idx)
 	for _, t := range tables {
 		out.Routes[t.Name()] = t
 	}

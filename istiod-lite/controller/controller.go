@@ -58,6 +58,9 @@ var (
 	Gateways       = gatewayv1.SchemeGroupVersion.WithResource("gateways")
 	GatewayClasses = gatewayv1.SchemeGroupVersion.WithResource("gatewayclasses")
 	HTTPRoutes     = gatewayv1.SchemeGroupVersion.WithResource("httproutes")
+	// GRPCRoutes are watched when their CRD is installed too (it came to
+	// the standard channel after the others).
+	GRPCRoutes = gatewayv1.SchemeGroupVersion.WithResource("grpcroutes")
 	// ReferenceGrants are watched as v1 (Gateway API v1.5 and later);
 	// ReferenceGrantsV1beta1 when older CRDs serve only that version.
 	ReferenceGrants        = gatewayv1.SchemeGroupVersion.WithResource("referencegrants")
@@ -191,6 +194,8 @@ type listers struct {
 	aps, pas cache.GenericLister // nil without the security.istio.io CRDs
 	// Nil without the Gateway API CRDs.
 	gateways, gatewayClasses, httpRoutes cache.GenericLister
+	// grpcRoutes: nil without the GRPCRoute CRD.
+	grpcRoutes cache.GenericLister
 	// refGrants: nil without the ReferenceGrant CRD; it holds
 	// *gatewayv1.ReferenceGrant or, from CRDs that serve only v1beta1,
 	// *gatewayv1beta1.ReferenceGrant (see listReferenceGrants).
@@ -256,6 +261,15 @@ func (c *Controller) Run(ctx context.Context) error {
 			watched{gwv1.HTTPRoutes().Informer(), &l.httpRoutes, HTTPRoutes.GroupResource()},
 		); err != nil {
 			return err
+		}
+		if ok, err := c.served(GRPCRoutes); err != nil {
+			return err
+		} else if ok {
+			if err := watch(watched{gwv1.GRPCRoutes().Informer(), &l.grpcRoutes, GRPCRoutes.GroupResource()}); err != nil {
+				return err
+			}
+		} else {
+			c.log.Warn("controller: GRPCRoute CRD (gateway.networking.k8s.io) not installed; no GRPCRoutes (install manifests/crds and restart)")
 		}
 		if inf, err := c.referenceGrantInformer(gwFactory); err != nil {
 			return err
@@ -418,6 +432,7 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	in.Gateways = listTyped[*gatewayv1.Gateway](l.gateways)
 	in.GatewayClasses = listTyped[*gatewayv1.GatewayClass](l.gatewayClasses)
 	in.HTTPRoutes = listTyped[*gatewayv1.HTTPRoute](l.httpRoutes)
+	in.GRPCRoutes = listTyped[*gatewayv1.GRPCRoute](l.grpcRoutes)
 	in.ReferenceGrants = listReferenceGrants(l.refGrants)
 	invalid := map[string]translate.Condition{}
 	in.AuthorizationPolicies = decodeAll[translate.AuthorizationPolicy](c.log, l.aps, invalid)
@@ -478,7 +493,7 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz), "routes", len(routes))
 
 	if !c.cfg.DisableStatus {
-		c.writeRouteStatus(ctx, in.HTTPRoutes, out.RouteStatus)
+		c.writeRouteStatus(ctx, in.HTTPRoutes, in.GRPCRoutes, out.RouteStatus)
 	}
 	if !c.cfg.DisableStatus && l.aps != nil {
 		for k, cond := range invalid {

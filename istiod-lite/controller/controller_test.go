@@ -43,7 +43,7 @@ type mesh struct {
 var meshCRDs = []string{
 	"authorizationpolicies.security.istio.io", "peerauthentications.security.istio.io",
 	"gateways.gateway.networking.k8s.io", "gatewayclasses.gateway.networking.k8s.io",
-	"httproutes.gateway.networking.k8s.io", "referencegrants.gateway.networking.k8s.io",
+	"httproutes.gateway.networking.k8s.io", "grpcroutes.gateway.networking.k8s.io", "referencegrants.gateway.networking.k8s.io",
 	"destinationrules.networking.istio.io", "localtrafficpolicies.policy.ambientmesh.io",
 }
 

@@ -1,7 +1,8 @@
 // Package controller is istiod-lite's Kubernetes watcher: it keeps an
 // [xds.Cache] equal to the translation (package istiod-lite/translate) of
 // the cluster's Namespaces, Pods, Services, Nodes, EndpointSlices, Gateway
-// API Gateways, GatewayClasses, HTTPRoutes (the waypoints' L7 routes) and
+// API Gateways, GatewayClasses, HTTPRoutes and GRPCRoutes (the waypoints'
+// L7 routes) and
 // ReferenceGrants (which permit the routes' cross-namespace backendRefs;
 // v1, or v1beta1 where older CRDs serve only that), and security.istio.io
 // AuthorizationPolicies and PeerAuthentications, networking.istio.io

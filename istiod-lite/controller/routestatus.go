@@ -56,33 +56,48 @@ func parentKey(r gatewayv1.ParentReference) string {
 	return string(b)
 }
 
-// writeRouteStatus patches the status of each HTTPRoute whose parents'
-// status differs from what it has. Failures are logged: the next event
-// retries.
-func (c *Controller) writeRouteStatus(ctx context.Context, routes []*gatewayv1.HTTPRoute, statuses []translate.RouteStatus) {
-	want := make(map[types.NamespacedName][]gatewayv1.RouteParentStatus, len(statuses))
+// writeRouteStatus patches the status of each HTTPRoute and GRPCRoute
+// whose parents' status differs from what it has. Failures are logged: the
+// next event retries.
+func (c *Controller) writeRouteStatus(ctx context.Context, https []*gatewayv1.HTTPRoute, grpcs []*gatewayv1.GRPCRoute, statuses []translate.RouteStatus) {
+	type key struct {
+		kind string
+		types.NamespacedName
+	}
+	want := make(map[key][]gatewayv1.RouteParentStatus, len(statuses))
 	for _, s := range statuses {
-		want[s.Route] = s.Parents
+		want[key{s.Kind, s.Route}] = s.Parents
 	}
 	now := metav1.Now()
-	for _, r := range routes {
-		key := types.NamespacedName{Namespace: r.Namespace, Name: r.Name}
-		parents, ok := want[key]
+	write := func(kind string, m metav1.ObjectMeta, have []gatewayv1.RouteParentStatus,
+		patch func(ctx context.Context, ns, name string, data []byte) error) {
+		parents, ok := want[key{kind, types.NamespacedName{Namespace: m.Namespace, Name: m.Name}}]
 		if !ok {
-			continue
+			return
 		}
-		next, changed := mergeRouteParents(r.Status.Parents, parents, now)
+		next, changed := mergeRouteParents(have, parents, now)
 		if !changed {
-			continue
+			return
 		}
-		patch, err := json.Marshal(map[string]any{"status": map[string]any{"parents": next}})
+		data, err := json.Marshal(map[string]any{"status": map[string]any{"parents": next}})
 		if err != nil {
-			continue
+			return
 		}
-		_, err = c.gw.GatewayV1().HTTPRoutes(r.Namespace).Patch(ctx, r.Name, types.MergePatchType, patch,
-			metav1.PatchOptions{FieldManager: "istiod-lite"}, "status")
-		if err != nil && !apierrors.IsNotFound(err) {
-			c.log.Warn("controller: write route status", "namespace", r.Namespace, "name", r.Name, "err", err)
+		if err := patch(ctx, m.Namespace, m.Name, data); err != nil && !apierrors.IsNotFound(err) {
+			c.log.Warn("controller: write route status", "kind", kind, "namespace", m.Namespace, "name", m.Name, "err", err)
 		}
+	}
+	opts := metav1.PatchOptions{FieldManager: "istiod-lite"}
+	for _, r := range https {
+		write("HTTPRoute", r.ObjectMeta, r.Status.Parents, func(ctx context.Context, ns, name string, data []byte) error {
+			_, err := c.gw.GatewayV1().HTTPRoutes(ns).Patch(ctx, name, types.MergePatchType, data, opts, "status")
+			return err
+		})
+	}
+	for _, r := range grpcs {
+		write("GRPCRoute", r.ObjectMeta, r.Status.Parents, func(ctx context.Context, ns, name string, data []byte) error {
+			_, err := c.gw.GatewayV1().GRPCRoutes(ns).Patch(ctx, name, types.MergePatchType, data, opts, "status")
+			return err
+		})
 	}
 }

@@ -214,6 +214,7 @@ func TestGatewayAPICRDs_MatchModule(t *testing.T) {
 		{"crds", "standard", "gatewayclasses"},
 		{"crds", "standard", "gateways"},
 		{"crds", "standard", "httproutes"},
+		{"crds", "standard", "grpcroutes"},
 		{"crds", "standard", "referencegrants"},
 		{"gateway-api-experimental", "experimental", "httproutes"},
 	} {

@@ -1,7 +1,7 @@
 // Package translate turns Kubernetes objects into the workload API that
 // istiod-lite serves to ztunnel (DESIGN §6, §7). Every function is pure: it
 // reads typed objects (k8s.io/api Pod, Namespace, Service, Node,
-// EndpointSlice, Gateway API Gateway, GatewayClass, HTTPRoute and
+// EndpointSlice, Gateway API Gateway, GatewayClass, HTTPRoute, GRPCRoute and
 // ReferenceGrant, and this package's AuthorizationPolicy and
 // PeerAuthentication, which decode security.istio.io/v1 manifests
 // unchanged, see [FromUnstructured]) and
@@ -55,7 +55,8 @@
 //     one per parent, port and consumer namespace, matches in Gateway API
 //     precedence, plus each route's per-parent status conditions; a
 //     backendRef to another namespace resolves only when a Gateway API
-//     ReferenceGrant there permits it ([ReferencePermitted]).
+//     ReferenceGrant there permits it ([ReferencePermitted]). GRPCRoutes
+//     go the same way as the HTTPRoutes [GRPCRouteAsHTTP] makes of them.
 //
 // The wire semantics assumed are those of internal/authz: a group with no
 // rules matches everything, an empty match is skipped. So a clause made

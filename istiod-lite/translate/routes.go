@@ -23,13 +23,24 @@ const ControllerName gatewayv1.GatewayController = "istio.io/mesh-controller"
 // carry ObservedGeneration but no LastTransitionTime: whoever writes them
 // merges them into the live status and stamps the time.
 type RouteStatus struct {
+	// Kind is HTTPRoute, or GRPCRoute for a route [GRPCRouteAsHTTP] made.
+	Kind    string
 	Route   types.NamespacedName
 	Parents []gatewayv1.RouteParentStatus
 }
 
-// HTTPRoutes translates HTTPRoutes into the waypoint's routing tables and
-// computes their status, reading Services, namespaces and waypoints from
-// idx. It is pure and its output is sorted (tables by parent kind and
+// routeKind is the kind of the route rt stands for: GRPCRoute for one
+// [GRPCRouteAsHTTP] made, else HTTPRoute.
+func routeKind(rt *gatewayv1.HTTPRoute) string {
+	if rt.Kind == kindGRPCRoute {
+		return kindGRPCRoute
+	}
+	return kindHTTPRoute
+}
+
+// HTTPRoutes translates HTTPRoutes (and GRPCRoutes, converted by
+// [GRPCRouteAsHTTP]) into the waypoint's routing tables and computes their
+// status, reading Services, namespaces and waypoints from idx. It is pure and its output is sorted (tables by parent kind and
 // resource name, statuses by route).
 //
 // Parents (ParentReference):
@@ -69,12 +80,12 @@ func HTTPRoutes(routes []*gatewayv1.HTTPRoute, idx *Index) ([]*waypointapi.Servi
 	sorted := slices.Clone(routes)
 	sorted = slices.DeleteFunc(sorted, func(r *gatewayv1.HTTPRoute) bool { return r == nil })
 	slices.SortFunc(sorted, func(a, b *gatewayv1.HTTPRoute) int {
-		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(routeKind(a), routeKind(b)))
 	})
 	tables := map[tableKey][]attachedRule{}
 	var statuses []RouteStatus
 	for _, rt := range sorted {
-		st := RouteStatus{Route: types.NamespacedName{Namespace: rt.Namespace, Name: rt.Name}}
+		st := RouteStatus{Kind: routeKind(rt), Route: types.NamespacedName{Namespace: rt.Namespace, Name: rt.Name}}
 		conv := ruleConverter{route: rt, idx: idx}
 		specRules := rt.Spec.Rules
 		if len(specRules) == 0 {
@@ -341,6 +352,7 @@ func routePrecedence(a, b matchEntry) int {
 		-cmp.Compare(len(a.match.GetQueryParams()), len(b.match.GetQueryParams())),
 		a.route.CreationTimestamp.Time.Compare(b.route.CreationTimestamp.Time),
 		cmp.Compare(a.route.Namespace+"/"+a.route.Name, b.route.Namespace+"/"+b.route.Name),
+		cmp.Compare(routeKind(a.route), routeKind(b.route)), // an HTTPRoute and a GRPCRoute of one name
 		cmp.Compare(a.rule.rule.GetIndex(), b.rule.rule.GetIndex()),
 		cmp.Compare(a.matchIdx, b.matchIdx),
 	)

@@ -478,11 +478,11 @@ func (c *ruleConverter) resolve(ref *gatewayv1.BackendObjectReference) (*waypoin
 		return nil, &refProblem{gatewayv1.RouteReasonInvalidKind, fmt.Sprintf("backend %s.%s %s: only core Services are supported", kind, group, ref.Name)}
 	}
 	if !c.idx.referencePermitted(Reference{
-		FromGroup: gatewayv1.GroupName, FromKind: kindHTTPRoute, FromNamespace: c.route.Namespace,
+		FromGroup: gatewayv1.GroupName, FromKind: routeKind(c.route), FromNamespace: c.route.Namespace,
 		ToGroup: group, ToKind: kind, ToNamespace: ns, ToName: string(ref.Name),
 	}) {
 		return nil, &refProblem{gatewayv1.RouteReasonRefNotPermitted, fmt.Sprintf(
-			"backend %s is in another namespace and no ReferenceGrant in %s allows HTTPRoutes from %s", what, ns, c.route.Namespace)}
+			"backend %s is in another namespace and no ReferenceGrant in %s allows %ss from %s", what, ns, routeKind(c.route), c.route.Namespace)}
 	}
 	svc := c.idx.services[types.NamespacedName{Namespace: ns, Name: string(ref.Name)}]
 	if svc == nil {
