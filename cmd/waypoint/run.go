@@ -221,6 +221,10 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		return err
 	}
 	pp.Store(p)
+	if err := reg.Register(p.OutlierCollector()); err != nil {
+		stopAll()
+		return err
+	}
 	if l7 != nil {
 		l7.attach(p)
 		// Tunnels are served only with the whole configuration: before it,

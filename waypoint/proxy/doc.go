@@ -130,7 +130,13 @@
 //     counted as a 503; not a request the client gave up. The load
 //     balancer skips ejected endpoints (all ejected: 503 "no healthy
 //     upstream", UH). PASSTHROUGH keeps the mesh's own choice, uniform over
-//     the healthy endpoints (state.PickEndpoint), as does a mirror.
+//     the healthy endpoints (state.PickEndpoint). [Proxy.OutlierCollector]
+//     exports each service port's ejections (ambient_outlier_ejections_active,
+//     ambient_outlier_ejections_total).
+//   - A mirror is a request on its own service's cluster, as Envoy's
+//     shadow is: that service's load balancer and outlier detection apply
+//     and its answers count; over the circuit breaker's limits (requests,
+//     or the HTTP/1.1 connections) it is dropped, never queued.
 //
 // The state (token buckets, circuit breaker counters, ejections,
 // round-robin positions, requests in flight per endpoint) lives in the
@@ -207,5 +213,5 @@
 // Of the resilience policy: DestinationRule
 // subsets (routes cannot name them), and for HTTP/2 backends maxConnections, http1MaxPendingRequests and
 // maxRequestsPerConnection (requests multiplex on one connection per
-// endpoint); mirrors bypass the circuit breaker and outlier detection.
+// endpoint).
 package proxy

@@ -596,7 +596,10 @@ func (p *Proxy) writeResponse(rec *reqRecord, r *http.Request, resp *http.Respon
 
 // mirror sends a copy of the request to m's service, fire and forget,
 // with Host suffixed "-shadow" as Envoy does; dropped when MaxMirrors are
-// already in flight.
+// already in flight. As Envoy's shadow is a request on the mirror's
+// cluster, the mirror service's policy applies to it: its load balancer,
+// its circuit breaker (a mirror over a limit is dropped; it never waits
+// as a pending request) and its outlier detection, which its answers feed.
 func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upReq, host string) {
 	ns, hostname, _ := strings.Cut(m.Service, "/")
 	svc := view.Service(ns, hostname)
@@ -611,11 +614,32 @@ func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upRe
 	go func() {
 		defer func() { <-p.mirrors }()
 		up := upstream{svc: svc, svcKey: m.Service, port: uint16(m.Port)}
-		_, peer, _, err := p.pick(view, memo, up, nil)
+		cl := p.cluster(up)
+		h2 := up.speaksH2()
+		if cl != nil {
+			done, err := cl.pool.limiter.Acquire(resilience.Requests)
+			if err != nil {
+				return
+			}
+			defer done()
+			if cl.pool.conns != nil && !h2 {
+				select {
+				case cl.pool.conns <- struct{}{}:
+					defer cl.pool.releaseConn()
+				default:
+					return
+				}
+			}
+		}
+		_, peer, lb, err := p.pick(view, memo, up, cl)
 		if err != nil {
 			return
 		}
-		ups := p.cluster(up).upstreams(p.defUp)
+		if lb != nil {
+			lb.Start()
+			defer lb.Done()
+		}
+		ups := cl.upstreams(p.defUp)
 		ups.acquire()
 		defer ups.release()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -623,13 +647,15 @@ func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upRe
 		req := o.request(ctx, peer.Addr, false)
 		req.Host = shadowHost(host)
 		var t http.RoundTripper = ups.h1sync
-		if up.speaksH2() {
+		if h2 {
 			t = ups.h2
 		}
 		resp, err := t.RoundTrip(req)
 		if err != nil {
+			cl.observe(lb, 0, err)
 			return
 		}
+		cl.observe(lb, resp.StatusCode, nil)
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
 		resp.Body.Close()
 	}()

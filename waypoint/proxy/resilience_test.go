@@ -86,6 +86,38 @@ func (m *testMesh) flagCount(t *testing.T, flags, code string) float64 {
 	return n
 }
 
+// gathered is the value of the series of metric name in reg with labels
+// (-1 when there is none).
+func gathered(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, met := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range met.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue next
+				}
+			}
+			if g := met.GetGauge(); g != nil {
+				return g.GetValue()
+			}
+			return met.GetCounter().GetValue()
+		}
+	}
+	return -1
+}
+
 // series is one series of a counter: its labels and value.
 type series struct {
 	labels map[string]string
@@ -255,6 +287,30 @@ func TestWaypoint_Resilience(t *testing.T) {
 		}
 		if n := m.sickCalls[0].Load(); n == 5 {
 			t.Fatal("v1 still ejected 31s after a 30s ejection")
+		}
+	})
+
+	t.Run("mirrors go through the mirror service's outlier detection, which is exported", func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(m.proxy.OutlierCollector())
+		m.setL7(t, serverRoute(`    backends: [{destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 1}]
+    filters: [{request_mirror: {backend: {service: shop/`+serverV2Host+`, port: 80}}}]
+`)+resilienceFor(serverV2Host, `  traffic_policy:
+    outlier_detection: {consecutive_5xx_errors: 5, interval: 1s, base_ejection_time: 30s, max_ejection_percent: 100}
+`))
+		m.sick[1].Store(true)
+		defer m.sick[1].Store(false)
+		for range 5 {
+			if r := do(t, c, "GET", "/sick/mirrored", nil); r.code != 200 || r.body != "v1" {
+				t.Fatalf("got %d %q, want 200 from v1 (only the mirror goes to the sick v2)", r.code, r.body)
+			}
+		}
+		v2 := map[string]string{"destination_service": serverV2Host, "destination_service_namespace": "shop", "destination_port": "80"}
+		waitFor(t, "server-v2's endpoint ejected by its mirrored 503s", func() bool {
+			return gathered(t, reg, "ambient_outlier_ejections_active", v2) == 1
+		})
+		if got := gathered(t, reg, "ambient_outlier_ejections_total", v2); got != 1 {
+			t.Fatalf("ambient_outlier_ejections_total = %v, want 1", got)
 		}
 	})
 

@@ -63,6 +63,7 @@ type Outlier struct {
 	// mu guards the fields below.
 	hosts     map[string]*hostState
 	ejected   int       // hosts ejected now
+	total     uint64    // ejections so far, of every host ever in the set
 	nextSweep time.Time // zero until the first call
 	panicking bool      // fewer than MinHealthPercent healthy
 }
@@ -74,7 +75,6 @@ type hostState struct {
 	multiplier uint32
 	ejected    bool
 	ejectedAt  time.Time
-	ejections  uint64 // total, for metrics
 }
 
 // NewOutlier returns outlier detection with cfg over the clock now (nil:
@@ -189,7 +189,7 @@ func (o *Outlier) Observe(host string, status int, err error) (ejected bool) {
 	s.ejected = true
 	s.ejectedAt = now
 	s.multiplier++
-	s.ejections++
+	o.total++
 	o.ejected++
 	o.updatePanicLocked()
 	return true
@@ -263,8 +263,16 @@ func (o *Outlier) Panicking() bool {
 
 // EjectedCount is the number of hosts ejected now.
 func (o *Outlier) EjectedCount() int {
+	active, _ := o.Ejections()
+	return active
+}
+
+// Ejections reports the hosts ejected now and the ejections so far (a
+// counter: it never decreases, hosts leaving the set included), for
+// metrics.
+func (o *Outlier) Ejections() (active int, total uint64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.maybeSweepLocked(o.now())
-	return o.ejected
+	return o.ejected, o.total
 }
