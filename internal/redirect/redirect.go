@@ -12,8 +12,10 @@
 //	  loopback                          → untouched
 //	  packet mark & 0xfff == 0x539      → untouched (ztunnel's own sockets)
 //	  non-TCP                           → untouched
-//	  TCP to 15001, 15006 or 15008      → untouched (15008 is HBONE)
-//	  any other TCP                     → REDIRECT to 15006 (inbound plaintext)
+//	  TCP to 15008                      → untouched (HBONE)
+//	  any other TCP                     → REDIRECT to 15006 (inbound plaintext;
+//	                                      ztunnel refuses it there when it was for
+//	                                      15001 or 15006, its own ports)
 //	AMBIENT_OUTPUT (nat output, priority -100) — outbound:
 //	  out via loopback                  → untouched (127.0.0.0/8 and the pod's own IP)
 //	  packet mark & 0xfff == 0x539      → untouched
@@ -205,7 +207,10 @@ func Rules(cfg Config) []string {
 		`		iifname "lo" return`,
 		"\t\t" + mark,
 		"\t\tmeta l4proto != tcp return",
-		fmt.Sprintf("\t\ttcp dport { %d, %d, %d } return", c.OutboundPort, c.InboundPort, c.TunnelPort),
+		// Only HBONE is reached from outside: TCP to ztunnel's other ports
+		// is redirected to 15006 too, where it is refused, so nothing
+		// from outside meets the outbound listener (Istio's rule).
+		fmt.Sprintf("\t\ttcp dport %d return", c.TunnelPort),
 	}
 	if hosts := hostSet(c.HostAddrs); hosts != "" {
 		rules = append(rules, "\t\tip saddr "+hosts+" return")

@@ -47,7 +47,7 @@ func TestRules_ZeroConfigIsIstioDefaults(t *testing.T) {
 func TestRules_CustomConfig(t *testing.T) {
 	got := strings.Join(Rules(Config{OutboundPort: 25001, InboundPort: 25006, TunnelPort: 25008, Mark: 0x10, MarkMask: 0xff}), "\n")
 	for _, want := range []string{
-		"tcp dport { 25001, 25006, 25008 } return",
+		"tcp dport 25008 return",
 		"meta l4proto tcp redirect to :25006",
 		"meta l4proto tcp redirect to :25001",
 		"meta mark & 0xff == 0x10 return",
