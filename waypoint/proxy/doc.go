@@ -8,7 +8,12 @@
 // own SVID; hbone verifies each client's certificate (trust domain) and
 // hands over one CONNECT stream per proxied connection. The stream's
 // :authority names the destination: a service VIP and port, or a
-// workload's IP and port; anything else is refused with 400. The client
+// workload's IP and port, that uses this waypoint (its waypoint is the
+// Service named after this waypoint's Gateway); anything else is refused
+// with 400, as Istio's waypoint serves only what is bound to it. Without
+// that, any client could relay through the waypoint and reach other
+// destinations as the waypoint's identity, or the waypoint itself in a
+// loop. The client
 // ztunnel presents the source pod's identity, and its Forwarded header's
 // for= carries the original client address.
 //

@@ -59,6 +59,9 @@ type loopMesh struct {
 
 	// openTunnel opens another tunnel of the client to loopServerVIP:80.
 	openTunnel func(testing.TB) net.Conn
+	// dialAuthority opens a tunnel of the client to the waypoint for an
+	// authority of its choice.
+	dialAuthority func(authority string) (net.Conn, error)
 
 	mu      sync.Mutex
 	streams map[netip.Addr]int // tunnels the servers' ztunnel accepted, by destination
@@ -159,6 +162,13 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 			Addresses: []*workloadapi.NetworkAddress{{Address: netip.MustParseAddr(vip).AsSlice()}},
 			Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
 	}
+	// bound makes the waypoint below the service's, as the server
+	// Service's is in the netns mesh.
+	bound := func(s *workloadapi.Service) *workloadapi.Service {
+		s.Waypoint = &workloadapi.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadapi.GatewayAddress_Hostname{
+			Hostname: &workloadapi.NamespacedHostname{Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local"}}}
+		return s
+	}
 	if err := store.Replace(state.Snapshot{
 		Workloads: []*workloadapi.Workload{
 			workload("client-1", "client", "v1", loopClientIP, nil),
@@ -168,7 +178,8 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 				"shop/" + serverHost: port(appPorts[loopV2IP]), "shop/" + serverV2Host: port(appPorts[loopV2IP])}),
 		},
 		Services: []*workloadapi.Service{
-			service(serverHost, loopServerVIP), service(serverV1Host, loopServerV1VIP), service(serverV2Host, loopServerV2VIP),
+			bound(service(serverHost, loopServerVIP)), service(serverV1Host, loopServerV1VIP), service(serverV2Host, loopServerV2VIP),
+			service("waypoint.shop.svc.cluster.local", waypointVIP),
 		},
 	}); err != nil {
 		tb.Fatal(err)
@@ -217,13 +228,16 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { cl.Close() })
-	m.openTunnel = func(tb testing.TB) net.Conn {
+	m.dialAuthority = func(authority string) (net.Conn, error) {
 		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
 		defer dcancel()
-		c, err := cl.Dial(dctx, hbone.Target{Source: clientID, Destination: wpID,
+		return cl.Dial(dctx, hbone.Target{Source: clientID, Destination: wpID,
 			Address:   netip.MustParseAddrPort(wpLn.Addr().String()),
-			Authority: netip.MustParseAddrPort(loopServerVIP + ":80"),
+			Authority: netip.MustParseAddrPort(authority),
 			Header:    http.Header{"Forwarded": {"for=" + loopClientIP}}})
+	}
+	m.openTunnel = func(tb testing.TB) net.Conn {
+		c, err := m.dialAuthority(loopServerVIP + ":80")
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -310,6 +324,37 @@ const benchBody = 1024
 // through the loopback mesh, with and without policies and routes, and
 // checks what each request leaves behind: the echoed body, its flow
 // record and its istio_requests_total sample, label by label.
+// TestLoopMesh_ServesOnlyWhatIsBoundToIt: the waypoint refuses (400) a
+// tunnel for a destination that does not use it. Otherwise any client
+// could relay through it and reach that destination as the waypoint's
+// identity — or the waypoint itself, which then tunnelled to itself
+// without end.
+func TestLoopMesh_ServesOnlyWhatIsBoundToIt(t *testing.T) {
+	m := newLoopMesh(t, nil)
+	for _, tc := range []struct {
+		authority string
+		refused   bool
+	}{
+		{loopServerVIP + ":80", false},  // the server Service uses the waypoint
+		{loopServerV1VIP + ":80", true}, // server-v1 does not
+		{loopV1IP + ":8080", true},      // nor does its workload
+		{waypointVIP + ":15008", true},  // the waypoint's own Service
+		{"10.96.200.200:80", true},      // nothing of the mesh
+	} {
+		c, err := m.dialAuthority(tc.authority)
+		var se *hbone.StatusError
+		switch {
+		case tc.refused && !(errors.As(err, &se) && se.Code == http.StatusBadRequest):
+			t.Errorf("%s: %v, want refused with 400", tc.authority, err)
+		case !tc.refused && err != nil:
+			t.Errorf("%s: %v, want served", tc.authority, err)
+		}
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
 func TestLoopMesh_RequestsRecordedAsBefore(t *testing.T) {
 	log := &syncBuffer{}
 	m := newLoopMesh(t, log)

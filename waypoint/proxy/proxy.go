@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -23,6 +24,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 	"github.com/ambientmesh/ambient/waypoint/tracing"
 )
@@ -351,14 +353,38 @@ func newTunnelInfo(peer spiffeid.ID, peerAddr, authority netip.AddrPort) *tunnel
 // that port, or a workload's address: the destinations a waypoint serves.
 // The caller's identity was verified by hbone; policy is per request.
 func (p *Proxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
-	dst := p.cfg.Store.Current().Resolve(p.cfg.Network, st.Authority)
+	view := p.cfg.Store.Current()
+	dst := view.Resolve(p.cfg.Network, st.Authority)
 	switch {
 	case dst.Kind == state.ToService && dst.ServicePort == nil:
 		return fmt.Errorf("%w: service %s has no port %d", hbone.ErrBadDestination, state.ServiceKey(dst.Service), st.Authority.Port())
+	case dst.Kind == state.ToService && !p.isThisWaypoint(view, dst.Service.GetWaypoint()):
+		return fmt.Errorf("%w: service %s does not use waypoint %s", hbone.ErrBadDestination, state.ServiceKey(dst.Service), p.gwKey)
+	case dst.Kind == state.ToWorkload && !p.isThisWaypoint(view, dst.Workload.GetWaypoint()):
+		return fmt.Errorf("%w: workload %s does not use waypoint %s", hbone.ErrBadDestination, dst.Workload.GetUid(), p.gwKey)
 	case dst.Kind == state.Passthrough:
 		return fmt.Errorf("%w: %s is neither a service nor a workload of the mesh", hbone.ErrBadDestination, st.Authority)
 	}
 	return nil
+}
+
+// isThisWaypoint reports whether gw, the waypoint a service or workload
+// uses, is this one: its Service (by hostname or address) is the one
+// istiod-lite names after this waypoint's Gateway. The waypoint serves
+// only what is bound to it, as Istio's does: anything else would let a
+// client relay through it, reaching destinations as the waypoint's
+// identity (or the waypoint itself, in a loop).
+func (p *Proxy) isThisWaypoint(v *state.View, gw *workloadapi.GatewayAddress) bool {
+	var svc *workloadapi.Service
+	switch d := gw.GetDestination().(type) {
+	case *workloadapi.GatewayAddress_Hostname:
+		svc = v.Service(d.Hostname.GetNamespace(), d.Hostname.GetHostname())
+	case *workloadapi.GatewayAddress_Address:
+		if ip, ok := netip.AddrFromSlice(d.Address.GetAddress()); ok {
+			svc = v.ServiceByAddr(cmp.Or(d.Address.GetNetwork(), p.cfg.Network), ip.Unmap())
+		}
+	}
+	return svc != nil && svc.GetNamespace() == p.cfg.GatewayNamespace && svc.GetName() == p.cfg.GatewayName
 }
 
 // serveStream serves an accepted stream in-process: the proxy's HTTP server
