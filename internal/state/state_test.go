@@ -477,3 +477,37 @@ func TestStore_ReadersNeverSeeHalfAWrite(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestView_WaypointService(t *testing.T) {
+	wp := svc("waypoint", "10.96.0.50", ports(15008, 15008)...)
+	other := svc("waypoint", "10.96.0.50", ports(15008, 15008)...)
+	other.Namespace = "other"
+	other.Addresses = []*workloadapi.NetworkAddress{{Network: "net2", Address: ip("10.96.0.60")}}
+	v := mustView(t, Snapshot{Services: []*workloadapi.Service{wp, other}})
+	byHost := func(ns, host string) *workloadapi.GatewayAddress {
+		return &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Hostname{
+			Hostname: &workloadapi.NamespacedHostname{Namespace: ns, Hostname: host}}}
+	}
+	byAddr := func(network, addr string) *workloadapi.GatewayAddress {
+		return &workloadapi.GatewayAddress{Destination: &workloadapi.GatewayAddress_Address{
+			Address: &workloadapi.NetworkAddress{Network: network, Address: ip(addr)}}}
+	}
+	for _, tc := range []struct {
+		name string
+		gw   *workloadapi.GatewayAddress
+		want *workloadapi.Service
+	}{
+		{"by hostname", byHost("shop", "waypoint.shop.svc.cluster.local"), wp},
+		{"by hostname, another namespace", byHost("other", "waypoint.shop.svc.cluster.local"), other},
+		{"by address in the caller's network", byAddr("", "10.96.0.50"), wp},
+		{"by address in a named network", byAddr("net2", "10.96.0.60"), other},
+		{"by address, wrong network", byAddr("", "10.96.0.60"), nil},
+		{"unknown hostname", byHost("shop", "nope.shop.svc.cluster.local"), nil},
+		{"no destination", &workloadapi.GatewayAddress{}, nil},
+		{"nil", nil, nil},
+	} {
+		if got := v.WaypointService("", tc.gw); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, ServiceKey(got), ServiceKey(tc.want))
+		}
+	}
+}

@@ -153,6 +153,21 @@ func (v *View) ServiceByAddr(network string, ip netip.Addr) *workloadapi.Service
 	return v.serviceByAddr[NetworkAddr{network, ip.Unmap()}]
 }
 
+// WaypointService is the Service a waypoint reference names, by hostname or
+// by address (an address without a network is in network); nil when the
+// view has no such Service.
+func (v *View) WaypointService(network string, gw *workloadapi.GatewayAddress) *workloadapi.Service {
+	switch d := gw.GetDestination().(type) {
+	case *workloadapi.GatewayAddress_Hostname:
+		return v.Service(d.Hostname.GetNamespace(), d.Hostname.GetHostname())
+	case *workloadapi.GatewayAddress_Address:
+		if ip, ok := addrOf(d.Address.GetAddress()); ok {
+			return v.ServiceByAddr(cmp.Or(d.Address.GetNetwork(), network), ip)
+		}
+	}
+	return nil
+}
+
 // Endpoints returns the workloads that back svc (those whose Workload.services
 // has the key "namespace/hostname"), sorted by uid, healthy or not. The slice
 // is shared: do not modify it.

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -375,15 +374,7 @@ func (p *Proxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
 // client relay through it, reaching destinations as the waypoint's
 // identity (or the waypoint itself, in a loop).
 func (p *Proxy) isThisWaypoint(v *state.View, gw *workloadapi.GatewayAddress) bool {
-	var svc *workloadapi.Service
-	switch d := gw.GetDestination().(type) {
-	case *workloadapi.GatewayAddress_Hostname:
-		svc = v.Service(d.Hostname.GetNamespace(), d.Hostname.GetHostname())
-	case *workloadapi.GatewayAddress_Address:
-		if ip, ok := netip.AddrFromSlice(d.Address.GetAddress()); ok {
-			svc = v.ServiceByAddr(cmp.Or(d.Address.GetNetwork(), p.cfg.Network), ip.Unmap())
-		}
-	}
+	svc := v.WaypointService(p.cfg.Network, gw)
 	return svc != nil && svc.GetNamespace() == p.cfg.GatewayNamespace && svc.GetName() == p.cfg.GatewayName
 }
 

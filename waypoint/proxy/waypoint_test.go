@@ -37,6 +37,30 @@ routes:
 const toV1 = `    backends: [{destination: {service: shop/` + serverV1Host + `, port: 80}, weight: 1}]
 `
 
+// echo sends msg from the client pod to addr (captured) and expects it
+// back whole, as the test apps' TCP echo answers.
+func (m *testMesh) echo(addr, msg string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := m.client.Dial(ctx, addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, got); err != nil {
+		return err
+	}
+	if string(got) != msg {
+		return fmt.Errorf("echo %q, want %q", got, msg)
+	}
+	return nil
+}
+
 // TestWaypoint_EndToEnd runs a client pod, a waypoint pod and two server
 // pods in network namespaces, with in-process ztunnels capturing the
 // client and the servers; the server Service is bound to the waypoint.
@@ -239,21 +263,8 @@ authorizationPolicies:
 	})
 
 	t.Run("non-HTTP traffic is forwarded at L4", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		conn, err := m.client.Dial(ctx, serverVIP+":7070")
-		if err != nil {
+		if err := m.echo(serverVIP+":7070", "\x00\x01binary hello"); err != nil {
 			t.Fatal(err)
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		msg := "\x00\x01binary hello"
-		if _, err := io.WriteString(conn, msg); err != nil {
-			t.Fatal(err)
-		}
-		got := make([]byte, len(msg))
-		if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
-			t.Fatalf("echo %q, %v; want %q", got, err, msg)
 		}
 	})
 
@@ -276,27 +287,6 @@ authorizationPolicies:
 	})
 
 	t.Run("the waypoint's policies judge tunnels that are not HTTP as TCP", func(t *testing.T) {
-		echo := func(addr, msg string) error {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			conn, err := m.client.Dial(ctx, addr)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.WriteString(conn, msg); err != nil {
-				return err
-			}
-			got := make([]byte, len(msg))
-			if _, err := io.ReadFull(conn, got); err != nil {
-				return err
-			}
-			if string(got) != msg {
-				return fmt.Errorf("echo %q, want %q", got, msg)
-			}
-			return nil
-		}
 		const allowGetPublic = `
 authorizationPolicies:
 - apiVersion: security.istio.io/v1
@@ -313,10 +303,10 @@ authorizationPolicies:
 		// An ALLOW with HTTP fields never matches a connection: bytes that
 		// are not HTTP, or HTTP the proxy does not parse (a lower-case
 		// method), cannot slip past it at L4.
-		if err := echo(serverVIP+":7070", "\x00\x01binary hello"); err == nil {
+		if err := m.echo(serverVIP+":7070", "\x00\x01binary hello"); err == nil {
 			t.Fatal("an L4 tunnel passed an ALLOW of GET /public")
 		}
-		if err := echo(serverVIP+":80", "get /admin HTTP/1.1\r\nHost: x\r\n\r\n"); err == nil {
+		if err := m.echo(serverVIP+":80", "get /admin HTTP/1.1\r\nHost: x\r\n\r\n"); err == nil {
 			t.Fatal("a lower-case request passed an ALLOW of GET /public at L4")
 		}
 		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "decision": "deny", "dst.service": serverHost,
@@ -330,7 +320,7 @@ authorizationPolicies:
     targetRefs: [{kind: Service, group: "", name: server}]
     rules: [{to: [{operation: {ports: ["7070"]}}]}]
 `)
-		if err := echo(serverVIP+":7070", "\x00\x01binary hello"); err != nil {
+		if err := m.echo(serverVIP+":7070", "\x00\x01binary hello"); err != nil {
 			t.Fatalf("an L4 tunnel an ALLOW of its port admits: %v", err)
 		}
 		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "decision": "allow", "dst.service": serverHost, "policy": "shop/allow-echo-port"})

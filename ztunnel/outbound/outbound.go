@@ -167,19 +167,7 @@ func toWaypoint(v *state.View, network string, gw *workloadapi.GatewayAddress, r
 	if port == 0 {
 		port = HBONEPort
 	}
-	var svc *workloadapi.Service
-	switch dst := gw.GetDestination().(type) {
-	case *workloadapi.GatewayAddress_Hostname:
-		svc = v.Service(dst.Hostname.GetNamespace(), dst.Hostname.GetHostname())
-	case *workloadapi.GatewayAddress_Address:
-		if ip, ok := netip.AddrFromSlice(dst.Address.GetAddress()); ok {
-			net := dst.Address.GetNetwork()
-			if net == "" {
-				net = network
-			}
-			svc = v.ServiceByAddr(net, ip.Unmap())
-		}
-	}
+	svc := v.WaypointService(network, gw)
 	if svc == nil {
 		return Route{}, fmt.Errorf("%w to %s: its waypoint %s is not a known service", ErrNoRoute, rt.Target, waypointName(gw))
 	}
