@@ -350,9 +350,9 @@ func (p *podProxy) handleOutbound(ctx context.Context, c *net.TCPConn, done func
 		return
 	}
 	flow.Dst.Addr = dst.String()
-	if reservedPort(dst.Port()) && slices.Contains(p.ips, dst.Addr().Unmap()) {
+	if err := reservedPort(dst.Port()); err != nil && slices.Contains(p.ips, dst.Addr().Unmap()) {
 		// Only a direct connection to the pod's own 15001 gets here.
-		flow.Decision, flow.Error = telemetry.Deny, fmt.Sprintf("port %d is ztunnel's own in the pod, not the app's", dst.Port())
+		flow.Decision, flow.Error = telemetry.Deny, err.Error()
 		abort(c)
 		p.endOutbound(flow, done)
 		return
@@ -465,8 +465,8 @@ func (p *podProxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
 	if !slices.Contains(p.ips, st.Authority.Addr().Unmap()) {
 		return fmt.Errorf("%w: %s is not an address of pod %s %v", hbone.ErrBadDestination, st.Authority, p.uid, p.ips)
 	}
-	if reservedPort(st.Authority.Port()) {
-		return fmt.Errorf("%w: port %d is ztunnel's own in the pod, not the app's", hbone.ErrBadDestination, st.Authority.Port())
+	if err := reservedPort(st.Authority.Port()); err != nil {
+		return fmt.Errorf("%w: %w", hbone.ErrBadDestination, err)
 	}
 	if d := p.evaluate(st.Peer, st.PeerAddr.Addr(), st.Authority); !d.Allowed {
 		return &deniedError{d}
@@ -474,14 +474,17 @@ func (p *podProxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
 	return nil
 }
 
-// reservedPort reports whether port is one of ztunnel's listeners in the
+// reservedPort is an error when port is one of ztunnel's listeners in the
 // pod's namespace (outbound 15001, inbound plaintext 15006, HBONE 15008).
 // Traffic for them is refused: delivered there it would come back to
 // ztunnel as new traffic to the same port, and so on without end (one
 // connection to a pod's 15001 once made ztunnel open tens of thousands),
 // as Istio's ztunnel refuses them too.
-func reservedPort(port uint16) bool {
-	return port == redirect.OutboundPort || port == redirect.InboundPort || port == redirect.TunnelPort
+func reservedPort(port uint16) error {
+	if port == redirect.OutboundPort || port == redirect.InboundPort || port == redirect.TunnelPort {
+		return fmt.Errorf("port %d is ztunnel's own in the pod, not the app's", port)
+	}
+	return nil
 }
 
 // evaluate runs the pod's L4 policies for a connection to dst, one of the
@@ -570,8 +573,8 @@ func (p *podProxy) handlePlaintext(ctx context.Context, c *net.TCPConn, done fun
 		return
 	}
 	flow.Dst = peerOf(p.workload(), p.id, net.TCPAddrFromAddrPort(dst))
-	if reservedPort(dst.Port()) {
-		flow.Decision, flow.Error = telemetry.Deny, fmt.Sprintf("port %d is ztunnel's own in the pod, not the app's", dst.Port())
+	if err := reservedPort(dst.Port()); err != nil {
+		flow.Decision, flow.Error = telemetry.Deny, err.Error()
 		abort(c)
 		return
 	}
