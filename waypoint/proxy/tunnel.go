@@ -99,17 +99,11 @@ func (p *Proxy) declaredProtocol(info *tunnelInfo) (protocol, bool) {
 	if dst.Kind != state.ToService {
 		return protoL4, false
 	}
-	for _, sp := range dst.Service.GetPorts() {
-		if sp.GetServicePort() != uint32(info.authority.Port()) {
-			continue
-		}
-		switch sp.GetAppProtocol() {
-		case workloadapi.AppProtocol_HTTP11, workloadapi.AppProtocol_HTTP2, workloadapi.AppProtocol_GRPC:
-			return protoHTTP, true
-		case workloadapi.AppProtocol_TCP, workloadapi.AppProtocol_TLS:
-			return protoL4, true
-		}
-		break
+	switch dst.ServicePort.GetAppProtocol() {
+	case workloadapi.AppProtocol_HTTP11, workloadapi.AppProtocol_HTTP2, workloadapi.AppProtocol_GRPC:
+		return protoHTTP, true
+	case workloadapi.AppProtocol_TCP, workloadapi.AppProtocol_TLS:
+		return protoL4, true
 	}
 	return protoL4, false
 }
