@@ -36,6 +36,20 @@ func echo(t *testing.T, l net.Listener) {
 	}()
 }
 
+// echoOnEveryPod serves echo on addr of every pod of topo.
+func echoOnEveryPod(t *testing.T, topo *Topology, addr func(*Pod) string) {
+	t.Helper()
+	for _, n := range topo.Nodes {
+		for _, p := range n.Pods {
+			l, err := p.Listen(addr(p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			echo(t, l)
+		}
+	}
+}
+
 func roundTrip(t *testing.T, from *Pod, to string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -71,15 +85,7 @@ func TestTopology_PodToPodSameNodeAndAcrossNodes(t *testing.T) {
 	if got, want := topo.Nodes[1].IP.String(), "172.30.0.2"; got != want {
 		t.Fatalf("node 2 IP = %s, want %s", got, want)
 	}
-	for _, n := range topo.Nodes {
-		for _, p := range n.Pods {
-			l, err := p.Listen(p.Addr(8080))
-			if err != nil {
-				t.Fatal(err)
-			}
-			echo(t, l)
-		}
-	}
+	echoOnEveryPod(t, topo, func(p *Pod) string { return p.Addr(8080) })
 	t.Run("same node", func(t *testing.T) { roundTrip(t, topo.Pod(1, 1), topo.Pod(1, 2).Addr(8080)) })
 	t.Run("across nodes", func(t *testing.T) {
 		roundTrip(t, topo.Pod(1, 1), topo.Pod(2, 2).Addr(8080))
@@ -95,15 +101,7 @@ func TestTopology_DualStack(t *testing.T) {
 	if got, want := topo.Nodes[1].IP6.String(), "fd00:172:30::2"; got != want {
 		t.Fatalf("node 2 IPv6 = %s, want %s", got, want)
 	}
-	for _, n := range topo.Nodes {
-		for _, p := range n.Pods {
-			l, err := p.Listen("[::]:8080") // both families
-			if err != nil {
-				t.Fatal(err)
-			}
-			echo(t, l)
-		}
-	}
+	echoOnEveryPod(t, topo, func(*Pod) string { return "[::]:8080" }) // both families
 	t.Run("IPv6 same node", func(t *testing.T) { roundTrip(t, topo.Pod(1, 1), topo.Pod(1, 2).Addr6(8080)) })
 	t.Run("IPv6 across nodes", func(t *testing.T) {
 		roundTrip(t, topo.Pod(1, 1), topo.Pod(2, 2).Addr6(8080))

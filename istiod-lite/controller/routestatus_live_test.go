@@ -25,9 +25,16 @@ func TestController_RouteStatusIsWrittenOnceAndKeepsOthers(t *testing.T) {
 	}
 	before := rv()
 	ltt := m.kubectl(t, "get", "httproute", "to-ratings", "-n", "shop", "-o", `jsonpath={.status.parents[0].conditions[0].lastTransitionTime}`)
-	// Time stamps have a resolution of one second: let one pass, then make
-	// the controller sync again with something unrelated.
-	time.Sleep(1100 * time.Millisecond)
+	// Time stamps have a resolution of one second: once the clock is past
+	// the recorded one, a rewrite would show. Then make the controller sync
+	// again with something unrelated.
+	recorded, err := time.Parse(time.RFC3339, ltt)
+	if err != nil {
+		t.Fatalf("lastTransitionTime %q: %v", ltt, err)
+	}
+	eventually(t, "the clock past the recorded second", func() (bool, string) {
+		return time.Now().Truncate(time.Second).After(recorded), time.Now().String()
+	})
 	m.apply(t, `
 apiVersion: v1
 kind: Service

@@ -622,12 +622,13 @@ func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upRe
 				return
 			}
 			defer done()
-			if cl.pool.conns != nil && !h2 {
-				select {
-				case cl.pool.conns <- struct{}{}:
-					defer cl.pool.releaseConn()
-				default:
+			if !h2 {
+				release, ok := cl.pool.tryConn()
+				if !ok {
 					return
+				}
+				if release != nil {
+					defer release()
 				}
 			}
 		}

@@ -379,10 +379,8 @@ func (c *cluster) acquireConn(ctx context.Context) (release func(), err error) {
 	if p.conns == nil {
 		return nil, nil
 	}
-	select {
-	case p.conns <- struct{}{}:
-		return p.releaseConn, nil
-	default:
+	if release, ok := p.tryConn(); ok {
+		return release, nil
 	}
 	done, err := p.limiter.Acquire(resilience.PendingRequests)
 	if err != nil {
@@ -394,6 +392,20 @@ func (c *cluster) acquireConn(ctx context.Context) (release func(), err error) {
 		return p.releaseConn, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// tryConn takes one of the pool's HTTP/1.1 connections if one is free
+// (or the pool has no limit: nil release), without waiting.
+func (p *connPool) tryConn() (release func(), ok bool) {
+	if p.conns == nil {
+		return nil, true
+	}
+	select {
+	case p.conns <- struct{}{}:
+		return p.releaseConn, true
+	default:
+		return nil, false
 	}
 }
 

@@ -189,20 +189,7 @@ func TestWaypoint_ConnectionPoolTimeouts(t *testing.T) {
 	})
 
 	t.Run("idleTimeout 200ms closes the idle upstream connection, 1h keeps it", func(t *testing.T) {
-		m.setL7(t, `
-routes:
-- service_key: shop/`+serverHost+`
-  port: 80
-  matches:
-  - {rule: 1, headers: [{name: x-version, value: v2}]}
-  - {rule: 0}
-  rules:
-  - route: shop/server
-    backends: [{destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 1}]
-  - route: shop/server
-    index: 1
-    backends: [{destination: {service: shop/`+serverV2Host+`, port: 80}, weight: 1}]
-resilience:
+		m.setL7(t, v2ByHeader("")+`resilience:
 - service_key: shop/`+serverV1Host+`
   traffic_policy: {connection_pool: {idle_timeout: 0.2s}}
 - service_key: shop/`+serverV2Host+`
