@@ -37,6 +37,9 @@ type upstream struct {
 	addr     netip.AddrPort
 	addrStr  string // addr as a string
 	h2       bool   // speak HTTP/2 (h2c) to it
+	// family is the tunnel's destination address: a dual-stack endpoint
+	// is reached in its family, as ztunnel does (state.Endpoint.AddrFor).
+	family netip.Addr
 }
 
 // speaksH2 reports whether the service port declares HTTP/2 or gRPC.
@@ -66,7 +69,9 @@ func (p *Proxy) pick(view *state.View, memo *viewMemo, u upstream, cl *cluster) 
 			endpointPeer(u.workload, addr, memo.identity(u.workload)), nil, nil
 	}
 	if cl != nil && cl.pol.lb != resilience.Passthrough {
-		return cl.pickFrom(view, u, p.rnd64)
+		ep, peer, lb, err = cl.pickFrom(view, u, p.rnd64)
+		ep, peer = inFamily(ep, peer, u.family)
+		return ep, peer, lb, err
 	}
 	ep, err = view.PickEndpoint(u.svc, u.port, p.rnd)
 	if err == nil && !ep.Addr.IsValid() {
@@ -75,7 +80,21 @@ func (p *Proxy) pick(view *state.View, memo *viewMemo, u upstream, cl *cluster) 
 	if err != nil {
 		return ep, peer, nil, err
 	}
-	return ep, endpointPeer(ep.Workload, ep.Addr.String(), memo.identity(ep.Workload)), nil, nil
+	ep, peer = inFamily(ep, endpointPeer(ep.Workload, ep.Addr.String(), memo.identity(ep.Workload)), u.family)
+	return ep, peer, nil, nil
+}
+
+// inFamily readdresses a picked endpoint (and its peer) to its address in
+// dst's family when it has one, so that a dual-stack endpoint behind an
+// IPv6 VIP is reached over IPv6. An invalid dst changes nothing.
+func inFamily(ep state.Endpoint, peer telemetry.Peer, dst netip.Addr) (state.Endpoint, telemetry.Peer) {
+	if !dst.IsValid() {
+		return ep, peer
+	}
+	if a := ep.AddrFor(dst); a != ep.Addr {
+		ep.Addr, peer.Addr = a, a.String()
+	}
+	return ep, peer
 }
 
 // hopByHop are the headers that belong to one connection (RFC 9110 §7.6.1)
@@ -355,7 +374,7 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, memo 
 	mirrored := replayable && upgrade == "" && len(dec.Mirrors) > 0
 	if mirrored {
 		for _, m := range dec.Mirrors {
-			p.mirror(view, memo, m, o, host)
+			p.mirror(view, memo, m, o, host, up.family)
 		}
 	}
 	cl := p.cluster(up)
@@ -600,7 +619,7 @@ func (p *Proxy) writeResponse(rec *reqRecord, r *http.Request, resp *http.Respon
 // cluster, the mirror service's policy applies to it: its load balancer,
 // its circuit breaker (a mirror over a limit is dropped; it never waits
 // as a pending request) and its outlier detection, which its answers feed.
-func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upReq, host string) {
+func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upReq, host string, family netip.Addr) {
 	ns, hostname, _ := strings.Cut(m.Service, "/")
 	svc := view.Service(ns, hostname)
 	if svc == nil {
@@ -613,7 +632,7 @@ func (p *Proxy) mirror(view *state.View, memo *viewMemo, m route.Mirror, o *upRe
 	}
 	go func() {
 		defer func() { <-p.mirrors }()
-		up := upstream{svc: svc, svcKey: m.Service, port: uint16(m.Port)}
+		up := upstream{svc: svc, svcKey: m.Service, port: uint16(m.Port), family: family}
 		cl := p.cluster(up)
 		h2 := up.speaksH2()
 		if cl != nil {

@@ -197,7 +197,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	up := upstream{port: uint16(port)}
+	up := upstream{port: uint16(port), family: info.authority.Addr()}
 	if !hasBackend { // workload-addressed, default route
 		up.workload, up.addr, up.addrStr = dst.Workload, info.authority, info.authorityString()
 	} else {

@@ -33,7 +33,7 @@ func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
 		}
 	}()
 	dst := view.Resolve(p.cfg.Network, info.authority)
-	up := upstream{port: info.authority.Port()}
+	up := upstream{port: info.authority.Port(), family: info.authority.Addr()}
 	var svcNS, svcName string
 	switch dst.Kind {
 	case state.ToService:

@@ -40,7 +40,20 @@ const (
 	loopClientIP    = "127.0.0.4"
 	loopV1IP        = "127.0.0.2"
 	loopV2IP        = "127.0.0.3"
+
+	// The server service and workloads are dual-stack: these IPv6
+	// addresses are only ever :authority values too (the servers' ztunnel
+	// below reaches the app at the workload's IPv4 address).
+	loopServerVIP6 = "fd00:96::10"
+	loopV1IP6      = "fd00:10::2"
+	loopV2IP6      = "fd00:10::3"
 )
+
+// loopIPv4Of is the IPv4 address of a dual-stack workload's IPv6 one.
+var loopIPv4Of = map[netip.Addr]string{
+	netip.MustParseAddr(loopV1IP6): loopV1IP,
+	netip.MustParseAddr(loopV2IP6): loopV2IP,
+}
 
 // loopMesh is the waypoint on loopback, without network namespaces or
 // root: a client tunnel (HBONE, as the client's ztunnel opens it) to the
@@ -48,7 +61,7 @@ const (
 // for the servers' ztunnel, which splices each tunnel to the bench/load
 // HTTP echo backend of workload server-v1 (127.0.0.2) or server-v2
 // (127.0.0.3). Services: server (both workloads), server-v1, server-v2,
-// port 80.
+// port 80. The server service and its workloads are dual-stack.
 type loopMesh struct {
 	proxy   *proxy.Proxy
 	reg     *prometheus.Registry
@@ -138,6 +151,14 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 			m.mu.Unlock()
 			return nil
 		},
+		Dial: func(ctx context.Context, st *hbone.Stream) (net.Conn, error) {
+			addr := st.Authority.String()
+			if v4, ok := loopIPv4Of[st.Authority.Addr()]; ok {
+				addr = net.JoinHostPort(v4, strconv.Itoa(int(st.Authority.Port())))
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		},
 		DrainTimeout: time.Second,
 	})
 	if err != nil {
@@ -151,16 +172,23 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 	port := func(target uint32) *workloadapi.PortList {
 		return &workloadapi.PortList{Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: target}}}
 	}
-	workload := func(name, sa, version, ip string, svcs map[string]*workloadapi.PortList) *workloadapi.Workload {
+	workload := func(name, sa, version string, ips []string, svcs map[string]*workloadapi.PortList) *workloadapi.Workload {
+		var addrs [][]byte
+		for _, ip := range ips {
+			addrs = append(addrs, netip.MustParseAddr(ip).AsSlice())
+		}
 		return &workloadapi.Workload{Uid: name, Name: name, Namespace: "shop", ServiceAccount: sa, Node: "node-1",
-			Addresses: [][]byte{netip.MustParseAddr(ip).AsSlice()}, Status: workloadapi.WorkloadStatus_HEALTHY,
+			Addresses: addrs, Status: workloadapi.WorkloadStatus_HEALTHY,
 			TunnelProtocol: workloadapi.TunnelProtocol_HBONE, CanonicalName: sa, CanonicalRevision: version, Services: svcs}
 	}
-	service := func(host, vip string) *workloadapi.Service {
+	service := func(host string, vips ...string) *workloadapi.Service {
 		name, _, _ := strings.Cut(host, ".")
-		return &workloadapi.Service{Name: name, Namespace: "shop", Hostname: host,
-			Addresses: []*workloadapi.NetworkAddress{{Address: netip.MustParseAddr(vip).AsSlice()}},
-			Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
+		var addrs []*workloadapi.NetworkAddress
+		for _, vip := range vips {
+			addrs = append(addrs, &workloadapi.NetworkAddress{Address: netip.MustParseAddr(vip).AsSlice()})
+		}
+		return &workloadapi.Service{Name: name, Namespace: "shop", Hostname: host, Addresses: addrs,
+			Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}
 	}
 	// bound makes the waypoint below the service's, as the server
 	// Service's is in the netns mesh.
@@ -171,14 +199,14 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 	}
 	if err := store.Replace(state.Snapshot{
 		Workloads: []*workloadapi.Workload{
-			workload("client-1", "client", "v1", loopClientIP, nil),
-			workload("server-v1-1", "server", "v1", loopV1IP, map[string]*workloadapi.PortList{
+			workload("client-1", "client", "v1", []string{loopClientIP}, nil),
+			workload("server-v1-1", "server", "v1", []string{loopV1IP, loopV1IP6}, map[string]*workloadapi.PortList{
 				"shop/" + serverHost: port(appPorts[loopV1IP]), "shop/" + serverV1Host: port(appPorts[loopV1IP])}),
-			workload("server-v2-1", "server", "v2", loopV2IP, map[string]*workloadapi.PortList{
+			workload("server-v2-1", "server", "v2", []string{loopV2IP, loopV2IP6}, map[string]*workloadapi.PortList{
 				"shop/" + serverHost: port(appPorts[loopV2IP]), "shop/" + serverV2Host: port(appPorts[loopV2IP])}),
 		},
 		Services: []*workloadapi.Service{
-			bound(service(serverHost, loopServerVIP)), service(serverV1Host, loopServerV1VIP), service(serverV2Host, loopServerV2VIP),
+			bound(service(serverHost, loopServerVIP, loopServerVIP6)), service(serverV1Host, loopServerV1VIP), service(serverV2Host, loopServerV2VIP),
 			service("waypoint.shop.svc.cluster.local", waypointVIP),
 		},
 	}); err != nil {
@@ -320,10 +348,6 @@ authorizationPolicies:
 // measurements' load.
 const benchBody = 1024
 
-// TestLoopMesh_RequestsRecordedAsBefore runs the benchmark's requests
-// through the loopback mesh, with and without policies and routes, and
-// checks what each request leaves behind: the echoed body, its flow
-// record and its istio_requests_total sample, label by label.
 // TestLoopMesh_ServesOnlyWhatIsBoundToIt: the waypoint refuses (400) a
 // tunnel for a destination that does not use it. Otherwise any client
 // could relay through it and reach that destination as the waypoint's
@@ -355,6 +379,45 @@ func TestLoopMesh_ServesOnlyWhatIsBoundToIt(t *testing.T) {
 	}
 }
 
+// TestLoopMesh_IPv6VIPReachesEndpointsOverIPv6: a request to the
+// dual-stack service's IPv6 VIP goes to its endpoints' IPv6 addresses, as
+// ztunnel routes a connection (state.Endpoint.AddrFor), with the default
+// route and with an HTTPRoute's backends alike; one to the IPv4 VIP
+// still goes over IPv4.
+func TestLoopMesh_IPv6VIPReachesEndpointsOverIPv6(t *testing.T) {
+	m := newLoopMesh(t, nil)
+	buf := make([]byte, benchBody)
+	for _, l7 := range []string{"", benchL7} {
+		m.proxy.SetL7(mustCompileL7(t, l7))
+		m.proxy.CloseIdleConnections()
+		for _, vip := range []string{loopServerVIP6, loopServerVIP} {
+			c, err := m.dialAuthority(net.JoinHostPort(vip, "80"))
+			if err != nil {
+				t.Fatalf("tunnel to %s: %v", vip, err)
+			}
+			v6Before := m.streamsTo(loopV1IP6) + m.streamsTo(loopV2IP6)
+			v4Before := m.streamsTo(loopV1IP) + m.streamsTo(loopV2IP)
+			tm := &loopMesh{tunnel: c, br: bufio.NewReader(c)}
+			for range 4 {
+				if err := tm.roundTrip(load.HTTPRequest(vip, benchBody), buf); err != nil {
+					t.Fatalf("policies %t, VIP %s: %v", l7 != "", vip, err)
+				}
+			}
+			c.Close()
+			m.proxy.CloseIdleConnections()
+			v6 := m.streamsTo(loopV1IP6) + m.streamsTo(loopV2IP6) - v6Before
+			v4 := m.streamsTo(loopV1IP) + m.streamsTo(loopV2IP) - v4Before
+			if wantV6 := vip == loopServerVIP6; (v6 > 0) != wantV6 || (v4 > 0) == wantV6 {
+				t.Errorf("policies %t, VIP %s: upstream tunnels to IPv6 %d, to IPv4 %d", l7 != "", vip, v6, v4)
+			}
+		}
+	}
+}
+
+// TestLoopMesh_RequestsRecordedAsBefore runs the benchmark's requests
+// through the loopback mesh, with and without policies and routes, and
+// checks what each request leaves behind: the echoed body, its flow
+// record and its istio_requests_total sample, label by label.
 func TestLoopMesh_RequestsRecordedAsBefore(t *testing.T) {
 	log := &syncBuffer{}
 	m := newLoopMesh(t, log)
