@@ -53,7 +53,10 @@ type podProxy struct {
 	mu    sync.Mutex // guards the fields below
 	w     *workloadapi.Workload
 	conns map[*trackedConn]struct{} // open connections, for policy and shutdown
-	idle  chan struct{}             // set while stop waits for conns to empty; closed when they do
+	// udpFlows counts the open outbound UDP flows (udpOutbound's): they
+	// drain on shutdown as connections do.
+	udpFlows int
+	idle     chan struct{} // set while stop waits for conns and flows to end; closed when they do
 }
 
 func newPodProxy(z *Ztunnel, w *workloadapi.Workload, nsPath string) *podProxy {
@@ -230,12 +233,14 @@ func (p *podProxy) tunnelRefused(transport string) func(net.Addr, error) {
 	}
 }
 
-// stop lets open connections drain, stops the listeners and lets go of
-// everything, within DrainTimeout. With removeCapture (the pod leaves the
-// mesh) the rules and listeners go first, so new connections go plain at
-// once. Without (ztunnel exits) the rules stay and the pod keeps being
-// served, new connections included, while the open ones drain; after that
-// its new connections are refused until the next ztunnel serves it.
+// stop lets open connections and outbound UDP flows drain, stops the
+// listeners and lets go of everything, within DrainTimeout. With
+// removeCapture (the pod leaves the mesh) the rules and listeners go
+// first, so new connections go plain at once. Without (ztunnel exits) the
+// rules stay and the pod keeps being served, new connections and flows
+// included, while the open ones drain (a UDP flow ends when idle for
+// UDPIdleTimeout); after that its new connections are refused until the
+// next ztunnel serves it.
 func (p *podProxy) stop(removeCapture bool) {
 	deadline := time.Now().Add(p.z.cfg.DrainTimeout)
 	if removeCapture {
@@ -254,7 +259,7 @@ func (p *podProxy) stop(removeCapture bool) {
 		ln.Close()
 	}
 	if p.udpOut != nil {
-		p.udpOut.close() // UDP flows do not drain: they end here
+		p.udpOut.close() // the flows still open (at the drain deadline) end here
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
@@ -274,10 +279,11 @@ func (p *podProxy) stop(removeCapture bool) {
 	}
 }
 
-// waitIdle returns once the pod has no open connection, or at deadline.
+// waitIdle returns once the pod has no open connection or UDP flow, or
+// at deadline.
 func (p *podProxy) waitIdle(deadline time.Time) {
 	p.mu.Lock()
-	if len(p.conns) == 0 {
+	if p.idleLocked() {
 		p.mu.Unlock()
 		return
 	}
@@ -652,11 +658,33 @@ func (p *podProxy) track(c net.Conn, origin any) *trackedConn {
 func (p *podProxy) untrack(t *trackedConn) {
 	p.mu.Lock()
 	delete(p.conns, t)
-	if p.idle != nil && len(p.conns) == 0 {
+	p.wakeIfIdleLocked()
+	p.mu.Unlock()
+}
+
+// udpFlowStarted and udpFlowEnded count an outbound UDP flow.
+func (p *podProxy) udpFlowStarted() {
+	p.mu.Lock()
+	p.udpFlows++
+	p.mu.Unlock()
+}
+
+func (p *podProxy) udpFlowEnded() {
+	p.mu.Lock()
+	p.udpFlows--
+	p.wakeIfIdleLocked()
+	p.mu.Unlock()
+}
+
+// idleLocked reports whether the pod has no open connection or UDP flow.
+func (p *podProxy) idleLocked() bool { return len(p.conns) == 0 && p.udpFlows == 0 }
+
+// wakeIfIdleLocked ends waitIdle's wait once the pod is idle.
+func (p *podProxy) wakeIfIdleLocked() {
+	if p.idle != nil && p.idleLocked() {
 		close(p.idle)
 		p.idle = nil
 	}
-	p.mu.Unlock()
 }
 
 // Close implements net.Conn and forgets the connection.

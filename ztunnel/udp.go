@@ -129,6 +129,7 @@ func (u *udpOutbound) dispatch(ctx context.Context, b []byte, key udpFlowKey) {
 		f = &udpFlow{u: u, key: key, queue: make(chan *[]byte, udpFlowQueue), done: make(chan struct{})}
 		u.flows[key] = f
 		u.p.wg.Add(1) // the read loop holds the group: no race with stop's Wait
+		u.p.udpFlowStarted()
 		go f.udpFlowRun(ctx)
 	}
 	u.mu.Unlock()
@@ -332,6 +333,7 @@ func (f *udpFlow) Close() error {
 			delete(f.u.flows, f.key)
 		}
 		f.u.mu.Unlock()
+		f.u.p.udpFlowEnded()
 		close(f.done)
 		for {
 			select {

@@ -318,6 +318,48 @@ func TestZtunnel_UDPIdleFlowExpires(t *testing.T) {
 	findFlow(t, m.logs[0], map[string]any{"reporter": "source", "protocol": "udp", "src.addr": app, "bytes_sent": float64(6)})
 }
 
+// TestZtunnel_UDPFlowDrains: a stopping ztunnel keeps relaying an open
+// outbound UDP flow, as it does an open connection: the app's next
+// datagram is still answered while it drains, and it exits once the flow
+// has been idle for the UDP idle timeout, well before the drain timeout;
+// the flow record holds both exchanges.
+func TestZtunnel_UDPFlowDrains(t *testing.T) {
+	const idle = time.Second
+	m := udpMesh(t, idle)
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	startResolver(t, server, 5353)
+	m.stopZtunnel(1)
+	m.startZtunnel(t, 1, func(c *Config) { c.CaptureUDP, c.UDPIdleTimeout, c.DrainTimeout = true, idle, 30*time.Second })
+	waitFor(t, "ztunnel 1 ready", func() bool { return m.zt[0].Ready() && len(m.zt[0].Pods()) == 2 })
+
+	c, err := netns.DialUDP(context.Background(), alice.Path, udpAddr(server, 5353).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := udpAsk(c, "before", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan struct{})
+	go func() { m.stopZtunnel(1); close(stopped) }()
+	waitFor(t, "ztunnel 1 draining", m.zt[0].Draining)
+	if answer, err := udpAsk(c, "while draining", 10*time.Second); err != nil || answer != "answer to while draining" {
+		t.Fatalf("the open flow while draining: %q, %v", answer, err)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("ztunnel stopped while its UDP flow was still in use")
+	default:
+	}
+	select {
+	case <-stopped:
+	case <-time.After(15 * time.Second):
+		t.Fatal("ztunnel still draining 15s after its UDP flow went idle")
+	}
+	findFlow(t, m.logs[0], map[string]any{"reporter": "source", "protocol": "udp", "src.addr": c.LocalAddr().String(),
+		"bytes_sent": float64(len("before") + len("while draining"))})
+}
+
 // TestZtunnel_UDPPassthroughToPodOutsideTheMesh: UDP to a pod that is not
 // enrolled leaves the client pod as sent (from a marked socket) and the
 // answers are relayed back.

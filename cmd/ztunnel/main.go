@@ -43,10 +43,12 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ambientmesh/ambient/internal/caclient"
 	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 	"github.com/ambientmesh/ambient/internal/istiodconn"
+	"github.com/ambientmesh/ambient/ztunnel"
 )
 
 // defaultGOGC is ztunnel's garbage-collection target unless $GOGC says
@@ -110,6 +112,9 @@ type options struct {
 	captureUDP bool
 	// procs pins GOMAXPROCS; 0 sizes it to the load.
 	procs int
+	// drainTimeout bounds the drain on SIGTERM; udpIdleTimeout ends a
+	// silent UDP flow.
+	drainTimeout, udpIdleTimeout time.Duration
 }
 
 // podFlag collects repeated --pod UID=NETNS_PATH.
@@ -162,6 +167,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cniSocket, "cni-socket", "", "unix socket the ambient-cni plugin hands pods over on (e.g. /var/run/ambient/ztunnel.sock); empty: off")
 	fs.BoolVar(&o.removeCapture, "remove-capture-on-exit", false, "remove every pod's capture rules on exit, so pods talk in plaintext while no ztunnel runs; by default they stay and the pods' connections are refused until the next ztunnel takes over (fail closed)")
 	fs.BoolVar(&o.captureUDP, "capture-udp", false, "also capture the pods' outbound UDP (DNS to port 53 excepted) and carry it through the mesh with CONNECT-UDP, and accept UDP tunnels for them; off by default for now: enable it on every node at once, since a node without it refuses UDP tunnels")
+	fs.DurationVar(&o.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM, how long the pods' open connections and UDP flows may finish while the pods stay served; keep it below the pod's termination grace period")
+	fs.DurationVar(&o.udpIdleTimeout, "udp-idle-timeout", ztunnel.DefaultUDPIdleTimeout, "with --capture-udp, end a UDP flow once no datagram crossed it either way for this long")
 	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/ambient/pods", "the plugin's pod state directory, scanned at start to recover pods after a restart (with --cni-socket)")
 	fs.Func("gomaxprocs", gomaxprocs.FlagHelp+" (default auto)", func(v string) (err error) {
 		o.procs, err = gomaxprocs.ParseFlag(v)
@@ -176,6 +183,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.node == "" {
 		return o, errors.New("--node is required (or set NODE_NAME): the name of the node this ztunnel serves")
+	}
+	if o.drainTimeout <= 0 || o.udpIdleTimeout <= 0 {
+		return o, fmt.Errorf("--drain-timeout and --udp-idle-timeout must be positive (got %v and %v)", o.drainTimeout, o.udpIdleTimeout)
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

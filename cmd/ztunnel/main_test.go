@@ -157,6 +157,8 @@ func TestZtunnel_UsageErrorsExit2(t *testing.T) {
 		{"bad pod flag", []string{"--node", "n", "--local-config", cfg, "--pod", "nopath"}, "want UID=NETNS_PATH"},
 		{"bad log level", []string{"--node", "n", "--local-config", cfg, "--log-level", "loud"}, "log-level"},
 		{"bad gomaxprocs", []string{"--node", "n", "--local-config", cfg, "--gomaxprocs", "0"}, "want auto or a positive number"},
+		{"zero drain timeout", []string{"--node", "n", "--local-config", cfg, "--drain-timeout", "0s"}, "--drain-timeout and --udp-idle-timeout must be positive"},
+		{"negative UDP idle timeout", []string{"--node", "n", "--local-config", cfg, "--udp-idle-timeout", "-1s"}, "--drain-timeout and --udp-idle-timeout must be positive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(binary, tc.args...)

@@ -132,6 +132,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		Node: o.node, TrustDomain: td, Store: store, Certs: mgr,
 		FlowLog: telemetry.NewFlowLogFeed(flowOut, flows), Metrics: metrics, Logger: logger,
 		RemoveCaptureOnExit: o.removeCapture, CaptureUDP: o.captureUDP,
+		DrainTimeout: o.drainTimeout, UDPIdleTimeout: o.udpIdleTimeout,
 	})
 	if err != nil {
 		return err
