@@ -38,7 +38,7 @@
 // identity is spiffe://TD/ns/NS/sa/SA of --namespace and --service-account
 // (default $POD_NAMESPACE and $SERVICE_ACCOUNT, else the Gateway's).
 //
-// Listeners: --hbone-addr (:15008), --admin-addr (127.0.0.1:15000,
+// Listeners: --hbone-addr (:15008, TCP for HBONE and UDP for HBONE/3), --admin-addr (127.0.0.1:15000,
 // /config_dump), --metrics-addr (:15020, Prometheus: istio_requests_total,
 // istio_request_duration_milliseconds, istio_request_bytes,
 // istio_response_bytes, and with --xds-address the istio_xds_* and
@@ -147,7 +147,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.caCert, "ca-cert", "", "PEM signing certificate of the mesh CA (the one the ztunnels use) that signs the waypoint's certificate, with --local-config; with --ca-key")
 	fs.StringVar(&o.caKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&o.caRoot, "ca-root", "", "PEM root certificates, when --ca-cert is an intermediate")
-	fs.StringVar(&o.hboneAddr, "hbone-addr", ":15008", "HBONE listener")
+	fs.StringVar(&o.hboneAddr, "hbone-addr", ":15008", "HBONE listener: TCP (HTTP/2) and UDP (HBONE/3, QUIC)")
 	fs.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (/config_dump)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics endpoint")
 	fs.StringVar(&o.readyAddr, "ready-addr", ":15021", "readiness endpoint (/healthz/ready)")

@@ -133,6 +133,12 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		}
 		lns = append(lns, ln)
 	}
+	// HBONE/3 (QUIC) on the same address, as ztunnel serves it.
+	pc, err := listenPacket("--hbone-addr", o.hboneAddr)
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
 
 	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
@@ -212,7 +218,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 	p, err := proxy.New(proxy.Config{
 		Identity: wid, SVIDs: src, Bundles: src, Store: store,
 		GatewayNamespace: o.gatewayNS, GatewayName: o.gatewayName, GatewayClass: o.gatewayClass, RootNamespace: o.rootNamespace,
-		Listener: lns[0], FlowLog: flowLog, Metrics: metrics, Logger: logger,
+		Listener: lns[0], PacketConn: pc, FlowLog: flowLog, Metrics: metrics, Logger: logger,
 		DrainTimeout: o.drainTimeout,
 		Tracer:       tracer,
 	})
@@ -389,6 +395,19 @@ func listen(flagName, addr string) (net.Listener, error) {
 	if err == nil {
 		return ln, nil
 	}
+	return nil, listenError(flagName, addr, err)
+}
+
+// listenPacket opens a UDP socket, explaining the usual failures.
+func listenPacket(flagName, addr string) (net.PacketConn, error) {
+	pc, err := net.ListenPacket("udp", addr)
+	if err == nil {
+		return pc, nil
+	}
+	return nil, listenError(flagName, addr+" (UDP)", err)
+}
+
+func listenError(flagName, addr string, err error) error {
 	hint := "check the address"
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):
@@ -396,5 +415,5 @@ func listen(flagName, addr string) (net.Listener, error) {
 	case errors.Is(err, syscall.EACCES):
 		hint = "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with " + flagName
 	}
-	return nil, fmt.Errorf("%s %s: %w; %s", flagName, addr, err, hint)
+	return fmt.Errorf("%s %s: %w; %s", flagName, addr, err, hint)
 }

@@ -169,6 +169,7 @@ func (e *env) waypointCanary(t *testing.T) {
 	t.Run("RetriesWithExperimentalHTTPRoute", e.waypointRetries)
 	t.Run("LocalTrafficPolicyAndDestinationRule", e.waypointResilience)
 	t.Run("TracesToOTLP", e.waypointTracing)
+	t.Run("OverQUIC", e.waypointOverQUIC)
 
 	// Gone: the waypoint, its label and the route. The waypoint drains and
 	// closes its pooled connections, so reviews' ztunnel records them: they
@@ -268,6 +269,7 @@ type waypointFlowRec struct {
 	Path       string `json:"path"`
 	Code       int    `json:"response_code"`
 	Policy     string `json:"policy"`
+	Transport  string `json:"transport"`
 }
 
 // waypointFlow looks for a flow record matching m in the waypoint's log
@@ -292,6 +294,30 @@ func (e *env) waypointFlow(t *testing.T, m func(waypointFlowRec) bool) (string, 
 		}
 	}
 	return fmt.Sprintf("%d waypoint flows", seen), false
+}
+
+// waypointOverQUIC: with the namespace annotated for QUIC, the waypoint's
+// pod (in that namespace) asks for it too, so curl's ztunnel reaches the
+// waypoint over HBONE/3 (UDP 15008) and the waypoint's flows say so.
+func (e *env) waypointOverQUIC(t *testing.T) {
+	e.mustKubectl(t, "annotate", "namespace", "shop", "ambientmesh.io/tunnel-transport=quic", "--overwrite")
+	defer e.mustKubectl(t, "annotate", "namespace", "shop", "ambientmesh.io/tunnel-transport-")
+	took := eventually(t, "curl -> frontend through the waypoint over HBONE/3", func() (bool, string) {
+		out, err := e.curl("http://frontend:8080/")
+		if err != nil || !reachedRatings(out) {
+			return false, fmt.Sprint(err, out)
+		}
+		return e.waypointFlowOK(t, func(f waypointFlowRec) bool {
+			return f.SrcID == curlID && strings.HasPrefix(f.DstService, "frontend.shop") && f.Code == 200 && f.Transport == "hbone3"
+		})
+	})
+	t.Logf("the waypoint served over QUIC %v after kubectl annotate", took.Round(time.Millisecond))
+}
+
+// waypointFlowOK is waypointFlow in eventually's order: found, and why not.
+func (e *env) waypointFlowOK(t *testing.T, m func(waypointFlowRec) bool) (bool, string) {
+	why, ok := e.waypointFlow(t, m)
+	return ok, why
 }
 
 // waypointProtocols: an HTTP/2 client (curl, prior knowledge) and a gRPC

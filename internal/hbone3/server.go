@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,6 +34,7 @@ type Stream struct {
 	hbone.Stream
 
 	tunnel atomic.Pointer[tunnelConn] // set once a TCP tunnel is open
+	served atomic.Pointer[servedConn] // that tunnel, when ServerConfig.Serve serves it
 	udp    atomic.Pointer[UDPTunnel]  // set once a connect-udp tunnel is open
 	abort  atomic.Bool
 }
@@ -66,6 +68,15 @@ type ServerConfig struct {
 	// *net.UDPConn), the server relaying datagrams with
 	// hbone.RelayDatagrams.
 	Dial func(ctx context.Context, st *Stream) (net.Conn, error)
+	// Serve, if set, takes the place of Dial and the splice for CONNECT
+	// streams, as hbone.ServerConfig.Serve does: an authorized stream is
+	// answered 200 and handed over as a net.Conn (Close ends it with a FIN,
+	// and STOP_SENDING if the client's data was not read to its end),
+	// for a proxy that serves the tunnelled bytes in-process. The stream
+	// ends, for OnStreamEnd, when that conn is closed: Serve (or whatever
+	// it hands the conn to) must close it. Serve may return at once or
+	// block. A server with Serve refuses connect-udp streams with 501.
+	Serve func(ctx context.Context, st *Stream, tunnel net.Conn)
 	// OnStreamEnd, if set, is called once per stream when it ends.
 	OnStreamEnd func(hbone.StreamResult)
 	// OnConnRefused, if set, is called when this server refuses a connection
@@ -330,7 +341,11 @@ func (srv *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 	if info, ok := r.Context().Value(connInfoKey{}).(*connInfo); ok && info != nil {
 		st.Peer, st.PeerAddr, st.PeerCertificate = info.peer, info.addr, info.cert
 	}
-	status, up, err := srv.open(w, r, st)
+	status, up, err := srv.open(w, r, st, start)
+	if served := st.served.Load(); served != nil {
+		srv.cfg.Serve(r.Context(), st, served)
+		return
+	}
 	if up == nil {
 		srv.streamEnd(st, hbone.StreamResult{Status: status, Err: err}, start)
 		return
@@ -353,8 +368,9 @@ func (srv *Server) streamEnd(st *Stream, res hbone.StreamResult, start time.Time
 }
 
 // open validates, authorizes and dials; it answers and returns the status
-// and, for 200, the upstream connection (the tunnel is in st).
-func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int, net.Conn, error) {
+// and, for 200, the upstream connection (the tunnel is in st). With
+// ServerConfig.Serve it dials nothing: the tunnel to serve is st.served.
+func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream, start time.Time) (int, net.Conn, error) {
 	w.Header()["Date"] = nil // nothing but :status
 	req, err := hbone.ParseRequest(requestFields(r))
 	if errors.Is(err, hbone.ErrUnknownProtocol) {
@@ -364,6 +380,10 @@ func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int
 		return refuse(w, 400, fmt.Errorf("hbone3: bad request: %w", err))
 	}
 	st.Request = req
+	udp := req.Protocol == hbone.ProtocolConnectUDP
+	if udp && srv.cfg.Serve != nil {
+		return refuse(w, 501, errors.New("hbone3: this server serves CONNECT tunnels only, not connect-udp"))
+	}
 	ctx := r.Context()
 	if err := srv.cfg.Authorize(ctx, st); err != nil {
 		if errors.Is(err, hbone.ErrBadDestination) {
@@ -371,16 +391,18 @@ func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int
 		}
 		return refuse(w, 401, err)
 	}
-	dctx, cancel := context.WithTimeout(ctx, srv.cfg.DialTimeout)
-	up, err := srv.cfg.Dial(dctx, st)
-	cancel()
-	if err != nil {
-		if errors.Is(err, hbone.ErrBadDestination) {
-			return refuse(w, 400, err)
+	var up net.Conn
+	if srv.cfg.Serve == nil {
+		dctx, cancel := context.WithTimeout(ctx, srv.cfg.DialTimeout)
+		up, err = srv.cfg.Dial(dctx, st)
+		cancel()
+		if err != nil {
+			if errors.Is(err, hbone.ErrBadDestination) {
+				return refuse(w, 400, err)
+			}
+			return refuse(w, 503, fmt.Errorf("hbone3: dial %s: %w", req.Authority, err))
 		}
-		return refuse(w, 503, fmt.Errorf("hbone3: dial %s: %w", req.Authority, err))
 	}
-	udp := req.Protocol == hbone.ProtocolConnectUDP
 	var datagrams bool
 	if udp {
 		datagrams = peerDatagrams(ctx, w, srv.cfg.DialTimeout)
@@ -389,7 +411,9 @@ func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int
 	w.WriteHeader(200)
 	str, err := w.(http3.HTTPStreamer).HTTPStream() // sends the HEADERS frame
 	if err != nil {
-		up.Close()
+		if up != nil {
+			up.Close()
+		}
 		return 200, nil, fmt.Errorf("hbone3: sending 200: %w", err)
 	}
 	var local, remote net.Addr
@@ -407,12 +431,56 @@ func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream) (int
 		}
 		return 200, up, nil
 	}
+	if srv.cfg.Serve != nil {
+		sc := &servedConn{}
+		sc.tunnelConn = newTunnelConn(str, local, remote, func() {
+			srv.streamEnd(st, hbone.StreamResult{Status: 200, BytesIn: sc.in.Load(), BytesOut: sc.out.Load()}, start)
+		})
+		st.tunnel.Store(sc.tunnelConn)
+		st.served.Store(sc)
+		if st.abort.Load() {
+			sc.Abort()
+		}
+		return 200, nil, nil
+	}
 	c := newTunnelConn(str, local, remote, nil)
 	st.tunnel.Store(c)
 	if st.abort.Load() {
 		c.Abort()
 	}
 	return 200, up, nil
+}
+
+// servedConn is a tunnel handed to ServerConfig.Serve, counting the bytes
+// each way for the stream's result.
+type servedConn struct {
+	*tunnelConn
+	in, out atomic.Int64
+}
+
+func (c *servedConn) Read(p []byte) (int, error) {
+	n, err := c.tunnelConn.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *servedConn) Write(p []byte) (int, error) {
+	n, err := c.tunnelConn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+// ReadFrom and WriteTo keep the large copies, counted.
+func (c *servedConn) ReadFrom(r io.Reader) (int64, error) {
+	n, err := c.tunnelConn.ReadFrom(r)
+	c.out.Add(n)
+	return n, err
+}
+
+func (c *servedConn) WriteTo(w io.Writer) (int64, error) {
+	n, err := c.tunnelConn.WriteTo(w)
+	c.in.Add(n)
+	return n, err
 }
 
 // refuse answers a final status; the HTTP/3 server then ends the stream.

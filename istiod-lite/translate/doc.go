@@ -17,8 +17,9 @@
 //     ([CapturedByZtunnel]), Workload.services keyed "namespace/hostname"
 //     (services selecting the pod, and services whose EndpointSlices target
 //     it) with target ports resolved against the pod, locality from its
-//     node ([NodeLocality]), waypoint for workload traffic, and our
-//     extension tunnel_transport ([TunnelTransport]): the
+//     node ([NodeLocality]), waypoint for workload traffic, and, for a
+//     captured pod or a waypoint's, our extension tunnel_transport
+//     ([TunnelTransport]): the
 //     ambientmesh.io/tunnel-transport annotation (quic or h2) of the pod,
 //     else of its namespace, else Config.DefaultTunnelTransport; an
 //     invalid value means h2 ([InvalidTunnelTransports] lists them).

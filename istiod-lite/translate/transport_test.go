@@ -65,10 +65,11 @@ func TestTunnelTransport_Precedence(t *testing.T) {
 	}
 }
 
-// TestWorkload_TunnelTransport: the field is set on captured pods only
-// (never on a waypoint's, which serves HTTP/2 only), from the annotations
-// and Config.DefaultTunnelTransport; H2 is the zero value, so an h2 pod's
-// workload is the same as before the field existed.
+// TestWorkload_TunnelTransport: the field is set on captured pods and on
+// a waypoint's (which serves HBONE over both transports, though never
+// captured), from the annotations and Config.DefaultTunnelTransport; H2
+// is the zero value, so an h2 pod's workload is the same as before the
+// field existed.
 func TestWorkload_TunnelTransport(t *testing.T) {
 	quicNS := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "default",
 		Labels: map[string]string{LabelDataplaneMode: "ambient"}, Annotations: annotated("quic")}}
@@ -87,8 +88,14 @@ func TestWorkload_TunnelTransport(t *testing.T) {
 		{name: "captured, mesh default quic", ns: namespace(map[string]string{LabelDataplaneMode: "ambient"}),
 			def: workloadapi.TunnelTransport_QUIC, want: workloadapi.TunnelTransport_QUIC, wantHBO: true},
 		{name: "not captured: no transport", ns: plainNS, def: workloadapi.TunnelTransport_QUIC},
-		{name: "waypoint pod: no transport", ns: quicNS, gws: []*gatewayv1.Gateway{waypointGW("default", "wp", "")},
-			pod: func(p *corev1.Pod) { p.Labels[LabelGatewayName] = "wp" }, wantHBO: true},
+		{name: "waypoint pod, namespace quic", ns: quicNS, gws: []*gatewayv1.Gateway{waypointGW("default", "wp", "")},
+			pod: func(p *corev1.Pod) { p.Labels[LabelGatewayName] = "wp" }, want: workloadapi.TunnelTransport_QUIC, wantHBO: true},
+		{name: "waypoint pod out of capture, namespace quic", ns: quicNS, gws: []*gatewayv1.Gateway{waypointGW("default", "wp", "")},
+			pod: func(p *corev1.Pod) {
+				p.Labels[LabelGatewayName], p.Labels[LabelDataplaneMode] = "wp", DataplaneModeNone
+			}, want: workloadapi.TunnelTransport_QUIC},
+		{name: "pod out of capture, not a waypoint: no transport", ns: quicNS,
+			pod: func(p *corev1.Pod) { p.Labels[LabelDataplaneMode] = DataplaneModeNone }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			idx := NewIndex(Cluster{Namespaces: []*corev1.Namespace{tc.ns}, Gateways: tc.gws,

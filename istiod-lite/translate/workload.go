@@ -140,13 +140,14 @@ func Workload(pod *corev1.Pod, idx *Index) *workloadapi.Workload {
 	if pod.Spec.HostNetwork {
 		w.NetworkMode = workloadapi.NetworkMode_HOST_NETWORK
 	}
+	waypoint := idx.instanceOfWaypoint(pod)
 	if CapturedByZtunnel(pod, ns) {
 		w.TunnelProtocol = workloadapi.TunnelProtocol_HBONE
-		if !idx.instanceOfWaypoint(pod) { // waypoints serve HBONE over HTTP/2 only
-			w.TunnelTransport, _ = TunnelTransport(pod, ns, cfg.DefaultTunnelTransport)
-		}
 	}
-	if !idx.instanceOfWaypoint(pod) {
+	if w.TunnelProtocol == workloadapi.TunnelProtocol_HBONE || waypoint { // a waypoint serves HBONE, captured or not
+		w.TunnelTransport, _ = TunnelTransport(pod, ns, cfg.DefaultTunnelTransport)
+	}
+	if !waypoint {
 		if wp := idx.waypointFor(pod.Labels, pod.Namespace, WaypointForWorkload); wp != nil {
 			w.Waypoint = cloneOrNil(wp.address)
 		}

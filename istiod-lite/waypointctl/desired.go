@@ -245,6 +245,7 @@ func Desired(gw *gatewayv1.Gateway, cfg Template) (*corev1ac.ServiceAccountApply
 		).
 		WithPorts(
 			port("hbone", int32(HBONEPort)),
+			port("hbone3", int32(HBONEPort)).WithProtocol(corev1.ProtocolUDP), // HBONE/3, QUIC
 			port("http-monitoring", monitoringPort),
 			port("http-health", readyPort),
 		).

@@ -3,6 +3,7 @@ package waypointctl
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -146,11 +147,12 @@ func TestDesired_DeploymentRunsWaypointUnderItsIdentity(t *testing.T) {
 	if diff := cmp.Diff(wantEnv, env); diff != "" {
 		t.Errorf("downward API env (-want +got):\n%s", diff)
 	}
-	ports := map[string]int32{}
+	ports := map[string]string{}
 	for _, p := range c.Ports {
-		ports[p.Name] = p.ContainerPort
+		ports[p.Name] = fmt.Sprintf("%d/%s", p.ContainerPort, p.Protocol)
 	}
-	if diff := cmp.Diff(map[string]int32{"hbone": 15008, "http-monitoring": 15020, "http-health": 15021}, ports); diff != "" {
+	if diff := cmp.Diff(map[string]string{"hbone": "15008/TCP", "hbone3": "15008/UDP",
+		"http-monitoring": "15020/TCP", "http-health": "15021/TCP"}, ports); diff != "" {
 		t.Errorf("ports (-want +got):\n%s", diff)
 	}
 	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz/ready" || p.HTTPGet.Port != intstr.FromInt32(15021) {

@@ -5,8 +5,12 @@
 // # Tunnels in
 //
 // The proxy serves HBONE (internal/hbone) on its Listener (:15008) with its
-// own SVID; hbone verifies each client's certificate (trust domain) and
-// hands over one CONNECT stream per proxied connection. The stream's
+// own SVID, and HBONE/3 (internal/hbone3, QUIC) on its PacketConn (UDP
+// :15008) when it has one, for ztunnels whose tunnels to a waypoint that
+// asks for QUIC go over it; either verifies each client's certificate
+// (trust domain) and hands over one CONNECT stream per proxied connection.
+// A waypoint carries TCP only: a connect-udp stream is refused (400, or
+// 501 over HBONE/3), as ztunnel sends UDP straight to the endpoint. The stream's
 // :authority names the destination: a service VIP and port, or a
 // workload's IP and port, that uses this waypoint (its waypoint is the
 // Service named after this waypoint's Gateway); anything else is refused
@@ -17,8 +21,8 @@
 // ztunnel presents the source pod's identity, and its Forwarded header's
 // for= carries the original client address.
 //
-// hbone hands each accepted stream over as a net.Conn
-// (hbone.ServerConfig.Serve: no socket pair, no splice), and the proxy
+// hbone and hbone3 hand each accepted stream over as a net.Conn
+// (ServerConfig.Serve: no socket pair, no splice), and the proxy
 // serves it on the stream's goroutine. The protocol the destination
 // Service's port declares (appProtocol or port name, Istio's protocol
 // selection, translated by istiod-lite) decides how: http, http2 and grpc
@@ -215,6 +219,8 @@
 // server-first protocol waits for the client's first bytes, as Istio's
 // default protocol detection does (no timeout: a slow HTTP client must
 // not fall to L4).
+// Tunnels onward to the endpoints are HTTP/2 only, whatever transport
+// the endpoint asks for (every ztunnel serves both).
 // Of the resilience policy: DestinationRule
 // subsets (routes cannot name them), and for HTTP/2 backends maxConnections, http1MaxPendingRequests and
 // maxRequestsPerConnection (requests multiplex on one connection per

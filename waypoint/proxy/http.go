@@ -107,7 +107,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l7 := p.l7.Load()
 	rec := newRecord()
 	rec.flow = telemetry.Flow{Start: time.Now(), Reporter: "waypoint", Decision: telemetry.Allow,
-		Security: "mutual_tls", Transport: "hbone", Method: r.Method, Src: p.srcPeer(view, info)}
+		Security: "mutual_tls", Transport: info.transport, Method: r.Method, Src: p.srcPeer(view, info)}
 	rec.protocol, rec.flags = "http", flagNone
 	rec.body.rc = r.Body
 	rec.w.ResponseWriter = w

@@ -25,7 +25,7 @@ const l4DialTimeout = 10 * time.Second
 func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
 	view := p.cfg.Store.Current()
 	f := telemetry.Flow{Start: time.Now(), Reporter: "waypoint", Decision: telemetry.Allow,
-		Security: "mutual_tls", Transport: "hbone", Src: p.srcPeer(view, info)}
+		Security: "mutual_tls", Transport: info.transport, Src: p.srcPeer(view, info)}
 	defer func() {
 		f.Duration = time.Since(f.Start)
 		if p.cfg.FlowLog != nil {

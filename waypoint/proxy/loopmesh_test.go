@@ -22,6 +22,7 @@ import (
 	"github.com/ambientmesh/ambient/bench/load"
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/hbone3"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
@@ -73,8 +74,12 @@ type loopMesh struct {
 	// openTunnel opens another tunnel of the client to loopServerVIP:80.
 	openTunnel func(testing.TB) net.Conn
 	// dialAuthority opens a tunnel of the client to the waypoint for an
-	// authority of its choice.
-	dialAuthority func(authority string) (net.Conn, error)
+	// authority of its choice; dialAuthority3 the same over HBONE/3
+	// (QUIC), to the waypoint's UDP listener.
+	dialAuthority, dialAuthority3 func(authority string) (net.Conn, error)
+	// dialUDP opens a connect-udp tunnel of the client to the waypoint
+	// over HBONE (h2) or HBONE/3 (h3).
+	dialUDP func(h3 bool, authority string) error
 
 	mu      sync.Mutex
 	streams map[netip.Addr]int // tunnels the servers' ztunnel accepted, by destination
@@ -225,10 +230,14 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 		flows = telemetry.NewFlowLog(flowLog)
 	}
 	wpLn := listen("127.0.0.1:0")
+	wpPC, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
 	var d net.Dialer
 	m.proxy, err = proxy.New(proxy.Config{
 		Identity: wpID, SVIDs: wpSrc, Bundles: authority.Bundle(), Store: store,
-		GatewayNamespace: "shop", GatewayName: "waypoint", Listener: wpLn,
+		GatewayNamespace: "shop", GatewayName: "waypoint", Listener: wpLn, PacketConn: wpPC,
 		DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Port() == 15008 {
 				addr = ztLn.Addr().String()
@@ -256,13 +265,48 @@ func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { cl.Close() })
+	cl3, err := hbone3.NewClient(hbone3.ClientConfig{
+		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
+			return identity.ClientConfig(clientSrc, authority.Bundle(), dst), nil
+		},
+		ListenPacket: func(context.Context, spiffeid.ID, netip.AddrPort) (net.PacketConn, error) {
+			return net.ListenPacket("udp", loopClientIP+":0")
+		},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cl3.Close() })
+	target := func(wp net.Addr, authority string) hbone.Target {
+		return hbone.Target{Source: clientID, Destination: wpID,
+			Address:   netip.MustParseAddrPort(wp.String()),
+			Authority: netip.MustParseAddrPort(authority),
+			Header:    http.Header{"Forwarded": {"for=" + loopClientIP}}}
+	}
 	m.dialAuthority = func(authority string) (net.Conn, error) {
 		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
 		defer dcancel()
-		return cl.Dial(dctx, hbone.Target{Source: clientID, Destination: wpID,
-			Address:   netip.MustParseAddrPort(wpLn.Addr().String()),
-			Authority: netip.MustParseAddrPort(authority),
-			Header:    http.Header{"Forwarded": {"for=" + loopClientIP}}})
+		return cl.Dial(dctx, target(wpLn.Addr(), authority))
+	}
+	m.dialAuthority3 = func(authority string) (net.Conn, error) {
+		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer dcancel()
+		return cl3.Dial(dctx, target(wpPC.LocalAddr(), authority))
+	}
+	m.dialUDP = func(h3 bool, authority string) error {
+		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer dcancel()
+		var t io.Closer
+		var err error
+		if h3 {
+			t, err = cl3.DialUDP(dctx, target(wpPC.LocalAddr(), authority))
+		} else {
+			t, err = cl.DialUDP(dctx, target(wpLn.Addr(), authority))
+		}
+		if err == nil {
+			t.Close()
+		}
+		return err
 	}
 	m.openTunnel = func(tb testing.TB) net.Conn {
 		c, err := m.dialAuthority(loopServerVIP + ":80")
@@ -375,6 +419,46 @@ func TestLoopMesh_ServesOnlyWhatIsBoundToIt(t *testing.T) {
 		}
 		if c != nil {
 			c.Close()
+		}
+	}
+}
+
+// TestLoopMesh_ServesHBONE3: a client whose tunnel to the waypoint goes
+// over QUIC (UDP 15008) is served as over HTTP/2: its keep-alive requests
+// are routed and answered, and the flow records name the caller and the
+// transport; the waypoint's refusals apply the same (a destination not
+// bound to it: 400), and a connect-udp tunnel is refused over either
+// transport (a waypoint carries TCP only).
+func TestLoopMesh_ServesHBONE3(t *testing.T) {
+	log := &syncBuffer{}
+	m := newLoopMesh(t, log)
+	c, err := m.dialAuthority3(loopServerVIP + ":80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tm := &loopMesh{tunnel: c, br: bufio.NewReader(c)}
+	buf := make([]byte, benchBody)
+	for range 3 {
+		if err := tm.roundTrip(load.HTTPRequest(loopServerVIP, benchBody), buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := findFlow(t, log, map[string]any{"reporter": "waypoint", "transport": "hbone3", "response_code": 200,
+		"src.identity": id("client"), "src.workload": "client-1", "dst.service": serverHost})
+	if a, _ := f["src.addr"].(string); !strings.HasPrefix(a, loopClientIP+":") {
+		t.Errorf("flow %v: src.addr, want the client's address %s", f, loopClientIP)
+	}
+
+	var se *hbone.StatusError
+	if _, err := m.dialAuthority3(loopServerV1VIP + ":80"); !errors.As(err, &se) || se.Code != http.StatusBadRequest {
+		t.Errorf("over QUIC to a service not bound to the waypoint: %v, want 400", err)
+	}
+	findFlow(t, log, map[string]any{"reporter": "waypoint", "transport": "hbone3", "decision": "deny",
+		"dst.addr": loopServerV1VIP + ":80"})
+	for h3, want := range map[bool]int{false: http.StatusBadRequest, true: http.StatusNotImplemented} {
+		if err := m.dialUDP(h3, loopServerVIP+":53"); !errors.As(err, &se) || se.Code != want {
+			t.Errorf("connect-udp (h3 %t) to the waypoint: %v, want %d", h3, err, want)
 		}
 	}
 }

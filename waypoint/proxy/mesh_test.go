@@ -246,6 +246,10 @@ func (m *testMesh) startWaypoint(t *testing.T, opts ...func(*proxy.Config)) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pc, err := netns.ListenUDP(m.wp.Path, "0.0.0.0:15008") // HBONE/3, as cmd/waypoint serves it
+	if err != nil {
+		t.Fatal(err)
+	}
 	m.reg = prometheus.NewRegistry()
 	metrics, err := telemetry.NewHTTPMetrics(m.reg, "Kubernetes")
 	if err != nil {
@@ -254,7 +258,7 @@ func (m *testMesh) startWaypoint(t *testing.T, opts ...func(*proxy.Config)) {
 	path := m.wp.Path
 	cfg := proxy.Config{
 		Identity: svid.ID, SVIDs: src, Bundles: m.ca.Bundle(), Store: m.store,
-		GatewayNamespace: "shop", GatewayName: "waypoint", Listener: ln,
+		GatewayNamespace: "shop", GatewayName: "waypoint", Listener: ln, PacketConn: pc,
 		DialTCP: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return netns.DialTCP(ctx, path, addr)
 		},

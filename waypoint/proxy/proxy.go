@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/hbone3"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
@@ -49,6 +50,9 @@ type Config struct {
 	RootNamespace string
 	// Listener accepts HBONE connections (:15008). Required.
 	Listener net.Listener
+	// PacketConn, if set, accepts HBONE/3 (QUIC) connections (UDP
+	// :15008), for clients whose tunnels to the waypoint go over QUIC.
+	PacketConn net.PacketConn
 	// DialTCP opens TCP connections to ztunnels' 15008 and to endpoints
 	// outside the mesh. Default net.Dialer.
 	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -109,6 +113,7 @@ type Proxy struct {
 	memo atomic.Pointer[viewMemo] // of the current mesh view (memo.go)
 
 	hb     *hbone.Server
+	hb3    *hbone3.Server // nil without Config.PacketConn
 	client *hbone.Client
 	// defConn are the connection settings of a service without its own;
 	// defUp their upstream clients, always in the table (upstream.go).
@@ -236,15 +241,32 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	p.hb, err = hbone.NewServer(hbone.ServerConfig{
-		TLSConfig:    identity.ServerConfig(cfg.SVIDs, cfg.Bundles, td),
-		Authorize:    p.authorizeTunnel,
-		Serve:        p.serveStream,
-		OnStreamEnd:  p.tunnelEnded,
+		TLSConfig: identity.ServerConfig(cfg.SVIDs, cfg.Bundles, td),
+		Authorize: p.authorizeTunnel,
+		Serve: func(_ context.Context, st *hbone.Stream, c net.Conn) {
+			p.serveStream(st, c, transportH2)
+		},
+		OnStreamEnd:  p.tunnelEnded(transportH2),
 		Logger:       cfg.Logger,
 		DrainTimeout: cfg.DrainTimeout,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if cfg.PacketConn != nil {
+		p.hb3, err = hbone3.NewServer(hbone3.ServerConfig{
+			TLSConfig: identity.ServerConfig(cfg.SVIDs, cfg.Bundles, td, identity.WithNextProtos(identity.ALPNHTTP3)),
+			Authorize: func(ctx context.Context, st *hbone3.Stream) error { return p.authorizeTunnel(ctx, &st.Stream) },
+			Serve: func(_ context.Context, st *hbone3.Stream, c net.Conn) {
+				p.serveStream(&st.Stream, c, transportH3)
+			},
+			OnStreamEnd:  p.tunnelEnded(transportH3),
+			Logger:       cfg.Logger,
+			DrainTimeout: cfg.DrainTimeout,
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	var both http.Protocols
 	both.SetHTTP1(true)
@@ -301,7 +323,9 @@ func (p *Proxy) L7() *Compiled { return p.l7.Load() }
 func (p *Proxy) Ready() bool { return p.ready.Load() }
 
 // Run serves until ctx ends, then stops accepting tunnels, lets in-flight
-// requests and connections finish (up to DrainTimeout) and returns.
+// requests and connections finish (up to DrainTimeout) and returns. A
+// tunnel server that fails (HBONE, or HBONE/3) stops the other too, and
+// Run returns its error.
 func (p *Proxy) Run(ctx context.Context) error {
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- p.httpSrv.Serve(p.conns) }()
@@ -313,7 +337,24 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 	})
 	defer stopHTTP()
-	err := p.hb.Serve(ctx, p.cfg.Listener)
+	// The tunnel servers stop together: at ctx's end, or when either fails.
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	h3Done := make(chan error, 1)
+	if p.hb3 != nil {
+		go func() {
+			err := p.hb3.Serve(sctx, p.cfg.PacketConn)
+			stop()
+			h3Done <- err
+		}()
+	} else {
+		h3Done <- nil
+	}
+	err := p.hb.Serve(sctx, p.cfg.Listener)
+	stop()
+	if err3 := <-h3Done; err == nil {
+		err = err3
+	}
 	p.conns.Close()
 	if herr := <-httpDone; herr != nil && !errors.Is(herr, http.ErrServerClosed) && !errors.Is(herr, net.ErrClosed) && err == nil {
 		err = herr
@@ -336,12 +377,22 @@ type tunnelInfo struct {
 	// strings, and the source peer in the latest view a request saw.
 	peerAddrStr, authorityStr string
 	src                       atomic.Pointer[srcMemo]
+	// transport carried the tunnel: transportH2 or transportH3, as flow
+	// records name it.
+	transport string
 }
+
+// The transports a tunnel comes over, as flow records name them
+// (ztunnel's names).
+const (
+	transportH2 = "hbone"
+	transportH3 = "hbone3"
+)
 
 // newTunnelInfo describes a tunnel from peer at peerAddr to authority.
 func newTunnelInfo(peer spiffeid.ID, peerAddr, authority netip.AddrPort) *tunnelInfo {
 	info := &tunnelInfo{peer: peer, authz: l7authz.PeerOf(peer), peerAddr: peerAddr, authority: authority,
-		authorityStr: authority.String()}
+		authorityStr: authority.String(), transport: transportH2}
 	if peerAddr.IsValid() {
 		info.peerAddrStr = peerAddr.String()
 	}
@@ -352,6 +403,9 @@ func newTunnelInfo(peer spiffeid.ID, peerAddr, authority netip.AddrPort) *tunnel
 // that port, or a workload's address: the destinations a waypoint serves.
 // The caller's identity was verified by hbone; policy is per request.
 func (p *Proxy) authorizeTunnel(_ context.Context, st *hbone.Stream) error {
+	if st.Protocol == hbone.ProtocolConnectUDP {
+		return fmt.Errorf("%w: a waypoint carries TCP only, not connect-udp (ztunnel tunnels UDP straight to the endpoint)", hbone.ErrBadDestination)
+	}
 	view := p.cfg.Store.Current()
 	dst := view.Resolve(p.cfg.Network, st.Authority)
 	switch {
@@ -378,27 +432,32 @@ func (p *Proxy) isThisWaypoint(v *state.View, gw *workloadapi.GatewayAddress) bo
 	return svc != nil && svc.GetNamespace() == p.cfg.GatewayNamespace && svc.GetName() == p.cfg.GatewayName
 }
 
-// serveStream serves an accepted stream in-process: the proxy's HTTP server
-// (or L4 forwarding) reads and writes the tunnel itself.
-func (p *Proxy) serveStream(_ context.Context, st *hbone.Stream, c net.Conn) {
+// serveStream serves an accepted stream, come over transport, in-process:
+// the proxy's HTTP server (or L4 forwarding) reads and writes the tunnel
+// itself.
+func (p *Proxy) serveStream(st *hbone.Stream, c net.Conn, transport string) {
 	info := newTunnelInfo(st.Peer, st.PeerAddr, st.Authority)
 	info.remote = forwardedFor(st.Header().Get("Forwarded"))
+	info.transport = transport
 	p.serveTunnel(c, info)
 }
 
-// tunnelEnded records streams refused before any request.
-func (p *Proxy) tunnelEnded(r hbone.StreamResult) {
-	if r.Status == http.StatusOK || p.cfg.FlowLog == nil {
-		return
+// tunnelEnded records the streams over transport refused before any
+// request.
+func (p *Proxy) tunnelEnded(transport string) func(hbone.StreamResult) {
+	return func(r hbone.StreamResult) {
+		if r.Status == http.StatusOK || p.cfg.FlowLog == nil {
+			return
+		}
+		view := p.cfg.Store.Current()
+		f := telemetry.Flow{Start: r.Start, Duration: r.Duration, Reporter: "waypoint", Decision: telemetry.Deny,
+			Src: p.srcPeer(view, &tunnelInfo{peer: r.Peer, peerAddr: r.PeerAddr}), Security: "mutual_tls", Transport: transport}
+		f.Dst.Addr = r.Authority.String()
+		if r.Err != nil {
+			f.Error = r.Err.Error()
+		}
+		p.cfg.FlowLog.Record(f)
 	}
-	view := p.cfg.Store.Current()
-	f := telemetry.Flow{Start: r.Start, Duration: r.Duration, Reporter: "waypoint", Decision: telemetry.Deny,
-		Src: p.srcPeer(view, &tunnelInfo{peer: r.Peer, peerAddr: r.PeerAddr}), Security: "mutual_tls", Transport: "hbone"}
-	f.Dst.Addr = r.Authority.String()
-	if r.Err != nil {
-		f.Error = r.Err.Error()
-	}
-	p.cfg.FlowLog.Record(f)
 }
 
 // forwardedFor reads the for= of a Forwarded header (RFC 7239), as ztunnel

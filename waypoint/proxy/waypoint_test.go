@@ -11,7 +11,10 @@ import (
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 )
 
@@ -79,6 +82,33 @@ func (m *testMesh) echo(addr, msg string) error {
 		return fmt.Errorf("echo %q, want %q", got, msg)
 	}
 	return nil
+}
+
+// TestWaypoint_OverQUIC: a waypoint whose workload asks for QUIC
+// (tunnel_transport, as istiod-lite sets it from the namespace's
+// annotation) is reached over HBONE/3 by the client's ztunnel: requests
+// are routed and answered, and the client's ztunnel and the waypoint
+// both record the transport. The waypoint's onward tunnels stay HTTP/2.
+func TestWaypoint_OverQUIC(t *testing.T) {
+	m := newTestMesh(t)
+	wp := proto.Clone(m.store.Current().Workload(podUID(m.wp))).(*workloadapi.Workload)
+	wp.TunnelTransport = workloadapi.TunnelTransport_QUIC
+	if err := m.store.Apply(state.Update{Workloads: []*workloadapi.Workload{wp}}); err != nil {
+		t.Fatal(err)
+	}
+	c := m.httpClient(t, false)
+	for range 5 {
+		if r := do(t, c, "GET", "/quic", nil); r.code != 200 || (r.body != "v1" && r.body != "v2") {
+			t.Fatalf("got %d %q, want 200 from v1 or v2", r.code, r.body)
+		}
+	}
+	findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "transport": "hbone3", "src.identity": id("client"),
+		"src.workload": "client-1", "path": "/quic", "response_code": 200, "dst.identity": id("server")})
+	c.CloseIdleConnections() // the client's flow is logged when its connection ends
+	findFlow(t, m.ztLogs[0], map[string]any{"reporter": "source", "transport": "hbone3", "src.identity": id("client"),
+		"dst.identity": id("waypoint"), "dst.service": serverHost})
+	m.proxy.CloseIdleConnections()
+	findFlow(t, m.ztLogs[1], map[string]any{"reporter": "destination", "transport": "hbone", "src.identity": id("waypoint")})
 }
 
 // TestWaypoint_EndToEnd runs a client pod, a waypoint pod and two server
