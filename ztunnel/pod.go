@@ -22,6 +22,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/hbone3"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/netns"
+	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
@@ -180,7 +181,7 @@ func (p *podProxy) newTunnels() (*hbone.Server, *hbone3.Server, error) {
 		Logger:       p.z.log,
 		// A handshake is never waited for past the QUIC share of the
 		// connect timeout, so none lingers after its dialers fell back.
-		HandshakeTimeout: quicBudget(p.z.cfg.ConnectTimeout),
+		HandshakeTimeout: quicfallback.Budget(p.z.cfg.ConnectTimeout),
 	}); err != nil {
 		return nil, nil, err
 	}

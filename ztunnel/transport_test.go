@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
@@ -33,99 +31,6 @@ func newFakeClock() *fakeClock {
 
 func (c *fakeClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
 func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
-
-func TestQUICFailures_RememberedForTTLThenTriedAgain(t *testing.T) {
-	clk := newFakeClock()
-	m := newQUICFailures(5*time.Minute, 10, clk.now)
-	a := netip.MustParseAddrPort("10.244.2.2:15008")
-	if m.avoid(a) {
-		t.Fatal("an address never failed is avoided")
-	}
-	if !m.failed(a) {
-		t.Fatal("first failure not reported as new")
-	}
-	clk.advance(5*time.Minute - time.Nanosecond)
-	if !m.avoid(a) {
-		t.Fatal("forgotten before the period ended")
-	}
-	if m.avoid(netip.MustParseAddrPort("10.244.2.3:15008")) {
-		t.Fatal("another address is avoided")
-	}
-	clk.advance(time.Nanosecond)
-	if m.avoid(a) {
-		t.Fatal("still avoided once the period ended: QUIC is never tried again")
-	}
-	if m.len() != 0 {
-		t.Fatalf("expired entry kept: %d entries", m.len())
-	}
-	if !m.failed(a) {
-		t.Fatal("failure after expiry not reported as new")
-	}
-}
-
-func TestQUICFailures_RepeatedFailureExtendsQuietly(t *testing.T) {
-	clk := newFakeClock()
-	m := newQUICFailures(time.Minute, 10, clk.now)
-	a := netip.MustParseAddrPort("10.244.2.2:15008")
-	m.failed(a)
-	clk.advance(30 * time.Second)
-	if m.failed(a) {
-		t.Fatal("a failure while remembered is reported as new (would log per connection)")
-	}
-	clk.advance(45 * time.Second) // 75 s after the first, 45 s after the second
-	if !m.avoid(a) {
-		t.Fatal("the second failure did not extend the period")
-	}
-}
-
-func TestQUICFailures_Bounded(t *testing.T) {
-	clk := newFakeClock()
-	m := newQUICFailures(time.Minute, 3, clk.now)
-	addr := func(i int) netip.AddrPort {
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 244, 2, byte(i)}), 15008)
-	}
-	for i := range 3 {
-		m.failed(addr(i))
-		clk.advance(time.Second)
-	}
-	m.failed(addr(3)) // full: the one expiring first (0) goes
-	if m.len() != 3 || m.avoid(addr(0)) || !m.avoid(addr(1)) || !m.avoid(addr(3)) {
-		t.Fatalf("after overflow: %d entries, avoid 0=%v 1=%v 3=%v; want 3 with 0 evicted",
-			m.len(), m.avoid(addr(0)), m.avoid(addr(1)), m.avoid(addr(3)))
-	}
-	clk.advance(time.Minute) // all expired
-	m.failed(addr(4))
-	if m.len() != 1 || !m.avoid(addr(4)) {
-		t.Fatalf("expired entries not dropped to make room: %d entries", m.len())
-	}
-}
-
-func TestFallBackToH2_OnlyBeforeThePeerAnswered(t *testing.T) {
-	live := context.Background()
-	cancelled, cancel := context.WithCancel(context.Background())
-	cancel()
-	for _, tc := range []struct {
-		name   string
-		parent context.Context
-		err    error
-		want   bool
-	}{
-		{"handshake timeout", live, fmt.Errorf("hbone3: waiting for tunnel connection: %w", context.DeadlineExceeded), true},
-		{"no route", live, errors.New("hbone3: QUIC handshake: sendmsg: network is unreachable"), true},
-		{"stream reset before the reply", live, errors.New("hbone3: CONNECT: stream reset"), true},
-		{"401 denied by policy", live, &hbone.StatusError{Code: 401}, false},
-		{"400 bad destination", live, fmt.Errorf("wrapped: %w", &hbone.StatusError{Code: 400}), false},
-		{"503 upstream failed", live, &hbone.StatusError{Code: 503}, false},
-		{"caller gave up", cancelled, context.Canceled, false},
-	} {
-		if got := fallBackToH2(tc.parent, tc.err); got != tc.want {
-			t.Errorf("%s: fallBackToH2 = %v, want %v", tc.name, got, tc.want)
-		}
-	}
-	if b := quicBudget(5 * time.Second); b <= 0 || b >= 5*time.Second {
-		t.Errorf("QUIC budget %v leaves HTTP/2 no time within the connect timeout", b)
-	}
-}
 
 // setTransport makes pod p ask for tr.
 func (m *mesh) setTransport(t testing.TB, p *testenv.Pod, tr workloadapi.TunnelTransport) {
@@ -312,9 +217,9 @@ func TestZtunnel_BlockedQUICFallsBackToHTTP2(t *testing.T) {
 		t.Fatalf("connection with QUIC blocked: %v", err)
 	}
 	first := time.Since(start)
-	t.Logf("first connection, QUIC blocked: %v (QUIC budget %v, connect timeout %v)", first, quicBudget(connectTimeout), connectTimeout)
-	if first < quicBudget(connectTimeout) || first >= connectTimeout {
-		t.Errorf("fallback took %v; want QUIC tried for %v, then HTTP/2, all within %v", first, quicBudget(connectTimeout), connectTimeout)
+	t.Logf("first connection, QUIC blocked: %v (QUIC budget %v, connect timeout %v)", first, quicfallback.Budget(connectTimeout), connectTimeout)
+	if first < quicfallback.Budget(connectTimeout) || first >= connectTimeout {
+		t.Errorf("fallback took %v; want QUIC tried for %v, then HTTP/2, all within %v", first, quicfallback.Budget(connectTimeout), connectTimeout)
 	}
 	findFlow(t, m.logs[0], map[string]any{"reporter": "source", "src.identity": id("alice"), "transport": "hbone", "decision": "allow"})
 	findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "src.identity": id("alice"), "transport": "hbone", "decision": "allow"})
@@ -337,7 +242,7 @@ func TestZtunnel_BlockedQUICFallsBackToHTTP2(t *testing.T) {
 	if udp, tcp := tunnelPackets(t, capture); udp != 0 || tcp == 0 {
 		t.Fatalf("while remembered: %d UDP and %d TCP packets of port 15008; want no QUIC attempt, TCP only", udp, tcp)
 	}
-	if second >= quicBudget(connectTimeout) || fallbacks() != 1 {
+	if second >= quicfallback.Budget(connectTimeout) || fallbacks() != 1 {
 		t.Errorf("second connection took %v with %v fallbacks; want straight to HTTP/2", second, fallbacks())
 	}
 
@@ -395,8 +300,8 @@ func TestZtunnel_QUICDenialIsNotRetriedOverHTTP2(t *testing.T) {
 			t.Fatalf("the denied tunnel was retried over HTTP/2: %v", f)
 		}
 	}
-	if n := counter(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil); n != 0 || m.zt[0].quicDown.len() != 0 {
-		t.Fatalf("a denial counted as a QUIC failure: %v fallbacks, %d remembered", n, m.zt[0].quicDown.len())
+	if n := counter(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil); n != 0 || m.zt[0].quicDown.Len() != 0 {
+		t.Fatalf("a denial counted as a QUIC failure: %v fallbacks, %d remembered", n, m.zt[0].quicDown.Len())
 	}
 }
 

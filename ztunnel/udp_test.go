@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ambientmesh/ambient/internal/netns"
+	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
@@ -168,9 +169,9 @@ func TestZtunnel_UDPBlockedQUICFallsBackToHTTP2(t *testing.T) {
 		t.Fatalf("query with QUIC blocked: %q, %v", answer, err)
 	}
 	took := time.Since(start)
-	t.Logf("first flow, QUIC blocked: answered in %v (QUIC budget %v, connect timeout %v)", took, quicBudget(connectTimeout), connectTimeout)
-	if took < quicBudget(connectTimeout) || took >= connectTimeout {
-		t.Errorf("answered after %v; want QUIC tried for %v, then HTTP/2, all within %v", took, quicBudget(connectTimeout), connectTimeout)
+	t.Logf("first flow, QUIC blocked: answered in %v (QUIC budget %v, connect timeout %v)", took, quicfallback.Budget(connectTimeout), connectTimeout)
+	if took < quicfallback.Budget(connectTimeout) || took >= connectTimeout {
+		t.Errorf("answered after %v; want QUIC tried for %v, then HTTP/2, all within %v", took, quicfallback.Budget(connectTimeout), connectTimeout)
 	}
 	want := map[string]any{"src.identity": id("alice"), "protocol": "udp", "transport": "hbone", "decision": "allow"}
 	want["reporter"] = "source"

@@ -103,6 +103,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
@@ -143,7 +144,7 @@ type Config struct {
 	// HTTP/2 fallback included. Default 5 s.
 	ConnectTimeout time.Duration
 	// QUICRetryAfter is how long tunnels to an address go straight to
-	// HTTP/2 after QUIC to it failed. Default DefaultQUICRetryAfter.
+	// HTTP/2 after QUIC to it failed. Default quicfallback.DefaultRetryAfter.
 	QUICRetryAfter time.Duration
 	// Clock times QUICRetryAfter; default time.Now.
 	Clock func() time.Time
@@ -164,7 +165,7 @@ type Ztunnel struct {
 	cfg      Config
 	log      *slog.Logger
 	rand     *lockedRand
-	quicDown *quicFailures // tunnel addresses where QUIC failed lately
+	quicDown *quicfallback.Failures // tunnel addresses where QUIC failed lately
 
 	mu       sync.Mutex           // guards the fields below
 	netns    map[string]string    // pod key (uid or namespace/name) → netns path (from AddPod)
@@ -197,7 +198,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		cfg.DrainTimeout = 5 * time.Second
 	}
 	if cfg.QUICRetryAfter == 0 {
-		cfg.QUICRetryAfter = DefaultQUICRetryAfter
+		cfg.QUICRetryAfter = quicfallback.DefaultRetryAfter
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
@@ -209,7 +210,7 @@ func New(cfg Config) (*Ztunnel, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		rand:     &lockedRand{r: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))},
-		quicDown: newQUICFailures(cfg.QUICRetryAfter, maxQUICFailures, cfg.Clock),
+		quicDown: quicfallback.NewFailures(cfg.QUICRetryAfter, quicfallback.DefaultMaxRemembered, cfg.Clock),
 		netns:    make(map[string]string),
 		pods:     make(map[string]*podProxy),
 		changed:  make(chan struct{}, 1),
@@ -410,12 +411,12 @@ func (z *Ztunnel) opened(f telemetry.Flow) {
 }
 
 // quicFailed notes a QUIC tunnel dial to addr that falls back to HTTP/2,
-// logging once per QUICRetryAfter per address.
-func (z *Ztunnel) quicFailed(addr netip.AddrPort, err error) {
+// logging once per QUICRetryAfter per address (fresh).
+func (z *Ztunnel) quicFailed(addr netip.AddrPort, err error, fresh bool) {
 	if z.cfg.Metrics != nil {
 		z.cfg.Metrics.QUICFallback()
 	}
-	if z.quicDown.failed(addr) {
+	if fresh {
 		z.log.Info("QUIC tunnel failed; using HTTP/2 to this address for a while", "addr", addr, "for", z.cfg.QUICRetryAfter, "err", err)
 	}
 }

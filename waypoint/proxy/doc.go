@@ -57,8 +57,9 @@
 //     an endpoint is picked by the backend's load balancer, skipping the
 //     endpoints outlier detection ejected (see Resilience); a mesh workload is reached over HBONE at its ztunnel (ip:15008,
 //     :authority ip:targetPort) as the waypoint's identity, verifying the
-//     workload's, with hbone's pooled client; a workload outside the mesh
-//     over plain TCP. HTTP/1.1 upstreams use an http.Transport whose
+//     workload's, with hbone's pooled client, or hbone3's when the
+//     workload asks for QUIC (falling back to HTTP/2 as ztunnel does,
+//     internal/quicfallback); a workload outside the mesh over plain TCP. HTTP/1.1 upstreams use an http.Transport whose
 //     DialContext returns the tunnel (keep-alive pools per endpoint);
 //     HTTP/2 (when the client spoke h2c, or the Service port's appProtocol
 //     is HTTP2 or GRPC) a Transport with only UnencryptedHTTP2. The
@@ -219,8 +220,6 @@
 // server-first protocol waits for the client's first bytes, as Istio's
 // default protocol detection does (no timeout: a slow HTTP client must
 // not fall to L4).
-// Tunnels onward to the endpoints are HTTP/2 only, whatever transport
-// the endpoint asks for (every ztunnel serves both).
 // Of the resilience policy: DestinationRule
 // subsets (routes cannot name them), and for HTTP/2 backends maxConnections, http1MaxPendingRequests and
 // maxRequestsPerConnection (requests multiplex on one connection per

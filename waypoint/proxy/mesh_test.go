@@ -262,6 +262,13 @@ func (m *testMesh) startWaypoint(t *testing.T, opts ...func(*proxy.Config)) {
 		DialTCP: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			return netns.DialTCP(ctx, path, addr)
 		},
+		ListenPacket: func(context.Context, netip.AddrPort) (net.PacketConn, error) {
+			c, err := netns.ListenUDP(path, "0.0.0.0:0")
+			if err != nil {
+				return nil, err // not a typed nil in the interface
+			}
+			return c, nil
+		},
 		FlowLog: telemetry.NewFlowLog(m.wpLog), Metrics: metrics, Seed: 1, DrainTimeout: 2 * time.Second,
 	}
 	for _, o := range opts {

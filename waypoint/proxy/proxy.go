@@ -22,6 +22,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/hbone3"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
@@ -56,6 +57,10 @@ type Config struct {
 	// DialTCP opens TCP connections to ztunnels' 15008 and to endpoints
 	// outside the mesh. Default net.Dialer.
 	DialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ListenPacket opens the UDP socket of one HBONE/3 connection to a
+	// ztunnel whose endpoint asks for QUIC (the socket is the
+	// connection's; it is closed with it). Default an unbound UDP socket.
+	ListenPacket func(ctx context.Context, dst netip.AddrPort) (net.PacketConn, error)
 	// FlowLog receives one record per request (and per L4 connection).
 	FlowLog *telemetry.FlowLog
 	// Metrics counts requests; nil counts nothing.
@@ -115,6 +120,11 @@ type Proxy struct {
 	hb     *hbone.Server
 	hb3    *hbone3.Server // nil without Config.PacketConn
 	client *hbone.Client
+	// client3 tunnels to endpoints that ask for QUIC, unless QUIC to
+	// their address failed lately (quicDown): then, and for the others,
+	// client.
+	client3  *hbone3.Client
+	quicDown *quicfallback.Failures
 	// defConn are the connection settings of a service without its own;
 	// defUp their upstream clients, always in the table (upstream.go).
 	defConn connSettings
@@ -240,6 +250,22 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.client3, err = hbone3.NewClient(hbone3.ClientConfig{
+		TLSConfig: func(_, dst spiffeid.ID) (*tls.Config, error) {
+			return identity.ClientConfig(cfg.SVIDs, cfg.Bundles, dst), nil
+		},
+		ListenPacket: func(ctx context.Context, _ spiffeid.ID, dst netip.AddrPort) (net.PacketConn, error) {
+			if cfg.ListenPacket != nil {
+				return cfg.ListenPacket(ctx, dst)
+			}
+			return net.ListenPacket("udp", ":0")
+		},
+		Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.quicDown = quicfallback.NewFailures(0, 0, nil)
 	p.hb, err = hbone.NewServer(hbone.ServerConfig{
 		TLSConfig: identity.ServerConfig(cfg.SVIDs, cfg.Bundles, td),
 		Authorize: p.authorizeTunnel,
@@ -362,6 +388,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.l4.Wait()
 	p.CloseIdleConnections()
 	p.client.Close()
+	p.client3.Close()
 	return err
 }
 

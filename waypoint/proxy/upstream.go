@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/waypointapi"
+	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/h1client"
 	"github.com/ambientmesh/ambient/ztunnel/outbound"
 )
@@ -210,8 +212,10 @@ func connectTimedOut(err, dialCtxErr, callerErr error) bool {
 
 // dialConn connects to an endpoint, addr "ip:port". A mesh workload is
 // reached through HBONE at its ztunnel (ip:15008, :authority ip:port), as
-// the waypoint's identity, verifying the workload's; a workload outside
-// the mesh over plain TCP.
+// the waypoint's identity, verifying the workload's: over QUIC when the
+// workload asks for it, with HTTP/2 as the fallback within ctx, as
+// ztunnel chooses (internal/quicfallback); a workload outside the mesh
+// over plain TCP.
 func (p *Proxy) dialConn(ctx context.Context, _, addr string) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -229,8 +233,17 @@ func (p *Proxy) dialConn(ctx context.Context, _, addr string) (net.Conn, error) 
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("waypoint: dial %s: %w", addr, err)}
 	}
-	c, err := p.client.Dial(ctx, hbone.Target{Source: p.cfg.Identity, Destination: id,
-		Address: netip.AddrPortFrom(ap.Addr(), outbound.HBONEPort), Authority: ap})
+	t := hbone.Target{Source: p.cfg.Identity, Destination: id, Address: netip.AddrPortFrom(ap.Addr(), outbound.HBONEPort), Authority: ap}
+	budget := quicfallback.Budget(p.defConn.connect)
+	if dl, ok := ctx.Deadline(); ok {
+		budget = quicfallback.Budget(time.Until(dl))
+	}
+	c, _, err := quicfallback.Dial(ctx, p.quicDown, t, outbound.TransportOf(w) == workloadapi.TunnelTransport_QUIC, budget,
+		p.client3.Dial, p.client.Dial, func(err error, fresh bool) {
+			if fresh {
+				p.log.Info("QUIC tunnel failed; using HTTP/2 to this address for a while", "addr", t.Address, "for", p.quicDown.RetryAfter(), "err", err)
+			}
+		})
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("waypoint: HBONE to %s as %s: %w", addr, id, err)}
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambientmesh/ambient/internal/state"
+	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 )
@@ -84,16 +85,20 @@ func (m *testMesh) echo(addr, msg string) error {
 	return nil
 }
 
-// TestWaypoint_OverQUIC: a waypoint whose workload asks for QUIC
-// (tunnel_transport, as istiod-lite sets it from the namespace's
-// annotation) is reached over HBONE/3 by the client's ztunnel: requests
-// are routed and answered, and the client's ztunnel and the waypoint
-// both record the transport. The waypoint's onward tunnels stay HTTP/2.
+// TestWaypoint_OverQUIC: with the waypoint and the servers asking for
+// QUIC (tunnel_transport, as istiod-lite sets it from the namespace's
+// annotation), the client's ztunnel reaches the waypoint over HBONE/3 and
+// the waypoint the servers' ztunnel too: requests are routed and
+// answered, and every hop's flow records name the transport.
 func TestWaypoint_OverQUIC(t *testing.T) {
 	m := newTestMesh(t)
-	wp := proto.Clone(m.store.Current().Workload(podUID(m.wp))).(*workloadapi.Workload)
-	wp.TunnelTransport = workloadapi.TunnelTransport_QUIC
-	if err := m.store.Apply(state.Update{Workloads: []*workloadapi.Workload{wp}}); err != nil {
+	var quic []*workloadapi.Workload
+	for _, p := range []*testenv.Pod{m.wp, m.v1, m.v2} {
+		w := proto.Clone(m.store.Current().Workload(podUID(p))).(*workloadapi.Workload)
+		w.TunnelTransport = workloadapi.TunnelTransport_QUIC
+		quic = append(quic, w)
+	}
+	if err := m.store.Apply(state.Update{Workloads: quic}); err != nil {
 		t.Fatal(err)
 	}
 	c := m.httpClient(t, false)
@@ -108,7 +113,8 @@ func TestWaypoint_OverQUIC(t *testing.T) {
 	findFlow(t, m.ztLogs[0], map[string]any{"reporter": "source", "transport": "hbone3", "src.identity": id("client"),
 		"dst.identity": id("waypoint"), "dst.service": serverHost})
 	m.proxy.CloseIdleConnections()
-	findFlow(t, m.ztLogs[1], map[string]any{"reporter": "destination", "transport": "hbone", "src.identity": id("waypoint")})
+	findFlow(t, m.ztLogs[1], map[string]any{"reporter": "destination", "transport": "hbone3", "src.identity": id("waypoint"),
+		"dst.identity": id("server")})
 }
 
 // TestWaypoint_EndToEnd runs a client pod, a waypoint pod and two server
