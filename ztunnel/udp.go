@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -262,7 +263,7 @@ func (f *udpFlow) udpFlowRun(ctx context.Context) {
 	dctx, cancel := context.WithTimeout(ctx, p.z.cfg.ConnectTimeout)
 	var tunnel hbone.DatagramTunnel
 	if rt.Kind == outbound.Tunnel {
-		tunnel, rt.Transport, err = p.dialUDP(dctx, rt, srcAddr)
+		tunnel, rt.Transport, err = p.dialUDP(dctx, rt, f.key.app)
 	} else {
 		tunnel, err = p.dialUDPPassthrough(dctx, rt.Target)
 	}
@@ -356,7 +357,9 @@ func (f *udpFlow) SetWriteDeadline(time.Time) error { return errors.ErrUnsupport
 
 // dialUDP opens rt's UDP tunnel as the pod's identity over the transport
 // its peer asks for, falling back from QUIC to HTTP/2 as dialTunnel does.
-func (p *podProxy) dialUDP(ctx context.Context, rt outbound.Route, from net.Addr) (hbone.DatagramTunnel, workloadapi.TunnelTransport, error) {
+// Its Forwarded header names the app's socket, port included, so that the
+// destination delivers the datagrams from that very address.
+func (p *podProxy) dialUDP(ctx context.Context, rt outbound.Route, from netip.AddrPort) (hbone.DatagramTunnel, workloadapi.TunnelTransport, error) {
 	overQUIC := func(ctx context.Context, t hbone.Target) (hbone.DatagramTunnel, error) {
 		c, err := p.client3.DialUDP(ctx, t)
 		if err != nil {
@@ -371,7 +374,7 @@ func (p *podProxy) dialUDP(ctx context.Context, rt outbound.Route, from net.Addr
 		}
 		return h2UDPTunnel{s}, nil
 	}
-	return dialPreferringQUIC(ctx, p, rt, from, overQUIC, overH2)
+	return dialPreferringQUIC(ctx, p, rt, `"`+from.String()+`"`, overQUIC, overH2)
 }
 
 // h2UDPTunnel is a connect-udp Session on an HTTP/2 stream as a relay's
@@ -426,16 +429,46 @@ func (t passthroughUDP) Close() error      { return t.c.Close() }
 
 // dialAppUDP connects an allowed connect-udp stream to the app inside
 // the pod: a socket bound transparently to the tunnel peer's IP (the
-// source pod's address) on an ephemeral port, so the app sees the remote
-// pod as the source, and its replies come back to this socket.
+// source pod's address) and the source app's port (from the Forwarded
+// header, else an ephemeral one), so the app sees the remote app's socket
+// as the source, and its replies come back to this socket. The port is
+// only taken for the peer's own address: the IP is always the verified
+// peer's.
 func (p *podProxy) dialAppUDP(st *hbone.Stream, tunnel tunnelStream) (net.Conn, error) {
 	if !p.z.cfg.CaptureUDP {
 		return nil, errUDPDisabled
 	}
-	from := netip.AddrPortFrom(st.PeerAddr.Addr().Unmap(), 0)
+	peer := st.PeerAddr.Addr().Unmap()
+	from := netip.AddrPortFrom(peer, 0)
+	if fwd := forwardedAddrPort(st.Header().Get("Forwarded")); fwd.Addr().Unmap() == peer {
+		from = netip.AddrPortFrom(peer, fwd.Port())
+	}
 	c, err := udpcapture.DialApp(p.nsPath, from, st.Authority)
+	if err != nil && from.Port() != 0 {
+		// The bind was refused (the address taken by a socket that does
+		// not share it): the datagrams still arrive, from another port.
+		c, err = udpcapture.DialApp(p.nsPath, netip.AddrPortFrom(peer, 0), st.Authority)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return p.track(c, tunnel), nil
+}
+
+// forwardedAddrPort reads the first for= of a Forwarded header (RFC 7239)
+// when it names an address and port, `for="10.0.0.1:5353"` or
+// `for="[fd00::1]:5353"`; anything else is the zero AddrPort.
+func forwardedAddrPort(h string) netip.AddrPort {
+	for _, pair := range strings.FieldsFunc(h, func(r rune) bool { return r == ';' || r == ',' }) {
+		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if !ok || !strings.EqualFold(k, "for") {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(strings.Trim(v, `"`))
+		if err != nil {
+			return netip.AddrPort{}
+		}
+		return ap
+	}
+	return netip.AddrPort{}
 }

@@ -88,7 +88,8 @@ func udpAddr(p *testenv.Pod, port uint16) netip.AddrPort { return netip.AddrPort
 // DNS-style query from a pod to a pod on the other node is answered
 // through the tunnel, over HTTP/2 and, when the server asks for QUIC,
 // over HTTP/3 datagrams; nothing but tunnel traffic crosses the node link;
-// the app sees the client pod's IP as the source; both ends record the
+// the app sees the client app's socket (the pod's IP, the app's port) as
+// the source; both ends record the
 // flow as UDP with the client's identity and the bytes each way.
 func TestZtunnel_UDPRequestResponseCarriesCallerIdentity(t *testing.T) {
 	for _, tc := range []struct {
@@ -106,7 +107,12 @@ func TestZtunnel_UDPRequestResponseCarriesCallerIdentity(t *testing.T) {
 			})
 			capture := m.topo.Nodes[1].Capture(t)
 			query := "hello from " + podUID(alice) + " over " + tc.transport
-			answer, err := udpQuery(t, alice, udpAddr(server, 5353), query, 10*time.Second)
+			c, err := netns.DialUDP(context.Background(), alice.Path, udpAddr(server, 5353).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			answer, err := udpAsk(c, query, 10*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -119,8 +125,8 @@ func TestZtunnel_UDPRequestResponseCarriesCallerIdentity(t *testing.T) {
 				tc.tr == workloadapi.TunnelTransport_H2 && (tcp == 0 || udp != 0) {
 				t.Fatalf("node link carried %d UDP and %d TCP packets of port 15008 over %s", udp, tcp, tc.transport)
 			}
-			if src := <-res.seen; src.Addr().Unmap() != alice.IP {
-				t.Fatalf("the app saw the query from %s, want the client pod's IP %s", src, alice.IP)
+			if src, app := <-res.seen, c.LocalAddr().(*net.UDPAddr).AddrPort(); src.Addr().Unmap() != alice.IP || src.Port() != app.Port() {
+				t.Fatalf("the app saw the query from %s, want the client app's socket, %s port %d", src, alice.IP, app.Port())
 			}
 			want := map[string]any{"src.identity": id("alice"), "dst.identity": id("server"), "decision": "allow",
 				"transport": tc.transport, "protocol": "udp", "bytes_sent": float64(len(query)),
@@ -143,6 +149,36 @@ func TestZtunnel_UDPRequestResponseCarriesCallerIdentity(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestZtunnel_UDPOneSocketTwoDestinations: one app socket talking to two
+// ports of a pod on the other node opens two flows, and each app sees the
+// same source, the app's socket: the destination ztunnel binds that
+// address once per flow (shared, each socket connected to its app).
+func TestZtunnel_UDPOneSocketTwoDestinations(t *testing.T) {
+	m := udpMesh(t, 500*time.Millisecond)
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	resolvers := []*resolver{startResolver(t, server, 5353), startResolver(t, server, 5354)}
+	c, err := netns.ListenUDP(alice.Path, "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	app := c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	for i, port := range []uint16{5353, 5354} {
+		if _, err := c.WriteToUDPAddrPort([]byte("q"), udpAddr(server, port)); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 64)
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil || string(buf[:n]) != "answer to q" || from.Port() != port {
+			t.Fatalf("to port %d: %q from %s, %v", port, buf[:n], from, err)
+		}
+		if src := <-resolvers[i].seen; src.Addr().Unmap() != alice.IP || src.Port() != app {
+			t.Errorf("the app on port %d saw %s, want %s port %d", port, src, alice.IP, app)
+		}
 	}
 }
 
