@@ -111,12 +111,15 @@
 //     whole exchange; to an HTTP/1.1 backend each attempt holds one of
 //     maxConnections (an HTTP/1.1 connection carries one request at a
 //     time), waiting for one as a pending request, at most
-//     http1MaxPendingRequests at once. A limit reached is answered 503 at
+//     http1MaxPendingRequests at once; to an HTTP/2 backend each open
+//     connection the cluster's requests opened holds one, and a request
+//     that would need one more is refused (Envoy's HTTP/2 pool). A limit reached is answered 503 at
 //     once, "upstream connect error or disconnect/reset before headers.
 //     reset reason: overflow" with x-envoy-overloaded (UO), never queued
 //     without bound. A retry refused by maxRetries returns the last
 //     answer as it is, adding UO. maxRequestsPerConnection closes an
-//     HTTP/1.1 connection after that many requests.
+//     HTTP/1.1 connection after that many requests, and an HTTP/2 one
+//     after its streams in flight end (it takes no new one).
 //   - connectTimeout and idleTimeout belong to the backend service too
 //     (upstream.go). connectTimeout bounds the establishing of a new
 //     upstream connection: the whole HBONE connect (TCP and TLS to the
@@ -220,8 +223,10 @@
 // server-first protocol waits for the client's first bytes, as Istio's
 // default protocol detection does (no timeout: a slow HTTP client must
 // not fall to L4).
-// Of the resilience policy: DestinationRule
-// subsets (routes cannot name them), and for HTTP/2 backends maxConnections, http1MaxPendingRequests and
-// maxRequestsPerConnection (requests multiplex on one connection per
-// endpoint).
+// Of the resilience policy: DestinationRule subsets (routes cannot name
+// them), and for HTTP/2 backends http1MaxPendingRequests (no request
+// waits for an HTTP/2 connection but while it is dialled). An HTTP/2
+// connection's maxConnections slot belongs to the cluster whose request
+// opened it, though services with the same endpoint and connection
+// settings may share it.
 package proxy

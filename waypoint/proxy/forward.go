@@ -427,8 +427,11 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, memo 
 		if perTry > 0 {
 			actx, acancel = context.WithTimeout(ctx, perTry)
 		}
+		if up.h2 {
+			actx = h2Limit(actx, cl)
+		}
 		req := o.request(actx, peer.Addr, reuse)
-		if cl != nil && !up.h2 {
+		if cl != nil {
 			req = limitPerConn(req, cl.pool.perConn)
 		}
 		resp, err := transport.RoundTrip(req)
@@ -463,6 +466,10 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, memo 
 		}
 		acancel()
 		at.releaseAttempt()
+		if errors.Is(err, resilience.ErrOverflow) { // no HTTP/2 connection may be opened: not the endpoint's doing
+			p.overflow(rec)
+			return
+		}
 		rec.flow.Error = err.Error()
 		if r.Context().Err() == nil {
 			cl.observe(lb, 0, err) // a local-origin error, unless the client left

@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -114,8 +115,9 @@ type cluster struct {
 type connPool struct {
 	src     *waypointapi.ConnectionPool
 	limiter *resilience.Limiter
-	// conns are the HTTP/1.1 connections in use (one per request in
-	// flight), at most maxConnections; nil: unlimited.
+	// conns are the connections in use, at most maxConnections (nil:
+	// unlimited): an HTTP/1.1 connection per request in flight, and each
+	// open HTTP/2 connection this cluster's requests opened (h2Limit).
 	conns       chan struct{}
 	releaseConn func()
 	perConn     uint32 // maxRequestsPerConnection, 0: unlimited
@@ -409,9 +411,12 @@ func (p *connPool) tryConn() (release func(), ok bool) {
 	}
 }
 
-// limitPerConn applies maxRequestsPerConnection to an HTTP/1.1 request:
-// with 1 every request closes its connection; with n the request that is
-// the n-th on its connection asks for it to be closed after the response.
+// limitPerConn applies maxRequestsPerConnection to a request: with 1
+// every request closes its connection; with n the request that is the
+// n-th on its connection asks for it to be closed after the response.
+// Over HTTP/2 the same asking ("Connection: close", never sent as a
+// field) marks the connection for no new streams: it closes once its
+// streams in flight end, as Envoy drains it.
 func limitPerConn(req *http.Request, n uint32) *http.Request {
 	if n == 0 {
 		return req
@@ -423,17 +428,65 @@ func limitPerConn(req *http.Request, n uint32) *http.Request {
 	req.Header = req.Header.Clone() // the header is shared with other attempts and mirrors
 	h := req.Header
 	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if c, ok := info.Conn.(*upConn); ok && c.requests.Add(1) >= n {
+		conn := info.Conn
+		if tc, ok := conn.(*tls.Conn); ok { // how http.Transport wraps an h2c connection
+			conn = tc.NetConn()
+		}
+		if c, ok := conn.(*upConn); ok && c.requests.Add(1) >= n {
 			h.Set("Connection", "close")
 		}
 	}}
 	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 }
 
-// upConn is an upstream connection, counting the requests it carried.
+// h2PoolKey is the context key under which an HTTP/2 request carries its
+// cluster's connection pool to the dial (http.Transport dials with the
+// request's context values): a new connection takes one of its
+// maxConnections for as long as it is open.
+type h2PoolKey struct{}
+
+// h2Limit gives an HTTP/2 request's context its cluster's connection
+// limit, when the cluster has one.
+func h2Limit(ctx context.Context, cl *cluster) context.Context {
+	if cl == nil || cl.pool.conns == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, h2PoolKey{}, cl.pool)
+}
+
+// h2ConnSlot takes, for a connection about to be dialled for ctx's HTTP/2
+// request, one of its cluster's maxConnections, without waiting: none
+// free is resilience.ErrOverflow, as Envoy's HTTP/2 pool fails a request
+// that would need a connection beyond the limit. release (nil: nothing
+// held) gives it back.
+func h2ConnSlot(ctx context.Context) (release func(), err error) {
+	pool, ok := ctx.Value(h2PoolKey{}).(*connPool)
+	if !ok {
+		return nil, nil
+	}
+	release, ok = pool.tryConn()
+	if !ok {
+		return nil, fmt.Errorf("waypoint: maxConnections reached: %w", resilience.ErrOverflow)
+	}
+	return release, nil
+}
+
+// upConn is an upstream connection, counting the requests it carried;
+// closing it gives back the connection slot it holds, if any.
 type upConn struct {
 	net.Conn
 	requests atomic.Uint32
+	release  func() // nil: no slot held
+	once     sync.Once
+}
+
+// Close implements net.Conn.
+func (c *upConn) Close() error {
+	err := c.Conn.Close()
+	if c.release != nil {
+		c.once.Do(c.release)
+	}
+	return err
 }
 
 // CloseWrite half-closes the connection (an upgraded one's client ended

@@ -382,26 +382,74 @@ func TestWaypoint_Resilience(t *testing.T) {
 		findFlow(t, m.wpLog, map[string]any{"path": "/sick/retry", "response_flags": "URX"})
 	})
 
-	t.Run("maxRequestsPerConnection", func(t *testing.T) {
-		for _, perConn := range []int{1, 2} {
-			m.setL7(t, serverRoute(toV1)+resilienceFor(serverV1Host,
-				"  traffic_policy: {connection_pool: {max_requests_per_connection: "+strconv.Itoa(perConn)+"}}\n"))
+	// HTTP/2 to the backend: each open connection holds one of
+	// maxConnections; a request that would need one more is refused at
+	// once (503 UO), not counted against the endpoint; one that can
+	// share an open connection goes through. Round robin alternates the
+	// two endpoints, so every other request needs the second connection.
+	t.Run("maxConnections 1 over HTTP/2: one connection, the second refused", func(t *testing.T) {
+		h2c := m.httpClient(t, true)
+		m.setL7(t, resilienceFor(serverHost, "  traffic_policy: {load_balancer: LB_ROUND_ROBIN, connection_pool: {max_connections: 1}}\n"))
+		m.proxy.CloseIdleConnections()
+		before := m.flagCount(t, "UO", "503")
+		served := map[string]int{}
+		for i := range 6 {
+			r := do(t, h2c, "GET", "/h2-conns", nil)
+			switch {
+			case r.code == 200 && r.header.Get("X-Proto") == "HTTP/2.0":
+				served[r.body]++
+			case r.code == 503 && r.header.Get("X-Envoy-Overloaded") == "true":
+			default:
+				t.Fatalf("request %d: %d %q (%s)", i, r.code, r.body, r.header.Get("X-Proto"))
+			}
+		}
+		if len(served) != 1 || m.flagCount(t, "UO", "503")-before != 3 {
+			t.Fatalf("served by %v, %v overflows; want one endpoint's connection serving 3, 3 refused", served, m.flagCount(t, "UO", "503")-before)
+		}
+		// A connection closed gives its slot back: with the idle one
+		// closed before each request, every endpoint's turn gets one.
+		seen := map[string]int{}
+		for i := range 4 {
 			m.proxy.CloseIdleConnections()
-			uses := map[string]int{}
-			for range 6 {
-				r := do(t, c, "GET", "/per-conn", nil)
-				if r.code != 200 {
-					t.Fatalf("got %d %q", r.code, r.body)
+			r := do(t, h2c, "GET", "/h2-conns", nil)
+			if r.code != 200 {
+				t.Fatalf("request %d after the open connection closed: %d %q", i, r.code, r.body)
+			}
+			seen[r.body]++
+		}
+		if len(seen) != 2 {
+			t.Fatalf("served by %v, want both endpoints in turn", seen)
+		}
+	})
+
+	// Over HTTP/1.1 and, from an h2c client, over HTTP/2 to the backend,
+	// where the n-th request's connection takes no further request.
+	t.Run("maxRequestsPerConnection", func(t *testing.T) {
+		for _, h2 := range []bool{false, true} {
+			client := c
+			if h2 {
+				client = m.httpClient(t, true)
+			}
+			for _, perConn := range []int{1, 2} {
+				m.setL7(t, serverRoute(toV1)+resilienceFor(serverV1Host,
+					"  traffic_policy: {connection_pool: {max_requests_per_connection: "+strconv.Itoa(perConn)+"}}\n"))
+				m.proxy.CloseIdleConnections()
+				uses := map[string]int{}
+				for range 6 {
+					r := do(t, client, "GET", "/per-conn", nil)
+					if r.code != 200 || r.header.Get("X-Proto") != map[bool]string{false: "HTTP/1.1", true: "HTTP/2.0"}[h2] {
+						t.Fatalf("got %d %q over %s", r.code, r.body, r.header.Get("X-Proto"))
+					}
+					uses[r.header.Get("X-Remote-Addr")]++
 				}
-				uses[r.header.Get("X-Remote-Addr")]++
-			}
-			most := 0
-			for _, n := range uses {
-				most = max(most, n)
-			}
-			t.Logf("maxRequestsPerConnection %d: 6 requests on %d connections", perConn, len(uses))
-			if most > perConn || (perConn > 1 && most < 2) {
-				t.Fatalf("maxRequestsPerConnection %d: requests per connection %v", perConn, uses)
+				most := 0
+				for _, n := range uses {
+					most = max(most, n)
+				}
+				t.Logf("HTTP/2 %t, maxRequestsPerConnection %d: 6 requests on %d connections", h2, perConn, len(uses))
+				if most > perConn || (perConn > 1 && most < 2) {
+					t.Fatalf("HTTP/2 %t, maxRequestsPerConnection %d: requests per connection %v", h2, perConn, uses)
+				}
 			}
 		}
 	})

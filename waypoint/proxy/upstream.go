@@ -182,20 +182,28 @@ var errConnectTimeout = errors.New("connection timeout")
 
 // dialEndpoint is the upstream clients' dial function: dialConn within
 // the connect timeout, the connection counting its requests
-// (maxRequestsPerConnection). The timeout expiring is errConnectTimeout,
+// (maxRequestsPerConnection) and, for an HTTP/2 request of a cluster with
+// maxConnections, holding one of them while open (h2ConnSlot). The timeout expiring is errConnectTimeout,
 // a dialError, and not the context's error: the caller's own deadline
 // (a route timeout) stays distinguishable.
 func (p *Proxy) dialEndpoint(ctx context.Context, network, addr string, timeout time.Duration) (net.Conn, error) {
+	release, err := h2ConnSlot(ctx)
+	if err != nil {
+		return nil, err
+	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c, err := p.dialConn(cctx, network, addr)
 	if err != nil {
+		if release != nil {
+			release()
+		}
 		if connectTimedOut(err, cctx.Err(), ctx.Err()) {
 			return nil, &dialError{fmt.Errorf("waypoint: connect to %s: %w after %v (%v)", addr, errConnectTimeout, timeout, err)}
 		}
 		return nil, err
 	}
-	return &upConn{Conn: c}, nil
+	return &upConn{Conn: c, release: release}, nil
 }
 
 // connectTimedOut reports whether a dial that failed with err, whose own
