@@ -1,19 +1,16 @@
 package hbone
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
-	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/hbonetest"
 )
 
 // serveWith runs a server whose streams are handed to serve instead of
@@ -28,39 +25,17 @@ var servedAuthority = netip.MustParseAddrPort("10.96.0.10:80")
 // stream itself; keep-alive, the stream's identity and the byte counts
 // in the stream's result.
 func TestServe_HTTPServerOnTheStream(t *testing.T) {
-	ln := &chanListener{ch: make(chan net.Conn, 1), done: make(chan struct{})}
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		w.Header().Set("X-Peer", r.RemoteAddr)
-		w.Write(bytes.ToUpper(body))
-	})}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
+	serveHTTP := hbonetest.StartUpperHTTP(t)
 	peers := make(chan string, 1)
 	ts, cl := serveWith(t, func(st *Stream, c net.Conn) {
 		peers <- st.Peer.String()
-		ln.ch <- c
+		serveHTTP(c)
 	})
 	c, err := cl.Dial(ctxT(t), target(ts, servedAuthority))
 	if err != nil {
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(c)
-	for i := range 3 {
-		req, _ := http.NewRequest("POST", "http://svc/echo", strings.NewReader("hello"))
-		if err := req.Write(c); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, req)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || string(body) != "HELLO" {
-			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
-		}
-	}
+	hbonetest.UpperRoundTrips(t, c, 3)
 	if peer := <-peers; peer != clientID.String() {
 		t.Errorf("Serve saw peer %q, want %q", peer, clientID)
 	}
@@ -154,20 +129,3 @@ func TestServe_PastReadDeadlineWakesABlockedRead(t *testing.T) {
 		t.Fatal("a past read deadline did not wake the blocked Read")
 	}
 }
-
-type chanListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-func (l *chanListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
-func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }

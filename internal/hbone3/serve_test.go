@@ -1,21 +1,18 @@
 package hbone3
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ambientmesh/ambient/internal/hbone"
+	"github.com/ambientmesh/ambient/internal/hbonetest"
 )
 
 var servedAuthority = netip.MustParseAddrPort("10.96.0.10:80")
@@ -37,38 +34,17 @@ func serveWith(t *testing.T, serve func(st *Stream, c net.Conn)) (*tunnelServer,
 // stream's peer; the stream's result, once the client closes, counts the
 // bytes each way.
 func TestServe3_HTTPServerOnTheStream(t *testing.T) {
-	ln := newChanListener()
-	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		w.Write(bytes.ToUpper(body))
-	})}
-	go hs.Serve(ln)
-	t.Cleanup(func() { hs.Close() })
+	serveHTTP := hbonetest.StartUpperHTTP(t)
 	peers := make(chan string, 1)
 	ts, cl := serveWith(t, func(st *Stream, c net.Conn) {
 		peers <- st.Peer.String()
-		ln.ch <- c // Serve returns at once: the HTTP server owns the conn
+		serveHTTP(c) // Serve returns at once: the HTTP server owns the conn
 	})
 	c, err := cl.Dial(ctxT(t), target(ts, servedAuthority))
 	if err != nil {
 		t.Fatal(err)
 	}
-	br := bufio.NewReader(c)
-	for i := range 3 {
-		req, _ := http.NewRequest("POST", "http://svc/echo", strings.NewReader("hello"))
-		if err := req.Write(c); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, req)
-		if err != nil {
-			t.Fatalf("request %d: %v", i, err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || string(body) != "HELLO" {
-			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
-		}
-	}
+	hbonetest.UpperRoundTrips(t, c, 3)
 	if peer := <-peers; peer != clientID.String() {
 		t.Errorf("Serve saw peer %q, want %q", peer, clientID)
 	}
@@ -114,33 +90,3 @@ func TestServe3_RefusalsStillApply(t *testing.T) {
 	default:
 	}
 }
-
-// chanListener hands the conns sent on ch to an http.Server.
-type chanListener struct {
-	ch   chan net.Conn
-	done chan struct{}
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{ch: make(chan net.Conn, 1), done: make(chan struct{})}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	select {
-	case <-l.done:
-	default:
-		close(l.done)
-	}
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }

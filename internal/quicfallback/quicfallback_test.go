@@ -13,17 +13,12 @@ import (
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
 
-// fakeClock is a clock that moves only when told.
-type fakeClock struct{ ns atomic.Int64 }
+// clock is a test's clock: it moves only when told.
+type clock struct{ t time.Time }
 
-func newFakeClock() *fakeClock {
-	c := &fakeClock{}
-	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
-	return c
-}
-
-func (c *fakeClock) now() time.Time          { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) advance(d time.Duration) { c.ns.Add(int64(d)) }
+func newFakeClock() *clock               { return &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
 
 func TestFailures_RememberedForTTLThenTriedAgain(t *testing.T) {
 	clk := newFakeClock()
