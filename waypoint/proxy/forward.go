@@ -104,7 +104,8 @@ var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-A
 
 // upstreamHeader is the request's header as forwarded: hop-by-hop fields
 // dropped ("TE: trailers" kept, gRPC needs it), x-forwarded-proto and
-// x-request-id added when missing, the route's mutations applied;
+// x-request-id added when missing, the route's mutations applied, an
+// absent User-Agent kept absent (no Go client's own added);
 // everything else passes untouched (with tracing on, forward then sets
 // traceparent to the waypoint's span: reqTrace.inject).
 //
@@ -112,7 +113,7 @@ var hopByHop = []string{"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-A
 // part of one array, capped; nil values kept), with room in that array
 // for the fields added, and without the hop-by-hop fields.
 func upstreamHeader(r *http.Request, muts []*route.HeaderMutation) http.Header {
-	const added = 3 // Te, X-Forwarded-Proto, X-Request-Id
+	const added = 4 // Te, X-Forwarded-Proto, X-Request-Id, User-Agent
 	nv := added
 	for _, vv := range r.Header {
 		nv += len(vv)
@@ -153,6 +154,11 @@ func upstreamHeader(r *http.Request, muts []*route.HeaderMutation) http.Header {
 	}
 	for _, m := range muts {
 		m.Apply(h)
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		// Present and empty: Go's HTTP clients then send none, where they
+		// would add their own; a proxy passes the client's, or nothing.
+		h["User-Agent"] = one("")
 	}
 	return h
 }

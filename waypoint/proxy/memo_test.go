@@ -101,6 +101,9 @@ func upstreamHeaderByClone(r *http.Request, muts []*route.HeaderMutation) http.H
 	for _, m := range muts {
 		m.Apply(h)
 	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = []string{""}
+	}
 	return h
 }
 
@@ -115,6 +118,7 @@ func TestUpstreamHeader_AsHeaderClone(t *testing.T) {
 		{"Te": {"gzip, Trailers"}, "Transfer-Encoding": {"chunked"}, "Upgrade": {"ws"}, "Trailer": {"X"}, "Proxy-Connection": {"k"},
 			"Proxy-Authenticate": {"a"}, "Proxy-Authorization": {"b"}, "X-Request-Id": {"mine"}, "connection": {"lower"}},
 		{"Connection": {"upgrade"}, "Upgrade": {"websocket"}, "Content-Type": {"application/grpc"}, "Te": {"trailers"}},
+		{"User-Agent": {"curl/8.5.0"}},
 	} {
 		for _, m := range [][]*route.HeaderMutation{nil, muts} {
 			r := &http.Request{Header: h}

@@ -145,6 +145,22 @@ func TestWaypoint_EndToEnd(t *testing.T) {
 			"method": "GET", "path": "/hello", "response_code": 200, "decision": "allow"})
 	})
 
+	// A proxy passes the client's User-Agent and adds none of its own
+	// (Go's HTTP clients would send theirs).
+	t.Run("the client's User-Agent passes, none is added", func(t *testing.T) {
+		m.setL7(t, "")
+		for _, client := range []*http.Client{c, m.httpClient(t, true)} {
+			for ua, want := range map[string]string{"": "[]", "curl/8.5.0": "[curl/8.5.0]"} {
+				// An empty User-Agent: Go's client sends none.
+				r := do(t, client, "GET", "/ua", map[string]string{"User-Agent": ua})
+				if r.code != 200 || r.header.Get("X-Seen-User-Agent") != want {
+					t.Errorf("%s, client User-Agent %q: %d, the backend saw %s, want %s",
+						r.header.Get("X-Proto"), ua, r.code, r.header.Get("X-Seen-User-Agent"), want)
+				}
+			}
+		}
+	})
+
 	t.Run("weighted split 90/10 over 500 requests", func(t *testing.T) {
 		m.setL7(t, serverRoute(`    backends:
     - {destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 90}
