@@ -586,6 +586,9 @@ func (p *Proxy) writeResponse(rec *reqRecord, r *http.Request, resp *http.Respon
 	for k := range resp.Trailer {
 		h.Add("Trailer", k)
 	}
+	if _, ok := h["Content-Type"]; !ok {
+		h["Content-Type"] = nil // none: net/http would sniff one from the body
+	}
 	rec.w.WriteHeader(resp.StatusCode)
 	rc := http.NewResponseController(&rec.w)
 	flush := resp.ContentLength < 0 || r.ProtoMajor == 2

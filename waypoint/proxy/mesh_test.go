@@ -296,7 +296,7 @@ func (m *testMesh) startWaypoint(t *testing.T, opts ...func(*proxy.Config)) {
 }
 
 // startApp serves, in pod p: HTTP/1.1 and h2c on 8080 (answers name,
-// "/slow" after 2s, "/flaky" 503 on every other call, "/sick/..." 503
+// "/untyped" "<html>"+name with no Content-Type, "/slow" after 2s, "/flaky" 503 on every other call, "/sick/..." 503
 // while m.sick says so, "/hold" when m.hold opens), gRPC health on 9090,
 // a TCP echo on 7070, and on 2525 a server-first protocol: a greeting
 // line ("220 <name> ready"), then an echo.
@@ -312,6 +312,10 @@ func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) 
 		w.Header().Set("X-Seen-User-Agent", fmt.Sprint(r.Header["User-Agent"]))
 		io.Copy(io.Discard, r.Body)
 		io.WriteString(w, name)
+	})
+	mux.HandleFunc("/untyped", func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Content-Type"] = nil // none sent, none sniffed
+		io.WriteString(w, "<html>"+name)
 	})
 	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
 		select {

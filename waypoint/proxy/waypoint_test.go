@@ -161,6 +161,18 @@ func TestWaypoint_EndToEnd(t *testing.T) {
 		}
 	})
 
+	// A response passes with the backend's fields: none sniffed or
+	// added (Go's server would add a Content-Type from the body).
+	t.Run("a response without Content-Type gets none", func(t *testing.T) {
+		m.setL7(t, "")
+		for proto, client := range map[string]*http.Client{"HTTP/1.1": c, "HTTP/2": m.httpClient(t, true)} {
+			r := do(t, client, "GET", "/untyped", nil)
+			if ct, ok := r.header["Content-Type"]; r.code != 200 || !strings.HasPrefix(r.body, "<html>") || ok {
+				t.Errorf("%s: %d %q, Content-Type %q; want 200 and none", proto, r.code, r.body, ct)
+			}
+		}
+	})
+
 	t.Run("weighted split 90/10 over 500 requests", func(t *testing.T) {
 		m.setL7(t, serverRoute(`    backends:
     - {destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 90}
