@@ -168,22 +168,7 @@ func (m *mesh) startZtunnel(t testing.TB, n int, opts ...func(*Config)) {
 func (m *mesh) stopZtunnel(n int) { m.stops[n-1]() }
 
 // startEcho runs a plain TCP echo app on port 8080 inside pod p.
-func startEcho(t testing.TB, p *testenv.Pod) {
-	ln, err := p.Listen("0.0.0.0:8080")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-}
+func startEcho(t testing.TB, p *testenv.Pod) { p.ServeTCP(t, "0.0.0.0:8080", testenv.Echo) }
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()

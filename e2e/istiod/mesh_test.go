@@ -536,22 +536,7 @@ func flowMatches(f, want map[string]any) bool {
 }
 
 // startEcho runs a plain TCP echo app on :8080 inside pod p.
-func startEcho(t *testing.T, p *testenv.Pod) {
-	ln, err := p.Listen("0.0.0.0:8080")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-}
+func startEcho(t *testing.T, p *testenv.Pod) { p.ServeTCP(t, "0.0.0.0:8080", testenv.Echo) }
 
 // dial connects from pod `from` to addr as an app would: no mark, so the
 // pod's capture rules send it through its node's ztunnel.

@@ -302,24 +302,9 @@ func TestOriginalDst_FailsWithoutConntrack(t *testing.T) {
 func TestInstall_LeavesOpenConnectionsAlone(t *testing.T) {
 	topo := testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 1})
 	a, b := topo.Pod(1, 1), topo.Pod(2, 1) // a gets enrolled
-	echo := func(ns testenv.NS, addr string) {
-		ln, err := ns.Listen(addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() { defer c.Close(); io.Copy(c, c) }()
-			}
-		}()
-	}
-	echo(b.NS, "0.0.0.0:9090") // a's outbound connection goes here
-	echo(a.NS, "0.0.0.0:9091") // b's inbound connection to a
+
+	b.ServeTCP(t, "0.0.0.0:9090", testenv.Echo) // a's outbound connection goes here
+	a.ServeTCP(t, "0.0.0.0:9091", testenv.Echo) // b's inbound connection to a
 	// Nothing listens on 15001/15006: a packet redirected there is reset.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -74,6 +74,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -145,6 +146,37 @@ func (n NS) Listen(addr string, opts ...netns.Option) (net.Listener, error) {
 func (n NS) Dial(ctx context.Context, addr string, opts ...netns.Option) (*net.TCPConn, error) {
 	return netns.DialTCP(ctx, n.Path, addr, opts...)
 }
+
+// ServeTCP listens on addr inside the namespace and serves it (Serve).
+func (n NS) ServeTCP(t testing.TB, addr string, handle func(net.Conn)) {
+	t.Helper()
+	ln, err := n.Listen(addr)
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, n.Name, err)
+	}
+	Serve(t, ln, handle)
+}
+
+// Serve serves each connection ln accepts with handle, on a goroutine
+// of its own, closing it after; ln closes at the end of the test.
+func Serve(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
+// Echo, a ServeTCP handler, sends back what it reads.
+func Echo(c net.Conn) { io.Copy(c, c) }
 
 // Node is a simulated node.
 type Node struct {

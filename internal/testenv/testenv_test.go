@@ -18,34 +18,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// echo serves a line echo on l until it is closed.
-func echo(t *testing.T, l net.Listener) {
-	t.Helper()
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-}
-
 // echoOnEveryPod serves echo on addr of every pod of topo.
 func echoOnEveryPod(t *testing.T, topo *Topology, addr func(*Pod) string) {
 	t.Helper()
 	for _, n := range topo.Nodes {
 		for _, p := range n.Pods {
-			l, err := p.Listen(addr(p))
-			if err != nil {
-				t.Fatal(err)
-			}
-			echo(t, l)
+			p.ServeTCP(t, addr(p), Echo)
 		}
 	}
 }
@@ -130,11 +108,7 @@ func TestTopology_DualStack(t *testing.T) {
 func TestTopology_CrossNodeTrafficCrossesTheNodeLink(t *testing.T) {
 	topo := NewTopology(t, Spec{Nodes: 2, PodsPerNode: 1})
 	src, dst := topo.Pod(1, 1), topo.Pod(2, 1)
-	l, err := dst.Listen(dst.Addr(9090))
-	if err != nil {
-		t.Fatal(err)
-	}
-	echo(t, l)
+	dst.ServeTCP(t, dst.Addr(9090), Echo)
 
 	var fd int
 	node := topo.Nodes[0]
@@ -391,7 +365,7 @@ func TestTopology_HostLinkReachesNodesOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	echo(t, l)
+	Serve(t, l, Echo)
 	for _, n := range topo.Nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		c, err := n.Dial(ctx, l.Addr().String())

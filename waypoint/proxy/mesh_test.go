@@ -391,38 +391,11 @@ func (m *testMesh) startApp(t *testing.T, p *testenv.Pod, name string, idx int) 
 	go gs.Serve(gln)
 	t.Cleanup(gs.Stop)
 
-	eln, err := p.Listen("0.0.0.0:7070")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { eln.Close() })
-	go func() {
-		for {
-			c, err := eln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	sln, err := p.Listen("0.0.0.0:2525")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sln.Close() })
-	go func() {
-		for {
-			c, err := sln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, "220 "+name+" ready\r\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	p.ServeTCP(t, "0.0.0.0:7070", testenv.Echo)
+	p.ServeTCP(t, "0.0.0.0:2525", func(c net.Conn) {
+		io.WriteString(c, "220 "+name+" ready\r\n")
+		io.Copy(c, c)
+	})
 }
 
 // httpClient talks from the client pod as an app would (captured).
