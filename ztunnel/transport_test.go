@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/testenv"
@@ -138,13 +139,13 @@ func TestZtunnel_QUICDestinationIsReachedOverUDP(t *testing.T) {
 		"dst.identity": id("server"), "decision": "allow", "transport": "hbone3", "bytes_sent": float64(size)})
 	for i, reporter := range []string{"source", "destination"} {
 		waitFor(t, reporter+" tunnel metric", func() bool {
-			return counter(t, m.regs[i], "ambient_tunnel_connections_total", map[string]string{"reporter": reporter, "transport": "hbone3"}) >= 2
+			return metricstest.Sum(t, m.regs[i], "ambient_tunnel_connections_total", map[string]string{"reporter": reporter, "transport": "hbone3"}) >= 2
 		})
-		if n := counter(t, m.regs[i], "ambient_tunnel_connections_total", map[string]string{"transport": "hbone"}); n != 0 {
+		if n := metricstest.Sum(t, m.regs[i], "ambient_tunnel_connections_total", map[string]string{"transport": "hbone"}); n != 0 {
 			t.Errorf("%s counted %v HTTP/2 tunnels, want 0", reporter, n)
 		}
 	}
-	if n := counter(t, m.regs[1], "istio_tcp_connections_closed_total", map[string]string{
+	if n := metricstest.Sum(t, m.regs[1], "istio_tcp_connections_closed_total", map[string]string{
 		"reporter": "destination", "source_principal": "cluster.local/ns/shop/sa/alice", "connection_security_policy": "mutual_tls",
 	}); n < 2 {
 		t.Errorf("Istio's TCP metrics counted %v QUIC-carried connections, want 2", n)
@@ -176,7 +177,7 @@ func TestZtunnel_HTTP2RemainsTheDefault(t *testing.T) {
 	findFlow(t, m.logs[1], map[string]any{"reporter": "destination", "src.identity": id("alice"), "transport": "hbone"})
 	findFlow(t, m.logs[0], map[string]any{"reporter": "source", "src.identity": id("alice"), "transport": "hbone"})
 	waitFor(t, "tunnel metric", func() bool {
-		return counter(t, m.regs[0], "ambient_tunnel_connections_total", map[string]string{"reporter": "source", "transport": "hbone"}) >= 1
+		return metricstest.Sum(t, m.regs[0], "ambient_tunnel_connections_total", map[string]string{"reporter": "source", "transport": "hbone"}) >= 1
 	})
 }
 
@@ -210,7 +211,7 @@ func TestZtunnel_BlockedQUICFallsBackToHTTP2(t *testing.T) {
 	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
 	m.setTransport(t, server, workloadapi.TunnelTransport_QUIC)
 	lift := dropQUIC(t, m.topo.Nodes[1])
-	fallbacks := func() float64 { return counter(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil) }
+	fallbacks := func() float64 { return metricstest.Sum(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil) }
 
 	start := time.Now()
 	if err := roundTrip(t, alice, server); err != nil {
@@ -300,7 +301,7 @@ func TestZtunnel_QUICDenialIsNotRetriedOverHTTP2(t *testing.T) {
 			t.Fatalf("the denied tunnel was retried over HTTP/2: %v", f)
 		}
 	}
-	if n := counter(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil); n != 0 || m.zt[0].quicDown.Len() != 0 {
+	if n := metricstest.Sum(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil); n != 0 || m.zt[0].quicDown.Len() != 0 {
 		t.Fatalf("a denial counted as a QUIC failure: %v fallbacks, %d remembered", n, m.zt[0].quicDown.Len())
 	}
 }

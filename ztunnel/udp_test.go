@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/testenv"
@@ -141,10 +142,10 @@ func TestZtunnel_UDPRequestResponseCarriesCallerIdentity(t *testing.T) {
 			// Counted as UDP, never as TCP, on both sides.
 			for i, reporter := range []string{"source", "destination"} {
 				labels := map[string]string{"reporter": reporter, "request_protocol": "udp", "source_principal": "cluster.local/ns/shop/sa/alice"}
-				if got := counter(t, m.regs[i], "ambient_udp_sent_bytes_total", labels); got != float64(len(query)) {
+				if got := metricstest.Sum(t, m.regs[i], "ambient_udp_sent_bytes_total", labels); got != float64(len(query)) {
 					t.Errorf("%s ambient_udp_sent_bytes_total = %v, want %d", reporter, got, len(query))
 				}
-				if got := counter(t, m.regs[i], "istio_tcp_connections_opened_total", map[string]string{"request_protocol": "udp"}); got != 0 {
+				if got := metricstest.Sum(t, m.regs[i], "istio_tcp_connections_opened_total", map[string]string{"request_protocol": "udp"}); got != 0 {
 					t.Errorf("%s counted the UDP flow as a TCP connection", reporter)
 				}
 			}
@@ -214,7 +215,7 @@ func TestZtunnel_UDPBlockedQUICFallsBackToHTTP2(t *testing.T) {
 	findFlow(t, m.logs[0], want)
 	want["reporter"] = "destination"
 	findFlow(t, m.logs[1], want)
-	if n := counter(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil); n != 1 {
+	if n := metricstest.Sum(t, m.regs[0], "ambient_tunnel_quic_fallbacks_total", nil); n != 1 {
 		t.Fatalf("fallbacks = %v, want 1", n)
 	}
 

@@ -27,6 +27,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/state"
@@ -270,7 +271,7 @@ func TestZtunnel_PodToPodCarriesCallerIdentity(t *testing.T) {
 		findFlow(t, m.logs[0], map[string]any{"reporter": "source", "src.identity": id("alice"),
 			"dst.identity": id("server"), "transport": "hbone"})
 		waitFor(t, "metrics with alice's principal", func() bool {
-			return counter(t, m.regs[1], "istio_tcp_connections_closed_total", map[string]string{
+			return metricstest.Sum(t, m.regs[1], "istio_tcp_connections_closed_total", map[string]string{
 				"reporter": "destination", "source_principal": "cluster.local/ns/shop/sa/alice",
 				"destination_principal": "cluster.local/ns/shop/sa/server", "connection_security_policy": "mutual_tls",
 			}) >= 1
@@ -603,35 +604,6 @@ func TestZtunnel_ThousandConcurrentConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-}
-
-// counter sums the metric's series whose labels include want.
-func counter(t testing.TB, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue series
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
 }
 
 // TestZtunnel_DrainKeepsServingNewConnections: a stopping ztunnel keeps

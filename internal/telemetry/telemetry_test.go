@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ambientmesh/ambient/internal/metricstest"
 )
 
 var sample = Flow{
@@ -141,7 +143,7 @@ func TestMetrics_UDPFlowsCountedApartFromTCP(t *testing.T) {
 		"ambient_udp_sent_bytes_total": 512, "ambient_udp_received_bytes_total": 1024,
 		"istio_tcp_connections_opened_total": 1, "istio_tcp_sent_bytes_total": 512,
 	} {
-		if got := sumOf(t, reg, name); got != want {
+		if got := metricstest.Sum(t, reg, name, nil); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
@@ -157,26 +159,9 @@ func TestMetrics_UDPFlowsCountedApartFromTCP(t *testing.T) {
 			}
 		}
 	}
-	if got := sumOf(t, reg, "ambient_tunnel_connections_total"); got != 1 {
+	if got := metricstest.Sum(t, reg, "ambient_tunnel_connections_total", nil); got != 1 {
 		t.Errorf("ambient_tunnel_connections_total = %v, want 1 (the TCP connection; a UDP flow is not one)", got)
 	}
-}
-
-func sumOf(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }
 
 // lockedBuffer counts the writes it takes.

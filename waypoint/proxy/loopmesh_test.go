@@ -24,6 +24,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/hbone3"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
@@ -547,8 +548,8 @@ func TestLoopMesh_RequestsRecordedAsBefore(t *testing.T) {
 	}
 
 	var total float64
-	for _, s := range requestsTotal(t, m.reg) {
-		labels := s.labels
+	for _, s := range metricstest.Series(t, m.reg, "istio_requests_total") {
+		labels := s.Labels
 		want := map[string]string{"reporter": "waypoint", "source_workload": "client-1", "source_canonical_service": "client",
 			"source_canonical_revision": "v1", "source_workload_namespace": "shop", "source_principal": "cluster.local/ns/shop/sa/client",
 			"source_app": "client", "source_version": "v1", "source_cluster": "Kubernetes",
@@ -567,7 +568,7 @@ func TestLoopMesh_RequestsRecordedAsBefore(t *testing.T) {
 		if labels["destination_service_name"] != name || wl != "server-"+ver+"-1" || labels["destination_canonical_revision"] != ver {
 			t.Errorf("istio_requests_total%v: destination labels disagree", labels)
 		}
-		total += s.value
+		total += s.Value
 	}
 	if total != 40 {
 		t.Errorf("istio_requests_total sums to %v, want 40", total)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/waypoint/proxy"
 )
 
@@ -77,74 +78,7 @@ func resilienceFor(host, policy string) string {
 // flagCount is istio_requests_total with response_flags flags and code.
 func (m *testMesh) flagCount(t *testing.T, flags, code string) float64 {
 	t.Helper()
-	var n float64
-	for _, s := range requestsTotal(t, m.reg) {
-		if s.labels["response_flags"] == flags && s.labels["response_code"] == code {
-			n += s.value
-		}
-	}
-	return n
-}
-
-// gathered is the value of the series of metric name in reg with labels
-// (-1 when there is none).
-func gathered(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, met := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range met.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			if g := met.GetGauge(); g != nil {
-				return g.GetValue()
-			}
-			return met.GetCounter().GetValue()
-		}
-	}
-	return -1
-}
-
-// series is one series of a counter: its labels and value.
-type series struct {
-	labels map[string]string
-	value  float64
-}
-
-// requestsTotal is every series of istio_requests_total in reg.
-func requestsTotal(t *testing.T, reg prometheus.Gatherer) []series {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []series
-	for _, mf := range mfs {
-		if mf.GetName() != "istio_requests_total" {
-			continue
-		}
-		for _, met := range mf.GetMetric() {
-			s := series{labels: map[string]string{}, value: met.GetCounter().GetValue()}
-			for _, l := range met.GetLabel() {
-				s.labels[l.GetName()] = l.GetValue()
-			}
-			out = append(out, s)
-		}
-	}
-	return out
+	return metricstest.Sum(t, m.reg, "istio_requests_total", map[string]string{"response_flags": flags, "response_code": code})
 }
 
 // doAsync sends a GET from the client pod on a goroutine of its own.
@@ -307,9 +241,9 @@ func TestWaypoint_Resilience(t *testing.T) {
 		}
 		v2 := map[string]string{"destination_service": serverV2Host, "destination_service_namespace": "shop", "destination_port": "80"}
 		waitFor(t, "server-v2's endpoint ejected by its mirrored 503s", func() bool {
-			return gathered(t, reg, "ambient_outlier_ejections_active", v2) == 1
+			return metricstest.Sum(t, reg, "ambient_outlier_ejections_active", v2) == 1
 		})
-		if got := gathered(t, reg, "ambient_outlier_ejections_total", v2); got != 1 {
+		if got := metricstest.Sum(t, reg, "ambient_outlier_ejections_total", v2); got != 1 {
 			t.Fatalf("ambient_outlier_ejections_total = %v, want 1", got)
 		}
 	})

@@ -13,6 +13,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
@@ -397,34 +398,13 @@ authorizationPolicies:
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		mfs, err := m.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		names := map[string]bool{}
-		for _, mf := range mfs {
-			names[mf.GetName()] = true
-			if mf.GetName() != "istio_requests_total" {
-				continue
-			}
-			var denied float64
-			for _, met := range mf.GetMetric() {
-				labels := map[string]string{}
-				for _, l := range met.GetLabel() {
-					labels[l.GetName()] = l.GetValue()
-				}
-				if labels["response_code"] == "403" && labels["reporter"] == "waypoint" &&
-					labels["source_principal"] == strings.TrimPrefix(id("client"), "spiffe://") &&
-					labels["destination_service"] == serverHost {
-					denied += met.GetCounter().GetValue()
-				}
-			}
-			if denied < 5 {
-				t.Errorf("istio_requests_total{response_code=403} = %v, want ≥ 5", denied)
-			}
+		denied := metricstest.Sum(t, m.reg, "istio_requests_total", map[string]string{"response_code": "403", "reporter": "waypoint",
+			"source_principal": strings.TrimPrefix(id("client"), "spiffe://"), "destination_service": serverHost})
+		if denied < 5 {
+			t.Errorf("istio_requests_total{response_code=403} = %v, want ≥ 5", denied)
 		}
 		for _, n := range []string{"istio_requests_total", "istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"} {
-			if !names[n] {
+			if len(metricstest.Series(t, m.reg, n)) == 0 {
 				t.Errorf("metric %s missing", n)
 			}
 		}
