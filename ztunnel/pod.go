@@ -765,14 +765,3 @@ func abort(c *net.TCPConn) {
 	c.SetLinger(0)
 	c.Close()
 }
-
-func forwardedFor(a net.Addr) string {
-	ap, err := netip.ParseAddrPort(a.String())
-	if err != nil {
-		return "unknown"
-	}
-	if ap.Addr().Is6() {
-		return `"[` + ap.Addr().String() + `]"`
-	}
-	return ap.Addr().String()
-}

@@ -22,17 +22,18 @@ import (
 // within ctx (one connect timeout; internal/quicfallback), else HTTP/2.
 // It returns the transport that carried the tunnel, or that failed last.
 func (p *podProxy) dialTunnel(ctx context.Context, rt outbound.Route, from net.Addr) (net.Conn, workloadapi.TunnelTransport, error) {
-	return dialPreferringQUIC(ctx, p, rt, forwardedFor(from), p.client3.Dial, p.client.Dial)
+	ap, _ := netip.ParseAddrPort(from.String())
+	return dialPreferringQUIC(ctx, p, rt, hbone.ForwardedFor(ap, false), p.client3.Dial, p.client.Dial)
 }
 
 // dialPreferringQUIC is dialTunnel's choice of transport for any kind of
-// tunnel, whose Forwarded header says for=forwarded: overQUIC and overH2
-// open one for a target.
+// tunnel, whose Forwarded header is forwarded (hbone.ForwardedFor):
+// overQUIC and overH2 open one for a target.
 func dialPreferringQUIC[T any](ctx context.Context, p *podProxy, rt outbound.Route, forwarded string,
 	overQUIC, overH2 func(context.Context, hbone.Target) (T, error)) (T, workloadapi.TunnelTransport, error) {
 	t := hbone.Target{
 		Source: p.id, Destination: rt.Identity, Address: rt.TunnelAddr, Authority: rt.Target,
-		Header: http.Header{"Forwarded": {"for=" + forwarded}},
+		Header: http.Header{"Forwarded": {forwarded}},
 	}
 	return quicfallback.Dial(ctx, p.z.quicDown, t, rt.Transport == workloadapi.TunnelTransport_QUIC,
 		quicfallback.Budget(p.z.cfg.ConnectTimeout), overQUIC, overH2,

@@ -362,20 +362,3 @@ func TestZtunnel_DrainServesQUICUntilTheLastConnectionEnds(t *testing.T) {
 		t.Fatalf("%d connections recorded over hbone3 at the destination, want 2 (the held one and the one opened while draining)", quic)
 	}
 }
-
-func TestForwardedAddrPort(t *testing.T) {
-	for h, want := range map[string]string{
-		`for="10.244.1.2:5353"`:         "10.244.1.2:5353",
-		`for="[fd00:10:244::2]:5353"`:   "[fd00:10:244::2]:5353",
-		`proto=udp; For="10.0.0.1:53"`:  "10.0.0.1:53",
-		`for=10.244.1.2`:                "invalid AddrPort",
-		`for="[fd00::1]"`:               "invalid AddrPort",
-		`for=unknown`:                   "invalid AddrPort",
-		``:                              "invalid AddrPort",
-		`by="10.0.0.9:1";for=garbage:1`: "invalid AddrPort",
-	} {
-		if got := forwardedAddrPort(h).String(); got != want {
-			t.Errorf("forwardedAddrPort(%q) = %s, want %s", h, got, want)
-		}
-	}
-}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -374,7 +373,7 @@ func (p *podProxy) dialUDP(ctx context.Context, rt outbound.Route, from netip.Ad
 		}
 		return h2UDPTunnel{s}, nil
 	}
-	return dialPreferringQUIC(ctx, p, rt, `"`+from.String()+`"`, overQUIC, overH2)
+	return dialPreferringQUIC(ctx, p, rt, hbone.ForwardedFor(from, true), overQUIC, overH2)
 }
 
 // h2UDPTunnel is a connect-udp Session on an HTTP/2 stream as a relay's
@@ -440,8 +439,8 @@ func (p *podProxy) dialAppUDP(st *hbone.Stream, tunnel tunnelStream) (net.Conn, 
 	}
 	peer := st.PeerAddr.Addr().Unmap()
 	from := netip.AddrPortFrom(peer, 0)
-	if fwd := forwardedAddrPort(st.Header().Get("Forwarded")); fwd.Addr().Unmap() == peer {
-		from = netip.AddrPortFrom(peer, fwd.Port())
+	if a, port := hbone.ParseForwardedFor(st.Header().Get("Forwarded")); a == peer {
+		from = netip.AddrPortFrom(peer, port)
 	}
 	c, err := udpcapture.DialApp(p.nsPath, from, st.Authority)
 	if err != nil && from.Port() != 0 {
@@ -453,22 +452,4 @@ func (p *podProxy) dialAppUDP(st *hbone.Stream, tunnel tunnelStream) (net.Conn, 
 		return nil, err
 	}
 	return p.track(c, tunnel), nil
-}
-
-// forwardedAddrPort reads the first for= of a Forwarded header (RFC 7239)
-// when it names an address and port, `for="10.0.0.1:5353"` or
-// `for="[fd00::1]:5353"`; anything else is the zero AddrPort.
-func forwardedAddrPort(h string) netip.AddrPort {
-	for _, pair := range strings.FieldsFunc(h, func(r rune) bool { return r == ';' || r == ',' }) {
-		k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
-		if !ok || !strings.EqualFold(k, "for") {
-			continue
-		}
-		ap, err := netip.ParseAddrPort(strings.Trim(v, `"`))
-		if err != nil {
-			return netip.AddrPort{}
-		}
-		return ap
-	}
-	return netip.AddrPort{}
 }

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -464,7 +463,7 @@ func (p *Proxy) isThisWaypoint(v *state.View, gw *workloadapi.GatewayAddress) bo
 // itself.
 func (p *Proxy) serveStream(st *hbone.Stream, c net.Conn, transport string) {
 	info := newTunnelInfo(st.Peer, st.PeerAddr, st.Authority)
-	info.remote = forwardedFor(st.Header().Get("Forwarded"))
+	info.remote, _ = hbone.ParseForwardedFor(st.Header().Get("Forwarded"))
 	info.transport = transport
 	p.serveTunnel(c, info)
 }
@@ -485,27 +484,4 @@ func (p *Proxy) tunnelEnded(transport string) func(hbone.StreamResult) {
 		}
 		p.cfg.FlowLog.Record(f)
 	}
-}
-
-// forwardedFor reads the for= of a Forwarded header (RFC 7239), as ztunnel
-// sends it: `for=10.0.0.1` or `for="[fd00::1]"`.
-func forwardedFor(h string) netip.Addr {
-	for _, elem := range strings.Split(h, ";") {
-		for _, pair := range strings.Split(elem, ",") {
-			k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
-			if !ok || !strings.EqualFold(k, "for") {
-				continue
-			}
-			v = strings.Trim(v, `"`)
-			if ap, err := netip.ParseAddrPort(v); err == nil {
-				return ap.Addr().Unmap()
-			}
-			v = strings.TrimSuffix(strings.TrimPrefix(v, "["), "]")
-			if a, err := netip.ParseAddr(v); err == nil {
-				return a.Unmap()
-			}
-			return netip.Addr{}
-		}
-	}
-	return netip.Addr{}
 }

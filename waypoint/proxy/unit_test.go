@@ -34,22 +34,6 @@ func TestDetect_HTTPRequestLinesAndH2PrefaceAreHTTP(t *testing.T) {
 	}
 }
 
-func TestForwardedFor_ParsesZtunnelsForms(t *testing.T) {
-	for in, want := range map[string]string{
-		"for=10.0.0.1":                 "10.0.0.1",
-		`for="[fd00::1]"`:              "fd00::1",
-		`for="[fd00::1]:4000"`:         "fd00::1",
-		"for=10.0.0.1:3000;proto=http": "10.0.0.1",
-		"proto=http;for=10.0.0.2":      "10.0.0.2",
-		"for=unknown":                  "invalid IP",
-		"":                             "invalid IP",
-	} {
-		if got := forwardedFor(in).String(); got != want {
-			t.Errorf("forwardedFor(%q) = %s, want %s", in, got, want)
-		}
-	}
-}
-
 func TestUpstreamHeader_DropsHopByHopKeepsTraceAndTrailers(t *testing.T) {
 	r := &http.Request{Header: http.Header{
 		"Connection":  {"keep-alive, X-Private"},
