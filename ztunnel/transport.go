@@ -36,8 +36,7 @@ func dialPreferringQUIC[T any](ctx context.Context, p *podProxy, rt outbound.Rou
 		Header: http.Header{"Forwarded": {forwarded}},
 	}
 	return quicfallback.Dial(ctx, p.z.quicDown, t, rt.Transport == workloadapi.TunnelTransport_QUIC,
-		quicfallback.Budget(p.z.cfg.ConnectTimeout), overQUIC, overH2,
-		func(err error, fresh bool) { p.z.quicFailed(rt.TunnelAddr, err, fresh) })
+		quicfallback.Budget(p.z.cfg.ConnectTimeout), overQUIC, overH2, p.z.quicFailed)
 }
 
 // listenQUIC opens the UDP socket of one outbound QUIC connection inside

@@ -51,12 +51,13 @@ func MayFallBack(parent context.Context, err error) bool {
 // Dial opens a tunnel to t. When wantQUIC holds and QUIC to t.Address did
 // not fail lately, over QUIC (overQUIC) within budget; if that fails
 // before the peer answered (MayFallBack), the failure is remembered in f,
-// onFallback hears of it (fresh: the address was not remembered already,
-// to log once per period), and the tunnel goes over HTTP/2 (overH2) with
+// onFallback hears of it with t.Address (fresh: the address was not
+// remembered already, to log once per period), and the tunnel goes over
+// HTTP/2 (overH2) with
 // what is left of ctx. It returns the transport that carried the tunnel,
 // or that failed last.
 func Dial[T any](ctx context.Context, f *Failures, t hbone.Target, wantQUIC bool, budget time.Duration,
-	overQUIC, overH2 func(context.Context, hbone.Target) (T, error), onFallback func(err error, fresh bool)) (T, workloadapi.TunnelTransport, error) {
+	overQUIC, overH2 func(context.Context, hbone.Target) (T, error), onFallback func(addr netip.AddrPort, err error, fresh bool)) (T, workloadapi.TunnelTransport, error) {
 	if wantQUIC && !f.Avoid(t.Address) {
 		qctx, cancel := context.WithTimeout(ctx, budget)
 		c, err := overQUIC(qctx, t)
@@ -66,7 +67,7 @@ func Dial[T any](ctx context.Context, f *Failures, t hbone.Target, wantQUIC bool
 		}
 		fresh := f.Failed(t.Address)
 		if onFallback != nil {
-			onFallback(err, fresh)
+			onFallback(t.Address, err, fresh)
 		}
 	}
 	c, err := overH2(ctx, t)

@@ -135,7 +135,12 @@ func TestDial_ChoosesFallsBackAndRemembers(t *testing.T) {
 	}
 	overH2 := func(context.Context, hbone.Target) (string, error) { h2Calls.Add(1); return "h2", nil }
 	var fallbacks []bool
-	onFallback := func(_ error, fresh bool) { fallbacks = append(fallbacks, fresh) }
+	onFallback := func(addr netip.AddrPort, _ error, fresh bool) {
+		if addr != target.Address {
+			t.Errorf("onFallback heard of %s, want %s", addr, target.Address)
+		}
+		fallbacks = append(fallbacks, fresh)
+	}
 	dial := func(want bool) (string, workloadapi.TunnelTransport, error) {
 		return Dial(context.Background(), f, target, want, time.Second, overQUIC, overH2, onFallback)
 	}

@@ -206,6 +206,14 @@ func (p *Proxy) dialEndpoint(ctx context.Context, network, addr string, timeout 
 	return &upConn{Conn: c, release: release}, nil
 }
 
+// quicFailed logs a QUIC dial to addr that fell back to HTTP/2, once
+// per period the failure is remembered (fresh).
+func (p *Proxy) quicFailed(addr netip.AddrPort, err error, fresh bool) {
+	if fresh {
+		p.log.Info("QUIC tunnel failed; using HTTP/2 to this address for a while", "addr", addr, "for", p.quicDown.RetryAfter(), "err", err)
+	}
+}
+
 // connectTimedOut reports whether a dial that failed with err, whose own
 // context ended with dialCtxErr and its caller's with callerErr, failed
 // for want of time under the connect timeout: its context expired while
@@ -247,11 +255,7 @@ func (p *Proxy) dialConn(ctx context.Context, _, addr string) (net.Conn, error) 
 		budget = quicfallback.Budget(time.Until(dl))
 	}
 	c, _, err := quicfallback.Dial(ctx, p.quicDown, t, outbound.TransportOf(w) == workloadapi.TunnelTransport_QUIC, budget,
-		p.client3.Dial, p.client.Dial, func(err error, fresh bool) {
-			if fresh {
-				p.log.Info("QUIC tunnel failed; using HTTP/2 to this address for a while", "addr", t.Address, "for", p.quicDown.RetryAfter(), "err", err)
-			}
-		})
+		p.client3.Dial, p.client.Dial, p.quicFailed)
 	if err != nil {
 		return nil, &dialError{fmt.Errorf("waypoint: HBONE to %s as %s: %w", addr, id, err)}
 	}
