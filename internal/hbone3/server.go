@@ -34,7 +34,6 @@ type Stream struct {
 	hbone.Stream
 
 	tunnel atomic.Pointer[tunnelConn] // set once a TCP tunnel is open
-	served atomic.Pointer[servedConn] // that tunnel, when ServerConfig.Serve serves it
 	udp    atomic.Pointer[UDPTunnel]  // set once a connect-udp tunnel is open
 	abort  atomic.Bool
 }
@@ -342,8 +341,8 @@ func (srv *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		st.Peer, st.PeerAddr, st.PeerCertificate = info.peer, info.addr, info.cert
 	}
 	status, up, err := srv.open(w, r, st, start)
-	if served := st.served.Load(); served != nil {
-		srv.cfg.Serve(r.Context(), st, served)
+	if up != nil && srv.cfg.Serve != nil {
+		srv.cfg.Serve(r.Context(), st, up)
 		return
 	}
 	if up == nil {
@@ -369,7 +368,7 @@ func (srv *Server) streamEnd(st *Stream, res hbone.StreamResult, start time.Time
 
 // open validates, authorizes and dials; it answers and returns the status
 // and, for 200, the upstream connection (the tunnel is in st). With
-// ServerConfig.Serve it dials nothing: the tunnel to serve is st.served.
+// ServerConfig.Serve it dials nothing and returns the tunnel to serve.
 func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream, start time.Time) (int, net.Conn, error) {
 	w.Header()["Date"] = nil // nothing but :status
 	req, err := hbone.ParseRequest(requestFields(r))
@@ -437,11 +436,10 @@ func (srv *Server) open(w http.ResponseWriter, r *http.Request, st *Stream, star
 			srv.streamEnd(st, hbone.StreamResult{Status: 200, BytesIn: sc.in.Load(), BytesOut: sc.out.Load()}, start)
 		})
 		st.tunnel.Store(sc.tunnelConn)
-		st.served.Store(sc)
 		if st.abort.Load() {
 			sc.Abort()
 		}
-		return 200, nil, nil
+		return 200, sc, nil
 	}
 	c := newTunnelConn(str, local, remote, nil)
 	st.tunnel.Store(c)
