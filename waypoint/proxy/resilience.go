@@ -397,7 +397,7 @@ func (c *cluster) acquireConn(ctx context.Context) (release func(), err error) {
 	}
 }
 
-// tryConn takes one of the pool's HTTP/1.1 connections if one is free
+// tryConn takes one of the pool's connections if one is free
 // (or the pool has no limit: nil release), without waiting.
 func (p *connPool) tryConn() (release func(), ok bool) {
 	if p.conns == nil {
