@@ -5,7 +5,7 @@ set -euo pipefail
 
 case "${1:-test}" in
   test)  pkgs=(git ca-certificates iproute2 nftables iptables jq curl stunnel4 haproxy nginx libnginx-mod-stream etcd-server) ;;
-  bench) pkgs=(stunnel4 haproxy nginx libnginx-mod-stream ethtool) ;;
+  bench) pkgs=(iproute2 nftables iptables stunnel4 haproxy nginx libnginx-mod-stream ethtool) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac
 
