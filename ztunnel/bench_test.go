@@ -80,6 +80,9 @@ func benchPodToPod(b *testing.B, mode string, lossy bool) {
 	n := <-got
 	b.StopTimer()
 	b.ReportMetric((cpuTime(b)-cpu0).Seconds()/(float64(n)/1e9), "cpu-s/GB")
+	if mode != "plain" {
+		reportPath(b, m.zt[0], client)
+	}
 	c.Close()
 	if n != int64(b.N)*int64(len(buf)) {
 		b.Fatalf("sink got %d bytes, want %d", n, int64(b.N)*int64(len(buf)))
@@ -88,6 +91,24 @@ func benchPodToPod(b *testing.B, mode string, lossy bool) {
 		want := map[string]string{"h2": "hbone", "quic": "hbone3"}[mode]
 		findFlow(b, m.logs[1], map[string]any{"reporter": "destination", "transport": want})
 	}
+}
+
+// reportPath reports what the sending ztunnel's transport measured of the
+// path of pod's one tunnel connection: smoothed RTT, congestion window and
+// the share of packets lost (QUIC) or segments retransmitted (TCP), the
+// figures that explain a throughput.
+func reportPath(b *testing.B, z *Ztunnel, pod *testenv.Pod) {
+	for _, pd := range z.Debug().Pods {
+		if pd.IP != pod.IP.String() || len(pd.Tunnels) != 1 || pd.Tunnels[0].Path == nil {
+			continue
+		}
+		p := pd.Tunnels[0].Path
+		b.ReportMetric(float64(p.SmoothedRTT.Microseconds()), "srtt-µs")
+		b.ReportMetric(float64(p.CongestionWindow)/1024, "cwnd-KiB")
+		b.ReportMetric(100*float64(p.Lost)/float64(max(p.Sent, 1)), "lost-%")
+		return
+	}
+	b.Errorf("no path measurements for pod %s's tunnel: %+v", pod.Name, z.Debug().Pods)
 }
 
 // dropOnLink drops 1 % of the packets arriving at n from the link, at

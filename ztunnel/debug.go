@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/ztunnel/outbound"
 )
 
@@ -29,6 +30,9 @@ type PodDebug struct {
 	// Serving is true once the pod's listeners and capture rules are up.
 	Serving     bool        `json:"serving"`
 	Connections []ConnDebug `json:"connections"`
+	// Tunnels are the pod's pooled outbound tunnel connections, HTTP/2 and
+	// HTTP/3, with their transport's measurements of the path.
+	Tunnels []hbone.TunnelStats `json:"tunnels"`
 }
 
 // ConnDebug describes one open connection or UDP flow of a pod: for
@@ -111,6 +115,12 @@ func (p *podProxy) debug() PodDebug {
 	// by start before up, which serving reads.
 	if p.serving() && p.udpOut != nil {
 		d.Connections = p.udpOut.debugFlows(d.Connections)
+	}
+	// The tunnel clients, like udpOut, are set before up.
+	d.Tunnels = []hbone.TunnelStats{}
+	if p.serving() {
+		d.Tunnels = append(p.client.Tunnels(), p.client3.Tunnels()...)
+		hbone.SortTunnels(d.Tunnels)
 	}
 	slices.SortFunc(d.Connections, func(a, b ConnDebug) int {
 		return cmp.Or(cmp.Compare(a.Direction, b.Direction), cmp.Compare(a.Protocol, b.Protocol),

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/state"
@@ -151,6 +153,13 @@ func TestZtunnel_QUICDestinationIsReachedOverUDP(t *testing.T) {
 		t.Errorf("Istio's TCP metrics counted %v QUIC-carried connections, want 2", n)
 	}
 
+	// /debug/connections shows the pooled QUIC connection with quic-go's
+	// measurements of the path it has just carried 8 MiB over.
+	tun := onlyTunnel(t, m.zt[0], alice, server, id("server"))
+	if tun.Transport != "hbone3" || tun.Path == nil || tun.Path.SmoothedRTT <= 0 || tun.Path.CongestionWindow == 0 || tun.Path.Sent < size/1500 {
+		t.Errorf("alice's tunnel to the server = %+v (path %+v), want hbone3 with quic-go's RTT, window and packets sent", tun, tun.Path)
+	}
+
 	t.Run("same node", func(t *testing.T) {
 		m.setTransport(t, alice, workloadapi.TunnelTransport_QUIC)
 		if err := roundTrip(t, bob, alice); err != nil {
@@ -179,6 +188,33 @@ func TestZtunnel_HTTP2RemainsTheDefault(t *testing.T) {
 	waitFor(t, "tunnel metric", func() bool {
 		return metricstest.Sum(t, m.regs[0], "ambient_tunnel_connections_total", map[string]string{"reporter": "source", "transport": "hbone"}) >= 1
 	})
+	// /debug/connections shows the pooled TCP connection with the
+	// kernel's TCP_INFO.
+	tun := onlyTunnel(t, m.zt[0], alice, server, id("server"))
+	if tun.Transport != "hbone" || tun.Path == nil || tun.Path.SmoothedRTT <= 0 || tun.Path.CongestionWindow == 0 || tun.Path.Sent == 0 {
+		t.Errorf("alice's tunnel to the server = %+v (path %+v), want hbone with the kernel's RTT, window and segments sent", tun, tun.Path)
+	}
+}
+
+// onlyTunnel is the one pooled tunnel connection z's debug snapshot shows
+// for pod from, which must lead to pod to and its identity peer.
+func onlyTunnel(t *testing.T, z *Ztunnel, from, to *testenv.Pod, peer string) hbone.TunnelStats {
+	t.Helper()
+	for _, pd := range z.Debug().Pods {
+		if pd.IP != from.IP.String() {
+			continue
+		}
+		if len(pd.Tunnels) != 1 {
+			t.Fatalf("pod %s has %d pooled tunnels, want 1: %+v", pd.Name, len(pd.Tunnels), pd.Tunnels)
+		}
+		tun := pd.Tunnels[0]
+		if want := netip.AddrPortFrom(to.IP, 15008).String(); tun.Remote != want || tun.Peer != peer {
+			t.Fatalf("pod %s's tunnel goes to %s (%s), want %s (%s)", pd.Name, tun.Remote, tun.Peer, want, peer)
+		}
+		return tun
+	}
+	t.Fatalf("no pod with IP %s in the debug snapshot", from.IP)
+	return hbone.TunnelStats{}
 }
 
 // dropQUIC makes node n drop the UDP 15008 packets it would forward to its

@@ -507,3 +507,26 @@ func (cl *Client) PoolStats() (conns, streams int) {
 	}
 	return conns, streams
 }
+
+// Tunnels describes the pooled connections with quic-go's measurements of
+// their paths, sorted as hbone.SortTunnels does.
+func (cl *Client) Tunnels() []hbone.TunnelStats {
+	cl.mu.Lock()
+	var out []hbone.TunnelStats
+	var qcs []*quic.Conn
+	for key, list := range cl.pool {
+		for _, pc := range list {
+			out = append(out, hbone.TunnelStats{Transport: "hbone3", Source: key.src.String(), Peer: key.dst.String(), Remote: key.addr.String(), Streams: pc.active})
+			qcs = append(qcs, pc.qc) // nil until the dial finishes
+		}
+	}
+	cl.mu.Unlock()
+	for i, qc := range qcs {
+		if qc != nil {
+			s := qc.ConnectionStats()
+			out[i].Path = &hbone.PathStats{SmoothedRTT: s.SmoothedRTT, MinRTT: s.MinRTT, CongestionWindow: s.CongestionWindow, Sent: s.PacketsSent, Lost: s.PacketsLost}
+		}
+	}
+	hbone.SortTunnels(out)
+	return out
+}

@@ -6,7 +6,9 @@
 //	                           shape of Istio ztunnel's config dump, so
 //	                           `istioctl ztunnel-config` reads it: top-level
 //	                           workloads, services, policies, certificates
-//	  GET /debug/connections   the served pods and their open connections
+//	  GET /debug/connections   the served pods, their open connections and
+//	                           pooled tunnels (with RTT, congestion window
+//	                           and loss as the transport measures them)
 //	  GET /debug/flows         flow records as JSON lines (the flow log's
 //	                           format): the last ones kept, then with
 //	                           ?follow=1 live ones; ?history=N keeps the
