@@ -17,20 +17,31 @@ import (
 // node 2 over the topology's real node link: through both nodes' ztunnels
 // over HBONE (h2) or HBONE/3 (quic), or with both pods out of the mesh
 // (plain); on a clean link and with 1 % of the packets leaving each node on
-// the link dropped at random (dropOnLink). cpu-s/GB is the whole test process's user+system
-// CPU per GB moved: both ztunnels (in process) and the two apps. Run as
-// root: go test -run '^$' -bench PodToPod ./ztunnel/
+// the link dropped at random (dropOnLink). The TCP paths run under both of
+// the kernel's congestion controls that matter, set in the pods'
+// namespaces (where ztunnel's tunnel sockets live): cubic, Linux's default
+// and the algorithm quic-go implements, and bbr, which does not take random
+// loss for congestion. cpu-s/GB is the whole test process's user+system
+// CPU per GB moved: both ztunnels (in process) and the two apps; srtt-µs,
+// cwnd-KiB and lost-% what the sending ztunnel's transport measured of the
+// path (reportPath). Run as root: go test -run '^$' -bench PodToPod ./ztunnel/
 func BenchmarkPodToPod(b *testing.B) {
 	for _, loss := range []string{"clean", "loss1pct"} {
-		for _, mode := range []string{"plain", "h2", "quic"} {
-			b.Run(loss+"/"+mode, func(b *testing.B) { benchPodToPod(b, mode, loss == "loss1pct") })
+		for _, path := range []string{"plain-cubic", "plain-bbr", "h2-cubic", "h2-bbr", "quic"} {
+			mode, cc, _ := strings.Cut(path, "-")
+			b.Run(loss+"/"+path, func(b *testing.B) { benchPodToPod(b, mode, cc, loss == "loss1pct") })
 		}
 	}
 }
 
-func benchPodToPod(b *testing.B, mode string, lossy bool) {
+func benchPodToPod(b *testing.B, mode, tcpCC string, lossy bool) {
 	m := newMesh(b)
 	client, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	if tcpCC != "" {
+		for _, p := range []*testenv.Pod{client, server} {
+			setCongestionControl(b, p, tcpCC)
+		}
+	}
 	switch mode {
 	case "plain":
 		for _, p := range []*testenv.Pod{client, server} {
@@ -109,6 +120,16 @@ func reportPath(b *testing.B, z *Ztunnel, pod *testenv.Pod) {
 		return
 	}
 	b.Errorf("no path measurements for pod %s's tunnel: %+v", pod.Name, z.Debug().Pods)
+}
+
+// setCongestionControl makes cc the TCP congestion control of the sockets
+// opened in pod's namespace from now on; a kernel without it skips the run.
+func setCongestionControl(b *testing.B, pod *testenv.Pod, cc string) {
+	b.Helper()
+	out, err := pod.Command(context.Background(), "sysctl", "-w", "net.ipv4.tcp_congestion_control="+cc).CombinedOutput()
+	if err != nil {
+		b.Skipf("TCP congestion control %s in pod %s: %v: %s", cc, pod.Name, err, out)
+	}
 }
 
 // dropOnLink drops 1 % of the packets arriving at n from the link, at
