@@ -180,8 +180,24 @@ func TestClient_ThousandStreamsRideOnTenConnections(t *testing.T) {
 			errs <- err
 		}()
 	}
+	stopPolling := make(chan struct{})
+	polled := make(chan struct{})
+	go func() { // the debug view reads the pool while it grows
+		defer close(polled)
+		for {
+			select {
+			case <-stopPolling:
+				return
+			default:
+				cl.Tunnels()
+			}
+		}
+	}()
 	open.Wait()
+	close(stopPolling)
+	<-polled
 	conns, active := cl.PoolStats()
+	tunnels := cl.Tunnels()
 	release.Done()
 	for range streams {
 		if err := <-errs; err != nil {
@@ -193,6 +209,16 @@ func TestClient_ThousandStreamsRideOnTenConnections(t *testing.T) {
 	}
 	if active != streams {
 		t.Fatalf("pool counted %d open streams, want %d", active, streams)
+	}
+	inTunnels := 0
+	for _, tun := range tunnels {
+		inTunnels += tun.Streams
+		if tun.Transport != "hbone" || tun.Path == nil || tun.Path.Sent == 0 || tun.Path.SmoothedRTT <= 0 {
+			t.Errorf("tunnel %+v (path %+v): want hbone with TCP_INFO measurements", tun, tun.Path)
+		}
+	}
+	if len(tunnels) != conns || inTunnels != streams {
+		t.Errorf("Tunnels shows %d connections with %d streams, want %d with %d", len(tunnels), inTunnels, conns, streams)
 	}
 	t.Logf("%d streams on %d connections", streams, conns)
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -178,6 +179,16 @@ func TestClient3_PoolsPerKey(t *testing.T) {
 	dial(otherClient)
 	if n, streams := cl.PoolStats(); n != 2 || streams != 3 {
 		t.Fatalf("another source: %d connections, %d streams; want 2, 3", n, streams)
+	}
+	streamsOf := map[string]int{}
+	for _, tun := range cl.Tunnels() {
+		streamsOf[tun.Source] = tun.Streams
+		if tun.Transport != "hbone3" || tun.Path == nil || tun.Path.Sent == 0 || tun.Path.SmoothedRTT <= 0 || tun.Path.CongestionWindow == 0 {
+			t.Errorf("tunnel %+v (path %+v): want hbone3 with quic-go's measurements", tun, tun.Path)
+		}
+	}
+	if want := map[string]int{clientID.String(): 2, otherClient.String(): 1}; !maps.Equal(streamsOf, want) {
+		t.Errorf("Tunnels: streams per source %v, want %v", streamsOf, want)
 	}
 	peers := map[spiffeid.ID]bool{}
 	for _, c := range conns {
