@@ -1,6 +1,7 @@
 package ztunnel
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -17,17 +18,17 @@ import (
 // node 2 over the topology's real node link: through both nodes' ztunnels
 // over HBONE (h2) or HBONE/3 (quic), or with both pods out of the mesh
 // (plain); on a clean link and with 1 % of the packets leaving each node on
-// the link dropped at random (dropOnLink). The TCP paths run under both of
-// the kernel's congestion controls that matter, set in the pods'
-// namespaces (where ztunnel's tunnel sockets live): cubic, Linux's default
-// and the algorithm quic-go implements, and bbr, which does not take random
-// loss for congestion. cpu-s/GB is the whole test process's user+system
+// the link dropped at random (dropOnLink). The TCP paths run under three of
+// the kernel's congestion controls, set in the pods' namespaces (where
+// ztunnel's tunnel sockets live): reno, the algorithm quic-go's connections
+// use; cubic, Linux's default; and bbr, which does not take random loss
+// for congestion. cpu-s/GB is the whole test process's user+system
 // CPU per GB moved: both ztunnels (in process) and the two apps; srtt-µs,
 // cwnd-KiB and lost-% what the sending ztunnel's transport measured of the
 // path (reportPath). Run as root: go test -run '^$' -bench PodToPod ./ztunnel/
 func BenchmarkPodToPod(b *testing.B) {
 	for _, loss := range []string{"clean", "loss1pct"} {
-		for _, path := range []string{"plain-cubic", "plain-bbr", "h2-cubic", "h2-bbr", "quic"} {
+		for _, path := range []string{"plain-reno", "plain-cubic", "plain-bbr", "h2-reno", "h2-cubic", "h2-bbr", "quic"} {
 			mode, cc, _ := strings.Cut(path, "-")
 			b.Run(loss+"/"+path, func(b *testing.B) { benchPodToPod(b, mode, cc, loss == "loss1pct") })
 		}
@@ -92,7 +93,7 @@ func benchPodToPod(b *testing.B, mode, tcpCC string, lossy bool) {
 	b.StopTimer()
 	b.ReportMetric((cpuTime(b)-cpu0).Seconds()/(float64(n)/1e9), "cpu-s/GB")
 	if mode != "plain" {
-		reportPath(b, m.zt[0], client)
+		reportPath(b, m.zt[0], client, cmp.Or(tcpCC, "reno"))
 	}
 	c.Close()
 	if n != int64(b.N)*int64(len(buf)) {
@@ -107,13 +108,17 @@ func benchPodToPod(b *testing.B, mode, tcpCC string, lossy bool) {
 // reportPath reports what the sending ztunnel's transport measured of the
 // path of pod's one tunnel connection: smoothed RTT, congestion window and
 // the share of packets lost (QUIC) or segments retransmitted (TCP), the
-// figures that explain a throughput.
-func reportPath(b *testing.B, z *Ztunnel, pod *testenv.Pod) {
+// figures that explain a throughput. The tunnel must have run under the
+// congestion control cc.
+func reportPath(b *testing.B, z *Ztunnel, pod *testenv.Pod, cc string) {
 	for _, pd := range z.Debug().Pods {
 		if pd.IP != pod.IP.String() || len(pd.Tunnels) != 1 || pd.Tunnels[0].Path == nil {
 			continue
 		}
 		p := pd.Tunnels[0].Path
+		if p.Congestion != cc {
+			b.Errorf("pod %s's tunnel ran under %q congestion control, want %q", pod.Name, p.Congestion, cc)
+		}
 		b.ReportMetric(float64(p.SmoothedRTT.Microseconds()), "srtt-µs")
 		b.ReportMetric(float64(p.CongestionWindow)/1024, "cwnd-KiB")
 		b.ReportMetric(100*float64(p.Lost)/float64(max(p.Sent, 1)), "lost-%")

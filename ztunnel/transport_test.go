@@ -156,8 +156,8 @@ func TestZtunnel_QUICDestinationIsReachedOverUDP(t *testing.T) {
 	// /debug/connections shows the pooled QUIC connection with quic-go's
 	// measurements of the path it has just carried 8 MiB over.
 	tun := onlyTunnel(t, m.zt[0], alice, server, id("server"))
-	if tun.Transport != "hbone3" || tun.Path == nil || tun.Path.SmoothedRTT <= 0 || tun.Path.CongestionWindow == 0 || tun.Path.Sent < size/1500 {
-		t.Errorf("alice's tunnel to the server = %+v (path %+v), want hbone3 with quic-go's RTT, window and packets sent", tun, tun.Path)
+	if tun.Transport != "hbone3" || tun.Path == nil || tun.Path.Congestion != "reno" || tun.Path.SmoothedRTT <= 0 || tun.Path.CongestionWindow == 0 || tun.Path.Sent < size/1500 {
+		t.Errorf("alice's tunnel to the server = %+v (path %+v), want hbone3 with quic-go's algorithm, RTT, window and packets sent", tun, tun.Path)
 	}
 
 	t.Run("same node", func(t *testing.T) {
@@ -191,8 +191,8 @@ func TestZtunnel_HTTP2RemainsTheDefault(t *testing.T) {
 	// /debug/connections shows the pooled TCP connection with the
 	// kernel's TCP_INFO.
 	tun := onlyTunnel(t, m.zt[0], alice, server, id("server"))
-	if tun.Transport != "hbone" || tun.Path == nil || tun.Path.SmoothedRTT <= 0 || tun.Path.CongestionWindow == 0 || tun.Path.Sent == 0 {
-		t.Errorf("alice's tunnel to the server = %+v (path %+v), want hbone with the kernel's RTT, window and segments sent", tun, tun.Path)
+	if tun.Transport != "hbone" || tun.Path == nil || tun.Path.Congestion == "" || tun.Path.SmoothedRTT <= 0 || tun.Path.CongestionWindow == 0 || tun.Path.Sent == 0 {
+		t.Errorf("alice's tunnel to the server = %+v (path %+v), want hbone with the socket's algorithm, RTT, window and segments sent", tun, tun.Path)
 	}
 }
 

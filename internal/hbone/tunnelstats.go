@@ -28,6 +28,10 @@ type TunnelStats struct {
 // PathStats is what a transport knows of its path. In JSON the round-trip
 // times are whole microseconds: srttUs, minRttUs.
 type PathStats struct {
+	// Congestion names the congestion control: the socket's
+	// (TCP_CONGESTION, from the namespace's net.ipv4.tcp_congestion_control)
+	// or quic-go's, which is always NewReno ("reno").
+	Congestion          string
 	SmoothedRTT, MinRTT time.Duration
 	// CongestionWindow is the sender's congestion window in bytes.
 	CongestionWindow uint64
@@ -38,8 +42,8 @@ type PathStats struct {
 
 // MarshalJSON writes the durations in microseconds.
 func (p PathStats) MarshalJSON() ([]byte, error) {
-	return fmt.Appendf(nil, `{"srttUs":%d,"minRttUs":%d,"cwndBytes":%d,"sent":%d,"lost":%d}`,
-		p.SmoothedRTT.Microseconds(), p.MinRTT.Microseconds(), p.CongestionWindow, p.Sent, p.Lost), nil
+	return fmt.Appendf(nil, `{"congestion":%q,"srttUs":%d,"minRttUs":%d,"cwndBytes":%d,"sent":%d,"lost":%d}`,
+		p.Congestion, p.SmoothedRTT.Microseconds(), p.MinRTT.Microseconds(), p.CongestionWindow, p.Sent, p.Lost), nil
 }
 
 // SortTunnels orders tunnel stats by peer, remote address, then source.
@@ -81,13 +85,17 @@ func (cl *Client) Tunnels() []TunnelStats {
 // tcpPathStats reads the socket's TCP_INFO; nil when it cannot.
 func tcpPathStats(rc syscall.RawConn) *PathStats {
 	var info *unix.TCPInfo
+	var cc string
 	var err error
 	if cerr := rc.Control(func(fd uintptr) {
-		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			cc, err = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+		}
 	}); cerr != nil || err != nil {
 		return nil
 	}
 	return &PathStats{
+		Congestion:       cc,
 		SmoothedRTT:      time.Duration(info.Rtt) * time.Microsecond,
 		MinRTT:           time.Duration(info.Min_rtt) * time.Microsecond,
 		CongestionWindow: uint64(info.Snd_cwnd) * uint64(info.Snd_mss),

@@ -508,6 +508,11 @@ func (cl *Client) PoolStats() (conns, streams int) {
 	return conns, streams
 }
 
+// quicCongestion is quic-go's congestion control: NewReno, the one its
+// connections are made with (it carries a Cubic mode it does not use, and
+// offers no choice).
+const quicCongestion = "reno"
+
 // Tunnels describes the pooled connections with quic-go's measurements of
 // their paths, sorted as hbone.SortTunnels does.
 func (cl *Client) Tunnels() []hbone.TunnelStats {
@@ -524,7 +529,7 @@ func (cl *Client) Tunnels() []hbone.TunnelStats {
 	for i, qc := range qcs {
 		if qc != nil {
 			s := qc.ConnectionStats()
-			out[i].Path = &hbone.PathStats{SmoothedRTT: s.SmoothedRTT, MinRTT: s.MinRTT, CongestionWindow: s.CongestionWindow, Sent: s.PacketsSent, Lost: s.PacketsLost}
+			out[i].Path = &hbone.PathStats{Congestion: quicCongestion, SmoothedRTT: s.SmoothedRTT, MinRTT: s.MinRTT, CongestionWindow: s.CongestionWindow, Sent: s.PacketsSent, Lost: s.PacketsLost}
 		}
 	}
 	hbone.SortTunnels(out)
