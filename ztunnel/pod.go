@@ -117,7 +117,11 @@ func (p *podProxy) start(ctx context.Context) (err error) {
 		return err
 	}
 	for _, port := range []int{redirect.OutboundPort, redirect.InboundPort, redirect.TunnelPort} {
-		ln, err := netns.ListenTCP(p.nsPath, fmt.Sprintf("0.0.0.0:%d", port))
+		var opts []netns.Option
+		if port == redirect.TunnelPort {
+			opts = append(opts, netns.WithCongestionControl(p.z.cfg.TunnelCongestion))
+		}
+		ln, err := netns.ListenTCP(p.nsPath, fmt.Sprintf("0.0.0.0:%d", port), opts...)
 		if err != nil {
 			return err
 		}
@@ -169,7 +173,7 @@ func (p *podProxy) newTunnels() (*hbone.Server, *hbone3.Server, error) {
 	if p.client, err = hbone.NewClient(hbone.ClientConfig{
 		TLSConfig: tlsFor,
 		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
-			return netns.DialTCP(ctx, p.nsPath, addr, netns.WithMark(redirect.ZtunnelMark))
+			return netns.DialTCP(ctx, p.nsPath, addr, netns.WithMark(redirect.ZtunnelMark), netns.WithCongestionControl(p.z.cfg.TunnelCongestion))
 		},
 		Logger: p.z.log,
 	}); err != nil {

@@ -196,6 +196,33 @@ func TestZtunnel_HTTP2RemainsTheDefault(t *testing.T) {
 	}
 }
 
+// TestZtunnel_TunnelCongestionControl: with TunnelCongestion set, the
+// HBONE connection runs that algorithm at both ends — the one alice's
+// ztunnel dials and the one the server's 15008 accepts — whatever the
+// pods' namespaces default to.
+func TestZtunnel_TunnelCongestionControl(t *testing.T) {
+	m := newMesh(t, func(c *Config) { c.TunnelCongestion = "reno" })
+	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
+	for _, p := range []*testenv.Pod{alice, server} {
+		if out, err := p.Command(context.Background(), "sysctl", "-w", "net.ipv4.tcp_congestion_control=cubic").CombinedOutput(); err != nil {
+			t.Fatalf("pod %s default cubic: %v: %s", p.Name, err, out)
+		}
+	}
+	if err := roundTrip(t, alice, server); err != nil {
+		t.Fatal(err)
+	}
+	if tun := onlyTunnel(t, m.zt[0], alice, server, id("server")); tun.Path == nil || tun.Path.Congestion != "reno" {
+		t.Errorf("alice's tunnel path %+v, want reno", tun.Path)
+	}
+	out, err := server.Command(context.Background(), "ss", "-Htin", "state", "established", "( sport = :15008 )").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ss in the server pod: %v: %s", err, out)
+	}
+	if !strings.Contains(string(out), " reno ") || strings.Contains(string(out), "cubic") {
+		t.Errorf("the server's accepted tunnel socket does not run reno:\n%s", out)
+	}
+}
+
 // onlyTunnel is the one pooled tunnel connection z's debug snapshot shows
 // for pod from, which must lead to pod to and its identity peer.
 func onlyTunnel(t *testing.T, z *Ztunnel, from, to *testenv.Pod, peer string) hbone.TunnelStats {

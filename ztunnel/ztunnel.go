@@ -103,6 +103,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/certs"
+	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/quicfallback"
 	"github.com/ambientmesh/ambient/internal/redirect"
 	"github.com/ambientmesh/ambient/internal/state"
@@ -158,6 +159,12 @@ type Config struct {
 	// UDPIdleTimeout ends a UDP flow, on either side, once no datagram
 	// crossed it either way for this long. Default DefaultUDPIdleTimeout.
 	UDPIdleTimeout time.Duration
+	// TunnelCongestion is the TCP congestion control of the HBONE (HTTP/2)
+	// tunnels, both the ones the pods dial and the ones their 15008
+	// accepts, e.g. "bbr", which keeps a lossy node link busy where the
+	// loss-based defaults back off (docs/benchmarks.md); the apps' own
+	// sockets keep the node's default. "" leaves the tunnels on it too.
+	TunnelCongestion string
 }
 
 // Ztunnel serves the enrolled pods of one node.
@@ -205,6 +212,11 @@ func New(cfg Config) (*Ztunnel, error) {
 	}
 	if cfg.UDPIdleTimeout <= 0 {
 		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	if cfg.TunnelCongestion != "" {
+		if err := netns.CheckCongestionControl(cfg.TunnelCongestion); err != nil {
+			return nil, fmt.Errorf("ztunnel: tunnel %w", err)
+		}
 	}
 	return &Ztunnel{
 		cfg:      cfg,

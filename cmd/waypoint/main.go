@@ -71,6 +71,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/caclient"
 	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 	"github.com/ambientmesh/ambient/internal/istiodconn"
+	"github.com/ambientmesh/ambient/internal/netns"
 )
 
 func main() {
@@ -116,6 +117,7 @@ type options struct {
 	flowLog               string
 	flowLogFlush          time.Duration
 	drainTimeout          time.Duration
+	tunnelCongestion      string // TCP congestion control of the HBONE sockets
 	logLevel              slog.Level
 	procs                 int // pinned GOMAXPROCS; 0 sizes it to the load
 
@@ -154,6 +156,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.flowLog, "flow-log", "-", "file to append one JSON line per request to; - for stdout")
 	fs.DurationVar(&o.flowLogFlush, "flow-log-flush-interval", time.Second, "how long flow records may wait to be written together (as Envoy's access log flush interval); 0 writes each at once")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may finish")
+	fs.StringVar(&o.tunnelCongestion, "tunnel-congestion-control", "", "TCP congestion control of the HBONE connections the waypoint accepts on --hbone-addr and of its own upstream connections, e.g. bbr to keep a lossy node link busy; empty: the kernel's default")
 	fs.StringVar(&o.otlpEndpoint, "otlp-endpoint", "", "OpenTelemetry collector HOST:PORT speaking OTLP/gRPC (e.g. otel-collector.observability:4317): each sampled request's server span is exported there and the upstream gets a W3C traceparent naming it; empty (the default) turns tracing off and passes traceparent through untouched")
 	fs.Func("gomaxprocs", gomaxprocs.FlagHelp+" (default auto)", func(v string) (err error) {
 		o.procs, err = gomaxprocs.ParseFlag(v)
@@ -188,6 +191,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.flowLogFlush < 0 {
 		return o, fmt.Errorf("--flow-log-flush-interval %v: want 0 (write each record at once) or a positive duration", o.flowLogFlush)
+	}
+	if o.tunnelCongestion != "" {
+		if err := netns.CheckCongestionControl(o.tunnelCongestion); err != nil {
+			return o, fmt.Errorf("--tunnel-congestion-control: %w", err)
+		}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -31,6 +33,7 @@ func TestParseFlags_RequiresGatewayConfigAndCA(t *testing.T) {
 		{[]string{"--gateway", "shop/waypoint", "--local-config", "x"}, "--ca-cert"},
 		{[]string{"--gateway", "shop/waypoint", "--local-config", "x", "--ca-cert", "c", "--ca-key", "k", "--flow-log-flush-interval", "-1s"}, "--flow-log-flush-interval"},
 		{[]string{"--gateway", "shop/waypoint", "--local-config", "x", "--ca-cert", "c", "--ca-key", "k", "--gomaxprocs", "many"}, "--gomaxprocs"},
+		{[]string{"--gateway", "shop/waypoint", "--local-config", "x", "--ca-cert", "c", "--ca-key", "k", "--tunnel-congestion-control", "warp"}, `--tunnel-congestion-control: TCP congestion control "warp"`},
 	} {
 		_, err := parseFlags(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -103,7 +106,7 @@ resilience:
 	o, err := parseFlags([]string{"--gateway", "shop/waypoint", "--local-config", cfg,
 		"--ca-cert", write("ca.pem", certPEM), "--ca-key", write("ca-key.pem", keyPEM),
 		"--hbone-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-addr", "127.0.0.1:0",
-		"--drain-timeout", "1s"}, io.Discard)
+		"--drain-timeout", "1s", "--tunnel-congestion-control", "reno"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,6 +159,17 @@ resilience:
 	}
 	if code, body := get("http://" + started["metrics"].(string) + "/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
 		t.Fatalf("metrics: %d", code)
+	}
+	// The HBONE listener's sockets run --tunnel-congestion-control.
+	hb, err := net.DialTimeout("tcp", started["hbone"].(string), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(hb.LocalAddr().String())
+	out, err := exec.Command("ss", "-Htin", "state", "established", "( dport = :"+port+" )").CombinedOutput()
+	hb.Close()
+	if err != nil || !strings.Contains(string(out), " reno ") {
+		t.Errorf("the HBONE listener accepted a socket not on reno (ss: %v):\n%s", err, out)
 	}
 	cancel()
 	select {

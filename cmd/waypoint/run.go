@@ -27,6 +27,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/istiodconn"
+	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/waypoint/proxy"
@@ -124,10 +125,14 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 			ln.Close()
 		}
 	}()
-	for _, l := range []struct{ flag, addr string }{
-		{"--hbone-addr", o.hboneAddr}, {"--admin-addr", o.adminAddr}, {"--metrics-addr", o.metricsAddr}, {"--ready-addr", o.readyAddr},
+	tunnelSockets := netns.Control(netns.WithCongestionControl(o.tunnelCongestion))
+	for _, l := range []struct {
+		flag, addr string
+		control    func(network, address string, c syscall.RawConn) error
+	}{
+		{"--hbone-addr", o.hboneAddr, tunnelSockets}, {"--admin-addr", o.adminAddr, nil}, {"--metrics-addr", o.metricsAddr, nil}, {"--ready-addr", o.readyAddr, nil},
 	} {
-		ln, err := listen(l.flag, l.addr)
+		ln, err := listen(ctx, l.flag, l.addr, l.control)
 		if err != nil {
 			return err
 		}
@@ -221,6 +226,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		Listener: lns[0], PacketConn: pc, FlowLog: flowLog, Metrics: metrics, Logger: logger,
 		DrainTimeout: o.drainTimeout,
 		Tracer:       tracer,
+		DialTCP:      (&net.Dialer{Control: tunnelSockets}).DialContext, // to ztunnels' 15008, and to endpoints outside the mesh
 	})
 	if err != nil {
 		stopAll()
@@ -389,9 +395,10 @@ func loadCA(o options, td spiffeid.TrustDomain) (*ca.Authority, error) {
 	return a, nil
 }
 
-// listen opens a listener, explaining the usual failures.
-func listen(flagName, addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+// listen opens a listener with control applied to its socket (nil: none),
+// explaining the usual failures.
+func listen(ctx context.Context, flagName, addr string, control func(network, address string, c syscall.RawConn) error) (net.Listener, error) {
+	ln, err := (&net.ListenConfig{Control: control}).Listen(ctx, "tcp", addr)
 	if err == nil {
 		return ln, nil
 	}

@@ -48,6 +48,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/caclient"
 	"github.com/ambientmesh/ambient/internal/gomaxprocs"
 	"github.com/ambientmesh/ambient/internal/istiodconn"
+	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/ztunnel"
 )
 
@@ -115,6 +116,8 @@ type options struct {
 	// drainTimeout bounds the drain on SIGTERM; udpIdleTimeout ends a
 	// silent UDP flow.
 	drainTimeout, udpIdleTimeout time.Duration
+	// tunnelCongestion is the HBONE tunnels' TCP congestion control.
+	tunnelCongestion string
 }
 
 // podFlag collects repeated --pod UID=NETNS_PATH.
@@ -169,6 +172,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.captureUDP, "capture-udp", false, "also capture the pods' outbound UDP (DNS to port 53 excepted) and carry it through the mesh with CONNECT-UDP, and accept UDP tunnels for them; off by default for now: enable it on every node at once, since a node without it refuses UDP tunnels")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 5*time.Second, "on SIGTERM, how long the pods' open connections and UDP flows may finish while the pods stay served; keep it below the pod's termination grace period")
 	fs.DurationVar(&o.udpIdleTimeout, "udp-idle-timeout", ztunnel.DefaultUDPIdleTimeout, "with --capture-udp, end a UDP flow once no datagram crossed it either way for this long")
+	fs.StringVar(&o.tunnelCongestion, "tunnel-congestion-control", "", "TCP congestion control of the HBONE tunnels the pods dial and accept, e.g. bbr to keep a lossy node link busy; empty: the node's default (net.ipv4.tcp_congestion_control), as the apps' own sockets keep")
 	fs.StringVar(&o.cniStateDir, "cni-state-dir", "/var/run/ambient/pods", "the plugin's pod state directory, scanned at start to recover pods after a restart (with --cni-socket)")
 	fs.Func("gomaxprocs", gomaxprocs.FlagHelp+" (default auto)", func(v string) (err error) {
 		o.procs, err = gomaxprocs.ParseFlag(v)
@@ -186,6 +190,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.drainTimeout <= 0 || o.udpIdleTimeout <= 0 {
 		return o, fmt.Errorf("--drain-timeout and --udp-idle-timeout must be positive (got %v and %v)", o.drainTimeout, o.udpIdleTimeout)
+	}
+	if o.tunnelCongestion != "" {
+		if err := netns.CheckCongestionControl(o.tunnelCongestion); err != nil {
+			return o, fmt.Errorf("--tunnel-congestion-control: %w", err)
+		}
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })

@@ -159,6 +159,7 @@ func TestZtunnel_UsageErrorsExit2(t *testing.T) {
 		{"bad gomaxprocs", []string{"--node", "n", "--local-config", cfg, "--gomaxprocs", "0"}, "want auto or a positive number"},
 		{"zero drain timeout", []string{"--node", "n", "--local-config", cfg, "--drain-timeout", "0s"}, "--drain-timeout and --udp-idle-timeout must be positive"},
 		{"negative UDP idle timeout", []string{"--node", "n", "--local-config", cfg, "--udp-idle-timeout", "-1s"}, "--drain-timeout and --udp-idle-timeout must be positive"},
+		{"unknown tunnel congestion control", []string{"--node", "n", "--local-config", cfg, "--tunnel-congestion-control", "warp"}, `--tunnel-congestion-control: TCP congestion control "warp"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd := exec.Command(binary, tc.args...)

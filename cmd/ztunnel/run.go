@@ -133,6 +133,7 @@ func run(ctx context.Context, o options, logger *slog.Logger, stdout io.Writer) 
 		FlowLog: telemetry.NewFlowLogFeed(flowOut, flows), Metrics: metrics, Logger: logger,
 		RemoveCaptureOnExit: o.removeCapture, CaptureUDP: o.captureUDP,
 		DrainTimeout: o.drainTimeout, UDPIdleTimeout: o.udpIdleTimeout,
+		TunnelCongestion: o.tunnelCongestion,
 	})
 	if err != nil {
 		return err

@@ -16,8 +16,10 @@
 // 15008 listeners inside each pod's namespace.
 //
 // Options set SO_MARK (ztunnel marks its own sockets 0x539 so that the pod's
-// capture rules let them through; see internal/redirect) and IP_TRANSPARENT
-// before bind/connect. Both need CAP_NET_ADMIN.
+// capture rules let them through; see internal/redirect), IP_TRANSPARENT
+// and the TCP congestion control before bind/connect. The first two need
+// CAP_NET_ADMIN, and so does an algorithm outside
+// net.ipv4.tcp_allowed_congestion_control.
 //
 // Namespaces are named by a path: a bind mount such as /run/netns/NAME
 // (what `ip netns add` creates), or /proc/PID/ns/net. DoFD takes an open
@@ -29,7 +31,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -119,6 +123,7 @@ type Option func(*options)
 type options struct {
 	mark        uint32
 	transparent bool
+	congestion  string
 }
 
 // WithMark sets SO_MARK on the socket before bind or connect. ztunnel marks
@@ -129,6 +134,27 @@ func WithMark(mark uint32) Option { return func(o *options) { o.mark = mark } }
 // sockets), allowing a socket to bind a non-local address.
 func WithTransparent() Option { return func(o *options) { o.transparent = true } }
 
+// WithCongestionControl sets the TCP congestion control (TCP_CONGESTION,
+// e.g. "bbr") instead of the namespace's default; "" keeps the default.
+// The sockets a listener accepts take its algorithm.
+func WithCongestionControl(name string) Option { return func(o *options) { o.congestion = name } }
+
+// CheckCongestionControl reports whether this process can give a TCP
+// socket the congestion control name, so a bad one is refused at start
+// rather than on every dial; the error lists the kernel's algorithms.
+func CheckCongestionControl(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("netns: probe socket: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, name); err != nil {
+		avail, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_available_congestion_control")
+		return fmt.Errorf("TCP congestion control %q: %w (the kernel has: %s)", name, err, strings.TrimSpace(string(avail)))
+	}
+	return nil
+}
+
 func collect(opts []Option) options {
 	var o options
 	for _, fn := range opts {
@@ -137,9 +163,16 @@ func collect(opts []Option) options {
 	return o
 }
 
+// Control returns a net.ListenConfig or net.Dialer Control function that
+// applies opts to sockets made in the caller's own namespace; nil when
+// there is nothing to apply.
+func Control(opts ...Option) func(network, address string, c syscall.RawConn) error {
+	return collect(opts).control()
+}
+
 // control returns a net.ListenConfig/net.Dialer Control function applying o.
 func (o options) control() func(network, address string, c syscall.RawConn) error {
-	if o.mark == 0 && !o.transparent {
+	if o.mark == 0 && !o.transparent && o.congestion == "" {
 		return nil
 	}
 	return func(network, address string, c syscall.RawConn) error {
@@ -158,6 +191,12 @@ func (o options) control() func(network, address string, c syscall.RawConn) erro
 				}
 				if err := unix.SetsockoptInt(int(fd), level, opt, 1); err != nil {
 					serr = fmt.Errorf("netns: set IP_TRANSPARENT: %w", err)
+					return
+				}
+			}
+			if o.congestion != "" && (network == "tcp" || network == "tcp4" || network == "tcp6") {
+				if err := unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, o.congestion); err != nil {
+					serr = fmt.Errorf("netns: set TCP congestion control %q: %w", o.congestion, err)
 				}
 			}
 		})

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -159,5 +160,76 @@ func TestListenUDP_EchoInsideNamespace(t *testing.T) {
 	n, _, err := pc.ReadFrom(buf)
 	if err != nil || string(buf[:n]) != "hi" {
 		t.Fatalf("read = %q, %v", buf[:n], err)
+	}
+}
+
+// congestionOf reads a TCP socket's congestion control.
+func congestionOf(t *testing.T, c net.Conn) string {
+	t.Helper()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var name string
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { name, gerr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION) }); err != nil || gerr != nil {
+		t.Fatalf("TCP_CONGESTION: %v %v", err, gerr)
+	}
+	return name
+}
+
+// TestWithCongestionControl: a dialled socket and the sockets a listener
+// accepts run the algorithm asked for, not the namespace's default; an
+// unknown one fails the dial with the option named.
+func TestWithCongestionControl(t *testing.T) {
+	path := newNS(t)
+	if out, err := exec.Command("ip", "netns", "exec", filepath.Base(path), "sysctl", "-w", "net.ipv4.tcp_congestion_control=cubic").CombinedOutput(); err != nil {
+		t.Fatalf("namespace default cubic: %v: %s", err, out)
+	}
+	ln, err := ListenTCP(path, "127.0.0.1:0", WithCongestionControl("reno"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ opt, dialled string }{{"reno", "reno"}, {"", "cubic"}} {
+		c, err := DialTCP(ctx, path, ln.Addr().String(), WithCongestionControl(tc.opt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := congestionOf(t, c); got != tc.dialled {
+			t.Errorf("dialled with %q: congestion control %q, want %q", tc.opt, got, tc.dialled)
+		}
+		select {
+		case s := <-accepted:
+			defer s.Close()
+			if got := congestionOf(t, s); got != "reno" {
+				t.Errorf("accepted: congestion control %q, want the listener's reno", got)
+			}
+		case <-ctx.Done():
+			t.Fatal("no connection accepted")
+		}
+	}
+	_, err = DialTCP(ctx, path, ln.Addr().String(), WithCongestionControl("no-such-algorithm"))
+	if err == nil || !strings.Contains(err.Error(), `congestion control "no-such-algorithm"`) {
+		t.Errorf("unknown algorithm: err = %v, want one naming it", err)
+	}
+	if err := CheckCongestionControl("reno"); err != nil {
+		t.Errorf("CheckCongestionControl(reno) = %v", err)
+	}
+	if err := CheckCongestionControl("no-such-algorithm"); err == nil || !strings.Contains(err.Error(), "reno") {
+		t.Errorf("CheckCongestionControl(no-such-algorithm) = %v, want an error listing the kernel's algorithms", err)
 	}
 }
