@@ -22,21 +22,27 @@ import (
 // the kernel's congestion controls, set in the pods' namespaces (where
 // ztunnel's tunnel sockets live): reno, the algorithm quic-go's connections
 // use; cubic, Linux's default; and bbr, which does not take random loss
-// for congestion. cpu-s/GB is the whole test process's user+system
+// for congestion. h2-cubic-tunnel-bbr keeps the pods on cubic and gives
+// ztunnel's tunnels bbr (Config.TunnelCongestion, --tunnel-congestion-control).
+// cpu-s/GB is the whole test process's user+system
 // CPU per GB moved: both ztunnels (in process) and the two apps; srtt-µs,
 // cwnd-KiB and lost-% what the sending ztunnel's transport measured of the
 // path (reportPath). Run as root: go test -run '^$' -bench PodToPod ./ztunnel/
 func BenchmarkPodToPod(b *testing.B) {
 	for _, loss := range []string{"clean", "loss1pct"} {
-		for _, path := range []string{"plain-reno", "plain-cubic", "plain-bbr", "h2-reno", "h2-cubic", "h2-bbr", "quic"} {
+		for _, path := range []string{"plain-reno", "plain-cubic", "plain-bbr", "h2-reno", "h2-cubic", "h2-bbr", "h2-cubic-tunnel-bbr", "quic"} {
 			mode, cc, _ := strings.Cut(path, "-")
-			b.Run(loss+"/"+path, func(b *testing.B) { benchPodToPod(b, mode, cc, loss == "loss1pct") })
+			cc, tunnelCC, _ := strings.Cut(cc, "-tunnel-")
+			b.Run(loss+"/"+path, func(b *testing.B) { benchPodToPod(b, mode, cc, tunnelCC, loss == "loss1pct") })
 		}
 	}
 }
 
-func benchPodToPod(b *testing.B, mode, tcpCC string, lossy bool) {
-	m := newMesh(b)
+// benchPodToPod runs one path: mode plain, h2 or quic; tcpCC the pods'
+// congestion control ("": the machine's), tunnelCC the tunnels' ("": the
+// pods').
+func benchPodToPod(b *testing.B, mode, tcpCC, tunnelCC string, lossy bool) {
+	m := newMesh(b, func(c *Config) { c.TunnelCongestion = tunnelCC })
 	client, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
 	if tcpCC != "" {
 		for _, p := range []*testenv.Pod{client, server} {
@@ -93,7 +99,7 @@ func benchPodToPod(b *testing.B, mode, tcpCC string, lossy bool) {
 	b.StopTimer()
 	b.ReportMetric((cpuTime(b)-cpu0).Seconds()/(float64(n)/1e9), "cpu-s/GB")
 	if mode != "plain" {
-		reportPath(b, m.zt[0], client, cmp.Or(tcpCC, "reno"))
+		reportPath(b, m.zt[0], client, cmp.Or(tunnelCC, tcpCC, "reno"))
 	}
 	c.Close()
 	if n != int64(b.N)*int64(len(buf)) {
