@@ -119,7 +119,7 @@ func (p *podProxy) debug() PodDebug {
 	// The tunnel clients, like udpOut, are set before up.
 	d.Tunnels = []hbone.TunnelStats{}
 	if p.serving() {
-		d.Tunnels = append(p.client.Tunnels(), p.client3.Tunnels()...)
+		d.Tunnels = append(append(d.Tunnels, p.client.Tunnels()...), p.client3.Tunnels()...)
 		hbone.SortTunnels(d.Tunnels)
 	}
 	slices.SortFunc(d.Connections, func(a, b ConnDebug) int {

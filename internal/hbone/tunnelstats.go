@@ -46,7 +46,8 @@ func (p PathStats) MarshalJSON() ([]byte, error) {
 		p.Congestion, p.SmoothedRTT.Microseconds(), p.MinRTT.Microseconds(), p.CongestionWindow, p.Sent, p.Lost), nil
 }
 
-// SortTunnels orders tunnel stats by peer, remote address, then source.
+// SortTunnels orders tunnel stats by peer, remote address, source, then
+// transport.
 func SortTunnels(ts []TunnelStats) {
 	slices.SortFunc(ts, func(a, b TunnelStats) int {
 		return cmp.Or(cmp.Compare(a.Peer, b.Peer), cmp.Compare(a.Remote, b.Remote), cmp.Compare(a.Source, b.Source), cmp.Compare(a.Transport, b.Transport))
