@@ -137,9 +137,8 @@ func reportPath(b *testing.B, z *Ztunnel, pod *testenv.Pod, cc string) {
 // opened in pod's namespace from now on; a kernel without it skips the run.
 func setCongestionControl(b *testing.B, pod *testenv.Pod, cc string) {
 	b.Helper()
-	out, err := pod.Command(context.Background(), "sysctl", "-w", "net.ipv4.tcp_congestion_control="+cc).CombinedOutput()
-	if err != nil {
-		b.Skipf("TCP congestion control %s in pod %s: %v: %s", cc, pod.Name, err, out)
+	if err := pod.Sysctl("net.ipv4.tcp_congestion_control", cc); err != nil {
+		b.Skipf("TCP congestion control %s in pod %s: %v", cc, pod.Name, err)
 	}
 }
 

@@ -204,8 +204,8 @@ func TestZtunnel_TunnelCongestionControl(t *testing.T) {
 	m := newMesh(t, func(c *Config) { c.TunnelCongestion = "reno" })
 	alice, server := m.topo.Pod(1, 1), m.topo.Pod(2, 1)
 	for _, p := range []*testenv.Pod{alice, server} {
-		if out, err := p.Command(context.Background(), "sysctl", "-w", "net.ipv4.tcp_congestion_control=cubic").CombinedOutput(); err != nil {
-			t.Fatalf("pod %s default cubic: %v: %s", p.Name, err, out)
+		if err := p.Sysctl("net.ipv4.tcp_congestion_control", "cubic"); err != nil {
+			t.Fatalf("pod %s default cubic: %v", p.Name, err)
 		}
 	}
 	if err := roundTrip(t, alice, server); err != nil {

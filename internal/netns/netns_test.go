@@ -183,8 +183,10 @@ func congestionOf(t *testing.T, c net.Conn) string {
 // unknown one fails the dial with the option named.
 func TestWithCongestionControl(t *testing.T) {
 	path := newNS(t)
-	if out, err := exec.Command("ip", "netns", "exec", filepath.Base(path), "sysctl", "-w", "net.ipv4.tcp_congestion_control=cubic").CombinedOutput(); err != nil {
-		t.Fatalf("namespace default cubic: %v: %s", err, out)
+	if err := Do(path, func() error {
+		return os.WriteFile("/proc/sys/net/ipv4/tcp_congestion_control", []byte("cubic\n"), 0o644)
+	}); err != nil {
+		t.Fatalf("namespace default cubic: %v", err)
 	}
 	ln, err := ListenTCP(path, "127.0.0.1:0", WithCongestionControl("reno"))
 	if err != nil {

@@ -137,6 +137,14 @@ func (n NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd 
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
 }
 
+// Sysctl sets the namespace's own value of a per-namespace sysctl, such as
+// net.ipv4.tcp_congestion_control, without the sysctl tool: /proc/sys/net
+// shows the namespace of the thread that opens it.
+func (n NS) Sysctl(key, value string) error {
+	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
+	return n.Exec(func() error { return os.WriteFile(path, []byte(value+"\n"), 0o644) })
+}
+
 // Listen opens a TCP listener inside the namespace.
 func (n NS) Listen(addr string, opts ...netns.Option) (net.Listener, error) {
 	return netns.ListenTCP(n.Path, addr, opts...)

@@ -396,3 +396,37 @@ func TestTopology_HostLinkReachesNodesOnly(t *testing.T) {
 		t.Errorf("root namespace changed by a host-linked topology's life:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
+
+// TestNS_SysctlSetsOnlyThatNamespace: a per-namespace sysctl set in a pod
+// is the pod's; the node beside it and the root namespace keep theirs.
+func TestNS_SysctlSetsOnlyThatNamespace(t *testing.T) {
+	topo := NewTopology(t, Spec{Nodes: 1, PodsPerNode: 1})
+	const key = "/proc/sys/net/ipv4/tcp_congestion_control"
+	root, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "reno"
+	if strings.TrimSpace(string(root)) == "reno" {
+		want = "cubic"
+	}
+	if err := topo.Pod(1, 1).Sysctl("net.ipv4.tcp_congestion_control", want); err != nil {
+		t.Fatal(err)
+	}
+	read := func(ns NS) string {
+		out, err := ns.Command(context.Background(), "cat", key).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got := read(topo.Pod(1, 1).NS); got != want {
+		t.Errorf("pod: %s, want %s", got, want)
+	}
+	if got := read(topo.Nodes[0].NS); got == want {
+		t.Errorf("node: %s, want the default it was made with", got)
+	}
+	if now, _ := os.ReadFile(key); string(now) != string(root) {
+		t.Errorf("root namespace changed from %q to %q", root, now)
+	}
+}
