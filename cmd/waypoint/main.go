@@ -39,7 +39,7 @@
 // (default $POD_NAMESPACE and $SERVICE_ACCOUNT, else the Gateway's).
 //
 // Listeners: --hbone-addr (:15008, TCP for HBONE and UDP for HBONE/3), --admin-addr (127.0.0.1:15000,
-// /config_dump), --metrics-addr (:15020, Prometheus: istio_requests_total,
+// /config_dump, /debug/connections), --metrics-addr (:15020, Prometheus: istio_requests_total,
 // istio_request_duration_milliseconds, istio_request_bytes,
 // istio_response_bytes, and with --xds-address the istio_xds_* and
 // istio_agent_* client metrics), --ready-addr (:15021, /healthz/ready).
@@ -150,7 +150,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.caKey, "ca-key", "", "PEM private key of --ca-cert")
 	fs.StringVar(&o.caRoot, "ca-root", "", "PEM root certificates, when --ca-cert is an intermediate")
 	fs.StringVar(&o.hboneAddr, "hbone-addr", ":15008", "HBONE listener: TCP (HTTP/2) and UDP (HBONE/3, QUIC)")
-	fs.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (/config_dump)")
+	fs.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:15000", "admin endpoint (/config_dump, /debug/connections)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":15020", "Prometheus /metrics endpoint")
 	fs.StringVar(&o.readyAddr, "ready-addr", ":15021", "readiness endpoint (/healthz/ready)")
 	fs.StringVar(&o.flowLog, "flow-log", "-", "file to append one JSON line per request to; - for stdout")

@@ -160,6 +160,10 @@ resilience:
 	if code, body := get("http://" + started["metrics"].(string) + "/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") {
 		t.Fatalf("metrics: %d", code)
 	}
+	// No request has gone upstream yet: no tunnel is pooled.
+	if code, body := get("http://" + started["admin"].(string) + "/debug/connections"); code != 200 || !strings.Contains(body, `"tunnels": []`) {
+		t.Fatalf("debug/connections: %d\n%s", code, body)
+	}
 	// The HBONE listener's sockets run --tunnel-congestion-control.
 	hb, err := net.DialTimeout("tcp", started["hbone"].(string), 5*time.Second)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/gomaxprocs"
+	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/internal/istiodconn"
 	"github.com/ambientmesh/ambient/internal/netns"
@@ -300,7 +301,8 @@ func readyHandler(ready func() bool) http.Handler {
 
 // adminHandler serves /config_dump: the mesh and the L7 configuration in
 // force, with the items that did not compile and, over xDS (l7 non-nil),
-// the last push refused.
+// the last push refused; and /debug/connections: the pooled upstream
+// tunnels with their path measurements.
 func adminHandler(store *state.Store, pp *atomic.Pointer[proxy.Proxy], l7 *l7XDS) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, _ *http.Request) {
@@ -320,6 +322,22 @@ func adminHandler(store *state.Store, pp *atomic.Pointer[proxy.Proxy], l7 *l7XDS
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(b)
+	})
+	mux.HandleFunc("GET /debug/connections", func(w http.ResponseWriter, _ *http.Request) {
+		p := pp.Load()
+		if p == nil {
+			http.Error(w, "no tunnels yet: waiting for the waypoint's certificate", http.StatusServiceUnavailable)
+			return
+		}
+		b, err := json.MarshalIndent(struct {
+			Tunnels []hbone.TunnelStats `json:"tunnels"`
+		}{append([]hbone.TunnelStats{}, p.Tunnels()...)}, "", "  ")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(append(b, '\n'))
 	})
 	return mux
 }

@@ -547,6 +547,18 @@ func TestLoopMesh_RequestsRecordedAsBefore(t *testing.T) {
 		})
 	}
 
+	// The requests went upstream over pooled HTTP/2 tunnels to the
+	// server's endpoints, which Tunnels shows with their paths.
+	tunnels := m.proxy.Tunnels()
+	if len(tunnels) == 0 {
+		t.Error("no pooled upstream tunnel")
+	}
+	for _, tun := range tunnels {
+		if tun.Transport != "hbone" || tun.Source != id("waypoint") || tun.Peer != id("server") || tun.Path == nil || tun.Path.Sent == 0 {
+			t.Errorf("upstream tunnel %+v (path %+v): want hbone from the waypoint to the server with TCP_INFO", tun, tun.Path)
+		}
+	}
+
 	var total float64
 	for _, s := range metricstest.Series(t, m.reg, "istio_requests_total") {
 		labels := s.Labels

@@ -344,6 +344,15 @@ func (p *Proxy) CloseIdleConnections() {
 // L7 is the configuration in force.
 func (p *Proxy) L7() *Compiled { return p.l7.Load() }
 
+// Tunnels describes the pooled upstream tunnel connections, HTTP/2 and
+// HTTP/3, with their transport's measurements of the path
+// (hbone.TunnelStats), as ztunnel's /debug/connections shows a pod's.
+func (p *Proxy) Tunnels() []hbone.TunnelStats {
+	ts := append(p.client.Tunnels(), p.client3.Tunnels()...)
+	hbone.SortTunnels(ts)
+	return ts
+}
+
 // Ready reports whether the proxy has its configuration and serves.
 func (p *Proxy) Ready() bool { return p.ready.Load() }
 
