@@ -23,11 +23,12 @@ import (
 // ztunnel's tunnel sockets live): reno, the algorithm quic-go's connections
 // use; cubic, Linux's default; and bbr, which does not take random loss
 // for congestion. h2-cubic-tunnel-bbr keeps the pods on cubic and gives
-// ztunnel's tunnels bbr (Config.TunnelCongestion, --tunnel-congestion-control).
-// cpu-s/GB is the whole test process's user+system
-// CPU per GB moved: both ztunnels (in process) and the two apps; srtt-µs,
-// cwnd-KiB and lost-% what the sending ztunnel's transport measured of the
-// path (reportPath). Run as root: go test -run '^$' -bench PodToPod ./ztunnel/
+// ztunnel's tunnels bbr (Config.TunnelCongestion,
+// --tunnel-congestion-control). cpu-s/GB is the whole test process's
+// user+system CPU per GB moved: both ztunnels (in process) and the two
+// apps; srtt-µs, cwnd-KiB and lost-% what the sending ztunnel's transport
+// measured of the path (reportPath). Run as root:
+// go test -run '^$' -bench PodToPod ./ztunnel/
 func BenchmarkPodToPod(b *testing.B) {
 	for _, loss := range []string{"clean", "loss1pct"} {
 		for _, path := range []string{"plain-reno", "plain-cubic", "plain-bbr", "h2-reno", "h2-cubic", "h2-bbr", "h2-cubic-tunnel-bbr", "quic"} {
@@ -99,7 +100,7 @@ func benchPodToPod(b *testing.B, mode, tcpCC, tunnelCC string, lossy bool) {
 	b.StopTimer()
 	b.ReportMetric((cpuTime(b)-cpu0).Seconds()/(float64(n)/1e9), "cpu-s/GB")
 	if mode != "plain" {
-		reportPath(b, m.zt[0], client, cmp.Or(tunnelCC, tcpCC, "reno"))
+		reportPath(b, m.zt[0], client, cmp.Or(tunnelCC, tcpCC, "reno")) // quic-go's is reno
 	}
 	c.Close()
 	if n != int64(b.N)*int64(len(buf)) {
