@@ -54,7 +54,8 @@ func SortTunnels(ts []TunnelStats) {
 	})
 }
 
-// Tunnels describes the pooled connections, sorted by SortTunnels.
+// Tunnels describes the pooled connections, in no order: callers merge
+// both transports' and sort once (SortTunnels).
 func (cl *Client) Tunnels() []TunnelStats {
 	cl.mu.Lock()
 	var out []TunnelStats
@@ -79,7 +80,6 @@ func (cl *Client) Tunnels() []TunnelStats {
 			out[i].Path = tcpPathStats(c.batch.raw.rc)
 		}
 	}
-	SortTunnels(out)
 	return out
 }
 

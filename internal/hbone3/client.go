@@ -514,7 +514,7 @@ func (cl *Client) PoolStats() (conns, streams int) {
 const quicCongestion = "reno"
 
 // Tunnels describes the pooled connections with quic-go's measurements of
-// their paths, sorted as hbone.SortTunnels does.
+// their paths, in no order (see hbone.Client.Tunnels).
 func (cl *Client) Tunnels() []hbone.TunnelStats {
 	cl.mu.Lock()
 	var out []hbone.TunnelStats
@@ -532,6 +532,5 @@ func (cl *Client) Tunnels() []hbone.TunnelStats {
 			out[i].Path = &hbone.PathStats{Congestion: quicCongestion, SmoothedRTT: s.SmoothedRTT, MinRTT: s.MinRTT, CongestionWindow: s.CongestionWindow, Sent: s.PacketsSent, Lost: s.PacketsLost}
 		}
 	}
-	hbone.SortTunnels(out)
 	return out
 }
