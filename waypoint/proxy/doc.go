@@ -29,11 +29,13 @@
 // make it HTTP; tcp (mysql, mongo, redis) and tls make it L4 at once, so a
 // server that speaks first is not kept waiting. Otherwise the first bytes
 // decide: an upper-case token and a space (an HTTP/1.x request line, or
-// the HTTP/2 preface "PRI * HTTP/2.0") make it HTTP, anything else L4. HTTP tunnels
-// go to one net/http Server that speaks HTTP/1.1 and, by prior knowledge,
-// h2c (http.Protocols with UnencryptedHTTP2, the x/net/http2 server bundled
-// in net/http), so gRPC works; each request learns its tunnel through the
-// connection's context.
+// the HTTP/2 preface "PRI * HTTP/2.0") make it HTTP, anything else L4. An HTTP
+// tunnel that opens with the HTTP/2 preface goes to a net/http Server
+// that speaks h2c by prior knowledge (http.Protocols with
+// UnencryptedHTTP2), so gRPC works; HTTP/1.x is served on the tunnel's
+// own goroutine by waypoint/h1server, which checks requests as net/http
+// does without its per-request goroutine and context costs. Either way
+// each request learns its tunnel through its context.
 //
 // # Per request
 //

@@ -3,6 +3,7 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"net"
 	"time"
 
 	"github.com/ambientmesh/ambient/internal/authz"
@@ -22,7 +23,7 @@ const l4DialTimeout = 10 * time.Second
 // then the destination workload's L4 policies (internal/authz) allow the
 // tunnel's client. The endpoint's ztunnel then sees the waypoint's
 // identity and applies its own policies too.
-func (p *Proxy) serveL4(c *tunnelConn, info *tunnelInfo) {
+func (p *Proxy) serveL4(c net.Conn, info *tunnelInfo) {
 	view := p.cfg.Store.Current()
 	f := telemetry.Flow{Start: time.Now(), Reporter: "waypoint", Decision: telemetry.Allow,
 		Security: "mutual_tls", Transport: info.transport, Src: p.srcPeer(view, info)}

@@ -25,6 +25,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/waypoint/h1server"
 	"github.com/ambientmesh/ambient/waypoint/l7authz"
 	"github.com/ambientmesh/ambient/waypoint/tracing"
 )
@@ -106,6 +107,14 @@ type Config struct {
 	DefaultIdleTimeout time.Duration
 }
 
+// The downstream HTTP limits: request header size, the wait for a header
+// once its first bytes came, and for the next request on a connection.
+const (
+	maxHeaderBytes    = 64 << 10
+	readHeaderTimeout = 30 * time.Second
+	idleTimeout       = 5 * time.Minute
+)
+
 // Proxy is the waypoint's data plane.
 type Proxy struct {
 	cfg     Config
@@ -128,7 +137,8 @@ type Proxy struct {
 	// defUp their upstream clients, always in the table (upstream.go).
 	defConn connSettings
 	defUp   *upstreams
-	httpSrv *http.Server
+	httpSrv *http.Server     // h2c tunnels
+	h1      *h1server.Server // HTTP/1.x tunnels
 	conns   *connListener
 	mirrors chan struct{} // semaphore
 	ready   atomic.Bool
@@ -299,11 +309,18 @@ func New(cfg Config) (*Proxy, error) {
 	p.httpSrv = &http.Server{
 		Handler:           p,
 		Protocols:         &both,
-		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       5 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ConnContext:       withTunnel,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+	p.h1 = &h1server.Server{
+		Handler:           p,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		Logger:            cfg.Logger,
 	}
 	return p, nil
 }
@@ -366,6 +383,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	stopHTTP := context.AfterFunc(ctx, func() {
 		dctx, cancel := context.WithTimeout(context.Background(), p.cfg.DrainTimeout)
 		defer cancel()
+		go func() {
+			if err := p.h1.Shutdown(dctx); err != nil {
+				p.h1.Close()
+			}
+		}()
 		if err := p.httpSrv.Shutdown(dctx); err != nil {
 			p.httpSrv.Close()
 		}

@@ -10,17 +10,17 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
+	"github.com/ambientmesh/ambient/waypoint/h1server"
 )
 
-// tunnelConn is the proxy's end of one tunnel: reads go through the reader
-// that detected the protocol, so no byte is lost.
+// tunnelConn is the proxy's end of one tunnel, addressed as the tunnel's
+// client and original destination. It is served wrapped in an
+// h1server.Conn, whose buffered reader detects the protocol, so no byte
+// is lost whoever serves it.
 type tunnelConn struct {
 	net.Conn
-	r    *bufio.Reader
 	info *tunnelInfo
 }
-
-func (c *tunnelConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // RemoteAddr is the tunnel's client; LocalAddr the original destination.
 func (c *tunnelConn) RemoteAddr() net.Addr { return net.TCPAddrFromAddrPort(c.info.peerAddr) }
@@ -36,8 +36,11 @@ func (c *tunnelConn) CloseWrite() error {
 
 type tunnelKey struct{}
 
-// withTunnel is the HTTP server's ConnContext: requests learn their tunnel.
+// withTunnel is the h2c server's ConnContext: requests learn their tunnel.
 func withTunnel(ctx context.Context, c net.Conn) context.Context {
+	if hc, ok := c.(*h1server.Conn); ok {
+		c = hc.Conn
+	}
 	if tc, ok := c.(*tunnelConn); ok {
 		return context.WithValue(ctx, tunnelKey{}, tc.info)
 	}
@@ -109,9 +112,11 @@ func (p *Proxy) declaredProtocol(info *tunnelInfo) (protocol, bool) {
 }
 
 // serveTunnel serves a tunnel by its declared protocol, else by the one
-// its first bytes show, and hands it on.
+// its first bytes show: HTTP/1.x on the tunnel's goroutine (h1server),
+// h2c by the net/http server, anything else as L4.
 func (p *Proxy) serveTunnel(c net.Conn, info *tunnelInfo) {
-	r := bufio.NewReaderSize(c, 4096)
+	hc := h1server.NewConn(&tunnelConn{Conn: c, info: info})
+	r := hc.Reader()
 	kind, declared := p.declaredProtocol(info)
 	if !declared {
 		var err error
@@ -120,16 +125,27 @@ func (p *Proxy) serveTunnel(c net.Conn, info *tunnelInfo) {
 			return
 		}
 	}
-	tc := &tunnelConn{Conn: c, r: r, info: info}
-	if kind == protoHTTP {
-		if !p.conns.hand(tc) {
+	if kind != protoHTTP {
+		p.l4.Add(1)
+		defer p.l4.Done()
+		p.serveL4(hc, info)
+		return
+	}
+	if isH2Preface(r) {
+		if !p.conns.hand(hc) {
 			c.Close() // shutting down
 		}
 		return
 	}
-	p.l4.Add(1)
-	defer p.l4.Done()
-	p.serveL4(tc, info)
+	p.h1.ServeConn(context.WithValue(context.Background(), tunnelKey{}, info), hc)
+}
+
+// isH2Preface reports whether the tunnel opens with the HTTP/2 preface
+// ("PRI * HTTP/2.0…"), by its first four bytes: no HTTP/1.x request is
+// shorter, and none has the method PRI.
+func isH2Preface(r *bufio.Reader) bool {
+	b, _ := r.Peek(4)
+	return string(b) == "PRI "
 }
 
 // connListener feeds tunnels to the HTTP server.
