@@ -243,15 +243,13 @@ func (sc *serverConn) serve() bool {
 			writers.Put(sc.bw)
 		}
 	}()
-	first := true
-	for {
-		if !first && !sc.waitForRequest() {
+	for first := true; ; first = false {
+		if !sc.waitForRequest(first) {
 			return true
 		}
-		if first && sc.srv.ReadHeaderTimeout > 0 {
-			c.SetReadDeadline(time.Now().Add(sc.srv.ReadHeaderTimeout))
+		if !first {
+			sc.limitHeader()
 		}
-		first = false
 		req, err := sc.readRequest()
 		if sc.srv.shutdown.Load() {
 			return true
@@ -266,30 +264,41 @@ func (sc *serverConn) serve() bool {
 	}
 }
 
-// waitForRequest waits, up to IdleTimeout, for the next request's first
-// bytes, as an idle connection Shutdown may close.
-func (sc *serverConn) waitForRequest() bool {
-	c := sc.c
-	if d := sc.srv.IdleTimeout; d > 0 {
-		c.SetReadDeadline(time.Now().Add(d))
+// waitForRequest waits for a request's first bytes, as an idle
+// connection Shutdown may close: up to ReadHeaderTimeout for the first
+// request, whose header it also bounds (from the connection's start, as
+// net/http), else up to IdleTimeout.
+func (sc *serverConn) waitForRequest(first bool) bool {
+	c, wait, peek := sc.c, sc.srv.IdleTimeout, 4
+	if first {
+		// One byte: a connection that ends within its first request is
+		// answered 400. Later, as net/http, one that ends with fewer than
+		// four bytes is closed without an answer.
+		wait, peek = sc.srv.ReadHeaderTimeout, 1
+	}
+	if wait > 0 {
+		c.SetReadDeadline(time.Now().Add(wait))
 	} else {
 		c.SetReadDeadline(time.Time{})
 	}
 	if !c.state.CompareAndSwap(stateActive, stateIdle) || sc.srv.shutdown.Load() {
 		return false
 	}
-	// Four bytes, as net/http: a connection that ends with fewer is
-	// closed without an answer.
-	if _, err := c.br.Peek(4); err != nil {
+	if first {
+		sc.limitHeader() // the first peek reads into the header already
+	}
+	if _, err := c.br.Peek(peek); err != nil {
 		return false
 	}
 	if !c.state.CompareAndSwap(stateIdle, stateActive) {
 		return false // closed by Shutdown meanwhile
 	}
-	if d := sc.srv.ReadHeaderTimeout; d > 0 {
-		c.SetReadDeadline(time.Now().Add(d))
-	} else {
-		c.SetReadDeadline(time.Time{})
+	if !first {
+		if d := sc.srv.ReadHeaderTimeout; d > 0 {
+			c.SetReadDeadline(time.Now().Add(d))
+		} else {
+			c.SetReadDeadline(time.Time{})
+		}
 	}
 	return true
 }
@@ -304,11 +313,16 @@ func (e statusError) Error() string { return e.text }
 
 var errTooLarge = statusError{http.StatusRequestHeaderFieldsTooLarge, ""}
 
+// limitHeader bounds what is read from the connection until the request
+// header is read: MaxHeaderBytes and one buffer, as net/http.
+func (sc *serverConn) limitHeader() {
+	sc.c.lim.n, sc.c.lim.hit = sc.srv.maxHeaderBytes()+bufSize, false
+}
+
 // readRequest reads and checks one request header, as net/http's server
 // does (conn.readRequest).
 func (sc *serverConn) readRequest() (*http.Request, error) {
 	c := sc.c
-	c.lim.n, c.lim.hit = sc.srv.maxHeaderBytes()+bufSize, false
 	if sc.lastMethod == "POST" {
 		// RFC 9112 §2.2: tolerate a CRLF an old client sent after a body.
 		peek, _ := c.br.Peek(4)
@@ -560,9 +574,13 @@ func (w *watcher) arm(cancel context.CancelCauseFunc, body *requestBody) {
 	}
 }
 
+// fire starts the background read. The timer may fire late, for a
+// request already finished: it then finds the watch unarmed, or armed for
+// the next request, which it then watches early. One read at a time: a
+// second one on the same reader would race it.
 func (w *watcher) fire() {
 	w.mu.Lock()
-	if !w.armed {
+	if !w.armed || w.read != nil {
 		w.mu.Unlock()
 		return
 	}

@@ -351,6 +351,7 @@ func TestServer_ShutdownDrains(t *testing.T) {
 	busy, busyR := dial(t, addr)
 	io.WriteString(busy, "GET /hold HTTP/1.1\r\nHost: a\r\n\r\n")
 	<-started
+	_, freshR := dial(t, addr) // connected, nothing sent yet
 
 	done := make(chan error, 1)
 	go func() {
@@ -358,9 +359,12 @@ func TestServer_ShutdownDrains(t *testing.T) {
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	// The idle connection is closed at once; the busy one answers first.
+	// The idle connections are closed at once; the busy one answers first.
 	if _, err := idleR.ReadByte(); err != io.EOF {
 		t.Errorf("idle connection: read %v, want EOF", err)
+	}
+	if _, err := freshR.ReadByte(); err != io.EOF {
+		t.Errorf("connection without a request: read %v, want EOF", err)
 	}
 	close(release)
 	resp, err := http.ReadResponse(busyR, nil)
