@@ -81,9 +81,6 @@ const (
 	// maxPostHandlerReadBytes is how much unread request body is read
 	// and discarded after the handler to keep the connection (net/http's).
 	maxPostHandlerReadBytes = 256 << 10
-	// watchDelay is how long a request runs before its connection is
-	// watched for the client going away.
-	watchDelay = 50 * time.Millisecond
 )
 
 // limitReader bounds the bytes read while a request header is read.
@@ -126,6 +123,10 @@ func (s *Server) ServeConn(ctx context.Context, c *Conn) {
 	}
 	c.Close()
 }
+
+// watchDelay is how long a request runs before its connection is watched
+// for the client going away (a variable for tests).
+var watchDelay = 50 * time.Millisecond
 
 // lingerTimeout bounds lingeringClose.
 const lingerTimeout = 500 * time.Millisecond

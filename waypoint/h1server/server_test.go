@@ -473,3 +473,45 @@ func TestServer_Informational(t *testing.T) {
 		t.Errorf("got %s, want %s", got, want)
 	}
 }
+
+// With a watch delay shorter than the requests, watches start, stop and
+// fire late all the time: every request must still be answered, in order,
+// and (under -race) no two reads may share the connection's reader.
+func TestServer_WatchChurn(t *testing.T) {
+	defer func(d time.Duration) { watchDelay = d }(watchDelay)
+	watchDelay = 50 * time.Microsecond
+	s := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Has("slow") {
+			time.Sleep(200 * time.Microsecond) // outlives the watch delay
+		}
+		io.WriteString(w, r.URL.Path)
+	})}
+	addr := serve(t, s)
+	var wg sync.WaitGroup
+	for conn := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", addr, waitTimeout)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(waitTimeout))
+			br := bufio.NewReader(c)
+			for i := range 300 {
+				path, query := fmt.Sprintf("/%d/%d", conn, i), ""
+				if i%2 == 0 {
+					query = "?slow"
+				}
+				fmt.Fprintf(c, "GET %s%s HTTP/1.1\r\nHost: a\r\n\r\n", path, query)
+				if got := readResponse(br); got != fmt.Sprintf("200 [] body=%q", path) {
+					t.Errorf("request %s: got %s", path, got)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
