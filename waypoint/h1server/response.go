@@ -109,8 +109,7 @@ func (w *response) Write(p []byte) (int, error) {
 	}
 	bw := w.sc.bw
 	if w.chunked {
-		var size [16]byte
-		bw.Write(strconv.AppendInt(size[:0], int64(len(p)), 16))
+		bw.Write(strconv.AppendInt(w.sc.scratch[:0], int64(len(p)), 16))
 		bw.WriteString("\r\n")
 	}
 	n, err := bw.Write(p)
@@ -306,22 +305,28 @@ func (w *response) keepConn() bool {
 	return true
 }
 
+// statusLines holds "NNN Reason\r\n" for the codes net/http names.
+var statusLines = func() (lines [600]string) {
+	for code := 100; code < len(lines); code++ {
+		if text := http.StatusText(code); text != "" {
+			lines[code] = strconv.Itoa(code) + " " + text + "\r\n"
+		}
+	}
+	return lines
+}()
+
 func writeStatusLine(bw *bufio.Writer, is11 bool, code int) {
 	if is11 {
 		bw.WriteString("HTTP/1.1 ")
 	} else {
 		bw.WriteString("HTTP/1.0 ")
 	}
-	var num [3]byte
-	bw.Write(strconv.AppendInt(num[:0], int64(code), 10))
-	bw.WriteByte(' ')
-	if text := http.StatusText(code); text != "" {
-		bw.WriteString(text)
-	} else {
-		bw.WriteString("status code ")
-		bw.Write(strconv.AppendInt(num[:0], int64(code), 10))
+	if code < len(statusLines) && statusLines[code] != "" {
+		bw.WriteString(statusLines[code])
+		return
 	}
-	bw.WriteString("\r\n")
+	c := strconv.Itoa(code)
+	bw.WriteString(c + " status code " + c + "\r\n")
 }
 
 // writeFields writes h's fields but those skip names, in map order.

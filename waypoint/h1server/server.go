@@ -228,6 +228,7 @@ type serverConn struct {
 	hijacked   bool
 	dead       bool // the watcher saw the client go; nothing more to read
 	unread     bool // closing with the client's bytes unread: linger
+	scratch    [16]byte
 }
 
 var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, bufSize) }}

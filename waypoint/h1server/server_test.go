@@ -103,6 +103,9 @@ func testHandler(w http.ResponseWriter, r *http.Request) {
 		if !errors.Is(err, http.ErrContentLength) {
 			panic(fmt.Sprintf("long write: %v", err))
 		}
+	case "/unnamed":
+		h.Set("Content-Length", "0")
+		w.WriteHeader(599)
 	case "/nocontent":
 		w.WriteHeader(http.StatusNoContent)
 	case "/empty":
@@ -261,6 +264,7 @@ func TestServer_LikeNetHTTP(t *testing.T) {
 		{"short body", "GET /short HTTP/1.1\r\nHost: a\r\n\r\n", 1},
 		{"long body", "GET /long HTTP/1.1\r\nHost: a\r\n\r\n", 1},
 		{"204", "GET /nocontent HTTP/1.1\r\nHost: a\r\n\r\n", 1},
+		{"unnamed status", "GET /unnamed HTTP/1.1\r\nHost: a\r\n\r\n", 1},
 		{"empty 202", "GET /empty HTTP/1.1\r\nHost: a\r\n\r\n", 1},
 		{"header injection", "GET /inject HTTP/1.1\r\nHost: a\r\n\r\n", 1},
 		{"handler close", "GET /close HTTP/1.1\r\nHost: a\r\n\r\n", 1},
