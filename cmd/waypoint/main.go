@@ -64,6 +64,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -74,7 +75,19 @@ import (
 	"github.com/ambientmesh/ambient/internal/netns"
 )
 
+// defaultGOGC is the waypoint's garbage-collection target unless $GOGC
+// says otherwise. Unlike ztunnel's, its heap is small and its data path
+// allocates per request (net/http's parsed headers and URLs, both ways),
+// so at Go's default (100) collections run every few hundred requests. A
+// larger target trades a few MiB of heap for fewer of them; the memory
+// limit still bounds the heap, since the Deployment sets GOMEMLIMIT from
+// the container's.
+const defaultGOGC = 400
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
 	opts, err := parseFlags(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
