@@ -142,7 +142,8 @@ func (p *Proxy) serveTunnel(c net.Conn, info *tunnelInfo) {
 
 // isH2Preface reports whether the tunnel opens with the HTTP/2 preface
 // ("PRI * HTTP/2.0…"), by its first four bytes: no HTTP/1.x request is
-// shorter, and none has the method PRI.
+// shorter. (An HTTP/1.x request with the method PRI goes to the net/http
+// server too, which serves HTTP/1.1 as well.)
 func isH2Preface(r *bufio.Reader) bool {
 	b, _ := r.Peek(4)
 	return string(b) == "PRI "
