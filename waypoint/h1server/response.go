@@ -26,16 +26,16 @@ type response struct {
 	written       int64 // body bytes written
 	err           error // the first write error
 
-	wroteHeader bool // WriteHeader called with a final status
 	// cmu orders "100 Continue", sent by whoever reads the body first,
 	// before the headers; it guards the two fields below.
-	cmu            sync.Mutex
-	headerSent     bool // status line and headers are in the buffer
+	cmu           sync.Mutex
+	headerSent    bool // status line and headers are in the buffer
+	wroteContinue bool
+
 	chunked        bool
 	noBody         bool // HEAD, 1xx, 204, 304: writes are dropped or refused
 	closeAfter     bool
 	expectContinue bool // the client waits for 100 Continue before its body
-	wroteContinue  bool
 
 	wantsClose, wants10KeepAlive bool
 }
@@ -48,14 +48,14 @@ func (w *response) WriteHeader(code int) {
 	if code < 100 || code > 999 {
 		panic("h1server: invalid WriteHeader code " + strconv.Itoa(code))
 	}
-	if w.wroteHeader || w.sc.hijacked {
+	if w.status != 0 || w.sc.hijacked {
 		return
 	}
 	if code < 200 && code != http.StatusSwitchingProtocols {
 		w.writeInformational(code)
 		return
 	}
-	w.wroteHeader, w.status = true, code
+	w.status = code
 }
 
 // writeContinue sends "100 Continue" unless it or the headers went out.
@@ -86,7 +86,7 @@ func (w *response) Write(p []byte) (int, error) {
 	if w.sc.hijacked {
 		return 0, http.ErrHijacked
 	}
-	if !w.wroteHeader {
+	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if len(p) == 0 {
@@ -126,7 +126,7 @@ func (w *response) FlushError() error {
 	if w.sc.hijacked {
 		return http.ErrHijacked
 	}
-	if !w.wroteHeader {
+	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.headerSent {
@@ -256,7 +256,7 @@ func (w *response) sendHeader(done bool) {
 // out, the last chunk and trailers, the flush; then what the handler left
 // of the request body is discarded when the connection is to be kept.
 func (w *response) finish() {
-	if !w.wroteHeader {
+	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
 	if !w.headerSent {
