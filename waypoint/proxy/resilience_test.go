@@ -43,6 +43,7 @@ type gate struct {
 	mu      sync.Mutex
 	open    chan struct{}
 	arrived atomic.Int64
+	left    atomic.Int64 // requests done waiting: released, or their context ended
 }
 
 func (g *gate) reset() {
@@ -50,6 +51,7 @@ func (g *gate) reset() {
 	defer g.mu.Unlock()
 	g.open = make(chan struct{})
 	g.arrived.Store(0)
+	g.left.Store(0)
 }
 
 func (g *gate) release() {
@@ -63,6 +65,7 @@ func (g *gate) wait(ctx context.Context) {
 	ch := g.open
 	g.mu.Unlock()
 	g.arrived.Add(1)
+	defer g.left.Add(1)
 	select {
 	case <-ch:
 	case <-ctx.Done():

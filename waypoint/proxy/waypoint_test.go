@@ -174,6 +174,34 @@ func TestWaypoint_EndToEnd(t *testing.T) {
 		}
 	})
 
+	// A client that goes away mid-request ends the upstream request too
+	// (the backend's context ends) and the record says DC, as Envoy's.
+	t.Run("a client gone mid-request cancels it upstream", func(t *testing.T) {
+		m.setL7(t, serverRoute(toV1))
+		m.hold.reset()
+		defer m.hold.release()
+		ctx, cancel := context.WithCancel(context.Background())
+		req, err := http.NewRequestWithContext(ctx, "GET", "http://"+serverVIP+"/hold", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() {
+			resp, err := c.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		waitFor(t, "the request at the backend", func() bool { return m.hold.arrived.Load() == 1 })
+		cancel() // closes the client's connection: HTTP/1.1 cannot cancel otherwise
+		if err := <-done; err == nil {
+			t.Fatal("the cancelled request got a response")
+		}
+		findFlow(t, m.wpLog, map[string]any{"reporter": "waypoint", "path": "/hold", "response_flags": "DC"})
+		waitFor(t, "the backend's request to end", func() bool { return m.hold.left.Load() == 1 })
+	})
+
 	t.Run("weighted split 90/10 over 500 requests", func(t *testing.T) {
 		m.setL7(t, serverRoute(`    backends:
     - {destination: {service: shop/`+serverV1Host+`, port: 80}, weight: 90}
