@@ -42,7 +42,7 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzNormalizePath$$' -fuzztime $(FUZZTIME) ./waypoint/l7authz/
 	$(GO) test -run '^$$' -fuzz '^FuzzCapsuleReader$$' -fuzztime $(FUZZTIME) ./internal/connectudp/
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePath$$' -fuzztime $(FUZZTIME) ./internal/connectudp/
-	$(GO) test -run '^$$' -fuzz '^FuzzLikeNetHTTP$$' -fuzztime 20000x ./waypoint/h1server/
+	$(GO) test -run '^$$' -fuzz '^FuzzLikeNetHTTP$$' -fuzztime 10000x ./waypoint/h1server/
 
 gen:
 	tools/gen.sh

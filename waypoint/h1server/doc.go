@@ -16,11 +16,11 @@
 // which the connection is closed. An Expect other than 100-continue is
 // 417; "100 Continue" is sent when the handler first reads the body.
 // Two differences, because [http.ReadRequest] drops the Host header
-// before the checks can see it: an absolute-form request line (whose
-// authority is the request's host anyway, RFC 9112 §3.2.2) passes without
-// a Host header, and an empty Host header is 400 like a missing one (an
-// "http" URI with an empty host is invalid, RFC 9110 §4.2.1; net/http
-// serves it).
+// before the checks can see it: with an absolute-form request line (whose
+// authority is the request's host anyway, RFC 9112 §3.2.2) the Host
+// header is not checked, missing or malformed; and an empty Host header
+// is 400 like a missing one (an "http" URI with an empty host is invalid,
+// RFC 9110 §4.2.1; net/http serves it).
 //
 // # Responses
 //

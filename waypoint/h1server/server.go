@@ -346,7 +346,9 @@ func (sc *serverConn) readRequest() (*http.Request, error) {
 		return nil, statusError{http.StatusHTTPVersionNotSupported, "unsupported protocol version"}
 	case req.ProtoAtLeast(1, 1) && req.Host == "" && req.Method != "CONNECT":
 		return nil, statusError{http.StatusBadRequest, "missing required Host header"}
-	case req.Host != "" && !httpguts.ValidHostHeader(req.Host):
+	case req.URL.Host == "" && !httpguts.ValidHostHeader(req.Host):
+		// The Host header's; an absolute-form target's authority is not
+		// checked, as in net/http.
 		return nil, statusError{http.StatusBadRequest, "malformed Host header"}
 	}
 	for k, vv := range req.Header {
@@ -420,7 +422,7 @@ func (sc *serverConn) serveRequest(req *http.Request) bool {
 	w.wantsClose = req.Close || hasToken(conn, "close")
 	w.wants10KeepAlive = req.ProtoMajor == 1 && req.ProtoMinor == 0 && hasToken(conn, "keep-alive")
 
-	w.body.rc, w.body.w = req.Body, w
+	w.body.rc, w.body.w, w.body.parsed = req.Body, w, req
 	w.body.done.Store(req.Body == http.NoBody)
 	if expect := req.Header.Get("Expect"); expect != "" {
 		if !hasToken(expect, "100-continue") {
@@ -498,6 +500,10 @@ func (s *Server) logger() *slog.Logger {
 type requestBody struct {
 	rc io.ReadCloser
 	w  *response
+	// parsed is the request as http.ReadRequest returned it, before
+	// WithContext: at the end of a chunked body rc sets its Trailer when
+	// the header declared none.
+	parsed *http.Request
 
 	mu     sync.Mutex  // serializes reads
 	done   atomic.Bool // io.EOF seen: the connection's next bytes are the next request's
@@ -520,9 +526,18 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
-		b.done.Store(true)
+		b.sawEOF()
 	}
 	return n, err
+}
+
+// sawEOF marks the body read and hands the handler's request the
+// trailers that arrived undeclared (a declared Trailer map is shared).
+func (b *requestBody) sawEOF() {
+	if b.w.req.Trailer == nil {
+		b.w.req.Trailer = b.parsed.Trailer
+	}
+	b.done.Store(true)
 }
 
 func (b *requestBody) Close() error {
@@ -540,7 +555,7 @@ func (b *requestBody) discard() bool {
 		return true
 	}
 	if _, err := io.CopyN(io.Discard, b.rc, maxPostHandlerReadBytes+1); err == io.EOF {
-		b.done.Store(true)
+		b.sawEOF()
 	}
 	return b.done.Load()
 }
