@@ -386,7 +386,7 @@ func (sc *serverConn) replyError(err error) {
 		const msg = "431 Request Header Fields Too Large"
 		io.WriteString(sc.c.Conn, "HTTP/1.1 "+msg+headers+msg)
 		sc.unread = true
-	case strings.HasPrefix(err.Error(), "unsupported transfer encoding"):
+	case isUnsupportedTE(err):
 		// RFC 9112 §6.1: a coding the server does not understand is 501.
 		// Its name is not echoed.
 		io.WriteString(sc.c.Conn, "HTTP/1.1 501 Not Implemented"+headers+"Unsupported transfer encoding")
@@ -398,6 +398,13 @@ func (sc *serverConn) replyError(err error) {
 		const msg = "400 Bad Request"
 		io.WriteString(sc.c.Conn, "HTTP/1.1 "+msg+headers+msg)
 	}
+}
+
+// isUnsupportedTE reports whether err is http.ReadRequest's refusal of a
+// Transfer-Encoding (its type is unexported; these are its two texts).
+func isUnsupportedTE(err error) bool {
+	msg := err.Error()
+	return strings.HasPrefix(msg, "unsupported transfer encoding") || strings.HasPrefix(msg, "too many transfer encodings")
 }
 
 // isNetReadError: the connection ended or failed before a request began
