@@ -139,7 +139,10 @@
 //     (10s) and DefaultIdleTimeout (90s), so no connect waits forever.
 //     Each distinct pair has its own upstream clients, shared by the
 //     services that have it; SetL7 keeps those still used and closes the
-//     others' connections once idle.
+//     others' connections once idle. A cluster with maxConnections has
+//     clients of its own instead, as Envoy's pools are per cluster: an
+//     HTTP/2 connection holding one of its slots carries only its
+//     requests, never another service's to the same endpoint.
 //   - Outlier detection sees every attempt's outcome per endpoint: the
 //     status, or a local-origin error (connect failure, reset, timeout)
 //     counted as a 503; not a request the client gave up. The load
@@ -227,8 +230,5 @@
 // not fall to L4).
 // Of the resilience policy: DestinationRule subsets (routes cannot name
 // them), and for HTTP/2 backends http1MaxPendingRequests (no request
-// waits for an HTTP/2 connection but while it is dialled). An HTTP/2
-// connection's maxConnections slot belongs to the cluster whose request
-// opened it, though services with the same endpoint and connection
-// settings may share it.
+// waits for an HTTP/2 connection but while it is dialled).
 package proxy

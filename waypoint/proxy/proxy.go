@@ -337,10 +337,7 @@ func New(cfg Config) (*Proxy, error) {
 func (p *Proxy) SetL7(c *Compiled) {
 	p.resMu.Lock()
 	defer p.resMu.Unlock()
-	old := p.res.Load()
-	ups, retired := p.upstreamsFor(c, old.ups)
-	next := reconcile(old, c, p.serviceLive, p.now, func(pol *svcPolicy) *upstreams { return p.upstreamsIn(ups, pol) })
-	next.ups = ups
+	next, retired := p.nextTable(p.res.Load(), c, p.serviceLive)
 	p.res.Store(next)
 	p.l7.Store(c)
 	p.ready.Store(true)
@@ -349,12 +346,31 @@ func (p *Proxy) SetL7(c *Compiled) {
 	}
 }
 
+// nextTable is the resilience state for configuration c after old
+// (reconcile), with the upstream clients c needs, and the clients of old
+// that c no longer uses, to retire.
+func (p *Proxy) nextTable(old *resTable, c *Compiled, live func(svcKey string) bool) (next *resTable, retired []*upstreams) {
+	ups, retired := p.upstreamsFor(c, old.ups)
+	next = reconcile(old, c, live, p.now, func(pol *svcPolicy) *upstreams { return p.upstreamsIn(ups, pol) })
+	next.ups = ups
+	for _, cl := range next.clusters {
+		p.ownClients(cl)
+	}
+	return next, append(retired, ownRetired(old, next)...)
+}
+
 // CloseIdleConnections closes the idle upstream connections (and with
 // them their tunnels, which then end and are logged by the endpoints'
 // ztunnels).
 func (p *Proxy) CloseIdleConnections() {
-	for _, u := range p.res.Load().ups {
+	t := p.res.Load()
+	for _, u := range t.ups {
 		u.closeIdle()
+	}
+	for _, cl := range t.clusters {
+		if cl.pool.own != nil {
+			cl.pool.own.closeIdle()
+		}
 	}
 }
 

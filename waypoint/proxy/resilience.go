@@ -121,6 +121,9 @@ type connPool struct {
 	conns       chan struct{}
 	releaseConn func()
 	perConn     uint32 // maxRequestsPerConnection, 0: unlimited
+	// own are the cluster's own upstream clients, made with the pool when
+	// it limits connections (ownClients) and retired with it.
+	own *upstreams
 }
 
 func newConnPool(src *waypointapi.ConnectionPool) *connPool {
@@ -212,6 +215,37 @@ func reconcile(old *resTable, c *Compiled, live func(svcKey string) bool, now fu
 	return next
 }
 
+// ownClients gives a cluster that limits its connections (maxConnections)
+// upstream clients of its own, made with its connection pool and retired
+// with it: an HTTP/2 connection holds one of the cluster's slots while
+// open, so it must carry only that cluster's requests, as Envoy's
+// connection pools are per cluster. Other clusters share clients by
+// connection settings.
+func (p *Proxy) ownClients(cl *cluster) {
+	if cl.pool.conns == nil {
+		return
+	}
+	if cl.pool.own == nil {
+		cl.pool.own = p.newUpstreams(settingsOf(cl.pool.src, p.defConn))
+	}
+	cl.up = cl.pool.own
+}
+
+// ownRetired lists the own clients of old's clusters whose connection
+// pool next no longer has (the cluster is gone or its pool changed).
+func ownRetired(old, next *resTable) []*upstreams {
+	var out []*upstreams
+	for k, cl := range old.clusters {
+		if cl.pool.own == nil {
+			continue
+		}
+		if n := next.clusters[k]; n == nil || n.pool != cl.pool {
+			out = append(out, cl.pool.own)
+		}
+	}
+	return out
+}
+
 // serviceLive reports whether the service with key svcKey is in the mesh.
 func (p *Proxy) serviceLive(svcKey string) bool {
 	ns, host, _ := strings.Cut(svcKey, "/")
@@ -239,6 +273,7 @@ func (p *Proxy) cluster(u upstream) *cluster {
 	}
 	pol := p.l7.Load().policy(k.svc)
 	cl := newCluster(pol, p.now, p.upstreamsIn(t.ups, pol))
+	p.ownClients(cl)
 	next := &resTable{buckets: t.buckets, clusters: maps.Clone(t.clusters), ups: t.ups}
 	if next.clusters == nil {
 		next.clusters = make(map[destKey]*cluster)

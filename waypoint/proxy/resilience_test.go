@@ -359,6 +359,36 @@ func TestWaypoint_Resilience(t *testing.T) {
 		}
 	})
 
+	// Envoy's connection pools are per cluster: an HTTP/2 connection that
+	// another service's requests opened to the same endpoint (server-v1's,
+	// without limits) is not one of server's, so server's requests may
+	// not ride on it past their own maxConnections.
+	t.Run("maxConnections 1 over HTTP/2: another service's connection to the same endpoint is not shared", func(t *testing.T) {
+		h2c := m.httpClient(t, true)
+		limited := resilienceFor(serverHost, "  traffic_policy: {load_balancer: LB_ROUND_ROBIN, connection_pool: {max_connections: 1}}\n")
+		m.setL7(t, serverRoute(toV1)+limited)
+		m.proxy.CloseIdleConnections()
+		if r := do(t, h2c, "GET", "/h2-conns", nil); r.code != 200 || r.header.Get("X-Proto") != "HTTP/2.0" {
+			t.Fatalf("through server-v1: %d %q (%s)", r.code, r.body, r.header.Get("X-Proto"))
+		}
+		m.setL7(t, limited) // server-v1's connection to v1 stays open and idle
+		before := m.flagCount(t, "UO", "503")
+		served := map[string]int{}
+		for i := range 6 {
+			r := do(t, h2c, "GET", "/h2-conns", nil)
+			switch {
+			case r.code == 200:
+				served[r.body]++
+			case r.code == 503 && r.header.Get("X-Envoy-Overloaded") == "true":
+			default:
+				t.Fatalf("request %d: %d %q", i, r.code, r.body)
+			}
+		}
+		if len(served) != 1 || m.flagCount(t, "UO", "503")-before != 3 {
+			t.Fatalf("served by %v, %v overflows; want server's one connection serving 3, 3 refused", served, m.flagCount(t, "UO", "503")-before)
+		}
+	})
+
 	// Over HTTP/1.1 and, from an h2c client, over HTTP/2 to the backend,
 	// where the n-th request's connection takes no further request.
 	t.Run("maxRequestsPerConnection", func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,5 +195,51 @@ func TestUpstreams_RetiredClientsCloseWhenTheLastRequestEnds(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connection of retired clients was not closed when their last request ended")
+	}
+}
+
+// TestOwnClients_LiveAndRetireWithTheConnectionPool: a cluster with
+// maxConnections has clients of its own, with its connection settings,
+// kept while its connection pool is and retired when the pool changes or
+// the cluster goes; a cluster without a limit shares the clients of its
+// settings.
+func TestOwnClients_LiveAndRetireWithTheConnectionPool(t *testing.T) {
+	p := &Proxy{defConn: connSettings{connect: 10 * time.Second, idle: 90 * time.Second}}
+	p.defUp = p.newUpstreams(p.defConn)
+	now := func() time.Time { return time.Time{} }
+	p.now = now
+	live := func(string) bool { return true }
+	pol := func(maxConns uint32) *waypointapi.ServiceResilience {
+		return &waypointapi.ServiceResilience{ServiceKey: reviews, TrafficPolicy: &waypointapi.TrafficPolicy{
+			ConnectionPool: &waypointapi.ConnectionPool{MaxConnections: maxConns, IdleTimeout: durationpb.New(time.Minute)}}}
+	}
+	k := destKey{svc: reviews, port: 9080}
+	setL7 := func(old *resTable, c *Compiled) (*resTable, []*upstreams) { return p.nextTable(old, c, live) }
+
+	c1 := mustCompile(t, L7Config{Resilience: []*waypointapi.ServiceResilience{pol(1)}})
+	t1, _ := setL7(&resTable{ups: map[connSettings]*upstreams{p.defConn: p.defUp}}, c1)
+	cl := newCluster(c1.policy(reviews), now, p.upstreamsIn(t1.ups, c1.policy(reviews)))
+	p.ownClients(cl)
+	t1.clusters = map[destKey]*cluster{k: cl}
+	own := cl.upstreams(p.defUp)
+	if own == nil || own != cl.pool.own || own == t1.ups[settingsOf(cl.pool.src, p.defConn)] || own.h2.IdleConnTimeout != time.Minute {
+		t.Fatalf("a cluster with maxConnections: clients %p (own %p), want its own with the policy's idle timeout", own, cl.pool.own)
+	}
+
+	t2, retired := setL7(t1, mustCompile(t, L7Config{Resilience: []*waypointapi.ServiceResilience{pol(1)}}))
+	if t2.clusters[k].upstreams(p.defUp) != own || slices.Contains(retired, own) {
+		t.Fatal("an unchanged connection pool did not keep its own clients")
+	}
+	t3, retired := setL7(t2, mustCompile(t, L7Config{Resilience: []*waypointapi.ServiceResilience{pol(2)}}))
+	own3 := t3.clusters[k].upstreams(p.defUp)
+	if own3 == own || own3 != t3.clusters[k].pool.own || !slices.Contains(retired, own) {
+		t.Fatal("a changed connection pool did not get new clients and retire the old ones")
+	}
+	t4, retired := setL7(t3, mustCompile(t, L7Config{Resilience: []*waypointapi.ServiceResilience{pol(0)}}))
+	if got := t4.clusters[k].upstreams(p.defUp); got != t4.ups[settingsOf(pol(0).TrafficPolicy.ConnectionPool, p.defConn)] || !slices.Contains(retired, own3) {
+		t.Fatal("without maxConnections the cluster does not share its settings' clients, or its own were not retired")
+	}
+	if _, retired := setL7(t3, mustCompile(t, L7Config{})); !slices.Contains(retired, own3) {
+		t.Fatal("own clients of a cluster whose limit is gone were not retired")
 	}
 }
