@@ -243,7 +243,12 @@ func describe(cfg config, s sample) string {
 		ladder = append(ladder, fmt.Sprintf("%d:%.0f", st.Conns, st.RPS))
 	}
 	bst := best(s.Steps)
-	return fmt.Sprintf("%s; max %.0f req/s at %d conns (conns:req/s %s)", strings.Join(parts, "; "), bst.RPS, bst.Conns, strings.Join(ladder, " "))
+	var procs []string
+	for _, c := range bst.ProcCores {
+		procs = append(procs, fmt.Sprintf("%.2f", c))
+	}
+	return fmt.Sprintf("%s; max %.0f req/s at %d conns (conns:req/s %s; vCPU of the path's proxies at max %s, busy %.2f)",
+		strings.Join(parts, "; "), bst.RPS, bst.Conns, strings.Join(ladder, " "), strings.Join(procs, " + "), bst.MachineBusy)
 }
 
 // goProcs names a PROCBENCH_*_PROCS value for a Go proxy.

@@ -393,8 +393,11 @@ func (wb *wpBench) measure(ctx context.Context, p onPath) (sample, error) {
 		if err := errors.Join(cpuErr, err); err != nil {
 			return s, err
 		}
+		for i := range p.procs {
+			st.ProcCores = append(st.ProcCores, (cpu1[i]-cpu0[i]).Seconds()/tr.Elapsed.Seconds())
+		}
 		if p.middle >= 0 {
-			st.MiddleCores = (cpu1[p.middle] - cpu0[p.middle]).Seconds() / tr.Elapsed.Seconds()
+			st.MiddleCores = st.ProcCores[p.middle]
 		}
 		s.Steps = append(s.Steps, st)
 	}

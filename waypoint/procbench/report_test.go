@@ -34,8 +34,9 @@ type rateSample struct {
 type step struct {
 	Conns       int
 	RPS         float64
-	MiddleCores float64 // vCPU used by the middle proxy during the step
-	MachineBusy float64 // vCPU used by every process
+	MiddleCores float64   // vCPU used by the middle proxy during the step
+	ProcCores   []float64 // vCPU used by each of the path's proxies, in path order
+	MachineBusy float64   // vCPU used by every process
 }
 
 // sample is one path measured once: each fixed rate, in config order, and
