@@ -30,7 +30,7 @@ func TestZtunnel_ZtunnelPortsAreRefused(t *testing.T) {
 	}
 	// Each attempt is one refused flow at the destination, nothing more.
 	refused := func() (n int, all int) {
-		for _, f := range m.logs[1].flows(t) {
+		for _, f := range m.logs[1].JSONLines(t) {
 			all++
 			if strings.Contains(fmt.Sprint(f["error"]), "is ztunnel's own in the pod") {
 				n++

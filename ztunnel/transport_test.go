@@ -359,7 +359,7 @@ func TestZtunnel_QUICDenialIsNotRetriedOverHTTP2(t *testing.T) {
 	if udp, tcp := tunnelPackets(t, capture); udp == 0 || tcp != 0 {
 		t.Fatalf("node link carried %d UDP and %d TCP packets of port 15008; want the QUIC attempt only", udp, tcp)
 	}
-	for _, f := range m.logs[1].flows(t) {
+	for _, f := range m.logs[1].JSONLines(t) {
 		if f["transport"] == "hbone" {
 			t.Fatalf("the denied tunnel was retried over HTTP/2: %v", f)
 		}
@@ -416,7 +416,7 @@ func TestZtunnel_DrainServesQUICUntilTheLastConnectionEnds(t *testing.T) {
 	m.setTransport(t, server, workloadapi.TunnelTransport_QUIC)
 	drainWithHeldConnection(t, m, alice, server)
 	var quic int
-	for _, f := range m.logs[1].flows(t) {
+	for _, f := range m.logs[1].JSONLines(t) {
 		if f["reporter"] == "destination" && f["transport"] == "hbone3" && f["decision"] == "allow" {
 			quic++
 		}

@@ -304,7 +304,7 @@ func TestZtunnel_UDPDenyPolicyBlocksFlow(t *testing.T) {
 	}
 	denials := func() int {
 		n := 0
-		for _, f := range m.logs[1].flows(t) {
+		for _, f := range m.logs[1].JSONLines(t) {
 			if f["reporter"] == "destination" && f["protocol"] == "udp" && f["decision"] == "deny" {
 				n++
 			}

@@ -1,11 +1,9 @@
 package ztunnel
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +25,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/logtest"
 	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/redirect"
@@ -39,34 +38,6 @@ import (
 
 var td = spiffeid.RequireTrustDomainFromString("cluster.local")
 
-// syncBuffer is a goroutine-safe flow log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// flows parses the records written so far.
-func (s *syncBuffer) flows(t testing.TB) []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("bad flow line %q: %v", sc.Text(), err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
 // mesh is a 2-node × 2-pod topology with one ztunnel per node; every pod
 // runs an echo app on 8080.
 type mesh struct {
@@ -74,7 +45,7 @@ type mesh struct {
 	topo  *testenv.Topology
 	store *state.Store
 	zt    []*Ztunnel
-	logs  []*syncBuffer
+	logs  []*logtest.Buffer
 	regs  []*prometheus.Registry
 	stops []func()
 	sa    map[*testenv.Pod]string
@@ -122,7 +93,7 @@ func newMeshOn(t testing.TB, spec testenv.Spec, opts ...func(*Config)) *mesh {
 		t.Fatal(err)
 	}
 	for _, n := range m.topo.Nodes {
-		m.logs = append(m.logs, &syncBuffer{})
+		m.logs = append(m.logs, &logtest.Buffer{})
 		m.regs = append(m.regs, prometheus.NewRegistry())
 		m.zt = append(m.zt, nil)
 		m.stops = append(m.stops, nil)
@@ -217,11 +188,11 @@ func roundTripAddr(t *testing.T, from *testenv.Pod, addr string) error {
 func id(sa string) string { return "spiffe://cluster.local/ns/shop/sa/" + sa }
 
 // findFlow waits for a flow record in log matching every key in want.
-func findFlow(t testing.TB, log *syncBuffer, want map[string]any) map[string]any {
+func findFlow(t testing.TB, log *logtest.Buffer, want map[string]any) map[string]any {
 	t.Helper()
 	var found map[string]any
 	waitFor(t, fmt.Sprintf("flow %v", want), func() bool {
-		for _, f := range log.flows(t) {
+		for _, f := range log.JSONLines(t) {
 			ok := true
 			for k, v := range want {
 				if f[k] != v {

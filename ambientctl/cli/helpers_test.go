@@ -1,44 +1,25 @@
 package cli_test
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/ambientmesh/ambient/ambientctl/cli"
+	"github.com/ambientmesh/ambient/internal/logtest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
-// syncBuffer is a bytes.Buffer safe for a running command and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // run runs ambientctl in process and returns stdout, stderr and the exit code.
 func run(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut logtest.Buffer
 	code := cli.Main(context.Background(), args, &out, &errOut)
 	return out.String(), errOut.String(), code
 }

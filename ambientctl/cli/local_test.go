@@ -16,6 +16,7 @@ import (
 	"github.com/ambientmesh/ambient/ambientctl/ztunnels"
 	"github.com/ambientmesh/ambient/ambientctl/ztunnels/ztunnelstest"
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/logtest"
 	"github.com/ambientmesh/ambient/internal/telemetry"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/ztunnel/admin"
@@ -195,7 +196,7 @@ func TestFlows_FollowStreamsRecordsWrittenAfterConnecting(t *testing.T) {
 	lc.logs[0].Record(telemetry.Flow{Start: t0, Reporter: "source", Src: frontend, Dst: reviews, Decision: "allow"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut logtest.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.Main(ctx, []string{"flows", "--follow", "-o", "json", "-n", "shop", "--cluster-state", lc.state}, &out, &errOut)
@@ -236,7 +237,7 @@ func TestFlows_FollowTablePrintsHeaderThenRows(t *testing.T) {
 	lc := startLocalCluster(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut logtest.Buffer
 	done := make(chan int, 1)
 	go func() { done <- cli.Main(ctx, []string{"flows", "-f", "--cluster-state", lc.state}, &out, &errOut) }()
 	waitFor(t, "both nodes' streams", func() bool { return lc.feeds[0].Subscribers() == 1 && lc.feeds[1].Subscribers() == 1 })
@@ -259,7 +260,7 @@ func TestFlows_FollowCarriesOnWithoutANodeThatIsDown(t *testing.T) {
 	lc.logs[1].Record(telemetry.Flow{Start: t0, Reporter: "destination", Src: frontend, Dst: reviews, Decision: "allow"})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errOut syncBuffer
+	var out, errOut logtest.Buffer
 	done := make(chan int, 1)
 	go func() {
 		done <- cli.Main(ctx, []string{"flows", "-f", "-o", "json", "--cluster-state", partial}, &out, &errOut)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -13,13 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ambientmesh/ambient/internal/ca"
+	"github.com/ambientmesh/ambient/internal/logtest"
 )
 
 func TestParseFlags_RequiresGatewayConfigAndCA(t *testing.T) {
@@ -47,24 +46,6 @@ func TestParseFlags_RequiresGatewayConfigAndCA(t *testing.T) {
 	if o.gatewayNS != "shop" || o.gatewayName != "waypoint" || o.namespace != "shop" || o.serviceAccount != "waypoint" {
 		t.Fatalf("got %+v; want the Gateway's namespace and name as the identity's defaults", o)
 	}
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestRun_ServesReadinessAndConfigDumpAndDrains runs the binary's wiring on
@@ -110,7 +91,7 @@ resilience:
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

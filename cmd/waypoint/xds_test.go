@@ -20,6 +20,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/kubetest"
+	"github.com/ambientmesh/ambient/internal/logtest"
 )
 
 func TestParseFlags_AcceptsTheControllersDeployment(t *testing.T) {
@@ -199,7 +200,7 @@ func TestWaypoint_ConfigAndCertificateFromIstiod(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

@@ -1,13 +1,13 @@
 package hbone3
 
 import (
-	"bytes"
 	"log/slog"
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/ambientmesh/ambient/internal/logtest"
 )
 
 // TestTuning_RealSocket: as root (CAP_NET_ADMIN) the buffers reach the
@@ -41,7 +41,7 @@ type notASocket struct{ net.PacketConn }
 // TestServer3_ReportsRefusedTuning: a socket the system will not tune is
 // served anyway, with a warning at start-up and the report in Tuning().
 func TestServer3_ReportsRefusedTuning(t *testing.T) {
-	var logs syncBuffer
+	var logs logtest.Buffer
 	p := newPKI(t, td)
 	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -86,21 +86,4 @@ func TestClient3_ReportsTuning(t *testing.T) {
 		t.Fatalf("server Tuning() = %s", st)
 	}
 	t.Logf("client: %s; server: %s", cl.Tuning(), ts.srv.Tuning())
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/hbone"
 	"github.com/ambientmesh/ambient/internal/hbone3"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/logtest"
 	"github.com/ambientmesh/ambient/internal/metricstest"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
@@ -67,7 +68,7 @@ var loopIPv4Of = map[netip.Addr]string{
 type loopMesh struct {
 	proxy   *proxy.Proxy
 	reg     *prometheus.Registry
-	flowLog *syncBuffer // nil: the flow log is discarded (benchmarks)
+	flowLog *logtest.Buffer // nil: the flow log is discarded (benchmarks)
 
 	tunnel net.Conn // the client's tunnel to loopServerVIP:80
 	br     *bufio.Reader
@@ -96,7 +97,7 @@ func (m *loopMesh) streamsTo(ip string) int {
 // newLoopMesh starts the loopback mesh. With a flowLog the waypoint writes
 // each flow at once; without, it buffers them as cmd/waypoint does and
 // discards them.
-func newLoopMesh(tb testing.TB, flowLog *syncBuffer) *loopMesh {
+func newLoopMesh(tb testing.TB, flowLog *logtest.Buffer) *loopMesh {
 	tb.Helper()
 	m := &loopMesh{reg: prometheus.NewRegistry(), flowLog: flowLog, streams: map[netip.Addr]int{}}
 	authority, err := ca.NewSelfSigned(td, ca.Options{})
@@ -431,7 +432,7 @@ func TestLoopMesh_ServesOnlyWhatIsBoundToIt(t *testing.T) {
 // bound to it: 400), and a connect-udp tunnel is refused over either
 // transport (a waypoint carries TCP only).
 func TestLoopMesh_ServesHBONE3(t *testing.T) {
-	log := &syncBuffer{}
+	log := &logtest.Buffer{}
 	m := newLoopMesh(t, log)
 	c, err := m.dialAuthority3(loopServerVIP + ":80")
 	if err != nil {
@@ -504,7 +505,7 @@ func TestLoopMesh_IPv6VIPReachesEndpointsOverIPv6(t *testing.T) {
 // checks what each request leaves behind: the echoed body, its flow
 // record and its istio_requests_total sample, label by label.
 func TestLoopMesh_RequestsRecordedAsBefore(t *testing.T) {
-	log := &syncBuffer{}
+	log := &logtest.Buffer{}
 	m := newLoopMesh(t, log)
 	req := load.HTTPRequest(loopServerVIP, benchBody)
 	buf := make([]byte, benchBody)
@@ -634,7 +635,7 @@ var mirrorL7 = serverRoute(`    backends: [{destination: {service: shop/` + serv
 // buffers, memoized peers) are never shared by two at a time, nor taken
 // from a mirror still sending. Run it with -race.
 func TestLoopMesh_ConcurrentRequestsKeepTheirOwn(t *testing.T) {
-	log := &syncBuffer{}
+	log := &logtest.Buffer{}
 	m := newLoopMesh(t, log)
 	const tunnels, perTunnel = 4, 12
 	sizes := []int{0, benchBody, 70 << 10, 3000}

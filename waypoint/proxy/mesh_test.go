@@ -1,17 +1,13 @@
 package proxy_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,6 +22,7 @@ import (
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/certs"
 	"github.com/ambientmesh/ambient/internal/identity"
+	"github.com/ambientmesh/ambient/internal/logtest"
 	"github.com/ambientmesh/ambient/internal/netns"
 	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/telemetry"
@@ -51,39 +48,12 @@ const (
 	serverV2Host = "server-v2.shop.svc.cluster.local"
 )
 
-// syncBuffer is a goroutine-safe flow log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) flows(t testing.TB) []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	sc := bufio.NewScanner(bytes.NewReader(s.b.Bytes()))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("bad flow line %q: %v", sc.Text(), err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
-
 // findFlow waits until a flow with every field of want is in log.
-func findFlow(t testing.TB, log *syncBuffer, want map[string]any) map[string]any {
+func findFlow(t testing.TB, log *logtest.Buffer, want map[string]any) map[string]any {
 	t.Helper()
 	var found map[string]any
 	waitFor(t, fmt.Sprintf("a flow with %v", want), func() bool {
-		for _, f := range log.flows(t) {
+		for _, f := range log.JSONLines(t) {
 			ok := true
 			for k, v := range want {
 				if fmt.Sprint(f[k]) != fmt.Sprint(v) {
@@ -120,8 +90,8 @@ type testMesh struct {
 	topo               *testenv.Topology
 	store              *state.Store
 	client, wp, v1, v2 *testenv.Pod
-	ztLogs             []*syncBuffer
-	wpLog              *syncBuffer
+	ztLogs             []*logtest.Buffer
+	wpLog              *logtest.Buffer
 	proxy              *proxy.Proxy
 	reg                *prometheus.Registry
 	flakyCalls         [2]atomic.Int64
@@ -139,7 +109,7 @@ func podUID(p *testenv.Pod) string { return fmt.Sprintf("pod-%d-%d", p.Node.Inde
 // newTestMesh builds the mesh; opts adjust the waypoint's Config.
 func newTestMesh(t *testing.T, opts ...func(*proxy.Config)) *testMesh {
 	testenv.RequireRoot(t)
-	m := &testMesh{topo: testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 2}), store: state.NewStore(), wpLog: &syncBuffer{}}
+	m := &testMesh{topo: testenv.NewTopology(t, testenv.Spec{Nodes: 2, PodsPerNode: 2}), store: state.NewStore(), wpLog: &logtest.Buffer{}}
 	m.client, m.wp, m.v1, m.v2 = m.topo.Pod(1, 1), m.topo.Pod(1, 2), m.topo.Pod(2, 1), m.topo.Pod(2, 2)
 	var err error
 	if m.ca, err = ca.NewSelfSigned(td, ca.Options{}); err != nil {
@@ -201,7 +171,7 @@ func newTestMesh(t *testing.T, opts ...func(*proxy.Config)) *testMesh {
 	m.startApp(t, m.v2, "v2", 1)
 	var zts []*ztunnel.Ztunnel
 	for n, pods := range [][]*testenv.Pod{{m.client}, {m.v1, m.v2}} {
-		log := &syncBuffer{}
+		log := &logtest.Buffer{}
 		m.ztLogs = append(m.ztLogs, log)
 		zts = append(zts, m.startZtunnel(t, n+1, pods, log))
 	}
@@ -212,7 +182,7 @@ func newTestMesh(t *testing.T, opts ...func(*proxy.Config)) *testMesh {
 	return m
 }
 
-func (m *testMesh) startZtunnel(t *testing.T, n int, pods []*testenv.Pod, log *syncBuffer) *ztunnel.Ztunnel {
+func (m *testMesh) startZtunnel(t *testing.T, n int, pods []*testenv.Pod, log *logtest.Buffer) *ztunnel.Ztunnel {
 	cm, err := certs.New(certs.Config{Sign: certs.LocalSigner(m.ca, time.Hour)})
 	if err != nil {
 		t.Fatal(err)

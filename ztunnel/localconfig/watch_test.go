@@ -1,38 +1,19 @@
 package localconfig
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/ambientmesh/ambient/internal/logtest"
 	"github.com/ambientmesh/ambient/internal/state"
 )
-
-// syncBuffer is a log sink safe to read while the watcher writes.
-type syncBuffer struct {
-	mu  sync.Mutex // guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func workloadsYAML(uids ...string) string {
 	var sb strings.Builder
@@ -69,7 +50,7 @@ func TestWatch_ReloadsOnChangeAndKeepsLastGoodConfig(t *testing.T) {
 	write(workloadsYAML("a"))
 
 	applied := make(chan state.Snapshot, 10)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
