@@ -226,7 +226,12 @@ func (p *Proxy) ownClients(cl *cluster) {
 		return
 	}
 	if cl.pool.own == nil {
-		cl.pool.own = p.newUpstreams(settingsOf(cl.pool.src, p.defConn))
+		own := p.newUpstreams(settingsOf(cl.pool.src, p.defConn))
+		// One HTTP/2 dial at a time per endpoint: requests that come
+		// while it runs wait for that connection and share it (Envoy's
+		// pending requests) instead of each needing a slot of its own.
+		own.h2.MaxConnsPerHost = cap(cl.pool.conns)
+		cl.pool.own = own
 	}
 	cl.up = cl.pool.own
 }

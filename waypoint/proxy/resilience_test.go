@@ -359,6 +359,32 @@ func TestWaypoint_Resilience(t *testing.T) {
 		}
 	})
 
+	// Requests that arrive while the cluster's only HTTP/2 connection is
+	// being dialled wait for it and share it, as Envoy's pending
+	// requests do; none of them needs a connection of its own.
+	t.Run("maxConnections 1 over HTTP/2: a burst on a cold cluster shares the connection being dialled", func(t *testing.T) {
+		h2c := m.httpClient(t, true)
+		m.setL7(t, serverRoute(toV1)+resilienceFor(serverV1Host, "  traffic_policy: {connection_pool: {max_connections: 1}}\n"))
+		for round := range 3 {
+			m.proxy.CloseIdleConnections()
+			var results []<-chan result
+			for range 8 {
+				results = append(results, doAsync(h2c, "/h2-burst"))
+			}
+			conns := map[string]bool{}
+			for i, ch := range results {
+				r := <-ch
+				if r.code != 200 || r.header.Get("X-Proto") != "HTTP/2.0" {
+					t.Fatalf("round %d, request %d: %d %q (%s)", round, i, r.code, r.body, r.header.Get("X-Proto"))
+				}
+				conns[r.header.Get("X-Remote-Addr")] = true
+			}
+			if len(conns) != 1 {
+				t.Fatalf("round %d: 8 requests over connections %v, want one", round, conns)
+			}
+		}
+	})
+
 	// Envoy's connection pools are per cluster: an HTTP/2 connection that
 	// another service's requests opened to the same endpoint (server-v1's,
 	// without limits) is not one of server's, so server's requests may
