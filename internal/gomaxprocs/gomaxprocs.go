@@ -126,7 +126,7 @@ func New(cfg Config) *Controller {
 // then it restores Max. Should the process's CPU time become unreadable,
 // it logs a warning and leaves the count at Max. It always returns nil.
 func (c *Controller) Run(ctx context.Context) error {
-	defer c.apply(c.cfg.Max)
+	defer c.apply(c.cfg.Max, 0, 0)
 	cpu, err := c.cfg.CPUTime()
 	if err != nil {
 		c.cfg.Logger.Warn("GOMAXPROCS left at its default: the process's CPU time cannot be read", "err", err)
@@ -134,7 +134,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.lastCPU, c.lastTime = cpu, time.Now()
 	c.lastStarts[0], c.lastStarts[1] = c.cfg.Starts()
-	c.apply(1)
+	c.apply(1, 0, 0)
 	t := time.NewTicker(c.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -170,22 +170,24 @@ func (c *Controller) observe(cpu time.Duration, all, queued uint64, now time.Tim
 	switch {
 	case next > c.cur:
 		c.fewer = 0
-		c.apply(next)
+		c.apply(next, busy, late)
 	case next < c.cur:
 		if c.fewer++; c.fewer >= c.cfg.Settle {
 			c.fewer = 0
-			c.apply(next)
+			c.apply(next, busy, late)
 		}
 	default:
 		c.fewer = 0
 	}
 }
 
-func (c *Controller) apply(n int) {
+// apply sets n Ps; busy and late are the last interval's measures that
+// asked for them, logged.
+func (c *Controller) apply(n int, busy, late float64) {
 	if n == c.cur || n < 1 {
 		return
 	}
-	c.cfg.Logger.Debug("GOMAXPROCS changed", "from", c.cur, "to", n)
+	c.cfg.Logger.Debug("GOMAXPROCS changed", "from", c.cur, "to", n, "busy", busy, "late", late)
 	c.cur = n
 	c.cfg.Set(n)
 }

@@ -55,7 +55,7 @@ func (f *fakeProcess) controller(max, settle int) *Controller {
 	c := New(Config{Max: max, Settle: settle, CPUTime: func() (time.Duration, error) { return f.cpu, nil },
 		Starts: func() (uint64, uint64) { return f.all, f.queued },
 		Set:    func(n int) { f.procs = append(f.procs, n) }})
-	c.apply(1)
+	c.apply(1, 0, 0)
 	c.lastTime = f.now
 	return c
 }
