@@ -227,9 +227,11 @@ func (p *Proxy) ownClients(cl *cluster) {
 	}
 	if cl.pool.own == nil {
 		own := p.newUpstreams(settingsOf(cl.pool.src, p.defConn))
-		// One HTTP/2 dial at a time per endpoint: requests that come
-		// while it runs wait for that connection and share it (Envoy's
-		// pending requests) instead of each needing a slot of its own.
+		// At most maxConnections HTTP/2 connections per endpoint, those
+		// being dialled included: a request that comes while its
+		// endpoint's connection is being dialled waits for that one and
+		// shares it (Envoy's pending requests), instead of dialling its
+		// own and finding no slot free.
 		own.h2.MaxConnsPerHost = cap(cl.pool.conns)
 		cl.pool.own = own
 	}
