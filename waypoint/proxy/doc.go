@@ -114,10 +114,12 @@
 //     maxConnections (an HTTP/1.1 connection carries one request at a
 //     time), waiting for one as a pending request, at most
 //     http1MaxPendingRequests at once; to an HTTP/2 backend each open
-//     connection the cluster's requests opened holds one, requests that
-//     come while one is being dialled to their endpoint wait for it and
-//     share it, and a request that would need one more connection is
-//     refused (Envoy's HTTP/2 pool). A limit reached is answered 503 at
+//     connection the cluster's requests opened holds one; a request to
+//     an endpoint with no connection open waits for one to be dialled as
+//     a pending request (at most http1MaxPendingRequests at once), those
+//     that come while it is dialled share it, and a request that would
+//     need one connection more than the limit is refused (Envoy's HTTP/2
+//     pool). A limit reached is answered 503 at
 //     once, "upstream connect error or disconnect/reset before headers.
 //     reset reason: overflow" with x-envoy-overloaded (UO), never queued
 //     without bound. A retry refused by maxRetries returns the last
@@ -231,6 +233,5 @@
 // default protocol detection does (no timeout: a slow HTTP client must
 // not fall to L4).
 // Of the resilience policy: DestinationRule subsets (routes cannot name
-// them), and for HTTP/2 backends http1MaxPendingRequests: the requests
-// that wait for an HTTP/2 connection being dialled are not counted.
+// them).
 package proxy

@@ -440,6 +440,13 @@ func (p *Proxy) forward(rec *reqRecord, r *http.Request, view *state.View, memo 
 		if cl != nil {
 			req = limitPerConn(req, cl.pool.perConn)
 		}
+		if up.h2 {
+			if req, err = cl.awaitH2Conn(req, ups, peer.Addr, &at); err != nil {
+				acancel()
+				p.overflow(rec)
+				return
+			}
+		}
 		resp, err := transport.RoundTrip(req)
 		at.releaseRetry() // the retry's outcome is known
 		if err == nil && resp.StatusCode == http.StatusSwitchingProtocols && upgrade != "" {

@@ -481,6 +481,28 @@ func limitPerConn(req *http.Request, n uint32) *http.Request {
 	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 }
 
+// awaitH2Conn counts an HTTP/2 request as pending while it waits for a
+// connection: when its cluster's clients ups have none open to its
+// endpoint addr, it waits for one to be dialled, as Envoy's HTTP/2 pool
+// holds a request as pending while it connects. Beyond
+// http1MaxPendingRequests that is resilience.ErrOverflow at once. The
+// request is no longer pending once it has its connection (its GotConn
+// trace) or its attempt ends (a.releaseAttempt), whichever comes first.
+func (c *cluster) awaitH2Conn(req *http.Request, ups *upstreams, addr string, a *attempt) (*http.Request, error) {
+	if c == nil || ups.h2open.any(addr) {
+		return req, nil
+	}
+	done, err := c.pool.limiter.Acquire(resilience.PendingRequests)
+	if err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	release := func() { once.Do(done) }
+	a.pending = release
+	trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { release() }}
+	return req.WithContext(httptrace.WithClientTrace(req.Context(), trace)), nil
+}
+
 // h2PoolKey is the context key under which an HTTP/2 request carries its
 // cluster's connection pool to the dial (http.Transport dials with the
 // request's context values): a new connection takes one of its
@@ -514,20 +536,31 @@ func h2ConnSlot(ctx context.Context) (release func(), err error) {
 }
 
 // upConn is an upstream connection, counting the requests it carried;
-// closing it gives back the connection slot it holds, if any.
+// closing it gives back the connection slot it holds, if any, and runs
+// the functions onClose added.
 type upConn struct {
 	net.Conn
 	requests atomic.Uint32
 	release  func() // nil: no slot held
+	closed   []func()
 	once     sync.Once
 }
+
+// onClose adds f to what closing the connection runs; only before the
+// connection is handed to its client.
+func (c *upConn) onClose(f func()) { c.closed = append(c.closed, f) }
 
 // Close implements net.Conn.
 func (c *upConn) Close() error {
 	err := c.Conn.Close()
-	if c.release != nil {
-		c.once.Do(c.release)
-	}
+	c.once.Do(func() {
+		if c.release != nil {
+			c.release()
+		}
+		for _, f := range c.closed {
+			f()
+		}
+	})
 	return err
 }
 
@@ -552,9 +585,10 @@ func (c *cluster) acquireRetry() (release func(), err error) {
 // attempt is what the request's current attempt holds; the release
 // methods free it, each part once.
 type attempt struct {
-	conn  func()               // a connection of the cluster
-	ep    *resilience.Endpoint // a request in flight to the endpoint
-	retry func()               // a retry in flight, until its outcome
+	conn    func()               // a connection of the cluster
+	pending func()               // a pending request, until it has a connection (nil: none, or given back)
+	ep      *resilience.Endpoint // a request in flight to the endpoint
+	retry   func()               // a retry in flight, until its outcome
 }
 
 func (a *attempt) release() {
@@ -563,6 +597,10 @@ func (a *attempt) release() {
 }
 
 func (a *attempt) releaseAttempt() {
+	if a.pending != nil {
+		a.pending()
+		a.pending = nil
+	}
 	if a.conn != nil {
 		a.conn()
 		a.conn = nil

@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -489,5 +490,62 @@ func (m *testMesh) poolOverflow(t *testing.T, c *http.Client, total, over, held 
 	}
 	if n := m.flagCount(t, "UO", "503") - before; n != float64(over) {
 		t.Fatalf("istio_requests_total{response_flags=UO} grew by %v, want %d", n, over)
+	}
+}
+
+// TestWaypoint_HTTP2PendingRequests: an HTTP/2 request that waits for its
+// endpoint's connection to be dialled is a pending request, as in
+// Envoy's HTTP/2 pool: http1MaxPendingRequests of them wait, the others
+// get 503 UO at once. The waypoint's HBONE dials are held so that the
+// requests all come while the first connection is being dialled.
+func TestWaypoint_HTTP2PendingRequests(t *testing.T) {
+	var dials gate
+	dials.reset()
+	m := newTestMesh(t, func(c *proxy.Config) {
+		dial := c.DialTCP
+		c.DialTCP = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			dials.wait(ctx)
+			return dial(ctx, network, addr)
+		}
+	})
+	released := false
+	defer func() {
+		if !released {
+			dials.release()
+		}
+	}()
+	h2c := m.httpClient(t, true)
+	m.setL7(t, serverRoute(toV1)+resilienceFor(serverV1Host, "  traffic_policy: {connection_pool: {max_connections: 1, http1_max_pending_requests: 2}}\n"))
+
+	results := make(chan result, 5)
+	for range 5 {
+		go func() { results <- <-doAsync(h2c, "/h2-pending") }()
+	}
+	for i := range 3 {
+		select {
+		case r := <-results:
+			if r.code != 503 || r.header.Get("X-Envoy-Overloaded") != "true" {
+				t.Fatalf("answer %d while the connection is dialled: %d %q, want 503 overflow", i, r.code, r.body)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d answers while the connection is dialled, want 3 at once", i)
+		}
+	}
+	dials.release()
+	released = true
+	for i := range 2 {
+		if r := <-results; r.code != 200 || r.header.Get("X-Proto") != "HTTP/2.0" {
+			t.Fatalf("pending request %d: %d %q (%s), want 200 over HTTP/2", i, r.code, r.body, r.header.Get("X-Proto"))
+		}
+	}
+	// With the connection open, nothing is pending: a burst goes through.
+	var burst []<-chan result
+	for range 8 {
+		burst = append(burst, doAsync(h2c, "/h2-pending"))
+	}
+	for i, ch := range burst {
+		if r := <-ch; r.code != 200 {
+			t.Fatalf("request %d with the connection open: %d %q", i, r.code, r.body)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -78,8 +79,34 @@ type upstreams struct {
 	h1sync *h1client.Client // HTTP/1.1 with no body or a buffered one: on the handler's goroutine
 	h1, h2 *http.Transport  // HTTP/1.1 with a streamed body (or an upgrade); HTTP/2 (h2c)
 
+	h2open openConns // HTTP/2 connections of h2 open to each endpoint
+
 	inflight atomic.Int64 // requests using the clients
 	retired  atomic.Bool  // no longer in the configuration
+}
+
+// openConns counts open connections by endpoint address ("ip:port").
+type openConns struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *openConns) add(addr string, d int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = make(map[string]int)
+	}
+	if o.n[addr] += d; o.n[addr] <= 0 {
+		delete(o.n, addr)
+	}
+}
+
+// any reports whether a connection to addr is open.
+func (o *openConns) any(addr string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[addr] > 0
 }
 
 // newUpstreams makes the clients of settings s, dialling with p.
@@ -109,7 +136,17 @@ func (p *Proxy) newUpstreams(s connSettings) *upstreams {
 	var h2only http.Protocols
 	h2only.SetUnencryptedHTTP2(true)
 	u.h2 = &http.Transport{
-		DialContext:            dial,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			if uc, ok := c.(*upConn); ok {
+				u.h2open.add(addr, 1)
+				uc.onClose(func() { u.h2open.add(addr, -1) })
+			}
+			return c, nil
+		},
 		Protocols:              &h2only,
 		IdleConnTimeout:        idle,
 		DisableCompression:     true,
