@@ -1,7 +1,6 @@
 package tracing_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,9 +8,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ambientmesh/ambient/internal/logtest"
 
 	"go.opentelemetry.io/otel/attribute"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
@@ -322,24 +322,6 @@ func TestRun_FlushesWhenItsContextEnds(t *testing.T) {
 	tr.StartServer(http.Header{}, "GET", time.Now()).End(tracing.Outcome{StatusCode: 200})
 }
 
-// syncLog is a goroutine-safe log sink.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncLog) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncLog) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestExportFailure_IsLoggedOnTheTracersLogger(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -347,7 +329,7 @@ func TestExportFailure_IsLoggedOnTheTracersLogger(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens: connection refused
-	var log syncLog
+	var log logtest.Buffer
 	tr, err := tracing.New(tracing.Config{Endpoint: addr, Insecure: true, SamplingPercent: 100, ServiceName: "waypoint.shop",
 		ExportTimeout: 300 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	if err != nil {
