@@ -11,12 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ambientmesh/ambient/internal/logtest"
-
 	"go.opentelemetry.io/otel/attribute"
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"go.uber.org/goleak"
 
+	"github.com/ambientmesh/ambient/internal/logtest"
 	"github.com/ambientmesh/ambient/waypoint/tracing"
 	"github.com/ambientmesh/ambient/waypoint/tracing/tracingtest"
 )
