@@ -35,8 +35,8 @@ import (
 //
 // Each distinct pair has its own clients (upstreams): the h1client pool
 // and the two http.Transports, whose dial function applies the connect
-// timeout. Services with equal settings share them, but for a cluster
-// with maxConnections, which has its own (ownClients). SetL7 builds the set
+// timeout. Services with equal settings share them; a cluster with
+// maxConnections has its own instead (ownClients). SetL7 builds the set
 // a configuration needs, keeping the clients of settings still in use;
 // the others are retired: their idle connections are closed at once, and
 // those still carrying a request once the last request has finished.
