@@ -85,14 +85,12 @@ const (
 
 // limitReader bounds the bytes read while a request header is read.
 type limitReader struct {
-	r   io.Reader
-	n   int64
-	hit bool
+	r io.Reader
+	n int64
 }
 
 func (l *limitReader) Read(p []byte) (int, error) {
 	if l.n <= 0 {
-		l.hit = true
 		return 0, io.EOF
 	}
 	if int64(len(p)) > l.n {
@@ -318,7 +316,7 @@ var errTooLarge = statusError{http.StatusRequestHeaderFieldsTooLarge, ""}
 // limitHeader bounds what is read from the connection until the request
 // header is read: MaxHeaderBytes and one buffer, as net/http.
 func (sc *serverConn) limitHeader() {
-	sc.c.lim.n, sc.c.lim.hit = sc.srv.maxHeaderBytes()+bufSize, false
+	sc.c.lim.n = sc.srv.maxHeaderBytes() + bufSize
 }
 
 // readRequest reads and checks one request header, as net/http's server
@@ -331,7 +329,9 @@ func (sc *serverConn) readRequest() (*http.Request, error) {
 		c.br.Discard(leadingCRLF(peek))
 	}
 	req, err := http.ReadRequest(c.br)
-	hit := c.lim.hit
+	// As net/http, any error once the whole limit has been read is 431,
+	// even one in what was read before it.
+	hit := c.lim.n <= 0
 	c.lim.n = noLimit
 	if err != nil {
 		if hit {

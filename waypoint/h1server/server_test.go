@@ -245,6 +245,8 @@ func TestServer_LikeNetHTTP(t *testing.T) {
 		{"obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-Test: a\r\n b\r\n\r\n", 1},
 		{"bare LF", "GET / HTTP/1.1\nHost: a\nX-Test: lf\n\n", 1},
 		{"header too large", "GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + strings.Repeat("b", 8<<10) + "\r\n\r\n", 1},
+		// A malformed line read with the limit's last bytes: 431, as net/http (found by FuzzLikeNetHTTP).
+		{"bad line at the header limit", "0 /" + strings.Repeat("x", 4500) + "\n" + strings.Repeat("y", 2000), 1},
 		{"two content-lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 1},
 		{"same content-length twice", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 1},
 		{"bad content-length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc", 1},
