@@ -536,12 +536,11 @@ func h2ConnSlot(ctx context.Context) (release func(), err error) {
 }
 
 // upConn is an upstream connection, counting the requests it carried;
-// closing it gives back the connection slot it holds, if any, and runs
-// the functions onClose added.
+// closing it runs, once, what onClose added (giving back the connection
+// slot it holds, counting it closed).
 type upConn struct {
 	net.Conn
 	requests atomic.Uint32
-	release  func() // nil: no slot held
 	closed   []func()
 	once     sync.Once
 }
@@ -554,9 +553,6 @@ func (c *upConn) onClose(f func()) { c.closed = append(c.closed, f) }
 func (c *upConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		if c.release != nil {
-			c.release()
-		}
 		for _, f := range c.closed {
 			f()
 		}

@@ -112,7 +112,11 @@ func (o *openConns) any(addr string) bool {
 // newUpstreams makes the clients of settings s, dialling with p.
 func (p *Proxy) newUpstreams(s connSettings) *upstreams {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return p.dialEndpoint(ctx, network, addr, s.connect)
+		c, err := p.dialEndpoint(ctx, network, addr, s.connect)
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return c, nil
 	}
 	idle := s.idle // http.Transport: 0 is no limit, as for us
 	h1idle := s.idle
@@ -137,14 +141,12 @@ func (p *Proxy) newUpstreams(s connSettings) *upstreams {
 	h2only.SetUnencryptedHTTP2(true)
 	u.h2 = &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			c, err := dial(ctx, network, addr)
+			c, err := p.dialEndpoint(ctx, network, addr, s.connect)
 			if err != nil {
 				return nil, err
 			}
-			if uc, ok := c.(*upConn); ok {
-				u.h2open.add(addr, 1)
-				uc.onClose(func() { u.h2open.add(addr, -1) })
-			}
+			u.h2open.add(addr, 1)
+			c.onClose(func() { u.h2open.add(addr, -1) })
 			return c, nil
 		},
 		Protocols:              &h2only,
@@ -224,7 +226,7 @@ var errConnectTimeout = errors.New("connection timeout")
 // maxConnections, holding one of them while open (h2ConnSlot). The timeout expiring is errConnectTimeout,
 // a dialError, and not the context's error: the caller's own deadline
 // (a route timeout) stays distinguishable.
-func (p *Proxy) dialEndpoint(ctx context.Context, network, addr string, timeout time.Duration) (net.Conn, error) {
+func (p *Proxy) dialEndpoint(ctx context.Context, network, addr string, timeout time.Duration) (*upConn, error) {
 	release, err := h2ConnSlot(ctx)
 	if err != nil {
 		return nil, err
@@ -241,7 +243,11 @@ func (p *Proxy) dialEndpoint(ctx context.Context, network, addr string, timeout 
 		}
 		return nil, err
 	}
-	return &upConn{Conn: c, release: release}, nil
+	uc := &upConn{Conn: c}
+	if release != nil {
+		uc.onClose(release)
+	}
+	return uc, nil
 }
 
 // quicFailed logs a QUIC dial to addr that fell back to HTTP/2, once
