@@ -354,6 +354,9 @@ func TestServer_StatusCodes(t *testing.T) {
 			}
 		})
 	}
+	// The 200 means the server's dial completed; the upstream's accept loop
+	// may count it a moment later.
+	waitFor(t, "the valid request's upstream connection", func() bool { return up.Accepted.Load() >= 1 })
 	if n := up.Accepted.Load(); n != 1 {
 		t.Fatalf("upstream accepted %d connections, want 1 (only the valid request)", n)
 	}

@@ -422,6 +422,9 @@ func TestServer3_StatusCodes(t *testing.T) {
 			}
 		})
 	}
+	// A 200 means the server's dial completed; the upstream's accept loop
+	// may count it a moment later.
+	waitFor(t, "the valid requests' upstream connections", func() bool { return up.Accepted.Load() >= 2 })
 	if n := up.Accepted.Load(); n != 2 {
 		t.Fatalf("upstream accepted %d connections, want 2 (the valid requests)", n)
 	}
