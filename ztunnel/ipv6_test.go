@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambientmesh/ambient/internal/state"
 	"github.com/ambientmesh/ambient/internal/testenv"
 	"github.com/ambientmesh/ambient/proto/workloadapi"
 )
@@ -13,7 +14,8 @@ import (
 // TestZtunnel_IPv6: in a dual-stack topology, traffic between the pods'
 // IPv6 addresses is meshed as their IPv4 traffic is. TCP is tunnelled with
 // both identities, and only IPv6 tunnel packets, never the app's bytes,
-// cross the node link. With UDP capture, a DNS-style query is answered
+// cross the node link. A dual-stack service's IPv6 VIP is captured and
+// tunnelled to the pod's IPv6 address. With UDP capture, a DNS-style query is answered
 // through the tunnel over HTTP/2 and over QUIC, the app seeing the client
 // pod's IPv6 address. An L4 policy refuses a caller over IPv6 as over IPv4.
 func TestZtunnel_IPv6(t *testing.T) {
@@ -45,6 +47,32 @@ func TestZtunnel_IPv6(t *testing.T) {
 		for i, reporter := range []string{"source", "destination"} {
 			findFlow(t, m.logs[i], map[string]any{"reporter": reporter, "src.identity": id("alice"),
 				"dst.identity": id("server"), "dst.addr": server.Addr6(8080), "decision": "allow", "transport": "hbone"})
+		}
+	})
+
+	t.Run("dual-stack service", func(t *testing.T) {
+		const vip4, vip6 = "10.96.0.10", "fd00:10:96::10"
+		const host = "server.shop.svc.cluster.local"
+		m.setWorkload(t, server, func(w *workloadapi.Workload) {
+			w.Services = map[string]*workloadapi.PortList{"shop/" + host: {Ports: []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}}}}
+		})
+		if err := m.store.Apply(state.Update{Services: []*workloadapi.Service{{
+			Name: "server", Namespace: "shop", Hostname: host,
+			Addresses: []*workloadapi.NetworkAddress{{Address: netip.MustParseAddr(vip4).AsSlice()}, {Address: netip.MustParseAddr(vip6).AsSlice()}},
+			Ports:     []*workloadapi.Port{{ServicePort: 80, TargetPort: 8080}},
+		}}}); err != nil {
+			t.Fatal(err)
+		}
+		// Each VIP reaches the endpoint's address of its own family.
+		for _, tc := range []struct{ vip, endpoint string }{
+			{"[" + vip6 + "]:80", server.Addr6(8080)},
+			{vip4 + ":80", server.Addr(8080)},
+		} {
+			if err := roundTripAddr(t, alice, tc.vip); err != nil {
+				t.Fatalf("%s: %v", tc.vip, err)
+			}
+			findFlow(t, m.logs[0], map[string]any{"reporter": "source", "src.identity": id("alice"), "dst.identity": id("server"),
+				"dst.service": host, "dst.addr": tc.endpoint, "decision": "allow"})
 		}
 	})
 

@@ -29,7 +29,7 @@ var (
 
 func guardCIDRs() []string {
 	return []string{PodCIDR.String(), ServiceCIDR.String(), NodeCIDR.String(),
-		PodCIDR6.String(), NodeCIDR6.String()}
+		PodCIDR6.String(), ServiceCIDR6.String(), NodeCIDR6.String()}
 }
 
 func acquireGuard() error {

@@ -28,8 +28,9 @@
 // With Spec.DualStack every node and pod also has an IPv6 address, with
 // the same shape: node n at fd00:172:30::<n>/64 on eth0, pod m of node n at
 // fd00:10:244:<n>::<m+1>/128 with the gateway fd00:10:244:<n>::1/128 on
-// every pod veth of the node, a default route via it in the pod (there is
-// no IPv6 service range: service VIPs stay IPv4), net.ipv6 forwarding on
+// every pod veth of the node, a default route via it in the pod (which
+// also carries IPv6 service VIPs, fd00:10:96::/112, to ztunnel's capture),
+// net.ipv6 forwarding on
 // in the node, and fd00:10:244:<k>::/64 via fd00:172:30::<k> for every
 // other node k. Duplicate address detection is off on these addresses, so
 // they are usable at once.
@@ -39,7 +40,7 @@
 // Host links below. While any topology of this
 // process lives, the root namespace also has `unreachable` routes for
 // 10.244.0.0/16, 10.96.0.0/16 and 172.30.0.0/16, and for their IPv6
-// counterparts fd00:10:244::/48 and fd00:172:30::/48
+// counterparts fd00:10:244::/48, fd00:10:96::/112 and fd00:172:30::/48
 // (protocol 167, metric =
 // this process's pid, so concurrent test binaries each own theirs), so a
 // misrouted packet can never leave by the machine's default route.
@@ -96,8 +97,9 @@ var (
 	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
 	NodeCIDR    = netip.MustParsePrefix("172.30.0.0/16")
 	// The IPv6 plan of a Spec.DualStack topology (unique local addresses).
-	PodCIDR6  = netip.MustParsePrefix("fd00:10:244::/48")
-	NodeCIDR6 = netip.MustParsePrefix("fd00:172:30::/48")
+	PodCIDR6     = netip.MustParsePrefix("fd00:10:244::/48")
+	ServiceCIDR6 = netip.MustParsePrefix("fd00:10:96::/112")
+	NodeCIDR6    = netip.MustParsePrefix("fd00:172:30::/48")
 )
 
 // Spec sizes a topology.
