@@ -22,9 +22,9 @@ import (
 // The install and the sample are applied as users apply them (server-side)
 // to a real apiserver, whose validation accepts
 // every object; istiod-lite then runs under its own ServiceAccount's RBAC:
-// it becomes ready, creates the CA Secret and the root ConfigMap, restores
-// the ConfigMap after a restart, writes policy status and deploys a
-// waypoint, with no request forbidden. The RBAC grants nothing more than
+// it becomes ready, is elected (Lease), creates the CA Secret and the root
+// ConfigMap, restores the ConfigMap after a restart, writes policy status
+// and deploys a waypoint, with no request forbidden. The RBAC grants nothing more than
 // that.
 func TestCluster_InstallAppliesAndIstiodRunsUnderItsRBAC(t *testing.T) {
 	bin := buildBinaries(t)
@@ -95,6 +95,10 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"update", "gateways.gateway.networking.k8s.io", "--subresource=finalizers", "-n", "shop"}, true},
 		{istiod, []string{"create", "gatewayclasses.gateway.networking.k8s.io"}, true},
 		{istiod, []string{"patch", "gatewayclasses.gateway.networking.k8s.io", "--subresource=status"}, true},
+		// The leader election (istiod-lite/leader).
+		{istiod, []string{"get", "lease/istiod-lite-leader", "-n", "istio-system"}, true},
+		{istiod, []string{"update", "lease/istiod-lite-leader", "-n", "istio-system"}, true},
+		{istiod, []string{"create", "leases.coordination.k8s.io", "-n", "istio-system"}, true},
 
 		{istiod, []string{"get", "pods", "-A"}, false},
 		{istiod, []string{"patch", "destinationrules.networking.istio.io", "-n", "shop"}, false},
@@ -124,6 +128,9 @@ func checkRBAC(t *testing.T, c *kubetest.Cluster) {
 		{istiod, []string{"patch", "gateways.gateway.networking.k8s.io", "-n", "shop"}, false},
 		{istiod, []string{"update", "gatewayclasses.gateway.networking.k8s.io"}, false},
 		{istiod, []string{"delete", "gatewayclasses.gateway.networking.k8s.io"}, false},
+		{istiod, []string{"update", "lease/other", "-n", "istio-system"}, false},
+		{istiod, []string{"create", "leases.coordination.k8s.io", "-n", "shop"}, false},
+		{istiod, []string{"delete", "lease/istiod-lite-leader", "-n", "istio-system"}, false},
 
 		{ztunnel, []string{"list", "pods", "-A"}, false},
 		{ztunnel, []string{"get", "configmap/istio-ca-root-cert", "-n", "istio-system"}, false},

@@ -9,7 +9,9 @@
 //	            [--cluster-id Kubernetes] [--waypoint-image ambient/waypoint:dev]
 //	            [--waypoint-controller=true] [--waypoint-otlp-endpoint HOST:PORT]
 //	            [--waypoint-otlp-insecure] [--waypoint-trace-sampling 1]
-//	            [--default-tunnel-transport h2] [--log-level info]
+//	            [--default-tunnel-transport h2] [--leader-elect=true]
+//	            [--leader-elect-lease-duration 15s] [--leader-elect-renew-deadline 10s]
+//	            [--leader-elect-retry-period 2s] [--log-level info]
 //
 // At start it loads the CA from Secret "cacerts" in --namespace (Istio's
 // plug-in CA; refusing to start if it is malformed), else from
@@ -37,6 +39,13 @@
 // captured pods when neither the pod nor its namespace has the annotation
 // ambientmesh.io/tunnel-transport (same values; see istiod-lite/translate).
 //
+// Every replica serves the CA and xDS. What writes to the cluster (the
+// root ConfigMaps, the waypoints and status) runs on one replica at a
+// time, elected with Lease istiod-lite-leader in --namespace (package
+// istiod-lite/leader), so istiod-lite can run several replicas and roll
+// updates without two writers; --leader-elect=false writes without an
+// election, for a single replica.
+//
 // --namespace defaults to $POD_NAMESPACE, else istio-system. Without
 // --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
 // configuration. --xds-addr is a deprecated alias of --grpc-addr.
@@ -62,6 +71,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
+	"github.com/ambientmesh/ambient/istiod-lite/leader"
 	"github.com/ambientmesh/ambient/istiod-lite/server"
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
 	"github.com/ambientmesh/ambient/istiod-lite/waypointctl"
@@ -89,6 +99,11 @@ type options struct {
 
 	// Passed to every waypoint: OpenTelemetry tracing.
 	waypointTracing waypointctl.Tracing
+
+	// leaderElect elects the replica that writes; election holds the
+	// Lease's timing.
+	leaderElect bool
+	election    leader.Config
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -133,6 +148,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.defaultTransport = t
 		return err
 	})
+	fs.BoolVar(&o.leaderElect, "leader-elect", true, "elect, with Lease "+leader.DefaultName+" in --namespace, the one replica that writes root ConfigMaps, waypoints and status (false: this replica writes; run only one)")
+	fs.DurationVar(&o.election.LeaseDuration, "leader-elect-lease-duration", leader.DefaultLeaseDuration, "`duration` after which a leader that stopped renewing is replaced")
+	fs.DurationVar(&o.election.RenewDeadline, "leader-elect-renew-deadline", leader.DefaultRenewDeadline, "`duration` the leader retries renewing before it stops writing")
+	fs.DurationVar(&o.election.RetryPeriod, "leader-elect-retry-period", leader.DefaultRetryPeriod, "`duration` between attempts to acquire or renew the Lease")
 	fs.TextVar(&o.logLevel, "log-level", slog.LevelInfo, "log `level` (debug, info, warn, error)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -148,6 +167,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.waypoints && o.waypointImage == "" {
 		return o, errors.New("--waypoint-image is empty")
+	}
+	if e := o.election; o.leaderElect && !(e.RetryPeriod > 0 && e.RenewDeadline > e.RetryPeriod && e.LeaseDuration > e.RenewDeadline) {
+		return o, fmt.Errorf("--leader-elect-lease-duration %v, --leader-elect-renew-deadline %v, --leader-elect-retry-period %v: want lease duration > renew deadline > retry period > 0",
+			e.LeaseDuration, e.RenewDeadline, e.RetryPeriod)
 	}
 	if p := o.waypointTracing.SamplingPercent; math.IsNaN(p) || p < 0 || p > 100 {
 		return o, fmt.Errorf("--waypoint-trace-sampling %v: want a percentage from 0 to 100 (Istio's default is 1)", p)
@@ -206,6 +229,8 @@ func run(ctx context.Context, o options, log *slog.Logger, listening func(server
 		WaypointImage:          o.waypointImage,
 		DisableWaypoints:       !o.waypoints,
 		WaypointTracing:        o.waypointTracing,
+		LeaderElection:         o.election,
+		DisableLeaderElection:  !o.leaderElect,
 		Logger:                 log,
 		Listening:              listening,
 	})

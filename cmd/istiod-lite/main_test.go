@@ -25,6 +25,7 @@ import (
 
 	"github.com/ambientmesh/ambient/internal/ca"
 	"github.com/ambientmesh/ambient/internal/kubetest"
+	"github.com/ambientmesh/ambient/istiod-lite/leader"
 	"github.com/ambientmesh/ambient/istiod-lite/server"
 	"github.com/ambientmesh/ambient/istiod-lite/waypointctl"
 	"github.com/ambientmesh/ambient/istiod-lite/xds"
@@ -53,6 +54,25 @@ func TestParseFlags_Defaults(t *testing.T) {
 	}
 	if o.waypointTracing != (waypointctl.Tracing{SamplingPercent: 1}) {
 		t.Errorf("waypoint tracing defaults %+v: want off, sampling 1%% (Istio's)", o.waypointTracing)
+	}
+}
+
+func TestParseFlags_LeaderElection(t *testing.T) {
+	o, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.leaderElect || o.election.LeaseDuration != 15*time.Second || o.election.RenewDeadline != 10*time.Second || o.election.RetryPeriod != 2*time.Second {
+		t.Errorf("defaults: leader-elect %v, %+v; want on, 15s/10s/2s as kube-controller-manager", o.leaderElect, o.election)
+	}
+	if _, err := parseFlags([]string{"--leader-elect-renew-deadline=20s"}, io.Discard); err == nil || !strings.Contains(err.Error(), "lease duration > renew deadline") {
+		t.Errorf("renew deadline above the lease duration: %v, want refused", err)
+	}
+	if _, err := parseFlags([]string{"--leader-elect-retry-period=0s"}, io.Discard); err == nil {
+		t.Error("zero retry period accepted")
+	}
+	if o, err := parseFlags([]string{"--leader-elect=false", "--leader-elect-retry-period=0s"}, io.Discard); err != nil || o.leaderElect {
+		t.Errorf("--leader-elect=false: %v, %v; want off, its timing unchecked", o.leaderElect, err)
 	}
 }
 
@@ -166,6 +186,12 @@ type istiod struct {
 // Listening hook, before the CA is loaded, it checks that /ready says 503.
 func startIstiod(t *testing.T, c *kubetest.Cluster, log *slog.Logger) *istiod {
 	t.Helper()
+	return startIstiodWith(t, c, log, nil)
+}
+
+// startIstiodWith is startIstiod with options changed by change (if not nil).
+func startIstiodWith(t *testing.T, c *kubetest.Cluster, log *slog.Logger, change func(*options)) *istiod {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	in := &istiod{root: filepath.Join(t.TempDir(), "root-cert.pem"), cancel: cancel, done: make(chan error, 1)}
 	addrc := make(chan server.Addrs, 1)
@@ -173,6 +199,9 @@ func startIstiod(t *testing.T, c *kubetest.Cluster, log *slog.Logger) *istiod {
 	o := options{kubeconfig: c.Kubeconfig, namespace: "istio-system", grpcAddr: "127.0.0.1:0", monitoringAddr: "127.0.0.1:0",
 		readyAddr: "127.0.0.1:0", tlsSANs: []string{"127.0.0.1"}, rootCertOut: in.root, rootNamespace: "istio-system",
 		trustDomain: "cluster.local", clusterID: "Kubernetes"}
+	if change != nil {
+		change(&o)
+	}
 	go func() {
 		in.done <- run(ctx, o, log, func(a server.Addrs) {
 			code, body, err := httpGet("http://" + a.Ready.String() + "/ready")
@@ -565,5 +594,80 @@ func TestRun_CacertsSecret_PluggedRootAndBrokenSecretRefused(t *testing.T) {
 	}
 	if _, err := c.Kubectl("get", "secret", "istio-ca-secret", "-n", "istio-system"); err == nil {
 		t.Error("fell back to a self-signed root")
+	}
+}
+
+// TestRun_TwoReplicas_OneWritesAndHandsOver: two replicas with leader
+// election both serve (ready, the CA answers), one holds the Lease and runs
+// the writers; when it shuts down the other takes over at once (the Lease
+// is released) and publishes the root in a namespace created afterwards.
+func TestRun_TwoReplicas_OneWritesAndHandsOver(t *testing.T) {
+	c := startCluster(t)
+	replica := func(id string) *istiod {
+		return startIstiodWith(t, c, testLogger(t).With("replica", id), func(o *options) {
+			o.leaderElect = true
+			o.election = leader.Config{Identity: id, LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 200 * time.Millisecond}
+		})
+	}
+	leading := func(in *istiod) string {
+		_, body, err := httpGet("http://" + in.addrs.Monitoring.String() + "/metrics")
+		if err != nil {
+			return err.Error()
+		}
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, `leader_election_master_status{name="istiod-lite-leader"}`) {
+				return line[strings.LastIndexByte(line, ' ')+1:]
+			}
+		}
+		return "absent"
+	}
+	waitLeading := func(in *istiod, want string) {
+		t.Helper()
+		deadline := time.Now().Add(waitTimeout)
+		for got := leading(in); got != want; got = leading(in) {
+			if time.Now().After(deadline) {
+				t.Fatalf("leader_election_master_status = %s, want %s", got, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	holder := func() string {
+		return kubectl(t, c, "get", "lease", "istiod-lite-leader", "-n", "istio-system", "-o", "jsonpath={.spec.holderIdentity}")
+	}
+
+	a := replica("a")
+	a.waitReady(t)
+	waitLeading(a, "1")
+	b := replica("b")
+	b.waitReady(t) // a follower serves too
+	waitLeading(b, "0")
+	if h := holder(); h != "a" {
+		t.Fatalf("Lease holder %q, want a", h)
+	}
+	tok := token(t, c, "shop", "web")
+	if _, err := createCertificate(t, b.dial(t), tok, ""); err != nil {
+		t.Fatalf("the follower's CA: %v", err)
+	}
+
+	stopped := time.Now()
+	a.stop(t)
+	waitLeading(b, "1")
+	if took := time.Since(stopped); took >= 3*time.Second {
+		t.Errorf("b took %v to lead, want less than the lease duration (a releases the Lease)", took)
+	}
+	if h := holder(); h != "b" {
+		t.Errorf("Lease holder %q, want b", h)
+	}
+	kubectl(t, c, "create", "namespace", "after-failover")
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		out, err := c.Kubectl("get", "configmap", "istio-ca-root-cert", "-n", "after-failover", "-o", `jsonpath={.data.root-cert\.pem}`)
+		if err == nil && strings.Contains(string(out), "BEGIN CERTIFICATE") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no root ConfigMap in a namespace created after the failover: %s %v", out, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -86,6 +86,10 @@ type Config struct {
 	// DisableStatus turns off writing AuthorizationPolicy and HTTPRoute
 	// status.
 	DisableStatus bool
+	// Leading, if set, says whether this replica is the elected writer
+	// (package leader): only then is status written. Call Resync when it
+	// becomes true. Nil: always.
+	Leading func() bool
 }
 
 // Controller watches the cluster and keeps Config.Cache current.
@@ -108,7 +112,8 @@ type Controller struct {
 	// logged once per appearance rather than once per recomputation.
 	warned map[string]string
 
-	synced chan struct{} // closed after the first recomputation
+	synced  chan struct{} // closed after the first recomputation
+	trigger chan struct{} // poked by events and Resync; debounced by Run
 
 	// gateways is the Gateway lister once the informers run (nil before,
 	// and without the Gateway API CRDs), for IsWaypoint.
@@ -177,7 +182,17 @@ func New(cfg Config) (*Controller, error) {
 		prevWPPols: map[string][]byte{},
 		prevRes:    map[string][]byte{},
 		synced:     make(chan struct{}),
+		trigger:    make(chan struct{}, 1),
 	}, nil
+}
+
+// Resync asks Run for a recomputation, as an event would: a replica just
+// elected writes the status its predecessor left.
+func (c *Controller) Resync() { poke(c.trigger) }
+
+// writesStatus reports whether this replica writes status now.
+func (c *Controller) writesStatus() bool {
+	return !c.cfg.DisableStatus && (c.cfg.Leading == nil || c.cfg.Leading())
 }
 
 // Synced is closed once the informers have synced and the cache holds the
@@ -211,7 +226,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	trigger := make(chan struct{}, 1)
+	trigger := c.trigger
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { poke(trigger) },
 		UpdateFunc: func(old, cur any) {
@@ -492,16 +507,17 @@ func (c *Controller) sync(ctx context.Context, l listers) error {
 	c.warnInvalid(out.InvalidTunnelTransports)
 	c.log.Debug("controller: synced", "addresses", len(addrs), "authorizations", len(authz), "routes", len(routes))
 
-	if !c.cfg.DisableStatus {
+	writeStatus := c.writesStatus()
+	if writeStatus {
 		c.writeRouteStatus(ctx, in.HTTPRoutes, in.GRPCRoutes, out.RouteStatus)
 	}
-	if !c.cfg.DisableStatus && l.aps != nil {
+	if writeStatus && l.aps != nil {
 		for k, cond := range invalid {
 			out.Conditions[k] = []translate.Condition{cond}
 		}
 		c.writeStatus(ctx, AuthorizationPolicies, l.aps, out.Conditions)
 	}
-	if !c.cfg.DisableStatus {
+	if writeStatus {
 		for _, r := range []struct {
 			gvr    schema.GroupVersionResource
 			l      cache.GenericLister

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -57,6 +58,13 @@ func startMesh(t *testing.T) *mesh {
 // manifests/crds but those named in without.
 func startMeshWithout(t *testing.T, without ...string) *mesh {
 	t.Helper()
+	return startMeshWith(t, nil, without...)
+}
+
+// startMeshWith is startMeshWithout with the controller's Config changed by
+// change (if not nil).
+func startMeshWith(t *testing.T, change func(*controller.Config), without ...string) *mesh {
+	t.Helper()
 	c := kubetest.Start(t, kubetest.Options{})
 	// Server-side: the HTTPRoute CRD is larger than the annotation a
 	// client-side apply records.
@@ -93,12 +101,16 @@ func startMeshWithout(t *testing.T, without ...string) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrl, err := controller.New(controller.Config{
+	cfg := controller.Config{
 		RESTConfig: &rest.Config{Host: c.Server, BearerToken: c.Token, TLSClientConfig: rest.TLSClientConfig{CAData: c.CAData}},
 		Cache:      cache,
 		Logger:     log,
 		Debounce:   20 * time.Millisecond,
-	})
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	ctrl, err := controller.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,4 +347,32 @@ func TestController_PodServiceLabelPolicyDelete_ReachZtunnel(t *testing.T) {
 	})
 	m.kubectl(t, "delete", "service", "web", "-n", "shop")
 	m.waitFor(t, "service removed", func(v *state.View) bool { return v.Service("shop", webHost) == nil })
+}
+
+// TestController_StatusOnlyWhileLeading: a replica that is not the elected
+// writer translates (the policy reaches xDS) but writes no status; once
+// elected, Resync writes what it held back.
+func TestController_StatusOnlyWhileLeading(t *testing.T) {
+	var leading atomic.Bool
+	m := startMeshWith(t, func(c *controller.Config) { c.Leading = leading.Load })
+	m.apply(t, shopYAML)
+	m.apply(t, allowSleepYAML)
+	m.waitFor(t, "the policy in xDS", func(v *state.View) bool { return v.Policy("shop", "allow-sleep") != nil })
+	status := func() string {
+		return m.kubectl(t, "get", "authorizationpolicy", "allow-sleep", "-n", "shop",
+			"-o", `jsonpath={.status.conditions[?(@.type=="ZtunnelAccepted")].status}`)
+	}
+	// A later event's recomputation is done, with the policy's too.
+	m.kubectl(t, "patch", "pod", "web", "-n", "shop", "--subresource=status", "--type=merge", "-p",
+		`{"status":{"phase":"Running","podIP":"10.244.1.5","podIPs":[{"ip":"10.244.1.5"}],"conditions":[{"type":"Ready","status":"True"}]}}`)
+	m.waitFor(t, "a later recomputation", func(v *state.View) bool { return v.Workload(webUID) != nil })
+	if got := status(); got != "" {
+		t.Fatalf("a replica not leading wrote ZtunnelAccepted = %q", got)
+	}
+	leading.Store(true)
+	m.ctrl.Resync()
+	eventually(t, "the policy's ZtunnelAccepted=True once leading", func() (bool, string) {
+		out := status()
+		return out == "True", "ZtunnelAccepted = " + strconv.Quote(out)
+	})
 }

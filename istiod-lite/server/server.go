@@ -1,5 +1,5 @@
 // Package server assembles istiod-lite: it loads the mesh CA from its
-// Secret (package rootca), publishes the root ConfigMap, and serves on one
+// Secret (package rootca), publishes the root ConfigMaps, and serves on one
 // TLS 1.3 gRPC port (15012) both the CA (package caserver) and the Delta ADS
 // workload API (package xds, fed by package controller), plus Prometheus
 // metrics and a readiness endpoint over plain HTTP.
@@ -14,6 +14,12 @@
 // Unless disabled, it also runs the waypoint deployment controller (package
 // waypointctl), which turns Gateways of class istio-waypoint into waypoint
 // Deployments dialling istiod.<ns>.svc:15012.
+//
+// Every replica serves the CA and xDS; the writers (the root ConfigMap
+// publisher, the waypoint deployment controller and status) run on the one
+// replica elected with a Lease (package leader), anew in each term, so
+// replicas and rolling updates never have two writers. Readiness does not
+// wait for the election.
 //
 // Readiness (GET /ready on the ready address) answers 200 only once the CA
 // is loaded, the gRPC listener serves, the informers have synced and the xDS
@@ -51,6 +57,7 @@ import (
 	"github.com/ambientmesh/ambient/istiod-lite/caserver"
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
 	"github.com/ambientmesh/ambient/istiod-lite/grpcauth"
+	"github.com/ambientmesh/ambient/istiod-lite/leader"
 	"github.com/ambientmesh/ambient/istiod-lite/rootca"
 	"github.com/ambientmesh/ambient/istiod-lite/servingcert"
 	"github.com/ambientmesh/ambient/istiod-lite/translate"
@@ -117,6 +124,13 @@ type Config struct {
 	// WaypointTracing is passed to every waypoint (OpenTelemetry over
 	// OTLP; off without an endpoint).
 	WaypointTracing waypointctl.Tracing
+	// LeaderElection configures the election of the one replica that
+	// writes (package leader): the Lease's name and timing, and this
+	// replica's identity; Client, Namespace and Logger are filled in.
+	// DisableLeaderElection makes this replica write without one: run only
+	// one replica then.
+	LeaderElection        leader.Config
+	DisableLeaderElection bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Listening, if not nil, is called with the bound addresses once every
@@ -189,7 +203,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if started {
 		return errors.New("server: Run called twice; build a new Server")
 	}
-	g := newGroup(ctx)
+	g := newGroup(ctx, "server: ")
 	defer g.stop()
 
 	grpcLn, err := net.Listen("tcp", s.cfg.GRPCAddr)
@@ -229,9 +243,23 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	s.registerCAMetrics(authority)
-	publisher, err := rootca.NewPublisher(rootca.PublisherConfig{Client: kube, Namespace: s.cfg.Namespace, AllNamespaces: true, RootsPEM: authority.RootsPEM(), Logger: s.log})
-	if err != nil {
-		return err
+	var elector *leader.Elector
+	if !s.cfg.DisableLeaderElection {
+		ec := s.cfg.LeaderElection
+		ec.Client, ec.Namespace, ec.Logger = kube, s.cfg.Namespace, s.log
+		if elector, err = leader.New(ec); err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+		s.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "leader_election_master_status",
+			Help:        "1 while this replica holds the Lease and runs the writers, else 0 (as Kubernetes components report it).",
+			ConstLabels: prometheus.Labels{"name": elector.Name()},
+		}, func() float64 {
+			if elector.Leading() {
+				return 1
+			}
+			return 0
+		}))
 	}
 	certs, err := servingcert.New(servingcert.Config{
 		Authority: authority, Names: ServingNames(s.cfg.Namespace, s.cfg.ExtraSANs), TTL: s.cfg.ServingCertTTL, Logger: s.log,
@@ -239,20 +267,21 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	gs, ctrl, err := s.buildServices(authority, certs)
+	var leading func() bool
+	if elector != nil {
+		leading = elector.Leading
+	}
+	gs, ctrl, err := s.buildServices(authority, certs, leading)
 	if err != nil {
 		return err
 	}
-	if !s.cfg.DisableWaypoints {
-		wctl, err := s.waypointController()
-		if err != nil {
-			return err
-		}
-		g.run("waypoint controller", wctl.Run)
+	writers := func(ctx context.Context) error { return s.runWriters(ctx, kube, authority, ctrl) }
+	if elector != nil {
+		g.run("leader election", func(ctx context.Context) error { return elector.Run(ctx, writers) })
+	} else {
+		g.run("writers", writers)
 	}
-
 	g.run("controller", ctrl.Run)
-	g.run("root publisher", publisher.Run)
 	g.run("serving certificate", certs.Run)
 	g.run("grpc", func(ctx context.Context) error { return s.serveGRPC(ctx, gs, grpcLn) })
 	s.log.Info("server: serving", "grpc", grpcLn.Addr().String(), "monitoring", monLn.Addr().String(), "ready", readyLn.Addr().String())
@@ -260,9 +289,37 @@ func (s *Server) Run(ctx context.Context) error {
 	return g.wait()
 }
 
+// runWriters runs what writes to the cluster, on one replica at a time
+// (package leader): the root ConfigMap publisher, the waypoint deployment
+// controller and, through ctrl, status. Each term builds them anew. It
+// returns when ctx ends (nil) or one of them fails.
+func (s *Server) runWriters(ctx context.Context, kube kubernetes.Interface, authority *ca.Authority, ctrl *controller.Controller) error {
+	publisher, err := rootca.NewPublisher(rootca.PublisherConfig{Client: kube, Namespace: s.cfg.Namespace, AllNamespaces: true, RootsPEM: authority.RootsPEM(), Logger: s.log})
+	if err != nil {
+		return err
+	}
+	g := newGroup(ctx, "")
+	g.run("root publisher", publisher.Run)
+	if !s.cfg.DisableWaypoints {
+		wctl, err := s.waypointController()
+		if err != nil {
+			g.stop()
+			return err
+		}
+		g.run("waypoint controller", wctl.Run)
+	}
+	ctrl.Resync() // the status a predecessor left
+	<-g.ctx.Done()
+	if err := g.wait(); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil // the term ended: an informer cut off while syncing is no failure
+}
+
 // buildServices builds the TLS gRPC server carrying the CA and xDS
-// services, and the controller that feeds the xDS cache.
-func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Source) (*grpc.Server, *controller.Controller, error) {
+// services, and the controller that feeds the xDS cache; leading, if not
+// nil, says when it writes status.
+func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Source, leading func() bool) (*grpc.Server, *controller.Controller, error) {
 	k, err := newKube(s.cfg.RESTConfig)
 	if err != nil {
 		return nil, nil, err
@@ -295,6 +352,7 @@ func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Sourc
 			DefaultTunnelTransport: s.cfg.DefaultTunnelTransport},
 		RootNamespace: s.cfg.RootNamespace,
 		Logger:        s.log,
+		Leading:       leading,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -393,6 +451,7 @@ func newKube(rc *rest.Config) (*caserver.Kube, error) {
 // group runs long-lived components under one context: the first to return
 // cancels the others, and wait returns the first error.
 type group struct {
+	prefix string // of every error, before the component's name
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -401,12 +460,12 @@ type group struct {
 	err error
 }
 
-func newGroup(ctx context.Context) *group {
+func newGroup(ctx context.Context, prefix string) *group {
 	ctx, cancel := context.WithCancel(ctx)
-	return &group{ctx: ctx, cancel: cancel}
+	return &group{prefix: prefix, ctx: ctx, cancel: cancel}
 }
 
-// run starts f; its error is prefixed with name.
+// run starts f; its error is prefixed with the group's prefix and name.
 func (g *group) run(name string, f func(context.Context) error) {
 	g.wg.Add(1)
 	go func() {
@@ -415,7 +474,7 @@ func (g *group) run(name string, f func(context.Context) error) {
 		if err := f(g.ctx); err != nil {
 			g.mu.Lock()
 			if g.err == nil {
-				g.err = fmt.Errorf("server: %s: %w", name, err)
+				g.err = fmt.Errorf("%s%s: %w", g.prefix, name, err)
 			}
 			g.mu.Unlock()
 		}
