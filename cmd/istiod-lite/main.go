@@ -49,7 +49,8 @@
 // --namespace defaults to $POD_NAMESPACE, else istio-system. Without
 // --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
 // configuration. --xds-addr is a deprecated alias of --grpc-addr.
-// Logs are JSON on stderr. SIGINT or SIGTERM stops everything and exits 0.
+// Logs, client-go's included, are JSON on stderr. SIGINT or SIGTERM stops
+// everything and exits 0.
 package main
 
 import (
@@ -68,6 +69,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/ambientmesh/ambient/internal/identity"
 	"github.com/ambientmesh/ambient/istiod-lite/controller"
@@ -188,6 +190,8 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: opts.logLevel}))
+	// client-go's own logs (the leader election's, the informers'), JSON too.
+	klog.SetSlogLogger(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, opts, log, nil); err != nil {

@@ -179,7 +179,7 @@ func (e *Elector) term(ctx context.Context, lead func(context.Context) error) er
 	e.log.Info("leader: elected; running the writers", "lease", lease, "identity", e.cfg.Identity)
 	err = lead(leadCtx)
 	e.leading.Store(false)
-	e.log.Info("leader: writers stopped; releasing the lease", "lease", lease, "err", err)
+	e.log.Info("leader: writers stopped", "lease", lease, "err", err)
 	endElection()
 	<-ran
 	return err
