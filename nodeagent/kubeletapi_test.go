@@ -288,11 +288,15 @@ func TestKubeletAPI_KubectlLogsExecPortForward(t *testing.T) {
 
 		bad := c.kubectlStart(t, "port-forward", "pod/web", ":9")
 		m = bad.waitLine(t, regexp.MustCompile(`^Forwarding from 127\.0\.0\.1:(\d+) -> 9$`))
-		if resp, err := hc.Get("http://127.0.0.1:" + m[1] + "/"); err == nil {
-			resp.Body.Close()
-			t.Errorf("a request to a closed port got %s", resp.Status)
-		}
+		// Each request is a new stream pair. The refusal comes back so fast
+		// that kubectl may see its data stream reset before it reads the
+		// error stream ("Error creating forwarding stream"), so a request
+		// is sent again until kubectl reports the refusal itself.
 		waitFor(t, "kubectl to report the refused port", func() (bool, string) {
+			if resp, err := hc.Get("http://127.0.0.1:" + m[1] + "/"); err == nil {
+				resp.Body.Close()
+				t.Fatalf("a request to a closed port got %s", resp.Status)
+			}
 			e := bad.errOutput()
 			return strings.Contains(e, "error forwarding port 9") && strings.Contains(e, "connection refused"), e
 		})
