@@ -255,6 +255,11 @@ func TestIstiod_DeploymentMatchesFlags(t *testing.T) {
 	if e, ok := envValue(c, "POD_NAMESPACE"); !ok || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
 		t.Errorf("POD_NAMESPACE %+v, want the downward API's metadata.namespace", e)
 	}
+	// The leader election's identity: the pod's name, not the host name a
+	// pod without its own UTS namespace would share.
+	if e, ok := envValue(c, "POD_NAME"); !ok || e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
+		t.Errorf("POD_NAME %+v, want the downward API's metadata.name", e)
+	}
 	svc := service(t, r, system, "istiod")
 	if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(dep.Spec.Template.Labels)) {
 		t.Errorf("Service istiod selects %v, not istiod-lite's pods %v", svc.Spec.Selector, dep.Spec.Template.Labels)

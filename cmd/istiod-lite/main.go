@@ -46,7 +46,8 @@
 // updates without two writers; --leader-elect=false writes without an
 // election, for a single replica.
 //
-// --namespace defaults to $POD_NAMESPACE, else istio-system. Without
+// --namespace defaults to $POD_NAMESPACE, else istio-system. This
+// replica's identity in the Lease is $POD_NAME, else the host name and pid. Without
 // --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
 // configuration. --xds-addr is a deprecated alias of --grpc-addr.
 // Logs, client-go's included, are JSON on stderr. SIGINT or SIGTERM stops
@@ -109,7 +110,7 @@ type options struct {
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
-	o := options{namespace: os.Getenv("POD_NAMESPACE")}
+	o := options{namespace: os.Getenv("POD_NAMESPACE"), election: leader.Config{Identity: os.Getenv("POD_NAME")}}
 	if o.namespace == "" {
 		o.namespace = server.DefaultNamespace
 	}

@@ -58,9 +58,13 @@ func TestParseFlags_Defaults(t *testing.T) {
 }
 
 func TestParseFlags_LeaderElection(t *testing.T) {
+	t.Setenv("POD_NAME", "istiod-lite-7d9f-x2k4q")
 	o, err := parseFlags(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if o.election.Identity != "istiod-lite-7d9f-x2k4q" {
+		t.Errorf("identity %q, want $POD_NAME", o.election.Identity)
 	}
 	if !o.leaderElect || o.election.LeaseDuration != 15*time.Second || o.election.RenewDeadline != 10*time.Second || o.election.RetryPeriod != 2*time.Second {
 		t.Errorf("defaults: leader-elect %v, %+v; want on, 15s/10s/2s as kube-controller-manager", o.leaderElect, o.election)

@@ -15,7 +15,10 @@
 //   - pods created later (a Deployment scaled up) captured automatically, a
 //     deleted pod gone from `ambientctl zc workloads`;
 //   - a ztunnel pod deleted with kubectl: its replacement serves every
-//     enrolled pod of the node again and a retrying client gets through.
+//     enrolled pod of the node again and a retrying client gets through;
+//   - istiod-lite scaled to two replicas: deleting the Lease holder's pod
+//     hands the Lease to another, which publishes the root in a new
+//     namespace while the mesh keeps its mTLS.
 //
 // The tests need root, etcd and the Kubernetes binaries of `make deps`;
 // without them they skip, unless CI=true, where they fail. The package has

@@ -35,6 +35,7 @@ func TestUserStories(t *testing.T) {
 		{"AuthorizationPolicyEnforcedAndInFlows", e.authorizationPolicy},
 		{"ScaledUpPodsCapturedDeletedPodsGone", e.scaleUpAndDelete},
 		{"ZtunnelPodRestartLosesNoPod", e.ztunnelRestart},
+		{"TwoIstiodReplicas_LeaderPodDeleted", e.istiodFailover},
 		{"AsOnARealCluster_LogsAndPortForward", e.asOnARealCluster},
 		{"WaypointCanaryWithHTTPRoute", e.waypointCanary},
 		{"NamespaceSwitchedToQUICTunnels", e.tunnelOverQUIC},
@@ -313,6 +314,55 @@ func (e *env) ztunnelRestart(t *testing.T) {
 			e.waitMTLS(t, p)
 		}
 	}
+}
+
+// istiodFailover scales istiod-lite to two replicas, both Ready, one
+// holding the Lease; deleting the holder's pod hands the Lease to another
+// replica, whose writers publish the root in a new namespace and whose xDS
+// keeps the mesh going. It scales back to one replica at the end.
+func (e *env) istiodFailover(t *testing.T) {
+	e.mustKubectl(t, "scale", "-n", "istio-system", "deploy/istiod-lite", "--replicas=2")
+	if out, err := e.run(waitTimeout, e.kubectlBin, "-n", "istio-system", "rollout", "status", "deploy/istiod-lite", "--timeout="+waitTimeout.String()); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	// The holder's identity is its pod's name ($POD_NAME).
+	holderPod := func() string {
+		out, _ := e.kubectl("get", "lease", "-n", "istio-system", "istiod-lite-leader", "-o", "jsonpath={.spec.holderIdentity}")
+		return strings.TrimSpace(out)
+	}
+	replicas := e.pods(t, "istio-system", "app=istiod-lite")
+	var leaderPod string
+	eventually(t, "one of the two istiod-lite pods holding the Lease", func() (bool, string) {
+		leaderPod = holderPod()
+		return slices.ContainsFunc(replicas, func(p pod) bool { return p.Name == leaderPod }), fmt.Sprintf("holder %q, pods %+v", leaderPod, replicas)
+	})
+
+	e.mustKubectl(t, "delete", "pod", "-n", "istio-system", leaderPod, "--wait=true", "--timeout=60s")
+	took := eventually(t, "another istiod-lite pod holding the Lease", func() (bool, string) {
+		h := holderPod()
+		return h != "" && h != leaderPod, "holder " + h
+	})
+	t.Logf("Lease handed over %v after the leader pod was gone", took.Round(time.Millisecond))
+	e.mustKubectl(t, "create", "namespace", "failover")
+	eventually(t, "the root ConfigMap in a namespace created after the failover", func() (bool, string) {
+		out, err := e.kubectl("get", "configmap", "-n", "failover", "istio-ca-root-cert", "-o", `jsonpath={.data.root-cert\.pem}`)
+		return err == nil && strings.Contains(out, "BEGIN CERTIFICATE"), fmt.Sprint(err, out)
+	})
+	e.mustKubectl(t, "delete", "namespace", "failover", "--wait=false")
+	if out, err := e.run(waitTimeout, e.kubectlBin, "-n", "istio-system", "rollout", "status", "deploy/istiod-lite", "--timeout="+waitTimeout.String()); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	// The mesh still works: every app pod's traffic is mTLS.
+	for _, p := range e.pods(t, "shop", "app") {
+		if !strings.HasPrefix(p.Name, "curl") {
+			e.waitMTLS(t, p)
+		}
+	}
+	e.mustKubectl(t, "scale", "-n", "istio-system", "deploy/istiod-lite", "--replicas=1")
+	eventually(t, "one istiod-lite pod, holding the Lease", func() (bool, string) {
+		ps := e.pods(t, "istio-system", "app=istiod-lite")
+		return len(ps) == 1 && holderPod() == ps[0].Name, fmt.Sprintf("pods %+v, holder %q", ps, holderPod())
+	})
 }
 
 // asOnARealCluster uses the paths a real cluster offers, with no local
