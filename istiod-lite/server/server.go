@@ -341,10 +341,6 @@ func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Sourc
 		return nil, nil, fmt.Errorf("server: xds metrics: %w", err)
 	}
 	cache := xds.NewCache()
-	xdsSrv, err := xds.New(xds.Config{Cache: cache, Logger: s.log, Metrics: xdsMetrics})
-	if err != nil {
-		return nil, nil, err
-	}
 	ctrl, err := controller.New(controller.Config{
 		RESTConfig: s.cfg.RESTConfig,
 		Cache:      cache,
@@ -354,6 +350,12 @@ func (s *Server) buildServices(authority *ca.Authority, certs *servingcert.Sourc
 		Logger:        s.log,
 		Leading:       leading,
 	})
+	if err != nil {
+		return nil, nil, err
+	}
+	// Streams wait for the first translation, so that a ztunnel that
+	// reconnects to a replica just started keeps what it holds.
+	xdsSrv, err := xds.New(xds.Config{Cache: cache, Logger: s.log, Metrics: xdsMetrics, Ready: ctrl.Synced()})
 	if err != nil {
 		return nil, nil, err
 	}

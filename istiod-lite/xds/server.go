@@ -52,6 +52,11 @@ type Config struct {
 	// AckTimeout is how long a response may stay unanswered before the
 	// stream is closed (default 30 s).
 	AckTimeout time.Duration
+	// Ready, if not nil, is closed once Cache holds a full translation of
+	// the cluster. Until then streams are refused with Unavailable, as
+	// Istio's istiod refuses them until its caches have synced: a client
+	// that holds resources would otherwise be told they are all gone.
+	Ready <-chan struct{}
 }
 
 // Server is the Delta ADS server. Register it on a gRPC server with
@@ -125,6 +130,13 @@ func (s *Server) Clients() int { return int(s.streams.Load()) }
 
 // DeltaAggregatedResources serves one Delta ADS stream.
 func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discovery.DeltaDiscoveryRequest, discovery.DeltaDiscoveryResponse]) error {
+	if s.cfg.Ready != nil {
+		select {
+		case <-s.cfg.Ready:
+		default:
+			return status.Error(codes.Unavailable, "xds: not ready: the first translation of the cluster is not done yet; retry")
+		}
+	}
 	s.streams.Add(1)
 	s.metrics.Connected(1)
 	defer func() {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -213,6 +215,47 @@ func TestStream_InitialThenDeltaThenRemoval(t *testing.T) {
 	r = next(t, ch)
 	if len(r.GetResources()) != 0 || len(r.GetRemovedResources()) != 1 || r.GetRemovedResources()[0] != "w1" {
 		t.Fatalf("removal response = %v", r)
+	}
+}
+
+// TestStream_RefusedUntilReady: before the first translation is in the
+// cache a stream is refused (Unavailable), not answered with an empty
+// snapshot that would remove everything a reconnecting client holds.
+func TestStream_RefusedUntilReady(t *testing.T) {
+	cache := xds.NewCache()
+	ready := make(chan struct{})
+	_, addr := startServer(t, xds.Config{Cache: cache, Ready: ready, DebounceAfter: 10 * time.Millisecond})
+	st := openStream(t, addr)
+	if _, err := st.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "not ready") {
+		t.Fatalf("Recv before ready = %v, want Unavailable saying not ready", err)
+	}
+
+	if err := cache.Update(xds.TypeAddress, map[string]proto.Message{"w1": workload("w1", 1)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	close(ready)
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err = discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A client that held w1 and w0 is told only that w0 is gone.
+	if err := st.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: xds.TypeAddress, ResourceNamesSubscribe: []string{"*"},
+		InitialResourceVersions: map[string]string{"w0": "0", "w1": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.GetResources()) != 1 || r.GetResources()[0].GetName() != "w1" || !slices.Equal(r.GetRemovedResources(), []string{"w0"}) {
+		t.Fatalf("first response after ready: resources %v, removed %v; want w1, and w0 removed", r.GetResources(), r.GetRemovedResources())
 	}
 }
 
