@@ -47,11 +47,11 @@
 // election, for a single replica.
 //
 // --namespace defaults to $POD_NAMESPACE, else istio-system. This
-// replica's identity in the Lease is $POD_NAME, else the host name and pid. Without
-// --kubeconfig (and without $KUBECONFIG) it uses the in-cluster
-// configuration. --xds-addr is a deprecated alias of --grpc-addr.
-// Logs, client-go's included, are JSON on stderr. SIGINT or SIGTERM stops
-// everything and exits 0.
+// replica's identity in the Lease is $POD_NAME, else the host name and
+// pid. Without --kubeconfig (and without $KUBECONFIG) it uses the
+// in-cluster configuration. --xds-addr is a deprecated alias of
+// --grpc-addr. Logs, client-go's included, are JSON on stderr. SIGINT or
+// SIGTERM stops everything and exits 0.
 package main
 
 import (
