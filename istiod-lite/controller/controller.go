@@ -226,15 +226,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	trigger := c.trigger
 	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { poke(trigger) },
+		AddFunc: func(any) { poke(c.trigger) },
 		UpdateFunc: func(old, cur any) {
 			if !sameForTranslation(old, cur) {
-				poke(trigger)
+				poke(c.trigger)
 			}
 		},
-		DeleteFunc: func(any) { poke(trigger) },
+		DeleteFunc: func(any) { poke(c.trigger) },
 	}
 	type watched struct {
 		inf    cache.SharedIndexInformer
@@ -359,7 +358,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	if l.gateways != nil {
 		c.gateways.Store(&l.gateways)
 	}
-	return c.loop(ctx, trigger, l)
+	return c.loop(ctx, l)
 }
 
 // referenceGrantInformer returns the informer of ReferenceGrants: v1, or
@@ -387,7 +386,7 @@ func (c *Controller) referenceGrantInformer(f gwinformers.SharedInformerFactory)
 }
 
 // loop recomputes after each debounced burst of events.
-func (c *Controller) loop(ctx context.Context, trigger <-chan struct{}, l listers) error {
+func (c *Controller) loop(ctx context.Context, l listers) error {
 	first := true
 	for {
 		if err := c.sync(ctx, l); err != nil {
@@ -400,9 +399,9 @@ func (c *Controller) loop(ctx context.Context, trigger <-chan struct{}, l lister
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-trigger:
+		case <-c.trigger:
 		}
-		if !debounce(ctx, trigger, c.cfg.Debounce, c.cfg.DebounceMax) {
+		if !debounce(ctx, c.trigger, c.cfg.Debounce, c.cfg.DebounceMax) {
 			return nil
 		}
 	}
